@@ -1,0 +1,264 @@
+//! One model checkpoint: a single `.safetensors` file, a directory with `model.safetensors`, or a sharded
+//! directory with `model.safetensors.index.json`. Opening reads and validates every header; tensor data is
+//! only ever read in chunks through [`Checkpoint::read_f32`] / [`Checkpoint::read_raw`] (`pread`, no maps).
+
+mod header;
+mod layout;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub use header::{FileHeader, StoredTensor, read_header};
+pub use layout::{KeyMap, Layout, VISION_PREFIX};
+
+use crate::dtype::FloatType;
+use crate::error::{MergeError, Result};
+
+/// The single-file name the Hugging Face layout uses.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The index name of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One shard of a checkpoint, opened for positional reads.
+#[derive(Debug)]
+pub struct Shard {
+    /// Path of the shard.
+    pub path: PathBuf,
+    file: File,
+    /// File length in bytes.
+    pub len: u64,
+}
+
+/// A tensor of a checkpoint: where it is stored.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    /// Header entry.
+    pub stored: StoredTensor,
+    /// Index into [`Checkpoint::shards`].
+    pub shard: usize,
+}
+
+/// A validated, opened checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The path the user gave.
+    pub path: PathBuf,
+    /// A short display name (the directory name, or the file stem).
+    pub name: String,
+    /// The shards, in index order.
+    pub shards: Vec<Shard>,
+    /// Every tensor, sorted by name.
+    pub tensors: Vec<Tensor>,
+    by_name: HashMap<String, usize>,
+    /// The layout recognised from the tensor names.
+    pub layout: Layout,
+    /// `config.json` beside the weights, if any.
+    pub config: Option<PathBuf>,
+    /// The first shard's `__metadata__`.
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexJson {
+    weight_map: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Open `path` (file or directory) and validate all its headers.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let meta = std::fs::metadata(path).map_err(|e| MergeError::io(path, e))?;
+        let (dir, shard_paths, wanted) = if meta.is_dir() {
+            Self::locate_in_dir(path)?
+        } else {
+            (path.parent().map(Path::to_path_buf), vec![path.to_path_buf()], None)
+        };
+        let mut shards = Vec::with_capacity(shard_paths.len());
+        let mut tensors = Vec::new();
+        let mut metadata = Vec::new();
+        for (i, shard_path) in shard_paths.iter().enumerate() {
+            let header = read_header(shard_path)?;
+            if i == 0 {
+                metadata = header.metadata;
+            }
+            let file = File::open(shard_path).map_err(|e| MergeError::io(shard_path, e))?;
+            let len = file.metadata().map_err(|e| MergeError::io(shard_path, e))?.len();
+            shards.push(Shard { path: shard_path.clone(), file, len });
+            tensors.extend(header.tensors.into_iter().map(|stored| Tensor { stored, shard: i }));
+        }
+        if let Some(map) = &wanted {
+            tensors.retain(|t| map.get(&t.stored.name) == Some(&t.shard));
+            Self::check_index_complete(path, map, &tensors)?;
+        }
+        tensors.sort_by(|a, b| a.stored.name.cmp(&b.stored.name));
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if by_name.insert(t.stored.name.clone(), i).is_some() {
+                return Err(MergeError::invalid(path, format!("tensor '{}' is stored twice", t.stored.name)));
+            }
+        }
+        let layout = Layout::detect(tensors.iter().map(|t| t.stored.name.as_str()));
+        let config = dir.map(|d| d.join("config.json")).filter(|c| meta.is_dir() && c.is_file());
+        Ok(Checkpoint { name: display_name(path), path: path.to_path_buf(), shards, tensors, by_name, layout, config, metadata })
+    }
+
+    /// Find the weights in a Hugging Face model directory. Returns the directory, the shard paths and,
+    /// for sharded checkpoints, which shard each tensor must come from.
+    #[allow(clippy::type_complexity)]
+    fn locate_in_dir(dir: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>, Option<HashMap<String, usize>>)> {
+        let index = dir.join(INDEX_FILE);
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| MergeError::io(&index, e))?;
+            let parsed: IndexJson = serde_json::from_str(&text)
+                .map_err(|e| MergeError::invalid(&index, format!("corrupt index JSON: {e}")))?;
+            let mut files: Vec<String> = parsed.weight_map.values().cloned().collect();
+            files.sort();
+            files.dedup();
+            let position: HashMap<&str, usize> = files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
+            let wanted = parsed.weight_map.iter().map(|(t, f)| (t.clone(), position[f.as_str()])).collect();
+            let paths = files.iter().map(|f| dir.join(f)).collect();
+            return Ok((Some(dir.to_path_buf()), paths, Some(wanted)));
+        }
+        let single = dir.join(SINGLE_FILE);
+        if single.is_file() {
+            return Ok((Some(dir.to_path_buf()), vec![single], None));
+        }
+        Err(MergeError::invalid(dir, format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory")))
+    }
+
+    fn check_index_complete(path: &Path, wanted: &HashMap<String, usize>, found: &[Tensor]) -> Result<()> {
+        if found.len() == wanted.len() {
+            return Ok(());
+        }
+        let present: std::collections::HashSet<&str> = found.iter().map(|t| t.stored.name.as_str()).collect();
+        let mut missing: Vec<&String> = wanted.keys().filter(|k| !present.contains(k.as_str())).collect();
+        missing.sort();
+        Err(MergeError::invalid(
+            &path.join(INDEX_FILE),
+            format!("the index lists tensor '{}' but its shard does not hold it", missing.first().map_or("?", |s| s.as_str())),
+        ))
+    }
+
+    /// The tensor called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The position of tensor `name` in [`Checkpoint::tensors`], if any.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Total number of elements over all tensors.
+    pub fn numel(&self) -> u64 {
+        self.tensors.iter().map(|t| t.stored.numel() as u64).sum()
+    }
+
+    /// Read `out.len()` elements of float tensor `tensor` (stored as `ty`), starting at element `start`,
+    /// decoded to f32. `scratch` is a reusable byte buffer for non-f32 dtypes.
+    pub fn read_f32(&self, tensor: &Tensor, ty: FloatType, start: usize, out: &mut [f32], scratch: &mut Vec<u8>) -> Result<()> {
+        let offset = tensor.stored.offset + (start * ty.size()) as u64;
+        if ty == FloatType::F32 {
+            return self.read_bytes(tensor, offset, bytemuck::cast_slice_mut(out));
+        }
+        scratch.resize(out.len() * ty.size(), 0);
+        self.read_bytes(tensor, offset, scratch)?;
+        ty.decode(scratch, out);
+        Ok(())
+    }
+
+    /// Read raw bytes `[start, start + out.len())` of `tensor`'s data.
+    pub fn read_raw(&self, tensor: &Tensor, start: u64, out: &mut [u8]) -> Result<()> {
+        self.read_bytes(tensor, tensor.stored.offset + start, out)
+    }
+
+    fn read_bytes(&self, tensor: &Tensor, offset: u64, out: &mut [u8]) -> Result<()> {
+        let shard = &self.shards[tensor.shard];
+        shard.file.read_exact_at(out, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                MergeError::invalid(&shard.path, format!("tensor '{}' ends past the end of the file (was it truncated?)", tensor.stored.name))
+            } else {
+                MergeError::io(&shard.path, e)
+            }
+        })
+    }
+}
+
+/// `task_a` for `/zoo/task_a`, `task_a` for `/zoo/task_a/model.safetensors`, `x` for `x.safetensors`.
+fn display_name(path: &Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let named_after_dir = path.is_file() && (stem == "model" || stem.starts_with("model-"));
+    match (named_after_dir, path.parent().and_then(Path::file_name)) {
+        (true, Some(parent)) => parent.to_string_lossy().into_owned(),
+        _ if path.is_dir() => path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        _ => stem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn st(tensors: &[(&str, &[f32])]) -> Vec<u8> {
+        let mut header = String::from("{");
+        let mut data = Vec::new();
+        for (i, (name, vals)) in tensors.iter().enumerate() {
+            let start = data.len();
+            data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+            let sep = if i == 0 { "" } else { "," };
+            header += &format!(r#"{sep}"{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#, vals.len(), data.len());
+        }
+        header.push('}');
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.extend_from_slice(&data);
+        v
+    }
+
+    fn put(path: &Path, bytes: &[u8]) {
+        File::create(path).and_then(|mut f| f.write_all(bytes)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn opens_sharded_directories() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        put(&dir.path().join("a.safetensors"), &st(&[("x", &[1.0, 2.0])]));
+        put(&dir.path().join("b.safetensors"), &st(&[("y", &[3.0])]));
+        put(&dir.path().join(INDEX_FILE), br#"{"metadata":{},"weight_map":{"x":"a.safetensors","y":"b.safetensors"}}"#);
+        let ckpt = Checkpoint::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ckpt.shards.len(), 2);
+        let y = ckpt.get("y").unwrap_or_else(|| panic!("y"));
+        let mut out = [0.0f32];
+        ckpt.read_f32(y, FloatType::F32, 0, &mut out, &mut Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, [3.0]);
+        assert_eq!(ckpt.numel(), 3);
+    }
+
+    #[test]
+    fn index_naming_a_missing_tensor_fails() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        put(&dir.path().join("a.safetensors"), &st(&[("x", &[1.0])]));
+        put(&dir.path().join(INDEX_FILE), br#"{"weight_map":{"x":"a.safetensors","z":"a.safetensors"}}"#);
+        let err = Checkpoint::open(dir.path()).expect_err("must fail").to_string();
+        assert!(err.contains("'z'"), "{err}");
+    }
+
+    #[test]
+    fn empty_directory_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let err = Checkpoint::open(dir.path()).expect_err("must fail").to_string();
+        assert!(err.contains("no model.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn names_models_after_their_directory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let sub = dir.path().join("task_a");
+        std::fs::create_dir(&sub).unwrap_or_else(|e| panic!("{e}"));
+        put(&sub.join(SINGLE_FILE), &st(&[("x", &[1.0])]));
+        assert_eq!(display_name(&sub), "task_a");
+        assert_eq!(display_name(&sub.join(SINGLE_FILE)), "task_a");
+    }
+}

@@ -1,0 +1,124 @@
+//! The one error type of the merge core. Every variant names the file, model or tensor involved so that
+//! a one-line message is enough to act on; the Python bindings map variants to `merge_rs.exceptions`.
+
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the core.
+pub type Result<T, E = MergeError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while reading, validating, merging or writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// A path given by the user does not exist.
+    #[error("{}: no such file or directory", path.display())]
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// An operating-system error while reading or writing a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file being read or written.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid safetensors checkpoint (truncated, corrupt header, offsets out of range...).
+    #[error("{}: not a valid safetensors checkpoint: {reason}", path.display())]
+    InvalidCheckpoint {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor has a dtype that cannot be merged.
+    #[error("{}: tensor '{tensor}' has dtype {dtype}, which merge-rs cannot merge (float32, float16, bfloat16 and integer buffers are supported)", path.display())]
+    UnsupportedDtype {
+        /// The checkpoint holding the tensor.
+        path: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// The dtype as safetensors names it.
+        dtype: String,
+    },
+    /// The models cannot be matched tensor by tensor.
+    #[error("{model}: tensor '{tensor}' {problem}")]
+    Incompatible {
+        /// The model in which the problem shows.
+        model: String,
+        /// The tensor name (output layout).
+        tensor: String,
+        /// What does not match.
+        problem: String,
+    },
+    /// A parameter or option of the request is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A parameter contains NaN or infinity.
+    #[error("{model}: tensor '{tensor}' contains {count} non-finite value(s) (NaN or Inf); pass allow_nonfinite / --allow-nonfinite to merge anyway")]
+    NonFinite {
+        /// The model holding the tensor.
+        model: String,
+        /// The tensor name.
+        tensor: String,
+        /// How many non-finite values the chunk that failed held.
+        count: u64,
+    },
+    /// The output path exists already.
+    #[error("{}: output already exists (pass overwrite / --overwrite to replace it)", path.display())]
+    OutputExists {
+        /// The output path.
+        path: PathBuf,
+    },
+    /// The output would overwrite or sit inside one of the inputs.
+    #[error("{}: the output must not be one of the inputs nor inside one ({})", path.display(), input.display())]
+    OutputIsInput {
+        /// The output path.
+        path: PathBuf,
+        /// The input it collides with.
+        input: PathBuf,
+    },
+    /// The work was cancelled (Ctrl-C); nothing was left behind.
+    #[error("cancelled; no output was written")]
+    Cancelled,
+}
+
+impl MergeError {
+    /// An I/O error on `path`, turning "not found" into [`MergeError::NotFound`].
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            MergeError::NotFound { path: path.to_path_buf() }
+        } else {
+            MergeError::Io { path: path.to_path_buf(), source }
+        }
+    }
+
+    /// An invalid-checkpoint error for `path`.
+    pub fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+        MergeError::InvalidCheckpoint { path: path.to_path_buf(), reason: reason.into() }
+    }
+
+    /// An invalid-argument error.
+    pub fn arg(message: impl Into<String>) -> Self {
+        MergeError::InvalidArgument(message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_is_recognised() {
+        let err = MergeError::io(Path::new("/x/y"), std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(matches!(err, MergeError::NotFound { .. }));
+        assert_eq!(err.to_string(), "/x/y: no such file or directory");
+    }
+
+    #[test]
+    fn messages_name_the_tensor() {
+        let err = MergeError::NonFinite { model: "m".into(), tensor: "w".into(), count: 2 };
+        assert!(err.to_string().contains("'w'"));
+    }
+}

@@ -1,0 +1,108 @@
+//! `merge-rs info`: what a checkpoint holds, from its headers alone.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+
+/// One tensor of a checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// Name.
+    pub name: String,
+    /// Dtype as safetensors names it.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Elements.
+    pub parameters: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Shard file name.
+    pub shard: String,
+}
+
+/// One shard file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardInfo {
+    /// Path.
+    pub path: PathBuf,
+    /// File size.
+    pub bytes: u64,
+    /// Tensors it holds.
+    pub tensors: usize,
+}
+
+/// A checkpoint summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointInfo {
+    /// Path as given.
+    pub path: PathBuf,
+    /// Display name.
+    pub name: String,
+    /// Layout key.
+    pub layout: &'static str,
+    /// Layout description.
+    pub layout_description: &'static str,
+    /// Number of tensors.
+    pub tensor_count: usize,
+    /// Total parameters.
+    pub parameters: u64,
+    /// Total tensor bytes.
+    pub bytes: u64,
+    /// Parameters per dtype.
+    pub dtypes: BTreeMap<String, u64>,
+    /// Shards.
+    pub shards: Vec<ShardInfo>,
+    /// `__metadata__` of the first shard.
+    pub metadata: BTreeMap<String, String>,
+    /// `config.json`, if present.
+    pub config: Option<PathBuf>,
+    /// Every tensor.
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// Describe the checkpoint at `path`.
+pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
+    let ckpt = Checkpoint::open(path)?;
+    let shard_name = |i: usize| ckpt.shards[i].path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tensors: Vec<TensorInfo> = ckpt
+        .tensors
+        .iter()
+        .map(|t| TensorInfo {
+            name: t.stored.name.clone(),
+            dtype: format!("{:?}", t.stored.dtype),
+            shape: t.stored.shape.clone(),
+            parameters: t.stored.numel() as u64,
+            bytes: t.stored.nbytes,
+            shard: shard_name(t.shard),
+        })
+        .collect();
+    let mut dtypes = BTreeMap::new();
+    for t in &tensors {
+        *dtypes.entry(t.dtype.clone()).or_insert(0) += t.parameters;
+    }
+    let shards = ckpt
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ShardInfo { path: s.path.clone(), bytes: s.len, tensors: ckpt.tensors.iter().filter(|t| t.shard == i).count() })
+        .collect();
+    Ok(CheckpointInfo {
+        path: ckpt.path.clone(),
+        name: ckpt.name.clone(),
+        layout: ckpt.layout.name(),
+        layout_description: ckpt.layout.describe(),
+        tensor_count: tensors.len(),
+        parameters: ckpt.numel(),
+        bytes: tensors.iter().map(|t| t.bytes).sum(),
+        dtypes,
+        shards,
+        metadata: ckpt.metadata.iter().cloned().collect(),
+        config: ckpt.config.clone(),
+        tensors,
+    })
+}

@@ -1,0 +1,235 @@
+//! A whole merge request: open and validate every input, plan, check the output path, stream the method
+//! into a temporary directory, copy integer buffers and config files, and move the result into place.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::dtype::FloatType;
+use crate::engine::Engine;
+use crate::error::{MergeError, Result};
+use crate::methods::{Method, MethodStats};
+use crate::monitor::Monitor;
+use crate::plan::{InputId, Inputs, MergePlan, TensorKind};
+use crate::writer::{OutTensor, Writer};
+
+/// Small files copied from the first fine-tuned model's directory when present.
+const COMPANION_FILES: [&str; 7] = [
+    "preprocessor_config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// Everything a merge needs.
+#[derive(Debug, Clone)]
+pub struct MergeRequest {
+    /// Method and parameters.
+    pub method: Method,
+    /// The pretrained model.
+    pub base: Option<PathBuf>,
+    /// The fine-tuned models.
+    pub models: Vec<PathBuf>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Output dtype of merged tensors (default: the first fine-tuned model's).
+    pub dtype: Option<FloatType>,
+    /// Largest shard in bytes.
+    pub max_shard_size: u64,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Replace an existing output directory.
+    pub overwrite: bool,
+    /// Merge despite NaN/Inf parameters.
+    pub allow_nonfinite: bool,
+}
+
+/// One input in a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputInfo {
+    /// Display name.
+    pub name: String,
+    /// Path as given.
+    pub path: PathBuf,
+    /// Layout recognised.
+    pub layout: &'static str,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    /// Method name.
+    pub method: &'static str,
+    /// Method parameters.
+    pub parameters: serde_json::Value,
+    /// The pretrained model, if used.
+    pub pretrained: Option<InputInfo>,
+    /// The fine-tuned models.
+    pub models: Vec<InputInfo>,
+    /// Output tensors.
+    pub tensors: usize,
+    /// Tensors merged.
+    pub merged_tensors: usize,
+    /// Tensors copied (integer buffers).
+    pub copied_tensors: usize,
+    /// Parameters merged.
+    pub parameters_merged: u64,
+    /// Non-finite input values merged with `allow_nonfinite`.
+    pub nonfinite_values: u64,
+    /// Output directory.
+    pub output: PathBuf,
+    /// Weight files written.
+    pub output_files: Vec<PathBuf>,
+    /// Output bytes (weights).
+    pub output_bytes: u64,
+    /// Worker threads used.
+    pub threads: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Method-specific findings.
+    #[serde(flatten)]
+    pub stats: MethodStats,
+}
+
+/// Run a merge.
+pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
+    let started = Instant::now();
+    let method = &request.method;
+    method.validate(request.models.len())?;
+    let base = match (&request.base, method.needs_base()) {
+        (Some(p), _) => Some(Checkpoint::open(p)?),
+        (None, true) => return Err(MergeError::arg(format!("{} needs the pretrained model (--pretrained)", method.name()))),
+        (None, false) => None,
+    };
+    let models = request.models.iter().map(|p| Checkpoint::open(p)).collect::<Result<Vec<_>>>()?;
+    let inputs = Inputs { base, models };
+    check_output_path(&request.out, &inputs)?;
+    let plan = MergePlan::build(&inputs, method.needs_base(), request.dtype)?;
+    method.validate_plan(&plan)?;
+    let out_tensors: Vec<OutTensor> = plan
+        .tensors
+        .iter()
+        .map(|t| OutTensor { name: t.name.clone(), dtype: t.out_dtype(), shape: t.shape.clone(), nbytes: t.out_bytes() })
+        .collect();
+    let metadata = vec![
+        ("format".to_string(), "pt".to_string()),
+        ("merge_method".to_string(), method.name().to_string()),
+        ("merge_parameters".to_string(), method.parameters().to_string()),
+        ("merged_by".to_string(), format!("merge-rs {}", env!("CARGO_PKG_VERSION"))),
+    ];
+    let writer = Writer::create(&request.out, &out_tensors, &metadata, request.max_shard_size, request.overwrite)?;
+    let engine = Engine::new(&inputs, &plan, monitor, request.threads, request.allow_nonfinite)?;
+    let stats = method.run(&engine, &writer)?;
+    copy_raw_tensors(&inputs, &plan, &writer, monitor)?;
+    copy_companions(&inputs.models[0], &writer, request.dtype)?;
+    let nonfinite = engine.nonfinite_seen();
+    let threads = engine.threads();
+    drop(engine);
+    let output_files = writer.finish()?;
+    let describe = |c: &Checkpoint| InputInfo { name: c.name.clone(), path: c.path.clone(), layout: c.layout.name() };
+    Ok(MergeReport {
+        method: method.name(),
+        parameters: method.parameters(),
+        pretrained: inputs.base.as_ref().map(describe),
+        models: inputs.models.iter().map(describe).collect(),
+        tensors: plan.tensors.len(),
+        merged_tensors: plan.merged_tensors(),
+        copied_tensors: plan.tensors.len() - plan.merged_tensors(),
+        parameters_merged: plan.merged_params(),
+        nonfinite_values: nonfinite,
+        output: request.out.clone(),
+        output_files,
+        output_bytes: out_tensors.iter().map(|t| t.nbytes).sum(),
+        threads,
+        seconds: started.elapsed().as_secs_f64(),
+        stats,
+    })
+}
+
+/// The output must not be an input, inside an input's directory, or contain an input.
+fn check_output_path(out: &Path, inputs: &Inputs) -> Result<()> {
+    let out_abs = absolute(out);
+    for ckpt in inputs.base.iter().chain(&inputs.models) {
+        let input = absolute(&ckpt.path);
+        let is_dir = ckpt.path.is_dir();
+        let clash = out_abs == input || input.starts_with(&out_abs) || (is_dir && out_abs.starts_with(&input));
+        let shard_clash = ckpt.shards.iter().any(|s| absolute(&s.path).starts_with(&out_abs));
+        if clash || shard_clash {
+            return Err(MergeError::OutputIsInput { path: out.to_path_buf(), input: ckpt.path.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// A canonical absolute path, also for paths that do not exist yet (their parent is canonicalised).
+fn absolute(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => absolute(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Copy the integer buffers byte for byte.
+fn copy_raw_tensors(inputs: &Inputs, plan: &MergePlan, writer: &Writer, monitor: &Monitor) -> Result<()> {
+    const CHUNK: u64 = 8 << 20;
+    let mut buf = Vec::new();
+    for (index, t) in plan.tensors.iter().enumerate() {
+        let TensorKind::Copy { from, tensor, .. } = &t.kind else { continue };
+        if monitor.is_cancelled() {
+            return Err(MergeError::Cancelled);
+        }
+        let ckpt = match from {
+            InputId::Base => inputs.base.as_ref().unwrap_or(&inputs.models[0]),
+            InputId::Model(i) => &inputs.models[*i],
+        };
+        let source = &ckpt.tensors[*tensor];
+        let mut offset = 0;
+        while offset < t.out_bytes() {
+            let len = CHUNK.min(t.out_bytes() - offset);
+            buf.resize(len as usize, 0);
+            ckpt.read_raw(source, offset, &mut buf)?;
+            writer.write_at(index, offset, &buf)?;
+            offset += len;
+        }
+    }
+    Ok(())
+}
+
+/// Copy `config.json` (with its dtype updated when the output dtype changes) and tokenizer/processor files.
+fn copy_companions(reference: &Checkpoint, writer: &Writer, dtype: Option<FloatType>) -> Result<()> {
+    let Some(config) = &reference.config else { return Ok(()) };
+    let text = std::fs::read(config).map_err(|e| MergeError::io(config, e))?;
+    let text = match dtype {
+        Some(ty) => with_dtype(&text, ty).unwrap_or(text),
+        None => text,
+    };
+    writer.add_file("config.json", &text)?;
+    let dir = config.parent().unwrap_or(Path::new("."));
+    for name in COMPANION_FILES {
+        let path = dir.join(name);
+        if path.is_file() {
+            let bytes = std::fs::read(&path).map_err(|e| MergeError::io(&path, e))?;
+            writer.add_file(name, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// The config with `dtype` / `torch_dtype` set to `ty`, or `None` if it is not a JSON object.
+fn with_dtype(config: &[u8], ty: FloatType) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let object = value.as_object_mut()?;
+    let present: Vec<String> = ["dtype", "torch_dtype"].iter().filter(|k| object.contains_key(**k)).map(|k| k.to_string()).collect();
+    for key in if present.is_empty() { vec!["dtype".to_string()] } else { present } {
+        object.insert(key, ty.name().into());
+    }
+    serde_json::to_vec_pretty(&value).ok()
+}

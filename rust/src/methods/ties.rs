@@ -1,0 +1,286 @@
+//! TIES merging (Yadav et al., 2023) with FusionBench's semantics: trim each task vector to its top
+//! `threshold` % magnitudes over the whole model (exact k-th value, bounded memory), elect the sign of
+//! Σᵢ trimmed τᵢ (where that is 0, the sign of the sum of all elected signs), keep the agreeing entries,
+//! aggregate (sum / mean / max) and add λ times the result to θ₀.
+//!
+//! The fallback sign is a whole-model quantity known only after the merge pass, so elements that need it
+//! (elected sign 0 but some non-zero entry) are recorded with their three possible values and patched at
+//! the end; if there are too many to keep, the merge pass is simply run again with the sign known.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+use super::{DareOptions, MethodStats, emit};
+use crate::engine::{Chunk, Engine};
+use crate::error::{MergeError, Result};
+use crate::plan::TensorKind;
+use crate::select::{kth_smallest_abs, threshold_rank};
+use crate::writer::Writer;
+
+/// Patches kept in memory before falling back to a second merge pass (16 bytes each).
+const PATCH_BUDGET: usize = 1 << 20;
+
+/// How the kept entries are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeFunc {
+    /// Σ of the kept entries.
+    Sum,
+    /// Mean over the non-zero kept entries.
+    Mean,
+    /// The largest kept magnitude, with the elected sign.
+    Max,
+}
+
+/// Over what the top-k trim is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trim {
+    /// The whole model (FusionBench / paper).
+    Global,
+    /// Each tensor separately (mergekit's `density`).
+    PerTensor,
+}
+
+/// TIES parameters.
+#[derive(Debug, Clone)]
+pub struct TiesOptions {
+    /// λ.
+    pub scaling_factor: f32,
+    /// Percentage of entries kept per task (20 keeps the top 20 %).
+    pub threshold: f64,
+    /// Aggregation.
+    pub merge_func: MergeFunc,
+    /// Trim scope.
+    pub trim: Trim,
+    /// Apply DARE to the task vectors first (DARE-TIES).
+    pub dare: Option<DareOptions>,
+}
+
+impl MergeFunc {
+    /// Parse `sum`, `mean` or `max`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sum" => Some(MergeFunc::Sum),
+            "mean" => Some(MergeFunc::Mean),
+            "max" => Some(MergeFunc::Max),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MergeFunc::Sum => "sum",
+            MergeFunc::Mean => "mean",
+            MergeFunc::Max => "max",
+        }
+    }
+}
+
+impl TiesOptions {
+    /// Threshold in [0, 100], finite λ, valid DARE options.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=100.0).contains(&self.threshold) {
+            return Err(MergeError::arg(format!("the TIES threshold is a percentage in [0, 100] (got {})", self.threshold)));
+        }
+        if !self.scaling_factor.is_finite() {
+            return Err(MergeError::arg("the scaling factor must be a finite number"));
+        }
+        self.dare.as_ref().map_or(Ok(()), DareOptions::validate)
+    }
+
+    /// Parameters for the report.
+    pub fn parameters(&self) -> Value {
+        let mut p = json!({
+            "scaling_factor": self.scaling_factor,
+            "threshold": self.threshold,
+            "merge_func": self.merge_func.name(),
+            "trim": if self.trim == Trim::Global { "global" } else { "per-tensor" },
+        });
+        if let Some(d) = &self.dare {
+            for (k, v) in d.parameters().as_object().into_iter().flatten() {
+                p[k] = v.clone();
+            }
+        }
+        p
+    }
+
+    fn prepare(&self, chunk: &mut Chunk<'_>) -> Result<()> {
+        chunk.to_task_vectors()?;
+        if let Some(d) = &self.dare {
+            d.apply(chunk);
+        }
+        Ok(())
+    }
+}
+
+/// An element whose value depends on the whole-model majority sign.
+struct Patch {
+    tensor: usize,
+    element: usize,
+    /// The merged value for majority sign +1, −1 and 0.
+    values: [f32; 3],
+}
+
+struct Pass<'a> {
+    options: &'a TiesOptions,
+    majority: Option<f32>,
+    budget: AtomicUsize,
+    overflow: AtomicBool,
+}
+
+/// Run TIES over every merged tensor of the engine's plan.
+pub fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
+    let merged: Vec<usize> = (0..engine.plan.tensors.len()).filter(|&t| engine.plan.tensors[t].is_merged()).collect();
+    let groups: Vec<Vec<usize>> = match options.trim {
+        Trim::Global => vec![merged],
+        Trim::PerTensor => merged.into_iter().map(|t| vec![t]).collect(),
+    };
+    let tasks = engine.inputs.models.len();
+    let mut thresholds = Vec::with_capacity(groups.len());
+    for group in &groups {
+        let jobs = engine.jobs(group.iter().copied());
+        let d: u64 = group.iter().map(|&t| engine.plan.tensors[t].numel as u64).sum();
+        let k = vec![threshold_rank(d, options.threshold); tasks];
+        thresholds.push(kth_smallest_abs(engine, &jobs, &k, |c| options.prepare(c))?);
+    }
+    let first = Pass { options, majority: None, budget: AtomicUsize::new(PATCH_BUDGET), overflow: AtomicBool::new(false) };
+    let (sign_sum, patches) = merge_groups(&first, engine, writer, &groups, &thresholds)?;
+    let majority = sign_sum.signum() as f32;
+    if first.overflow.load(Ordering::Relaxed) {
+        let again = Pass { majority: Some(majority), ..first };
+        merge_groups(&again, engine, writer, &groups, &thresholds)?;
+    } else {
+        apply_patches(engine, writer, &patches, majority)?;
+    }
+    Ok(MethodStats {
+        ties_thresholds: (options.trim == Trim::Global).then(|| thresholds.swap_remove(0)),
+        ties_majority_sign: Some(majority as i8),
+    })
+}
+
+fn merge_groups(pass: &Pass<'_>, engine: &Engine<'_>, writer: &Writer, groups: &[Vec<usize>], kth: &[Vec<f32>]) -> Result<(i64, Vec<Patch>)> {
+    let mut sign_sum = 0i64;
+    let mut patches = Vec::new();
+    for (group, kth) in groups.iter().zip(kth) {
+        let jobs = engine.jobs(group.iter().copied());
+        let (results, _) = engine.pass("merge", &jobs, true, || (), |_, mut chunk| {
+            let result = merge_chunk(pass, &mut chunk, kth)?;
+            emit(writer, &mut chunk)?;
+            Ok(result)
+        })?;
+        for (s, p) in results {
+            sign_sum += s;
+            patches.extend(p);
+        }
+    }
+    Ok((sign_sum, patches))
+}
+
+/// Merge one chunk; returns Σ sign(elected) and the patches it needs.
+fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i64, Vec<Patch>)> {
+    let options = pass.options;
+    options.prepare(chunk)?;
+    for (tau, &k) in chunk.models.iter_mut().zip(kth) {
+        for x in tau.iter_mut() {
+            if x.abs() < k {
+                *x = 0.0;
+            }
+        }
+    }
+    super::sum_into(chunk.out, chunk.models);
+    let base = chunk.base.ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
+    let mut sign_sum = 0i64;
+    let mut patches = Vec::new();
+    let mut column = vec![0.0f32; chunk.models.len()];
+    for j in 0..chunk.out.len() {
+        let elected = sign(chunk.out[j]);
+        sign_sum += elected as i64;
+        for (c, tau) in column.iter_mut().zip(chunk.models.iter()) {
+            *c = tau[j];
+        }
+        let value = |s: f32| base[j] + options.scaling_factor * aggregate(&column, s, options.merge_func);
+        let merged = if elected != 0.0 {
+            value(elected)
+        } else if let Some(m) = pass.majority {
+            value(m)
+        } else if column.iter().all(|&c| c == 0.0) {
+            value(1.0)
+        } else {
+            let element = chunk.job.start + j;
+            record(pass, &mut patches, Patch { tensor: chunk.job.tensor, element, values: [value(1.0), value(-1.0), value(0.0)] });
+            value(1.0)
+        };
+        chunk.out[j] = merged;
+    }
+    Ok((sign_sum, patches))
+}
+
+fn record(pass: &Pass<'_>, patches: &mut Vec<Patch>, patch: Patch) {
+    let granted = pass.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok();
+    if granted {
+        patches.push(patch);
+    } else {
+        pass.overflow.store(true, Ordering::Relaxed);
+    }
+}
+
+/// torch.sign: −1, 0 or +1 (−0 is 0).
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Disjoint merge of one element's trimmed task-vector entries under elected sign `s`. As in FusionBench,
+/// an entry is kept when `s > 0 ? τ > 0 : τ < 0` (so a zero sign keeps the negative entries).
+fn aggregate(column: &[f32], s: f32, func: MergeFunc) -> f32 {
+    let kept = column.iter().map(|&t| if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) { t } else { 0.0 });
+    match func {
+        MergeFunc::Sum => kept.sum(),
+        MergeFunc::Mean => {
+            let (sum, count) = kept.fold((0.0f32, 0u32), |(s, n), t| (s + t, n + u32::from(t != 0.0)));
+            sum / count.max(1) as f32
+        }
+        MergeFunc::Max => kept.fold(0.0f32, |m, t| m.max(t.abs())) * s,
+    }
+}
+
+fn apply_patches(engine: &Engine<'_>, writer: &Writer, patches: &[Patch], majority: f32) -> Result<()> {
+    let pick = if majority > 0.0 { 0 } else if majority < 0.0 { 1 } else { 2 };
+    let mut encoded = Vec::new();
+    for p in patches {
+        let TensorKind::Merge { out, .. } = &engine.plan.tensors[p.tensor].kind else { continue };
+        out.encode(&[p.values[pick]], &mut encoded);
+        writer.write_at(p.tensor, (p.element * out.size()) as u64, &encoded)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_follow_fusionbench() {
+        let col = [0.5, -0.25, 0.25, 0.0];
+        assert_eq!(aggregate(&col, 1.0, MergeFunc::Sum), 0.75);
+        assert_eq!(aggregate(&col, 1.0, MergeFunc::Mean), 0.375);
+        assert_eq!(aggregate(&col, 1.0, MergeFunc::Max), 0.5);
+        assert_eq!(aggregate(&col, -1.0, MergeFunc::Sum), -0.25);
+        assert_eq!(aggregate(&col, -1.0, MergeFunc::Max), -0.25);
+        // A zero sign keeps the negative entries; max multiplies by the zero sign.
+        assert_eq!(aggregate(&col, 0.0, MergeFunc::Sum), -0.25);
+        assert_eq!(aggregate(&col, 0.0, MergeFunc::Max), 0.0);
+        assert_eq!(aggregate(&[0.0, 0.0], 1.0, MergeFunc::Mean), 0.0);
+    }
+
+    #[test]
+    fn sign_treats_negative_zero_as_zero() {
+        assert_eq!(sign(-0.0), 0.0);
+        assert_eq!(sign(-1e-30), -1.0);
+    }
+}
