@@ -47,6 +47,8 @@ pub struct MergeRequest {
     pub overwrite: bool,
     /// Merge despite NaN/Inf parameters.
     pub allow_nonfinite: bool,
+    /// Elements per chunk (0: [`crate::engine::DEFAULT_CHUNK`]); results do not depend on it.
+    pub chunk: usize,
 }
 
 /// One input in a report.
@@ -123,7 +125,10 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         ("merged_by".to_string(), format!("merge-rs {}", env!("CARGO_PKG_VERSION"))),
     ];
     let writer = Writer::create(&request.out, &out_tensors, &metadata, request.max_shard_size, request.overwrite)?;
-    let engine = Engine::new(&inputs, &plan, monitor, request.threads, request.allow_nonfinite)?;
+    let mut engine = Engine::new(&inputs, &plan, monitor, request.threads, request.allow_nonfinite)?;
+    if request.chunk > 0 {
+        engine = engine.with_chunk(request.chunk);
+    }
     let stats = method.run(&engine, &writer)?;
     copy_raw_tensors(&inputs, &plan, &writer, monitor)?;
     copy_companions(&inputs.models[0], &writer, request.dtype)?;

@@ -80,8 +80,8 @@ impl Coefficients {
     /// Parameters for the report.
     pub fn parameters(&self) -> Value {
         match self {
-            Coefficients::Uniform(l) => json!({"scaling_factor": l}),
-            Coefficients::PerTask(c) => json!({"coefficients": c}),
+            Coefficients::Uniform(l) => json!({"scaling_factor": super::tidy(*l)}),
+            Coefficients::PerTask(c) => json!({"coefficients": c.iter().map(|&x| super::tidy(x)).collect::<Vec<_>>()}),
             Coefficients::PerTensor(p) => json!({"coefficients_file": p.path, "tasks": p.tasks}),
         }
     }

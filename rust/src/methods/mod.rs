@@ -4,11 +4,13 @@
 mod average;
 mod coefficients;
 mod dare;
+mod spec;
 mod task_arithmetic;
 mod ties;
 
 pub use coefficients::{Coefficients, PerTensorCoefficients};
 pub use dare::DareOptions;
+pub use spec::MethodSpec;
 pub use ties::{MergeFunc, TiesOptions, Trim};
 
 use serde_json::{Value, json};
@@ -81,7 +83,7 @@ impl Method {
             Method::Ties(o) => o.parameters(),
             Method::Dare { scaling_factor, dare } => {
                 let mut p = dare.parameters();
-                p["scaling_factor"] = json!(scaling_factor);
+                p["scaling_factor"] = json!(tidy(*scaling_factor));
                 p
             }
         }
@@ -140,6 +142,11 @@ pub fn emit(writer: &Writer, chunk: &mut Chunk<'_>) -> Result<()> {
     };
     out.encode(chunk.out, chunk.encoded);
     writer.write_at(chunk.job.tensor, (chunk.job.start * out.size()) as u64, chunk.encoded)
+}
+
+/// An f32 parameter as the decimal a user typed (0.3, not 0.30000001192092896), for reports.
+pub(crate) fn tidy(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// Σᵢ models[i] into `out`, in model order.

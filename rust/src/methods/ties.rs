@@ -91,7 +91,7 @@ impl TiesOptions {
     /// Parameters for the report.
     pub fn parameters(&self) -> Value {
         let mut p = json!({
-            "scaling_factor": self.scaling_factor,
+            "scaling_factor": super::tidy(self.scaling_factor),
             "threshold": self.threshold,
             "merge_func": self.merge_func.name(),
             "trim": if self.trim == Trim::Global { "global" } else { "per-tensor" },

@@ -1,0 +1,43 @@
+"""merge-rs: merge fine-tuned models from safetensors checkpoints, streaming, in bounded memory.
+
+>>> import merge_rs
+>>> report = merge_rs.merge("ties", ["ft/a", "ft/b"], "merged", pretrained="base")  # doctest: +SKIP
+"""
+
+from ._core import __version__
+from .api import cosine_similarity, inspect, merge, parse_size
+from .exceptions import (
+    CheckpointError,
+    IncompatibleModelsError,
+    InvalidArgumentError,
+    MergeCancelled,
+    MergeIOError,
+    MergeRsError,
+    NonFiniteError,
+    OutputExistsError,
+    OutputIsInputError,
+)
+from .methods import METHODS, get_method
+from .reports import CheckpointInfo, CosineSimilarity, MergeReport
+
+__all__ = [
+    "__version__",
+    "merge",
+    "inspect",
+    "cosine_similarity",
+    "parse_size",
+    "METHODS",
+    "get_method",
+    "MergeReport",
+    "CheckpointInfo",
+    "CosineSimilarity",
+    "MergeRsError",
+    "CheckpointError",
+    "IncompatibleModelsError",
+    "InvalidArgumentError",
+    "NonFiniteError",
+    "OutputExistsError",
+    "OutputIsInputError",
+    "MergeIOError",
+    "MergeCancelled",
+]

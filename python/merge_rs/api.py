@@ -1,0 +1,114 @@
+"""The Python API over the Rust engine: ``merge``, ``inspect``, ``cosine_similarity``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+from . import _core
+from .exceptions import InvalidArgumentError
+from .methods import get_method
+from .progress import ProgressBar, ProgressCallback, progress_callback
+from .reports import CheckpointInfo, CosineSimilarity, MergeReport
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+               "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in ``size``: an int, or a string such as ``5GB`` (10⁹) or ``2GiB`` (2³⁰), as transformers reads it."""
+    if isinstance(size, int):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", size, flags=re.IGNORECASE)
+        if not match:
+            raise InvalidArgumentError(f"cannot read size '{size}' (examples: 5GB, 500MB, 2GiB)")
+        value = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()])
+    if value <= 0:
+        raise InvalidArgumentError(f"the shard size must be positive (got {size})")
+    return value
+
+
+def merge(
+    method: str,
+    models: Sequence[PathLike],
+    out: PathLike,
+    *,
+    pretrained: PathLike | None = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    threads: int = 0,
+    overwrite: bool = False,
+    allow_nonfinite: bool = False,
+    progress: bool | ProgressCallback = False,
+    **parameters: Any,
+) -> MergeReport:
+    """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
+
+    ``method`` is one of ``merge_rs.METHODS``; ``parameters`` are its parameters (FusionBench defaults), e.g.
+    ``merge("ties", models, "out", pretrained=base, threshold=20, merge_func="sum")``. The work runs in Rust
+    with the GIL released; ``progress=True`` shows a bar on a terminal, a callable receives
+    ``(phase, done_bytes, total_bytes)``.
+    """
+    spec = get_method(method)
+    resolved = spec.resolve(parameters)
+    if "coefficients_file" in resolved:
+        resolved["coefficients_file"] = os.fspath(resolved["coefficients_file"])
+    if threads < 0:
+        raise InvalidArgumentError(f"threads must be ≥ 0 (got {threads})")
+    request = {
+        "method": spec.name,
+        "parameters": resolved,
+        "pretrained": os.fspath(pretrained) if pretrained is not None else None,
+        "models": [os.fspath(m) for m in models],
+        "out": os.fspath(out),
+        "dtype": dtype,
+        "max_shard_size": parse_size(max_shard_size),
+        "threads": threads,
+        "overwrite": overwrite,
+        "allow_nonfinite": allow_nonfinite,
+    }
+    callback = progress_callback(progress)
+    try:
+        report = _core.merge(json.dumps(request), callback)
+    finally:
+        if isinstance(callback, ProgressBar):
+            callback.close()
+    return MergeReport.from_json(json.loads(report))
+
+
+def inspect(path: PathLike) -> CheckpointInfo:
+    """Describe the checkpoint at ``path`` (file or directory) from its headers."""
+    return CheckpointInfo.from_json(json.loads(_core.inspect(os.fspath(path))))
+
+
+def cosine_similarity(
+    pretrained: PathLike,
+    models: Sequence[PathLike],
+    *,
+    threads: int = 0,
+    progress: bool | ProgressCallback = False,
+) -> CosineSimilarity:
+    """Pairwise cosine similarity of the task vectors τᵢ = θᵢ − θ₀, accumulated in float64."""
+    callback = progress_callback(progress)
+    try:
+        data = _core.cosine_similarity(os.fspath(pretrained), [os.fspath(m) for m in models], threads, callback)
+    finally:
+        if isinstance(callback, ProgressBar):
+            callback.close()
+    return CosineSimilarity.from_json(json.loads(data))
+
+
+def model_name(path: PathLike) -> str:
+    """The display name the engine uses for a model path."""
+    p = Path(path)
+    if p.is_file() and (p.stem == "model" or p.stem.startswith("model-")):
+        return p.parent.name
+    return p.name if p.is_dir() else p.stem

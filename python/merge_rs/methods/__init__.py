@@ -1,0 +1,5 @@
+"""Registry of the merge methods."""
+
+from .registry import METHODS, MergeMethod, Parameter, get_method
+
+__all__ = ["METHODS", "MergeMethod", "Parameter", "get_method"]

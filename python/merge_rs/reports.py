@@ -1,0 +1,141 @@
+"""Report objects returned by the Python API (built from the engine's JSON reports)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InputModel:
+    """A model that took part in a merge."""
+
+    name: str
+    path: Path
+    layout: str
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What a merge did."""
+
+    method: str
+    parameters: dict[str, Any]
+    pretrained: InputModel | None
+    models: list[InputModel]
+    tensors: int
+    merged_tensors: int
+    copied_tensors: int
+    parameters_merged: int
+    nonfinite_values: int
+    output: Path
+    output_files: list[Path]
+    output_bytes: int
+    threads: int
+    seconds: float
+    ties_thresholds: list[float] | None = None
+    ties_majority_sign: int | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MergeReport:
+        model = lambda m: InputModel(m["name"], Path(m["path"]), m["layout"])  # noqa: E731
+        return cls(
+            **{
+                **data,
+                "pretrained": model(data["pretrained"]) if data.get("pretrained") else None,
+                "models": [model(m) for m in data["models"]],
+                "output": Path(data["output"]),
+                "output_files": [Path(p) for p in data["output_files"]],
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a checkpoint."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    parameters: int
+    bytes: int
+    shard: str
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint holds, from its headers."""
+
+    path: Path
+    name: str
+    layout: str
+    layout_description: str
+    tensor_count: int
+    parameters: int
+    bytes: int
+    dtypes: dict[str, int]
+    shards: list[dict[str, Any]]
+    metadata: dict[str, str]
+    config: Path | None
+    tensors: list[TensorInfo] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckpointInfo:
+        return cls(
+            **{
+                **data,
+                "path": Path(data["path"]),
+                "config": Path(data["config"]) if data.get("config") else None,
+                "tensors": [TensorInfo(**t) for t in data["tensors"]],
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class CosineSimilarity:
+    """Pairwise cosine similarity of task vectors (float64)."""
+
+    names: list[str]
+    paths: list[Path]
+    matrix: list[list[float]]
+    norms: list[float]
+    parameters: int
+    seconds: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CosineSimilarity:
+        return cls(**{**data, "paths": [Path(p) for p in data["paths"]]})
+
+    def to_csv(self) -> str:
+        """The matrix as CSV with model names on both axes (FusionBench's layout)."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["", *self.names])
+        for name, row in zip(self.names, self.matrix):
+            writer.writerow([name, *(repr(float(v)) for v in row)])
+        return out.getvalue()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value

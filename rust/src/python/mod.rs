@@ -1,0 +1,140 @@
+//! The Python extension module `merge_rs._core`: thin wrappers that convert arguments, run the core with
+//! the GIL released ([`detach::run_detached`]) and return JSON reports that `merge_rs` turns into objects.
+
+mod detach;
+mod errors;
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::dtype::FloatType;
+use crate::error::MergeError;
+use crate::merge::MergeRequest;
+use crate::methods::MethodSpec;
+use crate::monitor::Monitor;
+use crate::synthetic::SyntheticSpec;
+use detach::run_detached;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestJson {
+    method: String,
+    #[serde(default)]
+    parameters: MethodSpec,
+    pretrained: Option<PathBuf>,
+    models: Vec<PathBuf>,
+    out: PathBuf,
+    dtype: Option<String>,
+    max_shard_size: u64,
+    #[serde(default)]
+    threads: usize,
+    #[serde(default)]
+    overwrite: bool,
+    #[serde(default)]
+    allow_nonfinite: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyntheticJson {
+    tensors: Vec<(String, Vec<usize>)>,
+    models: usize,
+    dtype: String,
+    seed: u64,
+    max_shard_size: u64,
+    weight_scale: f32,
+    task_scale: f32,
+    base_config: Option<String>,
+    model_config: Option<String>,
+    #[serde(default)]
+    threads: usize,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, MergeError> {
+    serde_json::from_str(json).map_err(|e| MergeError::arg(format!("invalid {what}: {e}")))
+}
+
+fn dtype(name: &str) -> Result<FloatType, MergeError> {
+    FloatType::parse(name).ok_or_else(|| MergeError::arg(format!("unknown dtype '{name}' (float32, float16 or bfloat16)")))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, MergeError> {
+    serde_json::to_string(value).map_err(|e| MergeError::arg(e.to_string()))
+}
+
+/// Merge checkpoints as described by `request` (JSON); returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (request, progress=None))]
+fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> PyResult<String> {
+    let monitor = Monitor::default();
+    let build = || -> Result<MergeRequest, MergeError> {
+        let r: RequestJson = parse("merge request", request)?;
+        Ok(MergeRequest {
+            method: r.parameters.build(&r.method)?,
+            base: r.pretrained,
+            models: r.models,
+            out: r.out,
+            dtype: r.dtype.as_deref().map(dtype).transpose()?,
+            max_shard_size: r.max_shard_size,
+            threads: r.threads,
+            overwrite: r.overwrite,
+            allow_nonfinite: r.allow_nonfinite,
+            chunk: 0,
+        })
+    };
+    let request = build().map_err(|e| errors::to_py(py, e))?;
+    run_detached(py, &monitor, progress.as_ref(), || crate::merge::merge(&request, &monitor).and_then(|r| to_json(&r)))
+}
+
+/// Describe a checkpoint from its headers; returns JSON.
+#[pyfunction]
+fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    py.detach(|| crate::info::inspect(&path).and_then(|r| to_json(&r))).map_err(|e| errors::to_py(py, e))
+}
+
+/// Cosine similarity of the task vectors; returns JSON.
+#[pyfunction]
+#[pyo3(signature = (pretrained, models, threads=0, progress=None))]
+fn cosine_similarity(py: Python<'_>, pretrained: PathBuf, models: Vec<PathBuf>, threads: usize, progress: Option<Bound<'_, PyAny>>) -> PyResult<String> {
+    let monitor = Monitor::default();
+    run_detached(py, &monitor, progress.as_ref(), || {
+        crate::analysis::cosine_similarity(&pretrained, &models, threads, &monitor).and_then(|r| to_json(&r))
+    })
+}
+
+/// Write a synthetic model set under `directory`; returns the model paths (pretrained first).
+#[pyfunction]
+fn write_model_set(py: Python<'_>, directory: PathBuf, spec: &str) -> PyResult<Vec<PathBuf>> {
+    let monitor = Monitor::default();
+    let build = || -> Result<SyntheticSpec, MergeError> {
+        let s: SyntheticJson = parse("model-set spec", spec)?;
+        Ok(SyntheticSpec {
+            tensors: s.tensors,
+            models: s.models,
+            dtype: dtype(&s.dtype)?,
+            seed: s.seed,
+            max_shard_size: s.max_shard_size,
+            weight_scale: s.weight_scale,
+            task_scale: s.task_scale,
+            base_config: s.base_config,
+            model_config: s.model_config,
+            threads: s.threads,
+        })
+    };
+    let spec = build().map_err(|e| errors::to_py(py, e))?;
+    run_detached(py, &monitor, None, || crate::synthetic::write_model_set(&directory, &spec))
+}
+
+/// The extension module.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(merge, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(cosine_similarity, m)?)?;
+    m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
