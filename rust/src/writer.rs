@@ -40,7 +40,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Create the temporary output for `tensors`, split into shards of at most `max_shard_size` bytes
+    /// Create the temporary output (and any missing parent directories) for `tensors`, split into shards of at most `max_shard_size` bytes
     /// (a larger tensor gets a shard of its own). `target` must not exist unless `overwrite`.
     pub fn create(target: &Path, tensors: &[OutTensor], metadata: &[(String, String)], max_shard_size: u64, overwrite: bool) -> Result<Writer> {
         if target.exists() && !overwrite {
@@ -141,9 +141,7 @@ fn temp_sibling(target: &Path) -> Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() {
-        return Err(MergeError::NotFound { path: parent });
-    }
+    std::fs::create_dir_all(&parent).map_err(|e| MergeError::io(&parent, e))?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     Ok(parent.join(format!(".{}.merge-rs-{}-{nanos}", name.to_string_lossy(), std::process::id())))
 }

@@ -48,9 +48,9 @@ pub enum Method {
 /// What a method found out while merging, for the report.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct MethodStats {
-    /// TIES: the magnitude threshold of each task (global trim only).
+    /// TIES: the magnitude threshold of each task (global trim only), exact (f32 widened).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ties_thresholds: Option<Vec<f32>>,
+    pub ties_thresholds: Option<Vec<f64>>,
     /// TIES: the majority sign used where the elected sign was 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ties_majority_sign: Option<i8>,

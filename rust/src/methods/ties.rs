@@ -153,7 +153,7 @@ pub fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -> Resul
         apply_patches(engine, writer, &patches, majority)?;
     }
     Ok(MethodStats {
-        ties_thresholds: (options.trim == Trim::Global).then(|| thresholds.swap_remove(0)),
+        ties_thresholds: (options.trim == Trim::Global).then(|| thresholds.swap_remove(0).into_iter().map(f64::from).collect()),
         ties_majority_sign: Some(majority as i8),
     })
 }
