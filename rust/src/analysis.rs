@@ -30,10 +30,18 @@ pub struct CosineReport {
 }
 
 /// Cosine similarity between the task vectors of `models` relative to `base`.
-pub fn cosine_similarity(base: &std::path::Path, models: &[PathBuf], threads: usize, monitor: &Monitor) -> Result<CosineReport> {
+pub fn cosine_similarity(
+    base: &std::path::Path,
+    models: &[PathBuf],
+    threads: usize,
+    monitor: &Monitor,
+) -> Result<CosineReport> {
     let started = std::time::Instant::now();
     if models.len() < 2 {
-        return Err(MergeError::arg(format!("cosine similarity needs at least 2 fine-tuned models, got {}", models.len())));
+        return Err(MergeError::arg(format!(
+            "cosine similarity needs at least 2 fine-tuned models, got {}",
+            models.len()
+        )));
     }
     let inputs = Inputs {
         base: Some(Checkpoint::open(base)?),
@@ -44,10 +52,19 @@ pub fn cosine_similarity(base: &std::path::Path, models: &[PathBuf], threads: us
     let n = models.len();
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (a..n).map(move |b| (a, b))).collect();
     let jobs = engine.all_jobs();
-    let (partials, _) = engine.pass("cosine similarity", &jobs, true, || (), |_, mut chunk| {
-        chunk.to_task_vectors()?;
-        Ok(pairs.iter().map(|&(a, b)| dot(&chunk.models[a], &chunk.models[b])).collect::<Vec<f64>>())
-    })?;
+    let (partials, _) = engine.pass(
+        "cosine similarity",
+        &jobs,
+        true,
+        || (),
+        |_, mut chunk| {
+            chunk.to_task_vectors()?;
+            Ok(pairs
+                .iter()
+                .map(|&(a, b)| dot(&chunk.models[a], &chunk.models[b]))
+                .collect::<Vec<f64>>())
+        },
+    )?;
     let mut gram = vec![vec![0.0f64; n]; n];
     for partial in &partials {
         for (&(a, b), v) in pairs.iter().zip(partial) {
@@ -56,7 +73,11 @@ pub fn cosine_similarity(base: &std::path::Path, models: &[PathBuf], threads: us
     }
     let norms: Vec<f64> = (0..n).map(|i| gram[i][i].sqrt()).collect();
     let matrix = (0..n)
-        .map(|a| (0..n).map(|b| gram[a.min(b)][a.max(b)] / (norms[a] * norms[b]).max(1e-8)).collect())
+        .map(|a| {
+            (0..n)
+                .map(|b| gram[a.min(b)][a.max(b)] / (norms[a] * norms[b]).max(1e-8))
+                .collect()
+        })
         .collect();
     Ok(CosineReport {
         names: inputs.models.iter().map(|m| m.name.clone()).collect(),

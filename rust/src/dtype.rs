@@ -155,7 +155,10 @@ pub fn storage_of(dtype: Dtype) -> Option<Storage> {
 
 /// Count the non-finite values (NaN, ±Inf) in `values`.
 pub fn count_nonfinite(values: &[f32]) -> u64 {
-    values.iter().map(|v| u64::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)).sum()
+    values
+        .iter()
+        .map(|v| u64::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+        .sum()
 }
 
 #[cfg(test)]
@@ -172,7 +175,7 @@ mod tests {
 
     #[test]
     fn f32_roundtrip_is_exact() {
-        let v = [1.5f32, -0.0, 3.1415927, f32::MIN_POSITIVE, 1e30];
+        let v = [1.5f32, -0.0, 2.718_281_7e-3, f32::MIN_POSITIVE, 1e30];
         assert_eq!(roundtrip(FloatType::F32, &v), v);
     }
 
@@ -186,7 +189,10 @@ mod tests {
         assert_eq!(roundtrip(FloatType::BF16, &[above]), [f32::from_bits(0x3f81_0000)]);
         // 1 + 3·2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): rounds up to even.
         let odd_halfway = f32::from_bits(0x3f81_8000);
-        assert_eq!(roundtrip(FloatType::BF16, &[odd_halfway]), [f32::from_bits(0x3f82_0000)]);
+        assert_eq!(
+            roundtrip(FloatType::BF16, &[odd_halfway]),
+            [f32::from_bits(0x3f82_0000)]
+        );
     }
 
     #[test]
@@ -199,7 +205,7 @@ mod tests {
 
     #[test]
     fn unaligned_buffers_decode() {
-        let mut raw = vec![0u8; 5];
+        let mut raw = [0u8; 5];
         raw[1..].copy_from_slice(&[0x00, 0x3c, 0x00, 0xc0]); // f16 1.0, -2.0
         let mut out = [0.0f32; 2];
         FloatType::F16.decode(&raw[1..], &mut out);
@@ -217,6 +223,9 @@ mod tests {
 
     #[test]
     fn nonfinite_values_are_counted() {
-        assert_eq!(count_nonfinite(&[1.0, f32::NAN, f32::INFINITY, -f32::INFINITY, f32::MAX]), 3);
+        assert_eq!(
+            count_nonfinite(&[1.0, f32::NAN, f32::INFINITY, -f32::INFINITY, f32::MAX]),
+            3
+        );
     }
 }

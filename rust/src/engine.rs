@@ -47,7 +47,9 @@ pub struct Chunk<'a> {
 impl Chunk<'_> {
     /// Turn every `models[i]` into the task vector τᵢ = θᵢ − θ₀ in place (float32).
     pub fn to_task_vectors(&mut self) -> Result<()> {
-        let base = self.base.ok_or_else(|| MergeError::arg("task vectors need the pretrained model"))?;
+        let base = self
+            .base
+            .ok_or_else(|| MergeError::arg("task vectors need the pretrained model"))?;
         for m in self.models.iter_mut() {
             for (x, b) in m.iter_mut().zip(base) {
                 *x -= *b;
@@ -82,13 +84,27 @@ pub struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     /// An engine on `threads` threads (0: one per core).
-    pub fn new(inputs: &'a Inputs, plan: &'a MergePlan, monitor: &'a Monitor, threads: usize, allow_nonfinite: bool) -> Result<Self> {
+    pub fn new(
+        inputs: &'a Inputs,
+        plan: &'a MergePlan,
+        monitor: &'a Monitor,
+        threads: usize,
+        allow_nonfinite: bool,
+    ) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("merge-rs-{i}"))
             .build()
             .map_err(|e| MergeError::arg(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Engine { inputs, plan, monitor, pool, chunk: DEFAULT_CHUNK, allow_nonfinite, nonfinite: AtomicU64::new(0) })
+        Ok(Engine {
+            inputs,
+            plan,
+            monitor,
+            pool,
+            chunk: DEFAULT_CHUNK,
+            allow_nonfinite,
+            nonfinite: AtomicU64::new(0),
+        })
     }
 
     /// Use chunks of `elements` (tests use tiny chunks to exercise boundaries).
@@ -153,7 +169,9 @@ impl<'a> Engine<'a> {
         let total: u64 = jobs.iter().map(|j| (j.len * 4 * inputs_per_job) as u64).sum();
         self.monitor.start_phase(phase, total);
         self.nonfinite.store(0, Ordering::Relaxed);
-        let slots: Vec<Mutex<(Scratch, S)>> = (0..self.threads()).map(|_| Mutex::new((Scratch::default(), init()))).collect();
+        let slots: Vec<Mutex<(Scratch, S)>> = (0..self.threads())
+            .map(|_| Mutex::new((Scratch::default(), init())))
+            .collect();
         let results = self.pool.install(|| {
             jobs.par_iter()
                 .map(|job| {
@@ -161,7 +179,9 @@ impl<'a> Engine<'a> {
                         return Err(MergeError::Cancelled);
                     }
                     let slot = rayon::current_thread_index().unwrap_or(0) % slots.len();
-                    let mut guard = slots[slot].lock().map_err(|_| MergeError::arg("a worker thread panicked"))?;
+                    let mut guard = slots[slot]
+                        .lock()
+                        .map_err(|_| MergeError::arg("a worker thread panicked"))?;
                     let (scratch, state) = &mut *guard;
                     let result = self.run_job(job, read_base, scratch, state, &kernel)?;
                     self.monitor.advance((job.len * 4 * inputs_per_job) as u64);
@@ -169,8 +189,14 @@ impl<'a> Engine<'a> {
                 })
                 .collect::<Result<Vec<T>>>()
         })?;
-        let states = slots.into_iter().map(|s| s.into_inner().map(|(_, st)| st)).collect::<Result<Vec<S>, _>>();
-        Ok((results, states.map_err(|_| MergeError::arg("a worker thread panicked"))?))
+        let states = slots
+            .into_iter()
+            .map(|s| s.into_inner().map(|(_, st)| st))
+            .collect::<Result<Vec<S>, _>>();
+        Ok((
+            results,
+            states.map_err(|_| MergeError::arg("a worker thread panicked"))?,
+        ))
     }
 
     fn run_job<S, T>(
@@ -209,13 +235,25 @@ impl<'a> Engine<'a> {
         kernel(state, chunk)
     }
 
-    fn read(&self, ckpt: &Checkpoint, tensor: &PlanTensor, source: &FloatSource, job: &Job, buf: &mut Vec<f32>, raw: &mut Vec<u8>) -> Result<()> {
+    fn read(
+        &self,
+        ckpt: &Checkpoint,
+        tensor: &PlanTensor,
+        source: &FloatSource,
+        job: &Job,
+        buf: &mut Vec<f32>,
+        raw: &mut Vec<u8>,
+    ) -> Result<()> {
         buf.resize(job.len, 0.0);
         ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw)?;
         let bad = count_nonfinite(buf);
         if bad > 0 {
             if !self.allow_nonfinite {
-                return Err(MergeError::NonFinite { model: ckpt.name.clone(), tensor: tensor.name.clone(), count: bad });
+                return Err(MergeError::NonFinite {
+                    model: ckpt.name.clone(),
+                    tensor: tensor.name.clone(),
+                    count: bad,
+                });
             }
             self.nonfinite.fetch_add(bad, Ordering::Relaxed);
         }

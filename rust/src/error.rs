@@ -56,7 +56,9 @@ pub enum MergeError {
     #[error("{0}")]
     InvalidArgument(String),
     /// A parameter contains NaN or infinity.
-    #[error("{model}: tensor '{tensor}' contains {count} non-finite value(s) (NaN or Inf); pass allow_nonfinite / --allow-nonfinite to merge anyway")]
+    #[error(
+        "{model}: tensor '{tensor}' contains {count} non-finite value(s) (NaN or Inf); pass allow_nonfinite / --allow-nonfinite to merge anyway"
+    )]
     NonFinite {
         /// The model holding the tensor.
         model: String,
@@ -88,15 +90,23 @@ impl MergeError {
     /// An I/O error on `path`, turning "not found" into [`MergeError::NotFound`].
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            MergeError::NotFound { path: path.to_path_buf() }
+            MergeError::NotFound {
+                path: path.to_path_buf(),
+            }
         } else {
-            MergeError::Io { path: path.to_path_buf(), source }
+            MergeError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 
     /// An invalid-checkpoint error for `path`.
     pub fn invalid(path: &Path, reason: impl Into<String>) -> Self {
-        MergeError::InvalidCheckpoint { path: path.to_path_buf(), reason: reason.into() }
+        MergeError::InvalidCheckpoint {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 
     /// An invalid-argument error.
@@ -118,7 +128,11 @@ mod tests {
 
     #[test]
     fn messages_name_the_tensor() {
-        let err = MergeError::NonFinite { model: "m".into(), tensor: "w".into(), count: 2 };
+        let err = MergeError::NonFinite {
+            model: "m".into(),
+            tensor: "w".into(),
+            count: 2,
+        };
         assert!(err.to_string().contains("'w'"));
     }
 }

@@ -68,7 +68,13 @@ pub struct CheckpointInfo {
 /// Describe the checkpoint at `path`.
 pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
     let ckpt = Checkpoint::open(path)?;
-    let shard_name = |i: usize| ckpt.shards[i].path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let shard_name = |i: usize| {
+        ckpt.shards[i]
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let tensors: Vec<TensorInfo> = ckpt
         .tensors
         .iter()
@@ -89,7 +95,11 @@ pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
         .shards
         .iter()
         .enumerate()
-        .map(|(i, s)| ShardInfo { path: s.path.clone(), bytes: s.len, tensors: ckpt.tensors.iter().filter(|t| t.shard == i).count() })
+        .map(|(i, s)| ShardInfo {
+            path: s.path.clone(),
+            bytes: s.len,
+            tensors: ckpt.tensors.iter().filter(|t| t.shard == i).count(),
+        })
         .collect();
     Ok(CheckpointInfo {
         path: ckpt.path.clone(),

@@ -105,10 +105,19 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     method.validate(request.models.len())?;
     let base = match (&request.base, method.needs_base()) {
         (Some(p), _) => Some(Checkpoint::open(p)?),
-        (None, true) => return Err(MergeError::arg(format!("{} needs the pretrained model (--pretrained)", method.name()))),
+        (None, true) => {
+            return Err(MergeError::arg(format!(
+                "{} needs the pretrained model (--pretrained)",
+                method.name()
+            )));
+        }
         (None, false) => None,
     };
-    let models = request.models.iter().map(|p| Checkpoint::open(p)).collect::<Result<Vec<_>>>()?;
+    let models = request
+        .models
+        .iter()
+        .map(|p| Checkpoint::open(p))
+        .collect::<Result<Vec<_>>>()?;
     let inputs = Inputs { base, models };
     check_output_path(&request.out, &inputs)?;
     let plan = MergePlan::build(&inputs, method.needs_base(), request.dtype)?;
@@ -116,15 +125,29 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let out_tensors: Vec<OutTensor> = plan
         .tensors
         .iter()
-        .map(|t| OutTensor { name: t.name.clone(), dtype: t.out_dtype(), shape: t.shape.clone(), nbytes: t.out_bytes() })
+        .map(|t| OutTensor {
+            name: t.name.clone(),
+            dtype: t.out_dtype(),
+            shape: t.shape.clone(),
+            nbytes: t.out_bytes(),
+        })
         .collect();
     let metadata = vec![
         ("format".to_string(), "pt".to_string()),
         ("merge_method".to_string(), method.name().to_string()),
         ("merge_parameters".to_string(), method.parameters().to_string()),
-        ("merged_by".to_string(), format!("merge-rs {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "merged_by".to_string(),
+            format!("merge-rs {}", env!("CARGO_PKG_VERSION")),
+        ),
     ];
-    let writer = Writer::create(&request.out, &out_tensors, &metadata, request.max_shard_size, request.overwrite)?;
+    let writer = Writer::create(
+        &request.out,
+        &out_tensors,
+        &metadata,
+        request.max_shard_size,
+        request.overwrite,
+    )?;
     let mut engine = Engine::new(&inputs, &plan, monitor, request.threads, request.allow_nonfinite)?;
     if request.chunk > 0 {
         engine = engine.with_chunk(request.chunk);
@@ -136,7 +159,11 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let threads = engine.threads();
     drop(engine);
     let output_files = writer.finish()?;
-    let describe = |c: &Checkpoint| InputInfo { name: c.name.clone(), path: c.path.clone(), layout: c.layout.name() };
+    let describe = |c: &Checkpoint| InputInfo {
+        name: c.name.clone(),
+        path: c.path.clone(),
+        layout: c.layout.name(),
+    };
     Ok(MergeReport {
         method: method.name(),
         parameters: method.parameters(),
@@ -165,7 +192,10 @@ fn check_output_path(out: &Path, inputs: &Inputs) -> Result<()> {
         let clash = out_abs == input || input.starts_with(&out_abs) || (is_dir && out_abs.starts_with(&input));
         let shard_clash = ckpt.shards.iter().any(|s| absolute(&s.path).starts_with(&out_abs));
         if clash || shard_clash {
-            return Err(MergeError::OutputIsInput { path: out.to_path_buf(), input: ckpt.path.clone() });
+            return Err(MergeError::OutputIsInput {
+                path: out.to_path_buf(),
+                input: ckpt.path.clone(),
+            });
         }
     }
     Ok(())
@@ -177,7 +207,12 @@ fn absolute(path: &Path) -> PathBuf {
         return p;
     }
     match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => absolute(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).join(name),
+        (Some(parent), Some(name)) => absolute(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+        .join(name),
         _ => path.to_path_buf(),
     }
 }
@@ -187,7 +222,9 @@ fn copy_raw_tensors(inputs: &Inputs, plan: &MergePlan, writer: &Writer, monitor:
     const CHUNK: u64 = 8 << 20;
     let mut buf = Vec::new();
     for (index, t) in plan.tensors.iter().enumerate() {
-        let TensorKind::Copy { from, tensor, .. } = &t.kind else { continue };
+        let TensorKind::Copy { from, tensor, .. } = &t.kind else {
+            continue;
+        };
         if monitor.is_cancelled() {
             return Err(MergeError::Cancelled);
         }
@@ -232,8 +269,16 @@ fn copy_companions(reference: &Checkpoint, writer: &Writer, dtype: Option<FloatT
 fn with_dtype(config: &[u8], ty: FloatType) -> Option<Vec<u8>> {
     let mut value: serde_json::Value = serde_json::from_slice(config).ok()?;
     let object = value.as_object_mut()?;
-    let present: Vec<String> = ["dtype", "torch_dtype"].iter().filter(|k| object.contains_key(**k)).map(|k| k.to_string()).collect();
-    for key in if present.is_empty() { vec!["dtype".to_string()] } else { present } {
+    let present: Vec<String> = ["dtype", "torch_dtype"]
+        .iter()
+        .filter(|k| object.contains_key(**k))
+        .map(|k| k.to_string())
+        .collect();
+    for key in if present.is_empty() {
+        vec!["dtype".to_string()]
+    } else {
+        present
+    } {
         object.insert(key, ty.name().into());
     }
     serde_json::to_vec_pretty(&value).ok()

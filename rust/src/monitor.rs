@@ -52,7 +52,11 @@ impl Monitor {
     /// The current phase and counters.
     pub fn progress(&self) -> Progress {
         let phase = self.phase.lock().map(|p| p.clone()).unwrap_or_default();
-        Progress { phase, done: self.done.load(Ordering::Relaxed), total: self.total.load(Ordering::Relaxed) }
+        Progress {
+            phase,
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -65,7 +69,14 @@ mod tests {
         let m = Monitor::default();
         m.start_phase("a", 10);
         m.advance(4);
-        assert_eq!(m.progress(), Progress { phase: "a".into(), done: 4, total: 10 });
+        assert_eq!(
+            m.progress(),
+            Progress {
+                phase: "a".into(),
+                done: 4,
+                total: 10
+            }
+        );
         m.start_phase("b", 3);
         assert_eq!(m.progress().done, 0);
         assert!(!m.is_cancelled());

@@ -104,12 +104,24 @@ pub struct MergePlan {
 impl MergePlan {
     /// Build and validate the plan. `needs_base` says whether the method uses θ₀ for float tensors.
     pub fn build(inputs: &Inputs, needs_base: bool, out_dtype: Option<FloatType>) -> Result<MergePlan> {
-        let reference = inputs.models.first().ok_or_else(|| MergeError::arg("no fine-tuned model given"))?;
+        let reference = inputs
+            .models
+            .first()
+            .ok_or_else(|| MergeError::arg("no fine-tuned model given"))?;
         if needs_base && inputs.base.is_none() {
             return Err(MergeError::arg("this method needs the pretrained model (--pretrained)"));
         }
-        let maps: Vec<KeyMap> = inputs.models.iter().skip(1).map(|m| match_keys(reference, m, true)).collect::<Result<_>>()?;
-        let base_map = inputs.base.as_ref().map(|b| match_keys(reference, b, false)).transpose()?;
+        let maps: Vec<KeyMap> = inputs
+            .models
+            .iter()
+            .skip(1)
+            .map(|m| match_keys(reference, m, true))
+            .collect::<Result<_>>()?;
+        let base_map = inputs
+            .base
+            .as_ref()
+            .map(|b| match_keys(reference, b, false))
+            .transpose()?;
         let mut tensors = Vec::with_capacity(reference.tensors.len());
         for (ti, t) in reference.tensors.iter().enumerate() {
             let name = &t.stored.name;
@@ -119,14 +131,27 @@ impl MergePlan {
                 sources.push((InputId::Model(j + 1), locate(m, *map)));
             }
             let base = inputs.base.as_ref().zip(base_map).map(|(b, map)| (b, locate(b, map)));
-            tensors.push(plan_tensor(inputs, name, &t.stored.shape, t.stored.dtype, &sources, base, needs_base, out_dtype)?);
+            tensors.push(plan_tensor(
+                inputs,
+                name,
+                &t.stored.shape,
+                t.stored.dtype,
+                &sources,
+                base,
+                needs_base,
+                out_dtype,
+            )?);
         }
         Ok(MergePlan { tensors })
     }
 
     /// Number of parameters that are merged.
     pub fn merged_params(&self) -> u64 {
-        self.tensors.iter().filter(|t| t.is_merged()).map(|t| t.numel as u64).sum()
+        self.tensors
+            .iter()
+            .filter(|t| t.is_merged())
+            .map(|t| t.numel as u64)
+            .sum()
     }
 
     /// Number of merged tensors.
@@ -177,7 +202,10 @@ fn plan_tensor(
             return Err(MergeError::Incompatible {
                 model: ckpt.name.clone(),
                 tensor: name.to_string(),
-                problem: format!("has shape {:?}, but {:?} in {}", other.stored.shape, shape, reference.name),
+                problem: format!(
+                    "has shape {:?}, but {:?} in {}",
+                    other.stored.shape, shape, reference.name
+                ),
             });
         }
         let other_storage = storage_of(other.stored.dtype);
@@ -186,7 +214,10 @@ fn plan_tensor(
             return Err(MergeError::Incompatible {
                 model: ckpt.name.clone(),
                 tensor: name.to_string(),
-                problem: format!("has dtype {:?}, but {dtype:?} in {}", other.stored.dtype, reference.name),
+                problem: format!(
+                    "has dtype {:?}, but {dtype:?} in {}",
+                    other.stored.dtype, reference.name
+                ),
             });
         }
         found.push((id, idx.unwrap_or_default()));
@@ -208,20 +239,40 @@ fn plan_tensor(
         },
         Storage::Raw { width } => {
             let (from, tensor) = base_found.first().copied().unwrap_or(model_found[0]);
-            TensorKind::Copy { from, tensor, width, dtype }
+            TensorKind::Copy {
+                from,
+                tensor,
+                width,
+                dtype,
+            }
         }
     };
-    Ok(PlanTensor { name: name.to_string(), shape: shape.to_vec(), numel, kind })
+    Ok(PlanTensor {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        numel,
+        kind,
+    })
 }
 
 /// Choose how the reference's names translate into `other`'s. Every reference tensor must be found;
 /// with `exact`, `other` must not hold tensors beyond them either (fine-tuned models must agree).
 fn match_keys(reference: &Checkpoint, other: &Checkpoint, exact: bool) -> Result<KeyMap> {
     let hits = |map: KeyMap| {
-        reference.tensors.iter().filter(|t| map.apply(&t.stored.name).is_some_and(|n| other.get(&n).is_some())).count()
+        reference
+            .tensors
+            .iter()
+            .filter(|t| map.apply(&t.stored.name).is_some_and(|n| other.get(&n).is_some()))
+            .count()
     };
-    let best = KeyMap::ALL.into_iter().max_by_key(|m| hits(*m)).unwrap_or(KeyMap::Identity);
-    let missing = reference.tensors.iter().find(|t| best.apply(&t.stored.name).is_none_or(|n| other.get(&n).is_none()));
+    let best = KeyMap::ALL
+        .into_iter()
+        .max_by_key(|m| hits(*m))
+        .unwrap_or(KeyMap::Identity);
+    let missing = reference
+        .tensors
+        .iter()
+        .find(|t| best.apply(&t.stored.name).is_none_or(|n| other.get(&n).is_none()));
     if let Some(t) = missing {
         return Err(MergeError::Incompatible {
             model: other.name.clone(),
@@ -230,8 +281,11 @@ fn match_keys(reference: &Checkpoint, other: &Checkpoint, exact: bool) -> Result
         });
     }
     if exact && other.tensors.len() != reference.tensors.len() {
-        let known: std::collections::HashSet<String> =
-            reference.tensors.iter().filter_map(|t| best.apply(&t.stored.name).map(|n| n.into_owned())).collect();
+        let known: std::collections::HashSet<String> = reference
+            .tensors
+            .iter()
+            .filter_map(|t| best.apply(&t.stored.name).map(|n| n.into_owned()))
+            .collect();
         if let Some(extra) = other.tensors.iter().find(|t| !known.contains(&t.stored.name)) {
             return Err(MergeError::Incompatible {
                 model: other.name.clone(),

@@ -12,7 +12,9 @@ pub fn mix64(mut z: u64) -> u64 {
 /// A stream key from a seed, a name (e.g. the tensor) and a number (e.g. the task).
 pub fn stream(seed: u64, name: &str, number: u64) -> u64 {
     // FNV-1a over the name, so the key does not depend on tensor order.
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     mix64(mix64(seed ^ mix64(h)) ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
@@ -31,7 +33,11 @@ mod tests {
     fn uniform_is_in_range_and_balanced() {
         let s = stream(7, "w", 0);
         let n = 200_000;
-        let mean: f64 = (0..n).map(|i| uniform(s, i)).inspect(|u| assert!((0.0..1.0).contains(u))).sum::<f64>() / n as f64;
+        let mean: f64 = (0..n)
+            .map(|i| uniform(s, i))
+            .inspect(|u| assert!((0.0..1.0).contains(u)))
+            .sum::<f64>()
+            / n as f64;
         assert!((mean - 0.5).abs() < 0.005, "{mean}");
     }
 

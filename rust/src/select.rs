@@ -17,7 +17,9 @@ pub struct Histogram {
 impl Histogram {
     /// Empty counters for `tasks` value sets.
     pub fn new(tasks: usize) -> Self {
-        Histogram { counts: vec![0; tasks * BUCKETS] }
+        Histogram {
+            counts: vec![0; tasks * BUCKETS],
+        }
     }
 
     /// Count the top 16 bits of |v| for `values` of task `task`.
@@ -83,7 +85,12 @@ pub fn kth_smallest_abs(
         }
         Ok(())
     };
-    let high = merged(engine.pass("trim: select 1/2", jobs, true, || Histogram::new(tasks), high_pass)?.1, tasks);
+    let high = merged(
+        engine
+            .pass("trim: select 1/2", jobs, true, || Histogram::new(tasks), high_pass)?
+            .1,
+        tasks,
+    );
     let located: Vec<(u32, u64)> = k.iter().enumerate().map(|(t, &kt)| high.locate(t, kt.max(1))).collect();
     let low_pass = |state: &mut Histogram, mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
@@ -92,7 +99,12 @@ pub fn kth_smallest_abs(
         }
         Ok(())
     };
-    let low = merged(engine.pass("trim: select 2/2", jobs, true, || Histogram::new(tasks), low_pass)?.1, tasks);
+    let low = merged(
+        engine
+            .pass("trim: select 2/2", jobs, true, || Histogram::new(tasks), low_pass)?
+            .1,
+        tasks,
+    );
     Ok(k.iter()
         .enumerate()
         .map(|(t, &kt)| {
@@ -139,14 +151,22 @@ mod tests {
                 .map(|i| {
                     let u = rng::uniform(s, i) as f32 - 0.5;
                     // Every third seed: a coarse grid, so many values tie.
-                    if seed % 3 == 0 { (u * 16.0).round() / 1024.0 } else { u * 10f32.powi((i % 7) as i32 - 3) }
+                    if seed % 3 == 0 {
+                        (u * 16.0).round() / 1024.0
+                    } else {
+                        u * 10f32.powi((i % 7) as i32 - 3)
+                    }
                 })
                 .collect();
             let mut sorted: Vec<f32> = values.iter().map(|v| v.abs()).collect();
             sorted.sort_by(f32::total_cmp);
             for percent in [0.0, 1.0, 20.0, 50.0, 99.0] {
                 let k = threshold_rank(n as u64, percent).max(1);
-                assert_eq!(kth_by_radix(&values, k), sorted[k as usize - 1], "seed {seed} percent {percent}");
+                assert_eq!(
+                    kth_by_radix(&values, k),
+                    sorted[k as usize - 1],
+                    "seed {seed} percent {percent}"
+                );
             }
         }
     }

@@ -46,9 +46,17 @@ pub fn write_model_set(dir: &Path, spec: &SyntheticSpec) -> Result<Vec<PathBuf>>
         .map_err(|e| MergeError::arg(format!("cannot start threads: {e}")))?;
     let mut paths = Vec::with_capacity(spec.models + 1);
     for model in 0..=spec.models {
-        let name = if model == 0 { "pretrained".to_string() } else { format!("model_{model:02}") };
+        let name = if model == 0 {
+            "pretrained".to_string()
+        } else {
+            format!("model_{model:02}")
+        };
         let path = dir.join(name);
-        let config = if model == 0 { &spec.base_config } else { &spec.model_config };
+        let config = if model == 0 {
+            &spec.base_config
+        } else {
+            &spec.model_config
+        };
         pool.install(|| write_model(&path, spec, model, config.as_deref()))?;
         paths.push(path);
     }

@@ -42,12 +42,23 @@ pub struct Writer {
 impl Writer {
     /// Create the temporary output (and any missing parent directories) for `tensors`, split into shards of at most `max_shard_size` bytes
     /// (a larger tensor gets a shard of its own). `target` must not exist unless `overwrite`.
-    pub fn create(target: &Path, tensors: &[OutTensor], metadata: &[(String, String)], max_shard_size: u64, overwrite: bool) -> Result<Writer> {
+    pub fn create(
+        target: &Path,
+        tensors: &[OutTensor],
+        metadata: &[(String, String)],
+        max_shard_size: u64,
+        overwrite: bool,
+    ) -> Result<Writer> {
         if target.exists() && !overwrite {
-            return Err(MergeError::OutputExists { path: target.to_path_buf() });
+            return Err(MergeError::OutputExists {
+                path: target.to_path_buf(),
+            });
         }
         if target.is_file() {
-            return Err(MergeError::arg(format!("{}: the output must be a directory, and this is a file", target.display())));
+            return Err(MergeError::arg(format!(
+                "{}: the output must be a directory, and this is a file",
+                target.display()
+            )));
         }
         let temp = temp_sibling(target)?;
         std::fs::create_dir(&temp).map_err(|e| MergeError::io(&temp, e))?;
@@ -63,19 +74,30 @@ impl Writer {
         let groups = split_into_shards(tensors, max_shard_size);
         let count = groups.len();
         for (s, group) in groups.iter().enumerate() {
-            let name = if count == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{count:05}.safetensors", s + 1) };
+            let name = if count == 1 {
+                SINGLE_FILE.to_string()
+            } else {
+                format!("model-{:05}-of-{count:05}.safetensors", s + 1)
+            };
             writer.create_shard(&name, tensors, group, metadata)?;
         }
         Ok(writer)
     }
 
-    fn create_shard(&mut self, name: &str, tensors: &[OutTensor], group: &[usize], metadata: &[(String, String)]) -> Result<()> {
+    fn create_shard(
+        &mut self,
+        name: &str,
+        tensors: &[OutTensor],
+        group: &[usize],
+        metadata: &[(String, String)],
+    ) -> Result<()> {
         let path = self.temp.join(name);
         let (header, offsets) = header_bytes(tensors, group, metadata)?;
         let data_start = header.len() as u64;
         let data_len: u64 = group.iter().map(|&t| tensors[t].nbytes).sum();
         let file = File::create(&path).map_err(|e| MergeError::io(&path, e))?;
-        file.set_len(data_start + data_len).map_err(|e| MergeError::io(&path, e))?;
+        file.set_len(data_start + data_len)
+            .map_err(|e| MergeError::io(&path, e))?;
         file.write_all_at(&header, 0).map_err(|e| MergeError::io(&path, e))?;
         let shard = self.shards.len();
         self.places.resize(tensors.len(), (0, 0));
@@ -91,7 +113,10 @@ impl Writer {
     pub fn write_at(&self, tensor: usize, offset: u64, bytes: &[u8]) -> Result<()> {
         let (shard, start) = self.places[tensor];
         let shard = &self.shards[shard];
-        shard.file.write_all_at(bytes, start + offset).map_err(|e| MergeError::io(&shard.path, e))
+        shard
+            .file
+            .write_all_at(bytes, start + offset)
+            .map_err(|e| MergeError::io(&shard.path, e))
     }
 
     /// Put a file into the output (e.g. `config.json`).
@@ -108,8 +133,11 @@ impl Writer {
         }
         if self.shards.len() > 1 {
             let names: Vec<String> = self.shards.iter().map(|s| file_name(&s.path)).collect();
-            let weight_map: serde_json::Map<String, serde_json::Value> =
-                self.weight_map.iter().map(|(t, s)| (t.clone(), names[*s].clone().into())).collect();
+            let weight_map: serde_json::Map<String, serde_json::Value> = self
+                .weight_map
+                .iter()
+                .map(|(t, s)| (t.clone(), names[*s].clone().into()))
+                .collect();
             let index = serde_json::json!({"metadata": {"total_size": self.total_size}, "weight_map": weight_map});
             let text = serde_json::to_string_pretty(&index).map_err(|e| MergeError::arg(e.to_string()))?;
             self.add_file(INDEX_FILE, text.as_bytes())?;
@@ -131,19 +159,29 @@ impl Drop for Writer {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `.<name>.merge-rs-<pid>-<nanos>` beside `target`.
 fn temp_sibling(target: &Path) -> Result<PathBuf> {
-    let name = target.file_name().ok_or_else(|| MergeError::arg(format!("{}: not a usable output path", target.display())))?;
+    let name = target
+        .file_name()
+        .ok_or_else(|| MergeError::arg(format!("{}: not a usable output path", target.display())))?;
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(|e| MergeError::io(&parent, e))?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    Ok(parent.join(format!(".{}.merge-rs-{}-{nanos}", name.to_string_lossy(), std::process::id())))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Ok(parent.join(format!(
+        ".{}.merge-rs-{}-{nanos}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 /// Move `temp` to `target`, replacing an existing `target` directory only once `temp` is complete.
@@ -181,14 +219,18 @@ fn split_into_shards(tensors: &[OutTensor], max: u64) -> Vec<Vec<usize>> {
 /// The serialized header (length prefix + JSON padded to 8 bytes) and each tensor's data offset.
 fn header_bytes(tensors: &[OutTensor], group: &[usize], metadata: &[(String, String)]) -> Result<(Vec<u8>, Vec<u64>)> {
     let mut map = serde_json::Map::new();
-    let meta: serde_json::Map<String, serde_json::Value> = metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    let meta: serde_json::Map<String, serde_json::Value> =
+        metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
     map.insert("__metadata__".into(), meta.into());
     let mut offsets = Vec::with_capacity(group.len());
     let mut offset = 0u64;
     for &t in group {
         let t = &tensors[t];
         let dtype = serde_json::to_value(t.dtype).map_err(|e| MergeError::arg(e.to_string()))?;
-        map.insert(t.name.clone(), serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.nbytes]}));
+        map.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.nbytes]}),
+        );
         offsets.push(offset);
         offset += t.nbytes;
     }
@@ -207,7 +249,12 @@ mod tests {
     use crate::checkpoint::Checkpoint;
 
     fn t(name: &str, n: usize) -> OutTensor {
-        OutTensor { name: name.into(), dtype: safetensors::Dtype::F32, shape: vec![n], nbytes: 4 * n as u64 }
+        OutTensor {
+            name: name.into(),
+            dtype: safetensors::Dtype::F32,
+            shape: vec![n],
+            nbytes: 4 * n as u64,
+        }
     }
 
     #[test]
@@ -215,10 +262,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let out = dir.path().join("out");
         let tensors = [t("a", 3), t("b", 2), t("c", 4)];
-        let w = Writer::create(&out, &tensors, &[("format".into(), "pt".into())], 16, false).unwrap_or_else(|e| panic!("{e}"));
+        let w = Writer::create(&out, &tensors, &[("format".into(), "pt".into())], 16, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         for (i, tensor) in tensors.iter().enumerate() {
             let vals: Vec<f32> = (0..tensor.shape[0]).map(|j| (10 * i + j) as f32).collect();
-            w.write_at(i, 0, bytemuck::cast_slice(&vals)).unwrap_or_else(|e| panic!("{e}"));
+            w.write_at(i, 0, bytemuck::cast_slice(&vals))
+                .unwrap_or_else(|e| panic!("{e}"));
         }
         let files = w.finish().unwrap_or_else(|e| panic!("{e}"));
         // 12 + 8 > 16 and 8 + 16 > 16: one shard per tensor.
@@ -227,7 +276,8 @@ mod tests {
         let ckpt = Checkpoint::open(&out).unwrap_or_else(|e| panic!("{e}"));
         let c = ckpt.get("c").unwrap_or_else(|| panic!("c"));
         let mut vals = [0.0f32; 4];
-        ckpt.read_f32(c, crate::dtype::FloatType::F32, 0, &mut vals, &mut Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        ckpt.read_f32(c, crate::dtype::FloatType::F32, 0, &mut vals, &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(vals, [20.0, 21.0, 22.0, 23.0]);
         assert_eq!(ckpt.metadata, vec![("format".to_string(), "pt".to_string())]);
     }

@@ -45,7 +45,10 @@ pub fn read_header(path: &Path) -> Result<FileHeader> {
     let file = File::open(path).map_err(|e| MergeError::io(path, e))?;
     let len = file.metadata().map_err(|e| MergeError::io(path, e))?.len();
     if len < 8 {
-        return Err(MergeError::invalid(path, format!("the file is {len} bytes long, too short for a header")));
+        return Err(MergeError::invalid(
+            path,
+            format!("the file is {len} bytes long, too short for a header"),
+        ));
     }
     // SAFETY: the map is read-only and dropped before this function returns. A concurrent truncation of the
     // file by another process could fault; safetensors readers share that assumption.
@@ -64,16 +67,20 @@ pub fn read_header(path: &Path) -> Result<FileHeader> {
         })
         .collect();
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut meta: Vec<(String, String)> =
-        metadata.metadata().clone().unwrap_or_default().into_iter().collect();
+    let mut meta: Vec<(String, String)> = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
     meta.sort();
-    Ok(FileHeader { tensors, metadata: meta })
+    Ok(FileHeader {
+        tensors,
+        metadata: meta,
+    })
 }
 
 fn describe(path: &Path, err: SafeTensorError, len: u64) -> MergeError {
     let reason = match err {
         SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => {
-            format!("the header length field points past the end of the file ({len} bytes): truncated or not safetensors")
+            format!(
+                "the header length field points past the end of the file ({len} bytes): truncated or not safetensors"
+            )
         }
         SafeTensorError::MetadataIncompleteBuffer => {
             format!("the data section does not match the header's offsets ({len} bytes on disk): truncated or padded")
@@ -97,7 +104,9 @@ mod tests {
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
         let p = dir.join(name);
-        File::create(&p).and_then(|mut f| f.write_all(bytes)).unwrap_or_else(|e| panic!("{e}"));
+        File::create(&p)
+            .and_then(|mut f| f.write_all(bytes))
+            .unwrap_or_else(|e| panic!("{e}"));
         p
     }
 
@@ -127,8 +136,16 @@ mod tests {
             ("short", vec![1, 2, 3], "too short"),
             ("truncated", file_with(good, &[0; 4]), "truncated"),
             ("json", file_with("{not json", &[]), "corrupt header JSON"),
-            ("dtype", file_with(r#"{"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}}"#, &[0; 8]), "unknown dtype"),
-            ("offsets", file_with(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}}"#, &[0; 8]), "offset"),
+            (
+                "dtype",
+                file_with(r#"{"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}}"#, &[0; 8]),
+                "unknown dtype",
+            ),
+            (
+                "offsets",
+                file_with(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}}"#, &[0; 8]),
+                "offset",
+            ),
             ("huge", u64::MAX.to_le_bytes().to_vec(), "header length"),
         ];
         for (name, bytes, want) in cases {
@@ -136,6 +153,9 @@ mod tests {
             let err = read_header(&p).expect_err(name).to_string();
             assert!(err.contains(want) && err.contains(name), "{name}: {err}");
         }
-        assert!(matches!(read_header(&dir.path().join("missing")), Err(MergeError::NotFound { .. })));
+        assert!(matches!(
+            read_header(&dir.path().join("missing")),
+            Err(MergeError::NotFound { .. })
+        ));
     }
 }

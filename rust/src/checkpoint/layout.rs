@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn key_maps_translate() {
-        assert_eq!(KeyMap::AddVisionPrefix.apply("a.b").as_deref(), Some("vision_model.a.b"));
+        assert_eq!(
+            KeyMap::AddVisionPrefix.apply("a.b").as_deref(),
+            Some("vision_model.a.b")
+        );
         assert_eq!(KeyMap::StripVisionPrefix.apply("vision_model.a").as_deref(), Some("a"));
         assert_eq!(KeyMap::StripVisionPrefix.apply("a"), None);
     }

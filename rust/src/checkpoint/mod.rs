@@ -84,7 +84,11 @@ impl Checkpoint {
             }
             let file = File::open(shard_path).map_err(|e| MergeError::io(shard_path, e))?;
             let len = file.metadata().map_err(|e| MergeError::io(shard_path, e))?.len();
-            shards.push(Shard { path: shard_path.clone(), file, len });
+            shards.push(Shard {
+                path: shard_path.clone(),
+                file,
+                len,
+            });
             tensors.extend(header.tensors.into_iter().map(|stored| Tensor { stored, shard: i }));
         }
         if let Some(map) = &wanted {
@@ -95,12 +99,26 @@ impl Checkpoint {
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if by_name.insert(t.stored.name.clone(), i).is_some() {
-                return Err(MergeError::invalid(path, format!("tensor '{}' is stored twice", t.stored.name)));
+                return Err(MergeError::invalid(
+                    path,
+                    format!("tensor '{}' is stored twice", t.stored.name),
+                ));
             }
         }
         let layout = Layout::detect(tensors.iter().map(|t| t.stored.name.as_str()));
-        let config = dir.map(|d| d.join("config.json")).filter(|c| meta.is_dir() && c.is_file());
-        Ok(Checkpoint { name: display_name(path), path: path.to_path_buf(), shards, tensors, by_name, layout, config, metadata })
+        let config = dir
+            .map(|d| d.join("config.json"))
+            .filter(|c| meta.is_dir() && c.is_file());
+        Ok(Checkpoint {
+            name: display_name(path),
+            path: path.to_path_buf(),
+            shards,
+            tensors,
+            by_name,
+            layout,
+            config,
+            metadata,
+        })
     }
 
     /// Find the weights in a Hugging Face model directory. Returns the directory, the shard paths and,
@@ -116,7 +134,11 @@ impl Checkpoint {
             files.sort();
             files.dedup();
             let position: HashMap<&str, usize> = files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
-            let wanted = parsed.weight_map.iter().map(|(t, f)| (t.clone(), position[f.as_str()])).collect();
+            let wanted = parsed
+                .weight_map
+                .iter()
+                .map(|(t, f)| (t.clone(), position[f.as_str()]))
+                .collect();
             let paths = files.iter().map(|f| dir.join(f)).collect();
             return Ok((Some(dir.to_path_buf()), paths, Some(wanted)));
         }
@@ -124,7 +146,10 @@ impl Checkpoint {
         if single.is_file() {
             return Ok((Some(dir.to_path_buf()), vec![single], None));
         }
-        Err(MergeError::invalid(dir, format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory")))
+        Err(MergeError::invalid(
+            dir,
+            format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory"),
+        ))
     }
 
     fn check_index_complete(path: &Path, wanted: &HashMap<String, usize>, found: &[Tensor]) -> Result<()> {
@@ -136,7 +161,10 @@ impl Checkpoint {
         missing.sort();
         Err(MergeError::invalid(
             &path.join(INDEX_FILE),
-            format!("the index lists tensor '{}' but its shard does not hold it", missing.first().map_or("?", |s| s.as_str())),
+            format!(
+                "the index lists tensor '{}' but its shard does not hold it",
+                missing.first().map_or("?", |s| s.as_str())
+            ),
         ))
     }
 
@@ -157,7 +185,14 @@ impl Checkpoint {
 
     /// Read `out.len()` elements of float tensor `tensor` (stored as `ty`), starting at element `start`,
     /// decoded to f32. `scratch` is a reusable byte buffer for non-f32 dtypes.
-    pub fn read_f32(&self, tensor: &Tensor, ty: FloatType, start: usize, out: &mut [f32], scratch: &mut Vec<u8>) -> Result<()> {
+    pub fn read_f32(
+        &self,
+        tensor: &Tensor,
+        ty: FloatType,
+        start: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
         let offset = tensor.stored.offset + (start * ty.size()) as u64;
         if ty == FloatType::F32 {
             return self.read_bytes(tensor, offset, bytemuck::cast_slice_mut(out));
@@ -177,7 +212,13 @@ impl Checkpoint {
         let shard = &self.shards[tensor.shard];
         shard.file.read_exact_at(out, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                MergeError::invalid(&shard.path, format!("tensor '{}' ends past the end of the file (was it truncated?)", tensor.stored.name))
+                MergeError::invalid(
+                    &shard.path,
+                    format!(
+                        "tensor '{}' ends past the end of the file (was it truncated?)",
+                        tensor.stored.name
+                    ),
+                )
             } else {
                 MergeError::io(&shard.path, e)
             }
@@ -187,11 +228,16 @@ impl Checkpoint {
 
 /// `task_a` for `/zoo/task_a`, `task_a` for `/zoo/task_a/model.safetensors`, `x` for `x.safetensors`.
 fn display_name(path: &Path) -> String {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let named_after_dir = path.is_file() && (stem == "model" || stem.starts_with("model-"));
     match (named_after_dir, path.parent().and_then(Path::file_name)) {
         (true, Some(parent)) => parent.to_string_lossy().into_owned(),
-        _ if path.is_dir() => path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        _ if path.is_dir() => path
+            .file_name()
+            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
         _ => stem,
     }
 }
@@ -208,7 +254,11 @@ mod tests {
             let start = data.len();
             data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
             let sep = if i == 0 { "" } else { "," };
-            header += &format!(r#"{sep}"{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#, vals.len(), data.len());
+            header += &format!(
+                r#"{sep}"{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#,
+                vals.len(),
+                data.len()
+            );
         }
         header.push('}');
         let mut v = (header.len() as u64).to_le_bytes().to_vec();
@@ -218,7 +268,9 @@ mod tests {
     }
 
     fn put(path: &Path, bytes: &[u8]) {
-        File::create(path).and_then(|mut f| f.write_all(bytes)).unwrap_or_else(|e| panic!("{e}"));
+        File::create(path)
+            .and_then(|mut f| f.write_all(bytes))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]
@@ -226,12 +278,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         put(&dir.path().join("a.safetensors"), &st(&[("x", &[1.0, 2.0])]));
         put(&dir.path().join("b.safetensors"), &st(&[("y", &[3.0])]));
-        put(&dir.path().join(INDEX_FILE), br#"{"metadata":{},"weight_map":{"x":"a.safetensors","y":"b.safetensors"}}"#);
+        put(
+            &dir.path().join(INDEX_FILE),
+            br#"{"metadata":{},"weight_map":{"x":"a.safetensors","y":"b.safetensors"}}"#,
+        );
         let ckpt = Checkpoint::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ckpt.shards.len(), 2);
         let y = ckpt.get("y").unwrap_or_else(|| panic!("y"));
         let mut out = [0.0f32];
-        ckpt.read_f32(y, FloatType::F32, 0, &mut out, &mut Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        ckpt.read_f32(y, FloatType::F32, 0, &mut out, &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out, [3.0]);
         assert_eq!(ckpt.numel(), 3);
     }
@@ -240,7 +296,10 @@ mod tests {
     fn index_naming_a_missing_tensor_fails() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         put(&dir.path().join("a.safetensors"), &st(&[("x", &[1.0])]));
-        put(&dir.path().join(INDEX_FILE), br#"{"weight_map":{"x":"a.safetensors","z":"a.safetensors"}}"#);
+        put(
+            &dir.path().join(INDEX_FILE),
+            br#"{"weight_map":{"x":"a.safetensors","z":"a.safetensors"}}"#,
+        );
         let err = Checkpoint::open(dir.path()).expect_err("must fail").to_string();
         assert!(err.contains("'z'"), "{err}");
     }

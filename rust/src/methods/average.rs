@@ -33,13 +33,18 @@ pub fn effective_weights(weights: &[f64], normalize: bool) -> Vec<f32> {
 /// One finite weight per model, not summing to zero when normalising.
 pub fn validate_weights(weights: &[f64], normalize: bool, models: usize) -> Result<()> {
     if weights.len() != models {
-        return Err(MergeError::arg(format!("weighted_average: {} weights given for {models} models", weights.len())));
+        return Err(MergeError::arg(format!(
+            "weighted_average: {} weights given for {models} models",
+            weights.len()
+        )));
     }
     if weights.iter().any(|w| !w.is_finite()) {
         return Err(MergeError::arg("weighted_average: weights must be finite numbers"));
     }
     if normalize && weights.iter().sum::<f64>() == 0.0 {
-        return Err(MergeError::arg("weighted_average: the weights sum to 0 and cannot be normalised"));
+        return Err(MergeError::arg(
+            "weighted_average: the weights sum to 0 and cannot be normalised",
+        ));
     }
     Ok(())
 }

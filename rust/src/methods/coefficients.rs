@@ -49,13 +49,24 @@ impl PerTensorCoefficients {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
         let file: CoefficientsFile = serde_json::from_str(&text).map_err(|e| {
-            MergeError::arg(format!("{}: not a coefficients file ({e}); expected {{\"coefficients\": {{\"<tensor>\": [c1, ...]}}}}", path.display()))
+            MergeError::arg(format!(
+                "{}: not a coefficients file ({e}); expected {{\"coefficients\": {{\"<tensor>\": [c1, ...]}}}}",
+                path.display()
+            ))
         })?;
-        Ok(PerTensorCoefficients { path: path.to_path_buf(), tasks: file.tasks, table: file.coefficients, default: file.default })
+        Ok(PerTensorCoefficients {
+            path: path.to_path_buf(),
+            tasks: file.tasks,
+            table: file.coefficients,
+            default: file.default,
+        })
     }
 
     fn lookup(&self, tensor: &str) -> Option<&Vec<f32>> {
-        KeyMap::ALL.iter().find_map(|m| m.apply(tensor).and_then(|k| self.table.get(k.as_ref()))).or(self.default.as_ref())
+        KeyMap::ALL
+            .iter()
+            .find_map(|m| m.apply(tensor).and_then(|k| self.table.get(k.as_ref())))
+            .or(self.default.as_ref())
     }
 }
 
@@ -73,7 +84,10 @@ impl Coefficients {
         match self {
             Coefficients::Uniform(_) => Ok(None),
             Coefficients::PerTask(c) => Ok(Some(c)),
-            Coefficients::PerTensor(p) => p.lookup(tensor).map(|c| Some(c.as_slice())).ok_or_else(|| missing(p, tensor)),
+            Coefficients::PerTensor(p) => p
+                .lookup(tensor)
+                .map(|c| Some(c.as_slice()))
+                .ok_or_else(|| missing(p, tensor)),
         }
     }
 
@@ -90,7 +104,10 @@ impl Coefficients {
     pub fn validate(&self, models: usize) -> Result<()> {
         let check = |what: &str, c: &[f32]| {
             if c.len() != models {
-                return Err(MergeError::arg(format!("{what}: {} coefficients given for {models} models", c.len())));
+                return Err(MergeError::arg(format!(
+                    "{what}: {} coefficients given for {models} models",
+                    c.len()
+                )));
             }
             if c.iter().any(|x| !x.is_finite()) {
                 return Err(MergeError::arg(format!("{what}: coefficients must be finite numbers")));
@@ -98,19 +115,27 @@ impl Coefficients {
             Ok(())
         };
         match self {
-            Coefficients::Uniform(l) if !l.is_finite() => Err(MergeError::arg("the scaling factor must be a finite number")),
+            Coefficients::Uniform(l) if !l.is_finite() => {
+                Err(MergeError::arg("the scaling factor must be a finite number"))
+            }
             Coefficients::Uniform(_) => Ok(()),
             Coefficients::PerTask(c) => check("task_arithmetic", c),
             Coefficients::PerTensor(p) => {
                 if !p.tasks.is_empty() && p.tasks.len() != models {
-                    return Err(MergeError::arg(format!("{}: names {} tasks for {models} models", p.path.display(), p.tasks.len())));
+                    return Err(MergeError::arg(format!(
+                        "{}: names {} tasks for {models} models",
+                        p.path.display(),
+                        p.tasks.len()
+                    )));
                 }
                 let mut entries: Vec<(&String, &Vec<f32>)> = p.table.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
                 for (tensor, c) in entries {
                     check(&format!("{}: tensor '{tensor}'", p.path.display()), c)?;
                 }
-                p.default.as_ref().map_or(Ok(()), |d| check(&format!("{}: default", p.path.display()), d))
+                p.default
+                    .as_ref()
+                    .map_or(Ok(()), |d| check(&format!("{}: default", p.path.display()), d))
             }
         }
     }
@@ -125,5 +150,8 @@ impl Coefficients {
 }
 
 fn missing(p: &PerTensorCoefficients, tensor: &str) -> MergeError {
-    MergeError::arg(format!("{}: no coefficients for tensor '{tensor}' (add it, or a \"default\" entry)", p.path.display()))
+    MergeError::arg(format!(
+        "{}: no coefficients for tensor '{tensor}' (add it, or a \"default\" entry)",
+        p.path.display()
+    ))
 }

@@ -23,7 +23,10 @@ impl DareOptions {
     pub fn validate(&self) -> Result<()> {
         let ok = (0.0..1.0).contains(&self.drop_rate) || (!self.rescale && self.drop_rate == 1.0);
         if !ok {
-            return Err(MergeError::arg(format!("the drop rate must be in [0, 1) (got {})", self.drop_rate)));
+            return Err(MergeError::arg(format!(
+                "the drop rate must be in [0, 1) (got {})",
+                self.drop_rate
+            )));
         }
         Ok(())
     }
@@ -35,12 +38,20 @@ impl DareOptions {
 
     /// Apply the mask to the task vectors in `chunk.models` (already τᵢ).
     pub fn apply(&self, chunk: &mut Chunk<'_>) {
-        let scale = if self.rescale { (1.0 / (1.0 - self.drop_rate)) as f32 } else { 1.0 };
+        let scale = if self.rescale {
+            (1.0 / (1.0 - self.drop_rate)) as f32
+        } else {
+            1.0
+        };
         let start = chunk.job.start as u64;
         for (task, tau) in chunk.models.iter_mut().enumerate() {
             let stream = rng::stream(self.seed, &chunk.tensor.name, task as u64);
             for (j, x) in tau.iter_mut().enumerate() {
-                *x = if rng::uniform(stream, start + j as u64) < self.drop_rate { 0.0 } else { *x * scale };
+                *x = if rng::uniform(stream, start + j as u64) < self.drop_rate {
+                    0.0
+                } else {
+                    *x * scale
+                };
             }
         }
     }

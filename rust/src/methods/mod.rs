@@ -91,9 +91,16 @@ impl Method {
 
     /// Check the parameters against the number of models, before anything is read.
     pub fn validate(&self, models: usize) -> Result<()> {
-        let min = if matches!(self, Method::SimpleAverage | Method::WeightedAverage { .. }) { 2 } else { 1 };
+        let min = if matches!(self, Method::SimpleAverage | Method::WeightedAverage { .. }) {
+            2
+        } else {
+            1
+        };
         if models < min {
-            return Err(MergeError::arg(format!("{} needs at least {min} fine-tuned models, got {models}", self.name())));
+            return Err(MergeError::arg(format!(
+                "{} needs at least {min} fine-tuned models, got {models}",
+                self.name()
+            )));
         }
         match self {
             Method::WeightedAverage { weights, normalize } => average::validate_weights(weights, *normalize, models),
@@ -116,10 +123,16 @@ impl Method {
     pub fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
         let jobs = engine.all_jobs();
         let elementwise = |read_base: bool, kernel: &(dyn Fn(&mut Chunk<'_>) -> Result<()> + Sync)| {
-            engine.pass("merge", &jobs, read_base, || (), |_, mut chunk| {
-                kernel(&mut chunk)?;
-                emit(writer, &mut chunk)
-            })
+            engine.pass(
+                "merge",
+                &jobs,
+                read_base,
+                || (),
+                |_, mut chunk| {
+                    kernel(&mut chunk)?;
+                    emit(writer, &mut chunk)
+                },
+            )
         };
         match self {
             Method::SimpleAverage => elementwise(false, &average::simple)?,

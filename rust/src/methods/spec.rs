@@ -37,7 +37,9 @@ pub struct MethodSpec {
 }
 
 fn need<T: Clone>(method: &str, name: &str, value: &Option<T>) -> Result<T> {
-    value.clone().ok_or_else(|| MergeError::arg(format!("{method}: missing parameter '{name}'")))
+    value
+        .clone()
+        .ok_or_else(|| MergeError::arg(format!("{method}: missing parameter '{name}'")))
 }
 
 impl MethodSpec {
@@ -52,7 +54,10 @@ impl MethodSpec {
             "task_arithmetic" => Method::TaskArithmetic(self.coefficients(name)?),
             "ties" => Method::Ties(self.ties(name, None)?),
             "dare_ties" => Method::Ties(self.ties(name, Some(self.dare(name)?))?),
-            "dare" => Method::Dare { scaling_factor: need(name, "scaling_factor", &self.scaling_factor)?, dare: self.dare(name)? },
+            "dare" => Method::Dare {
+                scaling_factor: need(name, "scaling_factor", &self.scaling_factor)?,
+                dare: self.dare(name)?,
+            },
             other => {
                 return Err(MergeError::arg(format!(
                     "unknown method '{other}' (known: simple_average, weighted_average, task_arithmetic, ties, dare, dare_ties)"
@@ -63,10 +68,16 @@ impl MethodSpec {
 
     fn coefficients(&self, name: &str) -> Result<Coefficients> {
         match (&self.coefficients, &self.coefficients_file) {
-            (Some(_), Some(_)) => Err(MergeError::arg(format!("{name}: give coefficients or a coefficients file, not both"))),
+            (Some(_), Some(_)) => Err(MergeError::arg(format!(
+                "{name}: give coefficients or a coefficients file, not both"
+            ))),
             (Some(c), None) => Ok(Coefficients::PerTask(c.clone())),
             (None, Some(path)) => Ok(Coefficients::PerTensor(PerTensorCoefficients::load(path)?)),
-            (None, None) => Ok(Coefficients::Uniform(need(name, "scaling_factor", &self.scaling_factor)?)),
+            (None, None) => Ok(Coefficients::Uniform(need(
+                name,
+                "scaling_factor",
+                &self.scaling_factor,
+            )?)),
         }
     }
 
@@ -77,7 +88,11 @@ impl MethodSpec {
         let trim = match self.trim.as_deref().unwrap_or("global") {
             "global" => Trim::Global,
             "per-tensor" | "per_tensor" => Trim::PerTensor,
-            other => return Err(MergeError::arg(format!("{name}: trim must be global or per-tensor (got '{other}')"))),
+            other => {
+                return Err(MergeError::arg(format!(
+                    "{name}: trim must be global or per-tensor (got '{other}')"
+                )));
+            }
         };
         Ok(TiesOptions {
             scaling_factor: need(name, "scaling_factor", &self.scaling_factor)?,
@@ -110,12 +125,19 @@ mod tests {
         let s = spec(r#"{"scaling_factor": 0.3, "threshold": 20, "merge_func": "mean", "drop_rate": 0.1, "seed": 3}"#);
         assert_eq!(s.build("dare_ties").map(|m| m.name()).ok(), Some("dare_ties"));
         assert_eq!(s.build("ties").map(|m| m.name()).ok(), Some("ties"));
-        assert!(matches!(s.build("task_arithmetic"), Ok(Method::TaskArithmetic(Coefficients::Uniform(_)))));
+        assert!(matches!(
+            s.build("task_arithmetic"),
+            Ok(Method::TaskArithmetic(Coefficients::Uniform(_)))
+        ));
     }
 
     #[test]
     fn reports_missing_and_unknown() {
-        let err = spec("{}").build("ties").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = spec("{}")
+            .build("ties")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("merge_func"), "{err}");
         assert!(spec("{}").build("slerp").is_err());
         assert!(serde_json::from_str::<MethodSpec>(r#"{"lambda": 1}"#).is_err());

@@ -80,7 +80,10 @@ impl TiesOptions {
     /// Threshold in [0, 100], finite λ, valid DARE options.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=100.0).contains(&self.threshold) {
-            return Err(MergeError::arg(format!("the TIES threshold is a percentage in [0, 100] (got {})", self.threshold)));
+            return Err(MergeError::arg(format!(
+                "the TIES threshold is a percentage in [0, 100] (got {})",
+                self.threshold
+            )));
         }
         if !self.scaling_factor.is_finite() {
             return Err(MergeError::arg("the scaling factor must be a finite number"));
@@ -130,7 +133,9 @@ struct Pass<'a> {
 
 /// Run TIES over every merged tensor of the engine's plan.
 pub fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
-    let merged: Vec<usize> = (0..engine.plan.tensors.len()).filter(|&t| engine.plan.tensors[t].is_merged()).collect();
+    let merged: Vec<usize> = (0..engine.plan.tensors.len())
+        .filter(|&t| engine.plan.tensors[t].is_merged())
+        .collect();
     let groups: Vec<Vec<usize>> = match options.trim {
         Trim::Global => vec![merged],
         Trim::PerTensor => merged.into_iter().map(|t| vec![t]).collect(),
@@ -143,31 +148,52 @@ pub fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -> Resul
         let k = vec![threshold_rank(d, options.threshold); tasks];
         thresholds.push(kth_smallest_abs(engine, &jobs, &k, |c| options.prepare(c))?);
     }
-    let first = Pass { options, majority: None, budget: AtomicUsize::new(PATCH_BUDGET), overflow: AtomicBool::new(false) };
+    let first = Pass {
+        options,
+        majority: None,
+        budget: AtomicUsize::new(PATCH_BUDGET),
+        overflow: AtomicBool::new(false),
+    };
     let (sign_sum, patches) = merge_groups(&first, engine, writer, &groups, &thresholds)?;
     let majority = sign_sum.signum() as f32;
     if first.overflow.load(Ordering::Relaxed) {
-        let again = Pass { majority: Some(majority), ..first };
+        let again = Pass {
+            majority: Some(majority),
+            ..first
+        };
         merge_groups(&again, engine, writer, &groups, &thresholds)?;
     } else {
         apply_patches(engine, writer, &patches, majority)?;
     }
     Ok(MethodStats {
-        ties_thresholds: (options.trim == Trim::Global).then(|| thresholds.swap_remove(0).into_iter().map(f64::from).collect()),
+        ties_thresholds: (options.trim == Trim::Global)
+            .then(|| thresholds.swap_remove(0).into_iter().map(f64::from).collect()),
         ties_majority_sign: Some(majority as i8),
     })
 }
 
-fn merge_groups(pass: &Pass<'_>, engine: &Engine<'_>, writer: &Writer, groups: &[Vec<usize>], kth: &[Vec<f32>]) -> Result<(i64, Vec<Patch>)> {
+fn merge_groups(
+    pass: &Pass<'_>,
+    engine: &Engine<'_>,
+    writer: &Writer,
+    groups: &[Vec<usize>],
+    kth: &[Vec<f32>],
+) -> Result<(i64, Vec<Patch>)> {
     let mut sign_sum = 0i64;
     let mut patches = Vec::new();
     for (group, kth) in groups.iter().zip(kth) {
         let jobs = engine.jobs(group.iter().copied());
-        let (results, _) = engine.pass("merge", &jobs, true, || (), |_, mut chunk| {
-            let result = merge_chunk(pass, &mut chunk, kth)?;
-            emit(writer, &mut chunk)?;
-            Ok(result)
-        })?;
+        let (results, _) = engine.pass(
+            "merge",
+            &jobs,
+            true,
+            || (),
+            |_, mut chunk| {
+                let result = merge_chunk(pass, &mut chunk, kth)?;
+                emit(writer, &mut chunk)?;
+                Ok(result)
+            },
+        )?;
         for (s, p) in results {
             sign_sum += s;
             patches.extend(p);
@@ -188,7 +214,9 @@ fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i
         }
     }
     super::sum_into(chunk.out, chunk.models);
-    let base = chunk.base.ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
+    let base = chunk
+        .base
+        .ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
     let mut sign_sum = 0i64;
     let mut patches = Vec::new();
     let mut column = vec![0.0f32; chunk.models.len()];
@@ -207,7 +235,15 @@ fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i
             value(1.0)
         } else {
             let element = chunk.job.start + j;
-            record(pass, &mut patches, Patch { tensor: chunk.job.tensor, element, values: [value(1.0), value(-1.0), value(0.0)] });
+            record(
+                pass,
+                &mut patches,
+                Patch {
+                    tensor: chunk.job.tensor,
+                    element,
+                    values: [value(1.0), value(-1.0), value(0.0)],
+                },
+            );
             value(1.0)
         };
         chunk.out[j] = merged;
@@ -216,7 +252,10 @@ fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i
 }
 
 fn record(pass: &Pass<'_>, patches: &mut Vec<Patch>, patch: Patch) {
-    let granted = pass.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok();
+    let granted = pass
+        .budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+        .is_ok();
     if granted {
         patches.push(patch);
     } else {
@@ -238,7 +277,13 @@ fn sign(x: f32) -> f32 {
 /// Disjoint merge of one element's trimmed task-vector entries under elected sign `s`. As in FusionBench,
 /// an entry is kept when `s > 0 ? τ > 0 : τ < 0` (so a zero sign keeps the negative entries).
 fn aggregate(column: &[f32], s: f32, func: MergeFunc) -> f32 {
-    let kept = column.iter().map(|&t| if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) { t } else { 0.0 });
+    let kept = column.iter().map(|&t| {
+        if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) {
+            t
+        } else {
+            0.0
+        }
+    });
     match func {
         MergeFunc::Sum => kept.sum(),
         MergeFunc::Mean => {
@@ -250,10 +295,18 @@ fn aggregate(column: &[f32], s: f32, func: MergeFunc) -> f32 {
 }
 
 fn apply_patches(engine: &Engine<'_>, writer: &Writer, patches: &[Patch], majority: f32) -> Result<()> {
-    let pick = if majority > 0.0 { 0 } else if majority < 0.0 { 1 } else { 2 };
+    let pick = if majority > 0.0 {
+        0
+    } else if majority < 0.0 {
+        1
+    } else {
+        2
+    };
     let mut encoded = Vec::new();
     for p in patches {
-        let TensorKind::Merge { out, .. } = &engine.plan.tensors[p.tensor].kind else { continue };
+        let TensorKind::Merge { out, .. } = &engine.plan.tensors[p.tensor].kind else {
+            continue;
+        };
         out.encode(&[p.values[pick]], &mut encoded);
         writer.write_at(p.tensor, (p.element * out.size()) as u64, &encoded)?;
     }

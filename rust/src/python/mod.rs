@@ -58,7 +58,8 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, Merg
 }
 
 fn dtype(name: &str) -> Result<FloatType, MergeError> {
-    FloatType::parse(name).ok_or_else(|| MergeError::arg(format!("unknown dtype '{name}' (float32, float16 or bfloat16)")))
+    FloatType::parse(name)
+        .ok_or_else(|| MergeError::arg(format!("unknown dtype '{name}' (float32, float16 or bfloat16)")))
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String, MergeError> {
@@ -86,19 +87,28 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
         })
     };
     let request = build().map_err(|e| errors::to_py(py, e))?;
-    run_detached(py, &monitor, progress.as_ref(), || crate::merge::merge(&request, &monitor).and_then(|r| to_json(&r)))
+    run_detached(py, &monitor, progress.as_ref(), || {
+        crate::merge::merge(&request, &monitor).and_then(|r| to_json(&r))
+    })
 }
 
 /// Describe a checkpoint from its headers; returns JSON.
 #[pyfunction]
 fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    py.detach(|| crate::info::inspect(&path).and_then(|r| to_json(&r))).map_err(|e| errors::to_py(py, e))
+    py.detach(|| crate::info::inspect(&path).and_then(|r| to_json(&r)))
+        .map_err(|e| errors::to_py(py, e))
 }
 
 /// Cosine similarity of the task vectors; returns JSON.
 #[pyfunction]
 #[pyo3(signature = (pretrained, models, threads=0, progress=None))]
-fn cosine_similarity(py: Python<'_>, pretrained: PathBuf, models: Vec<PathBuf>, threads: usize, progress: Option<Bound<'_, PyAny>>) -> PyResult<String> {
+fn cosine_similarity(
+    py: Python<'_>,
+    pretrained: PathBuf,
+    models: Vec<PathBuf>,
+    threads: usize,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
     let monitor = Monitor::default();
     run_detached(py, &monitor, progress.as_ref(), || {
         crate::analysis::cosine_similarity(&pretrained, &models, threads, &monitor).and_then(|r| to_json(&r))
@@ -125,7 +135,9 @@ fn write_model_set(py: Python<'_>, directory: PathBuf, spec: &str) -> PyResult<V
         })
     };
     let spec = build().map_err(|e| errors::to_py(py, e))?;
-    run_detached(py, &monitor, None, || crate::synthetic::write_model_set(&directory, &spec))
+    run_detached(py, &monitor, None, || {
+        crate::synthetic::write_model_set(&directory, &spec)
+    })
 }
 
 /// The extension module.

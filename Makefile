@@ -1,0 +1,36 @@
+# The two quick-start commands (`make demo`, `make test`) install everything they need from this
+# repository's own files: a virtual environment in .venv, the Rust extension built by maturin (release),
+# and the Python dependencies from pyproject.toml.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-rust test-python lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	rm -f python/merge_rs/*.so
+	$(PY) -m pip install --quiet ".[test]"
+
+demo: install
+	$(VENV)/bin/merge-rs demo
+
+test: install lint test-rust test-python
+
+lint:
+	cargo fmt --check
+	cargo clippy --workspace --all-targets --features python --quiet -- -D warnings
+
+test-rust:
+	cargo nextest run --workspace --no-fail-fast
+
+test-python:
+	$(PY) -m pytest --durations=5
+
+clean:
+	rm -rf $(VENV) target python/merge_rs/*.so
