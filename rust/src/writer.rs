@@ -125,12 +125,9 @@ impl Writer {
         std::fs::write(&path, contents).map_err(|e| MergeError::io(&path, e))
     }
 
-    /// Flush, write the index for sharded outputs, and move the directory into place. Returns the
-    /// weight files' final paths.
+    /// Write the index for sharded outputs and move the directory into place (no fsync: like torch and
+    /// transformers, durability is left to the page cache). Returns the weight files' final paths.
     pub fn finish(mut self) -> Result<Vec<PathBuf>> {
-        for shard in &self.shards {
-            shard.file.sync_data().map_err(|e| MergeError::io(&shard.path, e))?;
-        }
         if self.shards.len() > 1 {
             let names: Vec<String> = self.shards.iter().map(|s| file_name(&s.path)).collect();
             let weight_map: serde_json::Map<String, serde_json::Value> = self

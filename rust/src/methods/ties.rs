@@ -202,53 +202,104 @@ fn merge_groups(
     Ok((sign_sum, patches))
 }
 
-/// Merge one chunk; returns Σ sign(elected) and the patches it needs.
+/// Merge one chunk; returns Σ sign(elected) and the patches it needs. Loops run over each model's buffer
+/// (vectorisable) and add in model order, so results equal the element-by-element definition exactly.
 fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i64, Vec<Patch>)> {
     let options = pass.options;
     options.prepare(chunk)?;
     for (tau, &k) in chunk.models.iter_mut().zip(kth) {
         for x in tau.iter_mut() {
-            if x.abs() < k {
-                *x = 0.0;
-            }
+            *x = if x.abs() < k { 0.0 } else { *x };
         }
     }
-    super::sum_into(chunk.out, chunk.models);
     let base = chunk
         .base
         .ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
+    let mut signs = vec![0.0f32; chunk.out.len()];
+    super::sum_into(&mut signs, chunk.models);
     let mut sign_sum = 0i64;
+    for s in signs.iter_mut() {
+        *s = sign(*s);
+        sign_sum += *s as i64;
+    }
+    let patches = resolve_zero_signs(pass, chunk, &mut signs, base);
+    aggregate_into(chunk.out, chunk.models, &signs, options.merge_func);
+    super::task_arithmetic::add_scaled_to_base(chunk.out, Some(base), options.scaling_factor);
+    Ok((sign_sum, patches))
+}
+
+/// Give elements whose elected sign is 0 the majority sign; while it is unknown, use +1 and record the
+/// three possible results of elements where the choice matters (some non-zero entry).
+fn resolve_zero_signs(pass: &Pass<'_>, chunk: &Chunk<'_>, signs: &mut [f32], base: &[f32]) -> Vec<Patch> {
     let mut patches = Vec::new();
     let mut column = vec![0.0f32; chunk.models.len()];
-    for j in 0..chunk.out.len() {
-        let elected = sign(chunk.out[j]);
-        sign_sum += elected as i64;
+    for (j, s) in signs.iter_mut().enumerate() {
+        if *s != 0.0 {
+            continue;
+        }
+        *s = pass.majority.unwrap_or(1.0);
+        if pass.majority.is_some() {
+            continue;
+        }
         for (c, tau) in column.iter_mut().zip(chunk.models.iter()) {
             *c = tau[j];
         }
-        let value = |s: f32| base[j] + options.scaling_factor * aggregate(&column, s, options.merge_func);
-        let merged = if elected != 0.0 {
-            value(elected)
-        } else if let Some(m) = pass.majority {
-            value(m)
-        } else if column.iter().all(|&c| c == 0.0) {
-            value(1.0)
-        } else {
-            let element = chunk.job.start + j;
-            record(
-                pass,
-                &mut patches,
-                Patch {
-                    tensor: chunk.job.tensor,
-                    element,
-                    values: [value(1.0), value(-1.0), value(0.0)],
-                },
-            );
-            value(1.0)
-        };
-        chunk.out[j] = merged;
+        if column.iter().any(|&c| c != 0.0) {
+            let func = pass.options.merge_func;
+            let value = |s: f32| base[j] + pass.options.scaling_factor * aggregate(&column, s, func);
+            let patch = Patch {
+                tensor: chunk.job.tensor,
+                element: chunk.job.start + j,
+                values: [value(1.0), value(-1.0), value(0.0)],
+            };
+            record(pass, &mut patches, patch);
+        }
     }
-    Ok((sign_sum, patches))
+    patches
+}
+
+/// The disjoint merge of every element at once: out[j] = aggregate(column j, signs[j]).
+fn aggregate_into(out: &mut [f32], models: &[Vec<f32>], signs: &[f32], func: MergeFunc) {
+    let kept = |t: f32, s: f32| {
+        if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) {
+            t
+        } else {
+            0.0
+        }
+    };
+    out.fill(0.0);
+    match func {
+        MergeFunc::Sum => {
+            for tau in models {
+                for ((o, &t), &s) in out.iter_mut().zip(tau).zip(signs) {
+                    *o += kept(t, s);
+                }
+            }
+        }
+        MergeFunc::Mean => {
+            let mut counts = vec![0.0f32; out.len()];
+            for tau in models {
+                for (((o, c), &t), &s) in out.iter_mut().zip(counts.iter_mut()).zip(tau).zip(signs) {
+                    let k = kept(t, s);
+                    *o += k;
+                    *c += if k != 0.0 { 1.0 } else { 0.0 };
+                }
+            }
+            for (o, c) in out.iter_mut().zip(&counts) {
+                *o /= c.max(1.0);
+            }
+        }
+        MergeFunc::Max => {
+            for tau in models {
+                for ((o, &t), &s) in out.iter_mut().zip(tau).zip(signs) {
+                    *o = o.max(kept(t, s).abs());
+                }
+            }
+            for (o, &s) in out.iter_mut().zip(signs) {
+                *o *= s;
+            }
+        }
+    }
 }
 
 fn record(pass: &Pass<'_>, patches: &mut Vec<Patch>, patch: Patch) {
