@@ -6,17 +6,8 @@
 
 from ._core import __version__
 from .api import cosine_similarity, inspect, merge, parse_size
-from .exceptions import (
-    CheckpointError,
-    IncompatibleModelsError,
-    InvalidArgumentError,
-    MergeCancelled,
-    MergeIOError,
-    MergeRsError,
-    NonFiniteError,
-    OutputExistsError,
-    OutputIsInputError,
-)
+from . import exceptions
+from .exceptions import *  # noqa: F403 (the names are listed in exceptions.__all__)
 from .methods import METHODS, get_method
 from .reports import CheckpointInfo, CosineSimilarity, MergeReport
 
@@ -31,13 +22,5 @@ __all__ = [
     "MergeReport",
     "CheckpointInfo",
     "CosineSimilarity",
-    "MergeRsError",
-    "CheckpointError",
-    "IncompatibleModelsError",
-    "InvalidArgumentError",
-    "NonFiniteError",
-    "OutputExistsError",
-    "OutputIsInputError",
-    "MergeIOError",
-    "MergeCancelled",
+    *exceptions.__all__,
 ]

@@ -6,7 +6,6 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Union
 
 from . import _core
@@ -105,10 +104,3 @@ def cosine_similarity(
             callback.close()
     return CosineSimilarity.from_json(json.loads(data))
 
-
-def model_name(path: PathLike) -> str:
-    """The display name the engine uses for a model path."""
-    p = Path(path)
-    if p.is_file() and (p.stem == "model" or p.stem.startswith("model-")):
-        return p.parent.name
-    return p.name if p.is_dir() else p.stem

@@ -165,8 +165,7 @@ impl<'a> Engine<'a> {
         S: Send,
         T: Send,
     {
-        let inputs_per_job = self.inputs.models.len() + usize::from(read_base);
-        let total: u64 = jobs.iter().map(|j| (j.len * 4 * inputs_per_job) as u64).sum();
+        let total: u64 = jobs.iter().map(|j| self.job_bytes(j, read_base)).sum();
         self.monitor.start_phase(phase, total);
         self.nonfinite.store(0, Ordering::Relaxed);
         let slots: Vec<Mutex<(Scratch, S)>> = (0..self.threads())
@@ -184,7 +183,7 @@ impl<'a> Engine<'a> {
                         .map_err(|_| MergeError::arg("a worker thread panicked"))?;
                     let (scratch, state) = &mut *guard;
                     let result = self.run_job(job, read_base, scratch, state, &kernel)?;
-                    self.monitor.advance((job.len * 4 * inputs_per_job) as u64);
+                    self.monitor.advance(self.job_bytes(job, read_base));
                     Ok(result)
                 })
                 .collect::<Result<Vec<T>>>()
@@ -197,6 +196,15 @@ impl<'a> Engine<'a> {
             results,
             states.map_err(|_| MergeError::arg("a worker thread panicked"))?,
         ))
+    }
+
+    /// Stored bytes a job reads.
+    fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
+        let TensorKind::Merge { base, models, .. } = &self.plan.tensors[job.tensor].kind else {
+            return 0;
+        };
+        let base = base.iter().filter(|_| read_base);
+        (models.iter().chain(base).map(|s| s.ty.size()).sum::<usize>() * job.len) as u64
     }
 
     fn run_job<S, T>(

@@ -1,7 +1,7 @@
 //! Validate a merge request against every header before any tensor data is read: match names across
 //! layouts (DESIGN §3), check shapes and dtypes, and decide what each output tensor is made from.
 
-use crate::checkpoint::{Checkpoint, KeyMap};
+use crate::checkpoint::{Checkpoint, KeyMap, Tensor};
 use crate::dtype::{FloatType, Storage, storage_of};
 use crate::error::{MergeError, Result};
 
@@ -124,23 +124,15 @@ impl MergePlan {
             .transpose()?;
         let mut tensors = Vec::with_capacity(reference.tensors.len());
         for (ti, t) in reference.tensors.iter().enumerate() {
-            let name = &t.stored.name;
-            let locate = |ckpt: &Checkpoint, map: KeyMap| map.apply(name).and_then(|n| ckpt.index_of(&n));
+            let locate = |ckpt: &Checkpoint, map: KeyMap| map.apply(&t.stored.name).and_then(|n| ckpt.index_of(&n));
             let mut sources = vec![(InputId::Model(0), Some(ti))];
             for (j, (m, map)) in inputs.models.iter().skip(1).zip(&maps).enumerate() {
                 sources.push((InputId::Model(j + 1), locate(m, *map)));
             }
-            let base = inputs.base.as_ref().zip(base_map).map(|(b, map)| (b, locate(b, map)));
-            tensors.push(plan_tensor(
-                inputs,
-                name,
-                &t.stored.shape,
-                t.stored.dtype,
-                &sources,
-                base,
-                needs_base,
-                out_dtype,
-            )?);
+            if let (Some(b), Some(map)) = (&inputs.base, base_map) {
+                sources.push((InputId::Base, locate(b, map)));
+            }
+            tensors.push(plan_tensor(inputs, t, &sources, needs_base, out_dtype)?);
         }
         Ok(MergePlan { tensors })
     }
@@ -167,78 +159,39 @@ fn checkpoint(inputs: &Inputs, id: InputId) -> &Checkpoint {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Plan one output tensor from its `sources` (every fine-tuned model, then the base model when given).
 fn plan_tensor(
     inputs: &Inputs,
-    name: &str,
-    shape: &[usize],
-    dtype: safetensors::Dtype,
+    reference: &Tensor,
     sources: &[(InputId, Option<usize>)],
-    base: Option<(&Checkpoint, Option<usize>)>,
     needs_base: bool,
     out_dtype: Option<FloatType>,
 ) -> Result<PlanTensor> {
-    let reference = &inputs.models[0];
+    let (name, dtype) = (&reference.stored.name, reference.stored.dtype);
     let storage = storage_of(dtype).ok_or_else(|| MergeError::UnsupportedDtype {
-        path: reference.path.clone(),
-        tensor: name.to_string(),
+        path: inputs.models[0].path.clone(),
+        tensor: name.clone(),
         dtype: format!("{dtype:?}"),
     })?;
-    let mut all: Vec<(InputId, Option<usize>)> = sources.to_vec();
-    if let Some((_, idx)) = base {
-        all.push((InputId::Base, idx));
-    }
-    let mut found = Vec::with_capacity(all.len());
-    for &(id, idx) in &all {
-        let ckpt = checkpoint(inputs, id);
-        let Some(other) = idx.and_then(|i| ckpt.tensors.get(i)) else {
-            return Err(MergeError::Incompatible {
-                model: ckpt.name.clone(),
-                tensor: name.to_string(),
-                problem: format!("is missing (it is in {})", reference.name),
-            });
-        };
-        if other.stored.shape != shape {
-            return Err(MergeError::Incompatible {
-                model: ckpt.name.clone(),
-                tensor: name.to_string(),
-                problem: format!(
-                    "has shape {:?}, but {:?} in {}",
-                    other.stored.shape, shape, reference.name
-                ),
-            });
-        }
-        let other_storage = storage_of(other.stored.dtype);
-        let both_float = matches!((storage, other_storage), (Storage::Float(_), Some(Storage::Float(_))));
-        if !both_float && other_storage != Some(storage) {
-            return Err(MergeError::Incompatible {
-                model: ckpt.name.clone(),
-                tensor: name.to_string(),
-                problem: format!(
-                    "has dtype {:?}, but {dtype:?} in {}",
-                    other.stored.dtype, reference.name
-                ),
-            });
-        }
-        found.push((id, idx.unwrap_or_default()));
-    }
-    let (model_found, base_found) = found.split_at(sources.len());
-    let float_source = |(id, idx): (InputId, usize)| {
-        let t = &checkpoint(inputs, id).tensors[idx];
-        match storage_of(t.stored.dtype) {
-            Some(Storage::Float(ty)) => FloatSource { tensor: idx, ty },
-            _ => unreachable!("checked above"),
-        }
-    };
-    let numel = shape.iter().product();
+    let found = sources
+        .iter()
+        .map(|&(id, idx)| check_source(inputs, reference, storage, id, idx))
+        .collect::<Result<Vec<_>>>()?;
+    let (models, base): (Vec<_>, Vec<_>) = found.into_iter().partition(|(id, _, _)| *id != InputId::Base);
     let kind = match storage {
-        Storage::Float(ty) => TensorKind::Merge {
-            out: out_dtype.unwrap_or(ty),
-            base: base_found.first().filter(|_| needs_base).map(|&s| float_source(s)),
-            models: model_found.iter().map(|&s| float_source(s)).collect(),
-        },
+        Storage::Float(ty) => {
+            let float = |&(_, tensor, s): &(InputId, usize, Storage)| match s {
+                Storage::Float(ty) => FloatSource { tensor, ty },
+                Storage::Raw { .. } => unreachable!("check_source keeps float tensors float"),
+            };
+            TensorKind::Merge {
+                out: out_dtype.unwrap_or(ty),
+                base: base.first().filter(|_| needs_base).map(float),
+                models: models.iter().map(float).collect(),
+            }
+        }
         Storage::Raw { width } => {
-            let (from, tensor) = base_found.first().copied().unwrap_or(model_found[0]);
+            let (from, tensor, _) = base.first().copied().unwrap_or(models[0]);
             TensorKind::Copy {
                 from,
                 tensor,
@@ -247,12 +200,48 @@ fn plan_tensor(
             }
         }
     };
+    let shape = reference.stored.shape.clone();
     Ok(PlanTensor {
-        name: name.to_string(),
-        shape: shape.to_vec(),
-        numel,
+        name: name.clone(),
+        numel: shape.iter().product(),
+        shape,
         kind,
     })
+}
+
+/// The tensor matching `reference` in input `id` (at `idx`): present, same shape, compatible dtype.
+fn check_source(
+    inputs: &Inputs,
+    reference: &Tensor,
+    storage: Storage,
+    id: InputId,
+    idx: Option<usize>,
+) -> Result<(InputId, usize, Storage)> {
+    let ckpt = checkpoint(inputs, id);
+    let name = &reference.stored.name;
+    let incompatible = |problem: String| MergeError::Incompatible {
+        model: ckpt.name.clone(),
+        tensor: name.clone(),
+        problem,
+    };
+    let reference_name = &inputs.models[0].name;
+    let (idx, other) = idx
+        .and_then(|i| ckpt.tensors.get(i).map(|t| (i, t)))
+        .ok_or_else(|| incompatible(format!("is missing (it is in {reference_name})")))?;
+    if other.stored.shape != reference.stored.shape {
+        let (got, want) = (&other.stored.shape, &reference.stored.shape);
+        return Err(incompatible(format!(
+            "has shape {got:?}, but {want:?} in {reference_name}"
+        )));
+    }
+    match (storage, storage_of(other.stored.dtype)) {
+        (Storage::Float(_), Some(s @ Storage::Float(_))) => Ok((id, idx, s)),
+        (s, Some(o)) if s == o => Ok((id, idx, o)),
+        _ => Err(incompatible(format!(
+            "has dtype {:?}, but {:?} in {reference_name}",
+            other.stored.dtype, reference.stored.dtype
+        ))),
+    }
 }
 
 /// Choose how the reference's names translate into `other`'s. Every reference tensor must be found;

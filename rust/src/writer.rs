@@ -186,7 +186,7 @@ fn replace_dir(temp: &Path, target: &Path) -> Result<()> {
     if !target.exists() {
         return std::fs::rename(temp, target).map_err(|e| MergeError::io(target, e));
     }
-    let old = temp.with_extension("old");
+    let old = PathBuf::from(format!("{}.old", temp.display()));
     std::fs::rename(target, &old).map_err(|e| MergeError::io(target, e))?;
     if let Err(e) = std::fs::rename(temp, target) {
         let _ = std::fs::rename(&old, target);
