@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
-use crate::engine::Engine;
+use crate::engine::{Engine, PassSpec};
 use crate::error::{MergeError, Result};
 use crate::monitor::Monitor;
 use crate::plan::{Inputs, MergePlan};
@@ -52,17 +52,23 @@ pub fn cosine_similarity(
     let n = models.len();
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (a..n).map(move |b| (a, b))).collect();
     let jobs = engine.all_jobs();
+    let spec = PassSpec {
+        phase: "cosine similarity",
+        read_base: true,
+        writer: None,
+        check_inputs: true,
+    };
     let (partials, _) = engine.pass(
-        "cosine similarity",
+        spec,
         &jobs,
-        true,
         || (),
-        |_, mut chunk| {
+        |_, sums: &mut Vec<f64>, mut chunk| {
             chunk.to_task_vectors()?;
-            Ok(pairs
-                .iter()
-                .map(|&(a, b)| dot(&chunk.models[a], &chunk.models[b]))
-                .collect::<Vec<f64>>())
+            sums.resize(pairs.len(), 0.0);
+            for (sum, &(a, b)) in sums.iter_mut().zip(&pairs) {
+                *sum += dot(chunk.models[a], chunk.models[b]);
+            }
+            Ok(())
         },
     )?;
     let mut gram = vec![vec![0.0f64; n]; n];

@@ -1,7 +1,8 @@
 //! The streaming driver: splits the merged tensors into fixed-size chunks (independent of the thread count,
-//! so results are too), reads each chunk of every input with `pread` into per-thread reusable buffers,
-//! and hands them to a method's kernel on a private rayon pool. Memory is bounded by
-//! threads × (inputs + 1) × chunk, whatever the size or number of the models.
+//! so results are too), reads each chunk of every input with `pread` into per-thread reusable buffers, and
+//! hands it to a method's kernel block by block (so every step of a kernel runs on cache-resident data) on a
+//! private rayon pool. Memory is bounded by threads × (inputs + 1) × chunk, whatever the size or number of
+//! the models. A merge pass then checks the chunk's output for NaN/Inf and writes it at its offset.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +14,12 @@ use crate::dtype::count_nonfinite;
 use crate::error::{MergeError, Result};
 use crate::monitor::Monitor;
 use crate::plan::{FloatSource, Inputs, MergePlan, PlanTensor, TensorKind};
+use crate::writer::Writer;
 
-/// Elements per chunk: 256 Ki (1 MiB of f32 per input).
-pub const DEFAULT_CHUNK: usize = 1 << 18;
+/// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
+pub const DEFAULT_CHUNK: usize = 1 << 16;
+/// Elements per kernel block: 4 Ki, so a block of every input fits in L2.
+pub const BLOCK: usize = 1 << 12;
 
 /// A piece of work: elements `[start, start + len)` of output tensor `tensor`.
 #[derive(Debug, Clone, Copy)]
@@ -28,20 +32,18 @@ pub struct Job {
     pub len: usize,
 }
 
-/// One chunk as a kernel sees it. `models[i]` holds θᵢ (or, after [`Chunk::to_task_vectors`], τᵢ).
+/// One block as a kernel sees it. `models[i]` holds θᵢ (or, after [`Chunk::to_task_vectors`], τᵢ).
 pub struct Chunk<'a> {
-    /// The job.
+    /// The elements this block covers.
     pub job: Job,
     /// The output tensor.
     pub tensor: &'a PlanTensor,
     /// θ₀, when the pass reads the base model.
     pub base: Option<&'a [f32]>,
-    /// One buffer per fine-tuned model, `job.len` long.
-    pub models: &'a mut [Vec<f32>],
-    /// The output buffer, `job.len` long.
+    /// One slice per fine-tuned model, `job.len` long.
+    pub models: &'a mut [&'a mut [f32]],
+    /// The output slice, `job.len` long.
     pub out: &'a mut [f32],
-    /// A reusable byte buffer for encoding the output.
-    pub encoded: &'a mut Vec<u8>,
 }
 
 impl Chunk<'_> {
@@ -57,6 +59,19 @@ impl Chunk<'_> {
         }
         Ok(())
     }
+}
+
+/// What a pass reads and does with its output.
+#[derive(Clone, Copy)]
+pub struct PassSpec<'a> {
+    /// Progress label.
+    pub phase: &'a str,
+    /// Read θ₀ too.
+    pub read_base: bool,
+    /// Write each chunk's output here (after checking it for NaN/Inf).
+    pub writer: Option<&'a Writer>,
+    /// Check the inputs for NaN/Inf (passes without output that must not read them silently).
+    pub check_inputs: bool,
 }
 
 #[derive(Default)]
@@ -118,14 +133,10 @@ impl<'a> Engine<'a> {
         self.pool.current_num_threads()
     }
 
-    /// Non-finite input values seen by the last pass (only counted with `allow_nonfinite`).
+    /// NaN/Inf values written by the last merge pass (inputs holding them are an error unless
+    /// `allow_nonfinite`; finite inputs can still overflow).
     pub fn nonfinite_seen(&self) -> u64 {
         self.nonfinite.load(Ordering::Relaxed)
-    }
-
-    /// Run `f` on the engine's private pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
     }
 
     /// Chunked jobs covering the merged tensors among `tensors`.
@@ -151,23 +162,25 @@ impl<'a> Engine<'a> {
         self.jobs(0..self.plan.tensors.len())
     }
 
-    /// One pass over `jobs`: read each chunk of every model (and of the base when `read_base`), then call
-    /// `kernel(state, chunk)`. Returns the kernel's per-job results in job order, and the per-thread states.
+    /// One pass over `jobs`: read each chunk of every model (and of the base with `read_base`), call
+    /// `kernel(state, result, block)` on every block of it, and, with a writer, write the chunk's output.
+    /// Returns the per-job results in job order and the per-thread states.
     pub fn pass<S, T>(
         &self,
-        phase: &str,
+        spec: PassSpec<'_>,
         jobs: &[Job],
-        read_base: bool,
         init: impl Fn() -> S + Sync,
-        kernel: impl Fn(&mut S, Chunk<'_>) -> Result<T> + Sync,
+        kernel: impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()> + Sync,
     ) -> Result<(Vec<T>, Vec<S>)>
     where
         S: Send,
-        T: Send,
+        T: Send + Default,
     {
-        let total: u64 = jobs.iter().map(|j| self.job_bytes(j, read_base)).sum();
-        self.monitor.start_phase(phase, total);
-        self.nonfinite.store(0, Ordering::Relaxed);
+        let total: u64 = jobs.iter().map(|j| self.job_bytes(j, spec.read_base)).sum();
+        self.monitor.start_phase(spec.phase, total);
+        if spec.writer.is_some() {
+            self.nonfinite.store(0, Ordering::Relaxed);
+        }
         let slots: Vec<Mutex<(Scratch, S)>> = (0..self.threads())
             .map(|_| Mutex::new((Scratch::default(), init())))
             .collect();
@@ -182,8 +195,8 @@ impl<'a> Engine<'a> {
                         .lock()
                         .map_err(|_| MergeError::arg("a worker thread panicked"))?;
                     let (scratch, state) = &mut *guard;
-                    let result = self.run_job(job, read_base, scratch, state, &kernel)?;
-                    self.monitor.advance(self.job_bytes(job, read_base));
+                    let result = self.run_job(spec, job, scratch, state, &kernel)?;
+                    self.monitor.advance(self.job_bytes(job, spec.read_base));
                     Ok(result)
                 })
                 .collect::<Result<Vec<T>>>()
@@ -207,13 +220,13 @@ impl<'a> Engine<'a> {
         (models.iter().chain(base).map(|s| s.ty.size()).sum::<usize>() * job.len) as u64
     }
 
-    fn run_job<S, T>(
+    fn run_job<S, T: Default>(
         &self,
+        spec: PassSpec<'_>,
         job: &Job,
-        read_base: bool,
         scratch: &mut Scratch,
         state: &mut S,
-        kernel: &impl Fn(&mut S, Chunk<'_>) -> Result<T>,
+        kernel: &impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()>,
     ) -> Result<T> {
         let tensor = &self.plan.tensors[job.tensor];
         let TensorKind::Merge { base, models, .. } = &tensor.kind else {
@@ -221,50 +234,116 @@ impl<'a> Engine<'a> {
         };
         scratch.models.resize_with(models.len(), Vec::new);
         for (i, (source, buf)) in models.iter().zip(scratch.models.iter_mut()).enumerate() {
-            self.read(&self.inputs.models[i], tensor, source, job, buf, &mut scratch.raw)?;
+            self.read(&self.inputs.models[i], source, job, buf, &mut scratch.raw)?;
         }
-        let base_values = match (read_base, base, &self.inputs.base) {
+        let read_base = match (spec.read_base, base, &self.inputs.base) {
             (true, Some(source), Some(ckpt)) => {
-                self.read(ckpt, tensor, source, job, &mut scratch.base, &mut scratch.raw)?;
-                Some(scratch.base.as_slice())
+                self.read(ckpt, source, job, &mut scratch.base, &mut scratch.raw)?;
+                true
             }
             (true, _, _) => return Err(MergeError::arg("this pass needs the pretrained model")),
-            (false, _, _) => None,
+            (false, _, _) => false,
         };
+        if spec.check_inputs {
+            self.check_inputs(tensor, &scratch.models, read_base.then_some(scratch.base.as_slice()))?;
+        }
         scratch.out.resize(job.len, 0.0);
-        let chunk = Chunk {
-            job: *job,
-            tensor,
-            base: base_values,
-            models: &mut scratch.models,
-            out: &mut scratch.out,
-            encoded: &mut scratch.encoded,
-        };
-        kernel(state, chunk)
+        let mut result = T::default();
+        let mut start = 0;
+        while start < job.len {
+            let range = start..(start + BLOCK).min(job.len);
+            let mut models: Vec<&mut [f32]> = scratch.models.iter_mut().map(|m| &mut m[range.clone()]).collect();
+            let block = Chunk {
+                job: Job {
+                    tensor: job.tensor,
+                    start: job.start + range.start,
+                    len: range.len(),
+                },
+                tensor,
+                base: read_base.then(|| &scratch.base[range.clone()]),
+                models: &mut models,
+                out: &mut scratch.out[range.clone()],
+            };
+            kernel(state, &mut result, block)?;
+            start = range.end;
+        }
+        if let Some(writer) = spec.writer {
+            self.write(writer, tensor, job, scratch, read_base)?;
+        }
+        Ok(result)
     }
 
     fn read(
         &self,
         ckpt: &Checkpoint,
-        tensor: &PlanTensor,
         source: &FloatSource,
         job: &Job,
         buf: &mut Vec<f32>,
         raw: &mut Vec<u8>,
     ) -> Result<()> {
         buf.resize(job.len, 0.0);
-        ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw)?;
-        let bad = count_nonfinite(buf);
+        ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw)
+    }
+
+    /// Check the output for NaN/Inf (any non-finite input makes the output non-finite: an error naming the
+    /// input, or counted with `allow_nonfinite`), then encode and write it.
+    fn write(
+        &self,
+        writer: &Writer,
+        tensor: &PlanTensor,
+        job: &Job,
+        scratch: &mut Scratch,
+        read_base: bool,
+    ) -> Result<()> {
+        let bad = count_nonfinite(&scratch.out);
         if bad > 0 {
             if !self.allow_nonfinite {
-                return Err(MergeError::NonFinite {
-                    model: ckpt.name.clone(),
-                    tensor: tensor.name.clone(),
-                    count: bad,
-                });
+                let models = scratch.models_as_read(self, tensor, job)?;
+                self.check_inputs(tensor, &models, read_base.then_some(scratch.base.as_slice()))?;
             }
             self.nonfinite.fetch_add(bad, Ordering::Relaxed);
         }
+        let TensorKind::Merge { out, .. } = &tensor.kind else {
+            return Ok(());
+        };
+        let offset = (job.start * out.size()) as u64;
+        if *out == crate::dtype::FloatType::F32 {
+            return writer.write_at(job.tensor, offset, bytemuck::cast_slice(&scratch.out));
+        }
+        out.encode(&scratch.out, &mut scratch.encoded);
+        writer.write_at(job.tensor, offset, &scratch.encoded)
+    }
+
+    /// Fail on the first input holding NaN/Inf, naming it (unless `allow_nonfinite`).
+    fn check_inputs(&self, tensor: &PlanTensor, models: &[Vec<f32>], base: Option<&[f32]>) -> Result<()> {
+        if self.allow_nonfinite {
+            return Ok(());
+        }
+        let named = self.inputs.models.iter().zip(models.iter().map(Vec::as_slice));
+        for (ckpt, values) in named.chain(self.inputs.base.iter().zip(base)) {
+            let count = count_nonfinite(values);
+            if count > 0 {
+                return Err(MergeError::NonFinite {
+                    model: ckpt.name.clone(),
+                    tensor: tensor.name.clone(),
+                    count,
+                });
+            }
+        }
         Ok(())
+    }
+}
+
+impl Scratch {
+    /// The models' values of `job` as stored (kernels may have overwritten the buffers): read again.
+    fn models_as_read(&mut self, engine: &Engine<'_>, tensor: &PlanTensor, job: &Job) -> Result<Vec<Vec<f32>>> {
+        let TensorKind::Merge { models, .. } = &tensor.kind else {
+            return Ok(Vec::new());
+        };
+        let mut fresh = vec![Vec::new(); models.len()];
+        for (i, (source, buf)) in models.iter().zip(fresh.iter_mut()).enumerate() {
+            engine.read(&engine.inputs.models[i], source, job, buf, &mut self.raw)?;
+        }
+        Ok(fresh)
     }
 }

@@ -3,7 +3,7 @@
 //! the bucket that holds the k-th value, and pass 2 counts the low 16 bits inside that bucket. The result is
 //! the value `torch.kthvalue` returns (1-based k), with 2 × 65 536 counters per task instead of a sort.
 
-use crate::engine::{Chunk, Engine, Job};
+use crate::engine::{Chunk, Engine, Job, PassSpec};
 use crate::error::Result;
 
 const BUCKETS: usize = 1 << 16;
@@ -30,15 +30,24 @@ impl Histogram {
         }
     }
 
-    /// Count the low 16 bits of |v| for the `values` of task `task` whose top bits equal `high`.
+    /// Count the low 16 bits of |v| for the `values` of task `task` whose top bits equal `high`. Few values
+    /// match, so groups of eight are tested at once (vectorised) and only matching groups are counted.
     pub fn add_low(&mut self, task: usize, values: &[f32], high: u32) {
         let counts = &mut self.counts[task * BUCKETS..(task + 1) * BUCKETS];
-        for v in values {
-            let bits = v.abs().to_bits();
-            if bits >> 16 == high {
+        let hit = |v: &f32| v.abs().to_bits() >> 16 == high;
+        let mut count = |group: &[f32]| {
+            for bits in group.iter().filter(|v| hit(v)).map(|v| v.abs().to_bits()) {
                 counts[(bits & 0xffff) as usize] += 1;
             }
+        };
+        let groups = values.chunks_exact(8);
+        let tail = groups.remainder();
+        for group in groups {
+            if group.iter().fold(0u32, |any, v| any | u32::from(hit(v))) != 0 {
+                count(group);
+            }
         }
+        count(tail);
     }
 
     /// Add another histogram's counts.
@@ -78,7 +87,13 @@ pub fn kth_smallest_abs(
     prepare: impl Fn(&mut Chunk<'_>) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
     let tasks = k.len();
-    let high_pass = |state: &mut Histogram, mut chunk: Chunk<'_>| {
+    let spec = |phase| PassSpec {
+        phase,
+        read_base: true,
+        writer: None,
+        check_inputs: false,
+    };
+    let high_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
         for (t, values) in chunk.models.iter().enumerate() {
             state.add_high(t, values);
@@ -87,12 +102,12 @@ pub fn kth_smallest_abs(
     };
     let high = merged(
         engine
-            .pass("trim: select 1/2", jobs, true, || Histogram::new(tasks), high_pass)?
+            .pass(spec("trim: select 1/2"), jobs, || Histogram::new(tasks), high_pass)?
             .1,
         tasks,
     );
     let located: Vec<(u32, u64)> = k.iter().enumerate().map(|(t, &kt)| high.locate(t, kt.max(1))).collect();
-    let low_pass = |state: &mut Histogram, mut chunk: Chunk<'_>| {
+    let low_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
         for (t, values) in chunk.models.iter().enumerate() {
             state.add_low(t, values, located[t].0);
@@ -101,7 +116,7 @@ pub fn kth_smallest_abs(
     };
     let low = merged(
         engine
-            .pass("trim: select 2/2", jobs, true, || Histogram::new(tasks), low_pass)?
+            .pass(spec("trim: select 2/2"), jobs, || Histogram::new(tasks), low_pass)?
             .1,
         tasks,
     );

@@ -17,7 +17,7 @@ pub fn simple(chunk: &mut Chunk<'_>) -> Result<()> {
 pub fn weighted(chunk: &mut Chunk<'_>, weights: &[f32]) -> Result<()> {
     chunk.out.fill(0.0);
     for (m, &w) in chunk.models.iter().zip(weights) {
-        for (o, x) in chunk.out.iter_mut().zip(m) {
+        for (o, x) in chunk.out.iter_mut().zip(m.iter()) {
             *o += w * *x;
         }
     }

@@ -15,9 +15,9 @@ pub use ties::{MergeFunc, TiesOptions, Trim};
 
 use serde_json::{Value, json};
 
-use crate::engine::{Chunk, Engine};
+use crate::engine::{Chunk, Engine, PassSpec};
 use crate::error::{MergeError, Result};
-use crate::plan::{MergePlan, TensorKind};
+use crate::plan::MergePlan;
 use crate::writer::Writer;
 
 /// A merge method with its parameters.
@@ -123,16 +123,13 @@ impl Method {
     pub fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
         let jobs = engine.all_jobs();
         let elementwise = |read_base: bool, kernel: &(dyn Fn(&mut Chunk<'_>) -> Result<()> + Sync)| {
-            engine.pass(
-                "merge",
-                &jobs,
+            let spec = PassSpec {
+                phase: "merge",
                 read_base,
-                || (),
-                |_, mut chunk| {
-                    kernel(&mut chunk)?;
-                    emit(writer, &mut chunk)
-                },
-            )
+                writer: Some(writer),
+                check_inputs: false,
+            };
+            engine.pass(spec, &jobs, || (), |_, _: &mut (), mut chunk| kernel(&mut chunk))
         };
         match self {
             Method::SimpleAverage => elementwise(false, &average::simple)?,
@@ -148,25 +145,16 @@ impl Method {
     }
 }
 
-/// Encode a chunk's output in the tensor's output dtype and write it in place.
-pub fn emit(writer: &Writer, chunk: &mut Chunk<'_>) -> Result<()> {
-    let TensorKind::Merge { out, .. } = &chunk.tensor.kind else {
-        return Err(MergeError::arg(format!("tensor '{}' is not merged", chunk.tensor.name)));
-    };
-    out.encode(chunk.out, chunk.encoded);
-    writer.write_at(chunk.job.tensor, (chunk.job.start * out.size()) as u64, chunk.encoded)
-}
-
 /// An f32 parameter as the decimal a user typed (0.3, not 0.30000001192092896), for reports.
 pub(crate) fn tidy(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// Σᵢ models[i] into `out`, in model order.
-fn sum_into(out: &mut [f32], models: &[Vec<f32>]) {
+fn sum_into(out: &mut [f32], models: &[&mut [f32]]) {
     out.fill(0.0);
     for m in models {
-        for (o, x) in out.iter_mut().zip(m) {
+        for (o, x) in out.iter_mut().zip(m.iter()) {
             *o += *x;
         }
     }

@@ -16,7 +16,7 @@ pub fn merge(chunk: &mut Chunk<'_>, coefficients: &Coefficients) -> Result<()> {
         Some(c) => {
             chunk.out.fill(0.0);
             for (m, &ci) in chunk.models.iter().zip(c) {
-                for (o, x) in chunk.out.iter_mut().zip(m) {
+                for (o, x) in chunk.out.iter_mut().zip(m.iter()) {
                     *o += ci * *x;
                 }
             }

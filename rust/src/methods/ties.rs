@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
-use super::{DareOptions, MethodStats, emit};
-use crate::engine::{Chunk, Engine};
+use super::{DareOptions, MethodStats};
+use crate::engine::{Chunk, Engine, PassSpec};
 use crate::error::{MergeError, Result};
 use crate::plan::TensorKind;
 use crate::select::{kth_smallest_abs, threshold_rank};
@@ -183,15 +183,21 @@ fn merge_groups(
     let mut patches = Vec::new();
     for (group, kth) in groups.iter().zip(kth) {
         let jobs = engine.jobs(group.iter().copied());
+        let spec = PassSpec {
+            phase: "merge",
+            read_base: true,
+            writer: Some(writer),
+            check_inputs: false,
+        };
         let (results, _) = engine.pass(
-            "merge",
+            spec,
             &jobs,
-            true,
             || (),
-            |_, mut chunk| {
-                let result = merge_chunk(pass, &mut chunk, kth)?;
-                emit(writer, &mut chunk)?;
-                Ok(result)
+            |_, result: &mut (i64, Vec<Patch>), mut chunk| {
+                let (signs, patches) = merge_chunk(pass, &mut chunk, kth)?;
+                result.0 += signs;
+                result.1.extend(patches);
+                Ok(())
             },
         )?;
         for (s, p) in results {
@@ -202,64 +208,81 @@ fn merge_groups(
     Ok((sign_sum, patches))
 }
 
-/// Merge one chunk; returns Σ sign(elected) and the patches it needs. Loops run over each model's buffer
+/// Merge one block; returns Σ sign(elected) and the patches it needs. Loops run over each model's slice
 /// (vectorisable) and add in model order, so results equal the element-by-element definition exactly.
 fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i64, Vec<Patch>)> {
     let options = pass.options;
     options.prepare(chunk)?;
     for (tau, &k) in chunk.models.iter_mut().zip(kth) {
-        for x in tau.iter_mut() {
-            *x = if x.abs() < k { 0.0 } else { *x };
-        }
+        trim(tau, k);
     }
     let base = chunk
         .base
         .ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
     let mut signs = vec![0.0f32; chunk.out.len()];
     super::sum_into(&mut signs, chunk.models);
-    let mut sign_sum = 0i64;
     for s in signs.iter_mut() {
         *s = sign(*s);
-        sign_sum += *s as i64;
     }
-    let patches = resolve_zero_signs(pass, chunk, &mut signs, base);
+    // A block holds at most 2^24 elements, so this f32 sum of ±1 and 0 is exact.
+    let sign_sum = signs.iter().sum::<f32>() as i64;
+    let patches = if signs.contains(&0.0) {
+        resolve_zero_signs(pass, chunk, &mut signs, base)
+    } else {
+        Vec::new()
+    };
     aggregate_into(chunk.out, chunk.models, &signs, options.merge_func);
     super::task_arithmetic::add_scaled_to_base(chunk.out, Some(base), options.scaling_factor);
     Ok((sign_sum, patches))
+}
+
+/// Zero the entries with |τ| < k (to +0.0, branch-free: no masked stores).
+fn trim(tau: &mut [f32], k: f32) {
+    for x in tau.iter_mut() {
+        let keep = if x.abs() >= k { u32::MAX } else { 0 };
+        *x = f32::from_bits(x.to_bits() & keep);
+    }
 }
 
 /// Give elements whose elected sign is 0 the majority sign; while it is unknown, use +1 and record the
 /// three possible results of elements where the choice matters (some non-zero entry).
 fn resolve_zero_signs(pass: &Pass<'_>, chunk: &Chunk<'_>, signs: &mut [f32], base: &[f32]) -> Vec<Patch> {
     let mut patches = Vec::new();
-    let mut column = vec![0.0f32; chunk.models.len()];
-    for (j, s) in signs.iter_mut().enumerate() {
-        if *s != 0.0 {
-            continue;
+    if pass.majority.is_none() {
+        let mut nonzero = vec![0u32; signs.len()];
+        for tau in chunk.models.iter() {
+            for (n, t) in nonzero.iter_mut().zip(tau.iter()) {
+                *n |= u32::from(*t != 0.0);
+            }
         }
-        *s = pass.majority.unwrap_or(1.0);
-        if pass.majority.is_some() {
-            continue;
-        }
-        for (c, tau) in column.iter_mut().zip(chunk.models.iter()) {
-            *c = tau[j];
-        }
-        if column.iter().any(|&c| c != 0.0) {
+        let mut column = vec![0.0f32; chunk.models.len()];
+        for j in (0..signs.len()).filter(|&j| signs[j] == 0.0 && nonzero[j] != 0) {
+            for (c, tau) in column.iter_mut().zip(chunk.models.iter()) {
+                *c = tau[j];
+            }
             let func = pass.options.merge_func;
             let value = |s: f32| base[j] + pass.options.scaling_factor * aggregate(&column, s, func);
-            let patch = Patch {
-                tensor: chunk.job.tensor,
-                element: chunk.job.start + j,
-                values: [value(1.0), value(-1.0), value(0.0)],
-            };
-            record(pass, &mut patches, patch);
+            let values = [value(1.0), value(-1.0), value(0.0)];
+            record(
+                pass,
+                &mut patches,
+                Patch {
+                    tensor: chunk.job.tensor,
+                    element: chunk.job.start + j,
+                    values,
+                },
+            );
         }
+    }
+    let fallback = pass.majority.unwrap_or(1.0);
+    for s in signs.iter_mut() {
+        *s = if *s == 0.0 { fallback } else { *s };
     }
     patches
 }
 
 /// The disjoint merge of every element at once: out[j] = aggregate(column j, signs[j]).
-fn aggregate_into(out: &mut [f32], models: &[Vec<f32>], signs: &[f32], func: MergeFunc) {
+fn aggregate_into(out: &mut [f32], models: &[&mut [f32]], signs: &[f32], func: MergeFunc) {
     let kept = |t: f32, s: f32| {
         if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) {
             t
@@ -271,7 +294,7 @@ fn aggregate_into(out: &mut [f32], models: &[Vec<f32>], signs: &[f32], func: Mer
     match func {
         MergeFunc::Sum => {
             for tau in models {
-                for ((o, &t), &s) in out.iter_mut().zip(tau).zip(signs) {
+                for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
                     *o += kept(t, s);
                 }
             }
@@ -279,7 +302,7 @@ fn aggregate_into(out: &mut [f32], models: &[Vec<f32>], signs: &[f32], func: Mer
         MergeFunc::Mean => {
             let mut counts = vec![0.0f32; out.len()];
             for tau in models {
-                for (((o, c), &t), &s) in out.iter_mut().zip(counts.iter_mut()).zip(tau).zip(signs) {
+                for (((o, c), &t), &s) in out.iter_mut().zip(counts.iter_mut()).zip(tau.iter()).zip(signs) {
                     let k = kept(t, s);
                     *o += k;
                     *c += if k != 0.0 { 1.0 } else { 0.0 };
@@ -291,7 +314,7 @@ fn aggregate_into(out: &mut [f32], models: &[Vec<f32>], signs: &[f32], func: Mer
         }
         MergeFunc::Max => {
             for tau in models {
-                for ((o, &t), &s) in out.iter_mut().zip(tau).zip(signs) {
+                for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
                     *o = o.max(kept(t, s).abs());
                 }
             }
@@ -314,15 +337,9 @@ fn record(pass: &Pass<'_>, patches: &mut Vec<Patch>, patch: Patch) {
     }
 }
 
-/// torch.sign: −1, 0 or +1 (−0 is 0).
+/// torch.sign: −1, 0 or +1 (−0 is 0), branch-free.
 fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
+    (i32::from(x > 0.0) - i32::from(x < 0.0)) as f32
 }
 
 /// Disjoint merge of one element's trimmed task-vector entries under elected sign `s`. As in FusionBench,
