@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-rust test-python lint clean
+.PHONY: install demo test test-rust test-python lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test-rust:
 
 test-python:
 	$(PY) -m pytest --durations=5
+
+# The speed and memory benchmark (opt-in: ~40 minutes, ~40 GB of generated checkpoints in benches/.data).
+bench: $(PY)
+	rm -f python/merge_rs/*.so
+	$(PY) -m pip install --quiet ".[test,bench]"
+	$(PY) benches/run.py
 
 clean:
 	rm -rf $(VENV) target python/merge_rs/*.so
