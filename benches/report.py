@@ -1,5 +1,9 @@
 """Writing a benchmark run's results: benches/RESULTS.md (tables, the targets checked), results.json and
-results.png (wall time and peak RSS per run)."""
+results.png (wall time and peak RSS per run). Run on its own, it rebuilds RESULTS.md and the chart from
+results.json:
+
+    .venv/bin/python benches/report.py
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ def write_report(results: list[Any], machine: str, command: str, seconds: float)
         lines += ["", f"CLI start-up: `merge-rs --help` takes {fmt(start[0].wall, ' s', 3)}, {start[0].note}."]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (HERE / "results.json").write_text(json.dumps(
-        {"machine": machine, "command": command, "results": [asdict(r) | {"wall": r.wall, "rss": r.rss} for r in results]},
+        {"machine": machine, "command": command, "seconds": seconds,
+         "results": [asdict(r) | {"wall": r.wall, "rss": r.rss} for r in results]},
         indent=1))
     chart(results, workloads[0])
     print("\n".join(lines))
@@ -118,3 +123,17 @@ def chart(results: list[Any], workload: str) -> None:
     fig.suptitle(f"merge-rs vs peers — {workload}")
     fig.tight_layout()
     fig.savefig(HERE / "results.png", dpi=110)
+
+
+def main() -> None:
+    """Rebuild the report from results.json."""
+    from run import Result
+
+    data = json.loads((HERE / "results.json").read_text())
+    fields = ("workload", "tool", "run", "walls", "rss_mb", "note")
+    results = [Result(**{k: r[k] for k in fields}) for r in data["results"]]
+    write_report(results, data["machine"], data["command"], data.get("seconds", 0.0))
+
+
+if __name__ == "__main__":
+    main()

@@ -104,12 +104,12 @@ def merge_rs(w: Workload, run: str, reps: int, count: int | None = None, label: 
     return repeat(Result(label or w.name, "merge-rs", run), cmd, reps, out=out)
 
 
-def torch_baseline(w: Workload, run: str, reps: int, count: int | None = None) -> Result:
+def torch_baseline(w: Workload, run: str, reps: int, count: int | None = None, label: str | None = None) -> Result:
     pretrained, models = w.paths(count)
     out = OUT / f"torch-{run}"
     cmd = [sys.executable, str(HERE / "fusionbench_torch.py"), run, "--pretrained", str(pretrained),
            *[a for m in models for a in ("--model", str(m))], "--out", str(out)]
-    return repeat(Result(w.name if count is None else f"{w.preset} × {count}", "torch", run), cmd, reps, out=out)
+    return repeat(Result(label or w.name, "torch", run), cmd, reps, out=out)
 
 
 def mergekit_install() -> Path | None:
@@ -180,10 +180,10 @@ def main() -> None:
         if not args.quick:
             results.append(Result(main_set.name, "torch", "ties", note="not run: the flattened global TIES needs "
                                   "~10 task-vector-sized float32 copies (> 24 GiB here); see the ViT-B/32 × 8 row"))
-            label = "vit-b-32 × 8"
+            label = "vit-b-32 × 8, global TIES vs torch"
             subprocess.run(["sh", "-c", 'cat "$@" > /dev/null', "sh", *map(str, small.files(8))], check=True)
             results.append(merge_rs(small, "ties", args.reps, 8, label=label))
-        results.append(torch_baseline(small, "ties", args.reps, 8))
+        results.append(torch_baseline(small, "ties", args.reps, 8, label="vit-b-32 × 8, global TIES vs torch"))
         exe = mergekit_install()
         if exe is None:
             results.append(Result(main_set.name, "mergekit", "-", note="could not be installed"))
