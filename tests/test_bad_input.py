@@ -73,28 +73,23 @@ def test_corrupt_header_json(tmp_path, models):
     fails(tmp_path, ta(pre, [fts[0], bad]), "json/model.safetensors", "corrupt header JSON")
 
 
-def test_offsets_out_of_range(tmp_path, models):
+# name: (dtype of tensor 'w', its byte length in the header, bytes on disk, bad model first?, expected words)
+BAD_ENTRIES = {
+    "offsets": ("F32", 480, 60, False, ["offsets/model.safetensors"]),
+    "dtype": ("Q4", 48, 60, False, ["dtype/model.safetensors", "unknown dtype"]),
+    "f64": ("F64", 96, 108, True, ["'w'", "F64"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ENTRIES))
+def test_bad_tensor_entries(tmp_path, models, name):
+    """Offsets past the data, an unknown dtype, and a dtype that cannot be merged."""
     pre, fts, _ = models
-    header = {"w": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 480]},
-              "b": {"dtype": "F32", "shape": [3], "data_offsets": [480, 492]}}
-    bad = raw_file(tmp_path / "offsets", header, bytes(60))
-    fails(tmp_path, ta(pre, [fts[0], bad]), "offsets/model.safetensors")
-
-
-def test_unknown_dtype(tmp_path, models):
-    pre, fts, _ = models
-    header = {"w": {"dtype": "Q4", "shape": [4, 3], "data_offsets": [0, 48]},
-              "b": {"dtype": "F32", "shape": [3], "data_offsets": [48, 60]}}
-    bad = raw_file(tmp_path / "dtype", header, bytes(60))
-    fails(tmp_path, ta(pre, [fts[0], bad]), "dtype/model.safetensors", "unknown dtype")
-
-
-def test_unsupported_dtype(tmp_path, models):
-    pre, fts, base = models
-    header = {"w": {"dtype": "F64", "shape": [4, 3], "data_offsets": [0, 96]},
-              "b": {"dtype": "F32", "shape": [3], "data_offsets": [96, 108]}}
-    bad = raw_file(tmp_path / "f64", header, bytes(108))
-    fails(tmp_path, ta(pre, [bad, fts[0]]), "'w'", "F64")
+    dtype, size, on_disk, first, words = BAD_ENTRIES[name]
+    header = {"w": {"dtype": dtype, "shape": [4, 3], "data_offsets": [0, size]},
+              "b": {"dtype": "F32", "shape": [3], "data_offsets": [size, size + 12]}}
+    bad = raw_file(tmp_path / name, header, bytes(on_disk))
+    fails(tmp_path, ta(pre, [bad, fts[0]] if first else [fts[0], bad]), *words)
 
 
 def test_tensor_missing_from_a_model(tmp_path, models):
