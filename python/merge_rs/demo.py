@@ -31,8 +31,15 @@ class DemoRow:
 
 
 def run_demo(workdir: Path | None = None, preset: str = "small", models: int = 4, threads: int = 0) -> list[DemoRow]:
-    """Merge an example set with each method; returns one row per method."""
-    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="merge-rs-demo-"))
+    """Merge an example set with each method; returns one row per method. Without ``workdir`` everything is
+    built in a temporary directory that is removed afterwards."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="merge-rs-demo-") as temp:
+            return _run_in(Path(temp), preset, models, threads)
+    return _run_in(Path(workdir), preset, models, threads)
+
+
+def _run_in(root: Path, preset: str, models: int, threads: int) -> list[DemoRow]:
     pretrained, finetuned = make_model_set(root / "models", preset, models, seed=0, threads=threads)
     rows = []
     for method, params in DEMO_RUNS.items():
