@@ -32,7 +32,7 @@ test-rust:
 test-python:
 	$(PY) -m pytest --durations=5
 
-# The speed and memory benchmark (opt-in: ~40 minutes, ~40 GB of generated checkpoints in benches/.data).
+# The speed and memory benchmark (opt-in: ~30 minutes, up to ~30 GB of generated checkpoints in benches/.data).
 bench: $(PY)
 	rm -f python/merge_rs/*.so
 	$(PY) -m pip install --quiet ".[test,bench]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable
 
@@ -38,6 +37,6 @@ def progress_callback(enabled: bool | ProgressCallback | None) -> ProgressCallba
     """Resolve the ``progress`` argument: a callable as is, ``True`` for a bar when stderr is a terminal."""
     if callable(enabled):
         return enabled
-    if enabled and sys.stderr.isatty() and os.environ.get("MERGE_RS_NO_PROGRESS") is None:
+    if enabled and sys.stderr.isatty():
         return ProgressBar()
     return None

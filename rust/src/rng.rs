@@ -18,11 +18,16 @@ pub fn stream(seed: u64, name: &str, number: u64) -> u64 {
     mix64(mix64(seed ^ mix64(h)) ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// 64 random bits for element `index` of `stream`.
+#[inline]
+pub fn bits(stream: u64, index: u64) -> u64 {
+    mix64(stream.wrapping_add(index.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+}
+
 /// Uniform in [0, 1) with 53 bits, for element `index` of `stream`.
 #[inline]
 pub fn uniform(stream: u64, index: u64) -> f64 {
-    let bits = mix64(stream.wrapping_add(index.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-    (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    (bits(stream, index) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 #[cfg(test)]

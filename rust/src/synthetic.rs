@@ -102,7 +102,7 @@ fn write_model(path: &Path, spec: &SyntheticSpec, model: usize, config: Option<&
 
 /// A value with mean 0 and standard deviation ≈ 1 (sum of two uniforms, triangular; cheap and bounded).
 fn centered(stream: u64, index: u64) -> f32 {
-    let bits = rng::mix64(stream.wrapping_add(index.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    let bits = rng::bits(stream, index);
     let a = (bits >> 32) as f32 / 4_294_967_296.0;
     let b = (bits & 0xffff_ffff) as f32 / 4_294_967_296.0;
     (a + b - 1.0) * 2.449_489_7 // √6: unit variance
