@@ -129,14 +129,6 @@ def test_cli_human_output_and_quiet(golden, tmp_path):
     assert "ties(scaling_factor=0.3, threshold=20.0, merge_func=sum, trim=global)" in result.stdout
 
 
-def test_demo_runs_on_tiny_models(tmp_path):
-    result = cli("demo", "--preset", "tiny", "--models", "3", "--workdir", tmp_path)
-    lines = result.stdout.splitlines()
-    assert lines[1].split()[:5] == ["method", "task", "1", "task", "2"]
-    methods = [line.split()[0] for line in lines[3:]]
-    assert methods == ["simple_average", "task_arithmetic", "ties", "dare", "dare_ties"]
-
-
 def test_version_matches_the_crate():
     out = cli("--version").stdout
     assert merge_rs.__version__ in out

@@ -52,14 +52,36 @@ def main() -> None:
     """Merge fine-tuned models (task vectors) from safetensors checkpoints, streaming, in bounded memory."""
 
 
+EVAL_OPTIONS = [
+    click.option("--task", "tasks", multiple=True, metavar="NAME[=DATASET]",
+                 help="Task to evaluate on, repeatable; DATASET is a hub id or local path (default: the pool's or "
+                      "the task's own). Default: every task of --pool."),
+    click.option("--split", default="test", show_default=True, help="Dataset split to evaluate on."),
+    click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N examples of each task."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="DataLoader worker processes for image preprocessing."),
+    click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON."),
+]
+
+
+def _eval_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(EVAL_OPTIONS):
+        command = option(command)
+    return command
+
+
 METHOD_HELP = "\n".join(f"  {name:17} {m.summary}" for name, m in METHODS.items())
 
 
 @main.command(epilog=f"Methods:\n\n{METHOD_HELP}")
 @click.argument("method", type=click.Choice(sorted(METHODS), case_sensitive=False))
 @click.option("--pretrained", type=click.Path(path_type=Path), help="Pretrained model θ₀ (HF directory or .safetensors).")
-@click.option("--model", "models", multiple=True, required=True, type=click.Path(path_type=Path),
+@click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="Fine-tuned model; repeat once per model, in task order.")
+@click.option("--pool", "pool_name", help="Take the pretrained and fine-tuned models from a model pool (a preset "
+                                          "such as zoo or clip-vit-base-patch32_TA8, or a JSON file).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (must not exist).")
 @click.option("--scaling-factor", type=float, help="λ for task_arithmetic, ties, dare, dare_ties (default 0.3).")
 @click.option("--coefficients", callback=_floats, help=f"task_arithmetic: per-task coefficients ({FLOAT_LIST}).")
@@ -78,24 +100,53 @@ METHOD_HELP = "\n".join(f"  {name:17} {m.summary}" for name, m in METHODS.items(
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Worker threads (0: one per core).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--allow-nonfinite", is_flag=True, help="Merge despite NaN/Inf parameters (with a warning).")
+@click.option("--eval", "run_eval", is_flag=True, help="Evaluate the merged model afterwards (zero-shot, needs "
+                                                       "--pool or a full CLIP --pretrained; see merge-rs eval).")
+@_eval_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress or log lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], out: Path, dtype: str | None,
-          max_shard_size: str, threads: int, overwrite: bool, allow_nonfinite: bool, quiet: bool, as_json: bool,
-          **parameters: Any) -> None:
-    """Merge fine-tuned MODELs with METHOD into a new model directory."""
+def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_name: str | None, out: Path,
+          dtype: str | None, max_shard_size: str, threads: int, overwrite: bool, allow_nonfinite: bool,
+          run_eval: bool, tasks: tuple[str, ...], split: str, limit: int | None, batch_size: int, device: str,
+          workers: int, report_path: Path | None, quiet: bool, as_json: bool, **parameters: Any) -> None:
+    """Merge fine-tuned MODELs (or a --pool's) with METHOD into a new model directory."""
     given = {k: v for k, v in parameters.items() if v is not None}
+    pool = _run(lambda: _get_pool(pool_name))
+    if pool is not None:
+        pretrained = pretrained or _run(pool.pretrained_path)
+        models = models or tuple(_run(pool.model_paths))
+    if not models:
+        _fail(click.UsageError("give the fine-tuned models with --model (repeat it) or --pool"))
     report = _run(lambda: api.merge(
         method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
         overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet, **given))
     if report.nonfinite_values and not quiet:
         click.echo(f"warning: merged {report.nonfinite_values} non-finite input values", err=True)
+    evaluation = None
+    if run_eval:
+        if pretrained is None:
+            _fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
+        evaluation = _run(lambda: _evaluate(out, clip=pretrained, pool=pool, tasks=tasks, split=split, limit=limit,
+                                            batch_size=batch_size, device=device, workers=workers, quiet=quiet,
+                                            name=method))
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({**report.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
+        if evaluation and report_path:
+            report_path.write_text(json.dumps(evaluation, indent=2) + "\n")
         return
     params = ", ".join(f"{k}={v}" for k, v in report.parameters.items())
     click.echo(f"{report.method}({params}): {len(report.models)} models, {report.merged_tensors} tensors, "
                f"{report.parameters_merged:,} parameters merged in {report.seconds:.2f} s → {report.output}")
+    if evaluation:
+        _show_report(evaluation, report_path, False, method)
+
+
+def _get_pool(name: str | None) -> Any:
+    if name is None:
+        return None
+    from .pool import get_pool
+
+    return get_pool(name)
 
 
 @main.command()
@@ -144,19 +195,94 @@ def cos_sim(pretrained: Path, models: tuple[Path, ...], csv_path: Path | None, t
         click.echo(f"{name:<{width}}" + "".join(f"{v:>{width + 2}.4f}" for v in row))
 
 
-@main.command()
-@click.option("--workdir", type=click.Path(path_type=Path), help="Where to build the example models (default: a temp dir).")
-@click.option("--preset", default="small", show_default=True, help="Size of the example models.")
-@click.option("--models", "count", default=4, show_default=True, help="Number of fine-tuned models.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="Worker threads (0: one per core).")
-def demo(workdir: Path | None, preset: str, count: int, threads: int) -> None:
-    """Build example CLIP-shaped models and merge them with every method."""
-    from .demo import format_table, run_demo
+def _evaluate(model: Path, *, clip: Path, pool: Any, tasks: tuple[str, ...], split: str, limit: int | None,
+              batch_size: int, device: str, workers: int, quiet: bool, name: str | None = None) -> dict[str, Any]:
+    from .evaluate import Evaluator, parse_task_option, prepare_tasks
+    from .models import load_vision_encoder
 
-    click.echo(f"Building {count} example fine-tuned models ({preset} CLIP vision encoder) and merging them...", err=True)
-    rows = _run(lambda: run_demo(workdir, preset, count, threads))
-    click.echo("cosine(merged task vector, task i's own task vector):")
-    click.echo(format_table(rows))
+    requests = [parse_task_option(t) for t in tasks] or [(t, None) for t in (pool.tasks if pool else [])]
+    if not requests:
+        raise ValueError("nothing to evaluate on: give --task NAME[=DATASET] or --pool")
+    prepared = prepare_tasks(requests, pool, split=split, limit=limit)
+    evaluator = Evaluator(clip, prepared, device=device, batch_size=batch_size, workers=workers, progress=not quiet)
+    return evaluator.evaluate(load_vision_encoder(model), name=name)
+
+
+def _show_report(report: dict[str, Any], report_path: Path | None, as_json: bool, title: str) -> None:
+    from .evaluate import format_table
+
+    if report_path:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        _emit_json(report)
+        return
+    tasks = [k for k in report if k not in ("model_info", "average")]
+    click.echo(f"{title}")
+    click.echo(format_table({"accuracy (%)": report, "loss": report}, tasks, metrics={"loss": "loss"}))
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--pool", "pool_name", help="Model pool: a preset (zoo, clip-vit-base-patch32_TA8, ...) or a JSON file.")
+@click.option("--clip", "clip_ref", help="Pretrained CLIP (hub id or directory) for the text heads and projection "
+                                         "(default: the pool's pretrained model).")
+@_eval_options
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate(model: str, pool_name: str | None, clip_ref: str | None, tasks: tuple[str, ...], split: str,
+             limit: int | None, batch_size: int, device: str, workers: int, report_path: Path | None, quiet: bool,
+             as_json: bool) -> None:
+    """Zero-shot evaluation of a CLIP vision encoder MODEL (directory or hub id; with --pool also 'pretrained' or
+    one of the pool's task names) on image-classification tasks. Prints FusionBench's report."""
+    from .pool import get_pool, resolve_model
+
+    def work() -> dict[str, Any]:
+        pool = get_pool(pool_name) if pool_name else None
+        if clip_ref is None and pool is None:
+            raise ValueError("give --pool or --clip: zero-shot heads need the pretrained CLIP's text tower")
+        clip = resolve_model(clip_ref) if clip_ref else pool.pretrained_path()
+        path = _pool_member(pool, model) or resolve_model(model)
+        return _evaluate(path, clip=clip, pool=pool, tasks=tasks, split=split, limit=limit, batch_size=batch_size,
+                         device=device, workers=workers, quiet=quiet, name=model)
+
+    report = _run(work)
+    _show_report(report, report_path, as_json, model)
+
+
+def _pool_member(pool: Any, model: str) -> Path | None:
+    if pool is None or Path(model).exists():
+        return None
+    if model == "pretrained":
+        return pool.pretrained_path()
+    if model in pool.models:
+        return pool.model_path(model)
+    return None
+
+
+@main.command()
+@click.option("--pool", "pool_name", default="zoo", show_default=True, help="Model pool to merge and evaluate.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N test examples of each task.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Merge worker threads (0: one per core).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write every report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or log lines.")
+def demo(pool_name: str, limit: int | None, device: str, threads: int, report_path: Path | None, quiet: bool) -> None:
+    """Merge the offline model zoo with every method and evaluate all models on every task."""
+    from .demo import run_demo
+
+    log = (lambda _: None) if quiet else (lambda m: click.echo(m, err=True))
+    log(f"merge-rs demo on the '{pool_name}' pool (models and data ship with merge-rs; nothing is downloaded)")
+    result = _run(lambda: run_demo(pool_name, limit=limit, device=device, threads=threads, progress=not quiet,
+                                   log=log))
+    if report_path:
+        report_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    click.echo("Accuracy (%) on each task's test set:")
+    click.echo(result.table())
+    click.echo("\nEach fine-tuned model on every task:")
+    click.echo(result.transfer_table())
+    merges = ", ".join(f"{m} {s:.2f} s" for m, s in result.merge_seconds.items())
+    click.echo(f"\nmerge times: {merges}; total {result.seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,72 +1,86 @@
-"""``merge-rs demo``: build a small example model set once, merge it with every method, and show what each
-merge keeps of every task (cosine similarity between the merged task vector and each task's own)."""
+"""``merge-rs demo``: merge the offline zoo's fine-tuned models with every method and evaluate everything on every
+task, printing FusionBench's table: fine-tuned models (each on its own task) on top, merges in between, the
+pretrained model at the bottom."""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from .api import cosine_similarity, merge
+from .api import merge
+from .evaluate import Evaluator, format_table, prepare_tasks
 from .methods import METHODS
-from .synthetic import make_model_set
+from .pool import ModelPool, get_pool
 
-DEMO_RUNS: dict[str, dict[str, object]] = {
+# Method → parameters (FusionBench's defaults, DARE with a fixed seed).
+DEMO_MERGES: dict[str, dict[str, Any]] = {
     "simple_average": {},
-    "task_arithmetic": {},
-    "ties": {},
-    "dare": {"seed": 0},
-    "dare_ties": {"seed": 0},
+    "task_arithmetic": {"scaling_factor": 0.3},
+    "ties": {"scaling_factor": 0.3, "threshold": 20},
+    "dare": {"scaling_factor": 0.3, "drop_rate": 0.5, "seed": 0},
+    "dare_ties": {"scaling_factor": 0.3, "threshold": 20, "drop_rate": 0.5, "seed": 0},
 }
+FINE_TUNED = "fine-tuned (individual)"
+PRETRAINED = "pretrained"
 
 
-@dataclass(frozen=True)
-class DemoRow:
-    """One method's result."""
+@dataclass
+class DemoResult:
+    """Reports by row name, each fine-tuned model's report on every task, and the timings."""
 
-    method: str
-    seconds: float
-    parameters: int
-    alignment: list[float]
+    tasks: list[str]
+    rows: dict[str, dict[str, Any]]
+    fine_tuned: dict[str, dict[str, Any]]
+    merge_seconds: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
 
+    def table(self) -> str:
+        return format_table(self.rows, self.tasks)
 
-def run_demo(workdir: Path | None = None, preset: str = "small", models: int = 4, threads: int = 0) -> list[DemoRow]:
-    """Merge an example set with each method; returns one row per method. Without ``workdir`` everything is
-    built in a temporary directory that is removed afterwards."""
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="merge-rs-demo-") as temp:
-            return _run_in(Path(temp), preset, models, threads)
-    return _run_in(Path(workdir), preset, models, threads)
+    def transfer_table(self) -> str:
+        return format_table(self.fine_tuned, self.tasks)
 
-
-def _run_in(root: Path, preset: str, models: int, threads: int) -> list[DemoRow]:
-    pretrained, finetuned = make_model_set(root / "models", preset, models, seed=0, threads=threads)
-    rows = []
-    for method, params in DEMO_RUNS.items():
-        out = root / "merged" / method
-        spec = METHODS[method]
-        report = merge(
-            method,
-            finetuned,
-            out,
-            pretrained=pretrained if spec.needs_pretrained else None,
-            overwrite=True,
-            threads=threads,
-            **params,
-        )
-        cos = cosine_similarity(pretrained, [out, *finetuned], threads=threads)
-        rows.append(DemoRow(method, report.seconds, report.parameters_merged, cos.matrix[0][1:]))
-    return rows
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": self.tasks, "rows": self.rows, "fine_tuned": self.fine_tuned,
+                "merge_seconds": self.merge_seconds, "seconds": self.seconds}
 
 
-def format_table(rows: list[DemoRow]) -> str:
-    """Rows = methods, columns = cos(merged τ, τᵢ) per task and their mean."""
-    tasks = len(rows[0].alignment) if rows else 0
-    header = ["method", *(f"task {i + 1}" for i in range(tasks)), "mean", "seconds"]
-    body = [
-        [r.method, *(f"{a:.3f}" for a in r.alignment), f"{sum(r.alignment) / max(tasks, 1):.3f}", f"{r.seconds:.2f}"]
-        for r in rows
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])
+def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device: str = "auto", threads: int = 0,
+             progress: bool = True, log: Callable[[str], None] = lambda _: None) -> DemoResult:
+    """Merge ``pool`` with every method in ``DEMO_MERGES`` and evaluate pretrained, fine-tuned and merged models."""
+    from .models import load_vision_encoder
+
+    started = time.perf_counter()
+    pool = get_pool(pool) if isinstance(pool, str) else pool
+    tasks = prepare_tasks(((t, None) for t in pool.tasks), pool, limit=limit)
+    evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, cache_pixels=True, progress=progress)
+    names = [t.task.name for t in tasks]
+
+    fine_tuned = {}
+    for task in pool.tasks:
+        log(f"evaluating the {task} model")
+        fine_tuned[task] = evaluator.evaluate(pool.load_vision(task), name=task)
+    rows = {FINE_TUNED: _individual(fine_tuned, names)}
+
+    merge_seconds = {}
+    with tempfile.TemporaryDirectory(prefix="merge-rs-demo-") as temp:
+        for method, params in DEMO_MERGES.items():
+            out = Path(temp) / method
+            report = merge(method, pool.model_paths(), out, threads=threads,
+                           pretrained=pool.pretrained_path() if METHODS[method].needs_pretrained else None, **params)
+            merge_seconds[method] = report.seconds
+            log(f"merged with {method} in {report.seconds:.2f} s; evaluating")
+            rows[method] = evaluator.evaluate(load_vision_encoder(out), name=method)
+    log("evaluating the pretrained model")
+    rows[PRETRAINED] = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()), name=PRETRAINED)
+    return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started)
+
+
+def _individual(fine_tuned: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
+    """Each task's score from its own fine-tuned model (FusionBench's 'individual' row)."""
+    row: dict[str, Any] = {t: fine_tuned[t][t] for t in tasks}
+    row["average"] = {k: sum(row[t][k] for t in tasks) / len(tasks) for k in ("accuracy", "loss")}
+    return row

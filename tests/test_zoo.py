@@ -1,0 +1,126 @@
+"""The offline zoo: its builder (on small stand-in images), its tokenizer, and ``merge-rs demo`` on the shipped zoo."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pytest
+
+from conftest import cli
+
+torch = pytest.importorskip("torch")
+
+from merge_rs.demo import DEMO_MERGES, FINE_TUNED, PRETRAINED, run_demo  # noqa: E402
+from merge_rs.pool import zoo_pool  # noqa: E402
+from merge_rs.zoo import build, tokenizer  # noqa: E402
+
+
+def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGE_RS_CACHE", str(tmp_path))
+    result = run_demo("zoo", limit=40, device="cpu", progress=False)
+    assert list(result.rows) == [FINE_TUNED, *DEMO_MERGES, PRETRAINED]
+    assert result.tasks == ["mnist", "digits", "fashion_mnist", "emoji"]
+    for task in result.tasks:
+        assert result.rows[FINE_TUNED][task] == result.fine_tuned[task][task]
+    individual = result.rows[FINE_TUNED]["average"]["accuracy"]
+    assert individual > result.rows[PRETRAINED]["average"]["accuracy"]
+    assert all(individual >= r["average"]["accuracy"] for r in result.rows.values())
+    table = result.table().splitlines()
+    assert table[0].split() == ["mnist", "digits", "fashion_mnist", "emoji", "average"]
+    assert table[2].startswith(FINE_TUNED) and table[-1].startswith(PRETRAINED)
+
+
+def test_cli_demo_prints_the_table(tmp_path):
+    out = cli("demo", "--limit", "10", "--quiet", "--device", "cpu", "--report", tmp_path / "demo.json")
+    assert "Accuracy (%) on each task's test set:" in out.stdout
+    assert out.stdout.count("ties") >= 2 and "merge times:" in out.stdout
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert set(data["rows"]) == {FINE_TUNED, *DEMO_MERGES, PRETRAINED}
+
+
+def test_shipped_zoo_is_complete():
+    pool = zoo_pool()
+    manifest = json.loads((pool.base / "zoo.json").read_text())
+    assert manifest["settings"]["tasks"] == pool.tasks
+    assert json.loads((pool.pretrained_path() / "config.json").read_text())["model_type"] == "clip"
+    for task in pool.tasks:
+        assert json.loads((pool.model_path(task) / "config.json").read_text())["model_type"] == "clip_vision_model"
+        for split in ("train", "test"):
+            assert (pool.base / manifest["datasets"][task] / f"{split}.parquet").is_file()
+
+
+def _fake_bpe(path):
+    """A BPE merge file in CLIP's format: a header line, then merges built from earlier symbols."""
+    merges = ["t h", "th e</w>", "o f</w>", "p h", "ph o", "pho t", "phot o</w>", "o n</w>"]
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(["bpe header", *merges, "z z"]))
+    return path
+
+
+def test_tokenizer_files_follow_clip_vocabulary_order(tmp_path):
+    from transformers import CLIPTokenizer
+
+    table = tokenizer.bytes_to_unicode()
+    assert len(table) == 256 and len(set(table.values())) == 256
+    size = tokenizer.write_clip_tokenizer_files(tmp_path, merges=8, bpe_file=_fake_bpe(tmp_path / "bpe.txt.gz"))
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    assert size == len(vocab) == 512 + 8 + 2
+    assert vocab["photo</w>"] == 512 + 6 and vocab["<|endoftext|>"] == size - 1 and "zz" not in vocab
+    tok = CLIPTokenizer.from_pretrained(tmp_path)
+    ids = tok("a photo of the")["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "the</w>",
+                                              "<|endoftext|>"]
+
+
+def _stand_in_sources(n=120):
+    """Small random-pattern images per class standing in for the real sources (which need Debian packages)."""
+    from PIL import Image
+
+    def make(classes, seed, mode):
+        def source():
+            rng = random.Random(seed)
+            images, labels = [], []
+            for i in range(n):
+                label = i % classes
+                image = Image.new(mode, (12, 12))
+                image.putdata([(rng.randrange(64) + 19 * label) % 256 if mode == "L" else
+                               ((rng.randrange(64) + 19 * label) % 256, 30 * label % 256, 0) for _ in range(144)])
+                images.append(image)
+                labels.append(label)
+            return images, labels
+        return source
+
+    return {"mnist": make(10, 1, "L"), "emoji": make(9, 2, "RGB")}
+
+
+def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "SOURCES", _stand_in_sources())
+    monkeypatch.setattr(tokenizer, "bpe_vocabulary_file", lambda: _fake_bpe(tmp_path / "bpe.txt.gz"))
+    settings = build.ZooSettings(tasks=("mnist", "emoji"), train_size=40, test_size=30, pretrain_size=50,
+                                 image_size=16, patch_size=8, hidden=16, layers=1, heads=2, text_layers=1,
+                                 bpe_merges=8, max_text_tokens=64, projection_dim=8, pretrain_steps=3, pretrain_batch=8,
+                                 finetune_steps=2, finetune_batch=8)
+    lines = []
+    manifest = build.build_zoo(tmp_path / "zoo", settings, log=lines.append)
+    assert any(line.startswith("mnist: test 30, train 40, pretrain 50") for line in lines)
+    pool = zoo_pool(tmp_path / "zoo")
+    assert pool.tasks == ["mnist", "emoji"] and manifest["settings"]["seed"] == 0
+    assert not (tmp_path / "zoo.building").exists()
+    from merge_rs.evaluate import Evaluator, prepare_tasks
+
+    tasks = prepare_tasks([(t, None) for t in pool.tasks], pool)
+    report = Evaluator(pool.pretrained_path(), tasks, device="cpu", progress=False).evaluate(pool.load_vision("emoji"))
+    assert 0 <= report["emoji"]["accuracy"] <= 1 and len(tasks[0].data) == 30
+
+
+def test_split_indices_are_disjoint_and_seeded():
+    settings = build.ZooSettings(train_size=50, test_size=20, pretrain_size=30)
+    a = build.split_indices(200, settings, random.Random(3))
+    b = build.split_indices(200, settings, random.Random(3))
+    assert a == b
+    assert [len(a[k]) for k in ("test", "train", "pretrain")] == [20, 50, 30]
+    assert not set(a["test"]) & set(a["train"]) and not set(a["train"]) & set(a["pretrain"])
+    small = build.split_indices(90, settings, random.Random(0))  # too few left: pretraining takes from train
+    assert len(small["pretrain"]) == 25 and len(small["train"]) == 45
