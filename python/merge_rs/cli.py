@@ -87,7 +87,7 @@ METHOD_HELP = "\n".join(f"  {name:17} {m.summary}" for name, m in METHODS.items(
 @click.option("--coefficients", callback=_floats, help=f"task_arithmetic: per-task coefficients ({FLOAT_LIST}).")
 @click.option("--coefficients-file", type=click.Path(path_type=Path),
               help="task_arithmetic: JSON of per-tensor coefficients (layer-wise weights).")
-@click.option("--weights", callback=_floats, help=f"weighted_average: weights ({FLOAT_LIST}).")
+@click.option("--weights", callback=_floats, help=f"weighted_average, fisher_merging: weights ({FLOAT_LIST}).")
 @click.option("--normalize/--no-normalize", default=None, help="weighted_average: divide by Σw (default on).")
 @click.option("--threshold", type=float, help="ties: percentage of entries kept per task (default 20).")
 @click.option("--merge-func", type=click.Choice(["sum", "mean", "max"]), help="ties: aggregation (default sum).")
@@ -95,6 +95,9 @@ METHOD_HELP = "\n".join(f"  {name:17} {m.summary}" for name, m in METHODS.items(
 @click.option("--drop-rate", type=float, help="dare: drop probability (default 0.5).")
 @click.option("--seed", type=int, help="dare: seed of the drop mask (default 0).")
 @click.option("--rescale/--no-rescale", default=None, help="dare: rescale by 1/(1-p) (default on).")
+@click.option("--fisher", multiple=True, type=click.Path(path_type=Path),
+              help="fisher_merging: diagonal-Fisher checkpoint, one per --model in the same order.")
+@click.option("--epsilon", type=float, help="fisher_merging: ε added to every Fisher value (default 1e-6).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Output dtype (default: the inputs').")
 @click.option("--max-shard-size", default=api.DEFAULT_MAX_SHARD_SIZE, show_default=True, help="Largest output shard.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Worker threads (0: one per core).")
@@ -110,7 +113,7 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
           run_eval: bool, tasks: tuple[str, ...], split: str, limit: int | None, batch_size: int, device: str,
           workers: int, report_path: Path | None, quiet: bool, as_json: bool, **parameters: Any) -> None:
     """Merge fine-tuned MODELs (or a --pool's) with METHOD into a new model directory."""
-    given = {k: v for k, v in parameters.items() if v is not None}
+    given = {k: v for k, v in parameters.items() if v is not None and v != ()}
     pool = _run(lambda: _get_pool(pool_name))
     if pool is not None:
         pretrained = pretrained or _run(pool.pretrained_path)
@@ -260,21 +263,152 @@ def _pool_member(pool: Any, model: str) -> Path | None:
     return None
 
 
+LEARNED_OPTIONS = [
+    click.option("--pool", "pool_name", required=True,
+                 help="Model pool: a preset (zoo, clip-vit-base-patch32_TA8, ...) or a JSON file."),
+    click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
+    click.option("--eval", "run_eval", is_flag=True, help="Evaluate the merged model on the pool's tasks afterwards."),
+]
+
+
+def _learned_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = _eval_options(command)
+    for option in reversed(LEARNED_OPTIONS):
+        command = option(command)
+    command = click.option("--quiet", "-q", is_flag=True, help="No progress or log lines.")(command)
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(command)
+
+
+def _finish_learned(result: Any, pool: Any, run_eval: bool, eval_args: dict[str, Any], quiet: bool,
+                    as_json: bool) -> None:
+    evaluation = None
+    if run_eval:
+        args = {k: v for k, v in eval_args.items() if k != "report_path"}
+        evaluation = _run(lambda: _evaluate(result.output, clip=pool.pretrained_path(), pool=pool, quiet=quiet,
+                                            name=result.method, **args))
+    if as_json:
+        _emit_json({**result.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
+        if evaluation and eval_args.get("report_path"):
+            eval_args["report_path"].write_text(json.dumps(evaluation, indent=2) + "\n")
+        return
+    cuda = f", peak CUDA memory {result.peak_cuda_mb:.0f} MB" if result.peak_cuda_mb is not None else ""
+    click.echo(f"{result.method}: {len(result.tasks)} models merged in {result.seconds:.1f} s → {result.output} "
+               f"(peak RSS {result.peak_rss_mb:.0f} MB{cuda})")
+    for what, path in result.files.items():
+        click.echo(f"  {what}: {path}")
+    if evaluation:
+        _show_report(evaluation, eval_args.get("report_path"), False, result.method)
+
+
+def _eval_args(tasks: tuple[str, ...], split: str, limit: int | None, batch_size: int, device: str, workers: int,
+               report_path: Path | None) -> dict[str, Any]:
+    return {"tasks": tasks, "split": split, "limit": limit, "batch_size": batch_size, "device": device,
+            "workers": workers, "report_path": report_path}
+
+
+def _logger(quiet: bool) -> Callable[[str], None]:
+    return (lambda _: None) if quiet else (lambda m: click.echo(m, err=True))
+
+
+@main.command()
+@click.option("--mode", type=click.Choice(["layer", "task"]), default="layer", show_default=True,
+              help="One weight per task per parameter tensor (layer) or per task (task).")
+@click.option("--steps", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Adam steps (0: just merge with --weights).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--train-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Unlabeled test images per task per step.")
+@click.option("--init", "init_value", type=float, default=0.3, show_default=True, help="Initial λ.")
+@click.option("--clamp", is_flag=True, help="Clamp the weights to [0, 1] after every step.")
+@click.option("--weights", "weights_file", type=click.Path(exists=True, path_type=Path),
+              help="Start from saved weights (a merging_weights.json).")
+@click.option("--task-vector-dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
+              show_default=True, help="Precision of the task vectors held during learning.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Merge worker threads (0: one per core).")
+@_learned_options
+def adamerging(mode: str, steps: int, lr: float, train_batch_size: int, init_value: float, clamp: bool,
+               weights_file: Path | None, task_vector_dtype: str, seed: int, threads: int, pool_name: str, out: Path,
+               overwrite: bool, run_eval: bool, quiet: bool, as_json: bool, **eval_options: Any) -> None:
+    """AdaMerging: learn task-wise or layer-wise merging weights by entropy minimisation on unlabeled test
+    images, then merge with them (weights and loss curve are saved in the output directory)."""
+    from .learned.adamerging import adamerging as run
+    from .pool import get_pool
+
+    pool = _run(lambda: get_pool(pool_name))
+    result = _run(lambda: run(pool, out, mode=mode, steps=steps, lr=lr, batch_size=train_batch_size,
+                              init=init_value, clamp=clamp, weights=weights_file, task_vector_dtype=task_vector_dtype,
+                              device=eval_options["device"], seed=seed, threads=threads, progress=not quiet,
+                              overwrite=overwrite, log=_logger(quiet)))
+    _finish_learned(result, pool, run_eval, _eval_args(**eval_options), quiet, as_json)
+
+
+@main.command()
+@click.option("--examples", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Training images per task for the Fisher.")
+@click.option("--fisher-batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--normalize/--no-normalize", default=True, show_default=True,
+              help="Weight each model by the inverse of its Fisher's global L2 norm.")
+@click.option("--epsilon", type=float, default=1e-6, show_default=True, help="Added to every Fisher value.")
+@click.option("--scaling", callback=_floats, help=f"Per-model scaling coefficients ({FLOAT_LIST}; default 1).")
+@click.option("--fisher-dir", type=click.Path(path_type=Path), help="Keep the Fisher safetensors here.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Merge worker threads (0: one per core).")
+@_learned_options
+def fisher(examples: int, fisher_batch_size: int, normalize: bool, epsilon: float, scaling: list[float] | None,
+           fisher_dir: Path | None, threads: int, pool_name: str, out: Path, overwrite: bool, run_eval: bool,
+           quiet: bool, as_json: bool, **eval_options: Any) -> None:
+    """Fisher merging: diagonal Fisher of each fine-tuned model on its task's training images, then the
+    Fisher-weighted average (in the Rust engine)."""
+    from .learned.fisher import fisher_merging
+    from .pool import get_pool
+
+    pool = _run(lambda: get_pool(pool_name))
+    result = _run(lambda: fisher_merging(pool, out, examples=examples, batch_size=fisher_batch_size,
+                                         normalize=normalize, epsilon=epsilon, scaling=scaling, fisher_dir=fisher_dir,
+                                         device=eval_options["device"], threads=threads, overwrite=overwrite,
+                                         log=_logger(quiet)))
+    _finish_learned(result, pool, run_eval, _eval_args(**eval_options), quiet, as_json)
+
+
+@main.command()
+@click.option("--examples", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Training images per task for the Gram matrices.")
+@click.option("--gram-batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Scale of the Gram matrices' off-diagonal entries.")
+@_learned_options
+def regmean(examples: int, gram_batch_size: int, alpha: float, pool_name: str, out: Path, overwrite: bool,
+            run_eval: bool, quiet: bool, as_json: bool, **eval_options: Any) -> None:
+    """RegMean: each linear layer solved from the models' input Gram matrices; other parameters averaged."""
+    from .learned.regmean import regmean as run
+    from .pool import get_pool
+
+    pool = _run(lambda: get_pool(pool_name))
+    result = _run(lambda: run(pool, out, examples=examples, batch_size=gram_batch_size, alpha=alpha,
+                              device=eval_options["device"], overwrite=overwrite, log=_logger(quiet)))
+    _finish_learned(result, pool, run_eval, _eval_args(**eval_options), quiet, as_json)
+
+
 @main.command()
 @click.option("--pool", "pool_name", default="zoo", show_default=True, help="Model pool to merge and evaluate.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N test examples of each task.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Merge worker threads (0: one per core).")
+@click.option("--learned/--no-learned", default=True, show_default=True,
+              help="Also run AdaMerging (task- and layer-wise), Fisher merging and RegMean (torch).")
+@click.option("--adamerging-steps", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write every report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or log lines.")
-def demo(pool_name: str, limit: int | None, device: str, threads: int, report_path: Path | None, quiet: bool) -> None:
+def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: bool, adamerging_steps: int,
+         report_path: Path | None, quiet: bool) -> None:
     """Merge the offline model zoo with every method and evaluate all models on every task."""
     from .demo import run_demo
 
     log = (lambda _: None) if quiet else (lambda m: click.echo(m, err=True))
     log(f"merge-rs demo on the '{pool_name}' pool (models and data ship with merge-rs; nothing is downloaded)")
-    result = _run(lambda: run_demo(pool_name, limit=limit, device=device, threads=threads, progress=not quiet,
-                                   log=log))
+    result = _run(lambda: run_demo(pool_name, limit=limit, device=device, threads=threads, learned=learned,
+                                   adamerging_steps=adamerging_steps, progress=not quiet, log=log))
     if report_path:
         report_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     click.echo("Accuracy (%) on each task's test set:")
@@ -282,7 +416,7 @@ def demo(pool_name: str, limit: int | None, device: str, threads: int, report_pa
     click.echo("\nEach fine-tuned model on every task:")
     click.echo(result.transfer_table())
     merges = ", ".join(f"{m} {s:.2f} s" for m, s in result.merge_seconds.items())
-    click.echo(f"\nmerge times: {merges}; total {result.seconds:.1f} s")
+    click.echo(f"\nmerge times (learned methods: learning included): {merges}; total {result.seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ DEMO_MERGES: dict[str, dict[str, Any]] = {
     "dare": {"scaling_factor": 0.3, "drop_rate": 0.5, "seed": 0},
     "dare_ties": {"scaling_factor": 0.3, "threshold": 20, "drop_rate": 0.5, "seed": 0},
 }
+# The learned methods (torch); AdaMerging runs fewer steps than its default 1000 to keep the demo short.
+DEMO_ADAMERGING_STEPS = 200
+LEARNED = ("adamerging_task_wise", "adamerging_layer_wise", "fisher_merging", "regmean")
 FINE_TUNED = "fine-tuned (individual)"
 PRETRAINED = "pretrained"
 
@@ -49,8 +52,10 @@ class DemoResult:
 
 
 def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device: str = "auto", threads: int = 0,
-             progress: bool = True, log: Callable[[str], None] = lambda _: None) -> DemoResult:
-    """Merge ``pool`` with every method in ``DEMO_MERGES`` and evaluate pretrained, fine-tuned and merged models."""
+             learned: bool = True, adamerging_steps: int = DEMO_ADAMERGING_STEPS, progress: bool = True,
+             log: Callable[[str], None] = lambda _: None) -> DemoResult:
+    """Merge ``pool`` with every method in ``DEMO_MERGES`` (and, with ``learned``, AdaMerging, Fisher merging and
+    RegMean) and evaluate pretrained, fine-tuned and merged models."""
     from .models import load_vision_encoder
 
     started = time.perf_counter()
@@ -74,9 +79,32 @@ def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device:
             merge_seconds[method] = report.seconds
             log(f"merged with {method} in {report.seconds:.2f} s; evaluating")
             rows[method] = evaluator.evaluate(load_vision_encoder(out), name=method)
+        if learned:
+            for method in LEARNED:
+                out = Path(temp) / method
+                seconds = _learned_merge(method, pool, out, device, threads, adamerging_steps, log)
+                merge_seconds[method] = seconds
+                log(f"{method} took {seconds:.1f} s; evaluating")
+                rows[method] = evaluator.evaluate(load_vision_encoder(out), name=method)
     log("evaluating the pretrained model")
     rows[PRETRAINED] = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()), name=PRETRAINED)
     return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started)
+
+
+def _learned_merge(method: str, pool: ModelPool, out: Path, device: str, threads: int, steps: int,
+                   log: Callable[[str], None]) -> float:
+    from .learned.adamerging import adamerging
+    from .learned.fisher import fisher_merging
+    from .learned.regmean import regmean
+
+    if method.startswith("adamerging"):
+        mode = "task" if method == "adamerging_task_wise" else "layer"
+        result = adamerging(pool, out, mode=mode, steps=steps, device=device, threads=threads, progress=False)
+    elif method == "fisher_merging":
+        result = fisher_merging(pool, out, device=device, threads=threads)
+    else:
+        result = regmean(pool, out, device=device)
+    return result.seconds
 
 
 def _individual(fine_tuned: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str, Any]:

@@ -113,11 +113,15 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         }
         (None, false) => None,
     };
-    let models = request
+    let mut models = request
         .models
         .iter()
         .map(|p| Checkpoint::open(p))
         .collect::<Result<Vec<_>>>()?;
+    let model_count = models.len();
+    for path in method.weight_inputs() {
+        models.push(Checkpoint::open(path)?);
+    }
     let inputs = Inputs { base, models };
     check_output_path(&request.out, &inputs)?;
     let plan = MergePlan::build(&inputs, method.needs_base(), request.dtype)?;
@@ -168,7 +172,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         method: method.name(),
         parameters: method.parameters(),
         pretrained: inputs.base.as_ref().map(describe),
-        models: inputs.models.iter().map(describe).collect(),
+        models: inputs.models[..model_count].iter().map(describe).collect(),
         tensors: plan.tensors.len(),
         merged_tensors: plan.merged_tensors(),
         copied_tensors: plan.tensors.len() - plan.merged_tensors(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -118,8 +119,27 @@ class DareTies(MergeMethod):
     parameters = (SCALING, THRESHOLD, MERGE_FUNC, TRIM, DROP_RATE, SEED, RESCALE)
 
 
+class FisherMerging(MergeMethod):
+    name = "fisher_merging"
+    summary = "Σ cᵢ(Fᵢ+ε)θᵢ / Σ cᵢ(Fᵢ+ε) with diagonal Fisher checkpoints (merge-rs fisher computes them)"
+    paper = "https://arxiv.org/abs/2111.09832"
+    needs_pretrained = False
+    parameters = (
+        Parameter("fisher", None, "one diagonal-Fisher checkpoint per model, same tensor names (required)"),
+        Parameter("weights", None, "cᵢ, one per model (default 1; merge-rs fisher folds in the norm normalisation)"),
+        Parameter("epsilon", 1e-6, "ε added to every Fisher value (FusionBench's minimal_fisher_weight)"),
+    )
+
+    @classmethod
+    def adjust(cls, resolved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        if not resolved.get("fisher"):
+            raise InvalidArgumentError("fisher_merging needs the Fisher checkpoints (one per model)")
+        resolved["fisher"] = [os.fspath(f) for f in resolved["fisher"]]
+        return resolved
+
+
 METHODS: dict[str, type[MergeMethod]] = {
-    m.name: m for m in (SimpleAverage, WeightedAverage, TaskArithmetic, Ties, Dare, DareTies)
+    m.name: m for m in (SimpleAverage, WeightedAverage, TaskArithmetic, Ties, Dare, DareTies, FisherMerging)
 }
 
 
@@ -129,3 +149,4 @@ def get_method(name: str) -> type[MergeMethod]:
     if key not in METHODS:
         raise InvalidArgumentError(f"unknown method '{name}' (known: {', '.join(METHODS)})")
     return METHODS[key]
+

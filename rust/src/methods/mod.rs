@@ -4,12 +4,14 @@
 mod average;
 mod coefficients;
 mod dare;
+mod fisher;
 mod spec;
 mod task_arithmetic;
 mod ties;
 
 pub use coefficients::{Coefficients, PerTensorCoefficients};
 pub use dare::DareOptions;
+pub use fisher::FisherOptions;
 pub use spec::MethodSpec;
 pub use ties::{MergeFunc, TiesOptions, Trim};
 
@@ -43,6 +45,8 @@ pub enum Method {
         /// Drop options.
         dare: DareOptions,
     },
+    /// Σ cᵢ(Fᵢ + ε)θᵢ / Σ cᵢ(Fᵢ + ε) with diagonal Fisher checkpoints.
+    Fisher(FisherOptions),
 }
 
 /// What a method found out while merging, for the report.
@@ -66,12 +70,24 @@ impl Method {
             Method::Ties(o) if o.dare.is_some() => "dare_ties",
             Method::Ties(_) => "ties",
             Method::Dare { .. } => "dare",
+            Method::Fisher(_) => "fisher_merging",
         }
     }
 
     /// Whether the method uses the pretrained model.
     pub fn needs_base(&self) -> bool {
-        !matches!(self, Method::SimpleAverage | Method::WeightedAverage { .. })
+        !matches!(
+            self,
+            Method::SimpleAverage | Method::WeightedAverage { .. } | Method::Fisher(_)
+        )
+    }
+
+    /// Checkpoints read alongside the fine-tuned models (one per model, same tensors), if the method has any.
+    pub fn weight_inputs(&self) -> &[std::path::PathBuf] {
+        match self {
+            Method::Fisher(o) => &o.fisher,
+            _ => &[],
+        }
     }
 
     /// The parameters, for reports and output metadata.
@@ -86,12 +102,16 @@ impl Method {
                 p["scaling_factor"] = json!(tidy(*scaling_factor));
                 p
             }
+            Method::Fisher(o) => o.parameters(),
         }
     }
 
     /// Check the parameters against the number of models, before anything is read.
     pub fn validate(&self, models: usize) -> Result<()> {
-        let min = if matches!(self, Method::SimpleAverage | Method::WeightedAverage { .. }) {
+        let min = if matches!(
+            self,
+            Method::SimpleAverage | Method::WeightedAverage { .. } | Method::Fisher(_)
+        ) {
             2
         } else {
             1
@@ -107,6 +127,7 @@ impl Method {
             Method::TaskArithmetic(c) => c.validate(models),
             Method::Ties(o) => o.validate(),
             Method::Dare { dare, .. } => dare.validate(),
+            Method::Fisher(o) => o.validate(models),
             Method::SimpleAverage => Ok(()),
         }
     }
@@ -139,6 +160,7 @@ impl Method {
             }
             Method::TaskArithmetic(coefficients) => elementwise(true, &|c| task_arithmetic::merge(c, coefficients))?,
             Method::Dare { scaling_factor, dare } => elementwise(true, &|c| dare::merge(c, dare, *scaling_factor))?,
+            Method::Fisher(options) => elementwise(false, &|c| fisher::merge(c, options))?,
             Method::Ties(options) => return ties::run(options, engine, writer),
         };
         Ok(MethodStats::default())

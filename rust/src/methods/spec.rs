@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{Coefficients, DareOptions, MergeFunc, Method, PerTensorCoefficients, TiesOptions, Trim};
+use super::{Coefficients, DareOptions, FisherOptions, MergeFunc, Method, PerTensorCoefficients, TiesOptions, Trim};
 use crate::error::{MergeError, Result};
 
 /// Parameters of any method; each method reads the ones it uses.
@@ -34,6 +34,10 @@ pub struct MethodSpec {
     pub seed: Option<u64>,
     /// DARE rescaling.
     pub rescale: Option<bool>,
+    /// Fisher merging: one diagonal-Fisher checkpoint per model.
+    pub fisher: Option<Vec<PathBuf>>,
+    /// Fisher merging: ε added to every Fisher value.
+    pub epsilon: Option<f32>,
 }
 
 fn need<T: Clone>(method: &str, name: &str, value: &Option<T>) -> Result<T> {
@@ -58,9 +62,21 @@ impl MethodSpec {
                 scaling_factor: need(name, "scaling_factor", &self.scaling_factor)?,
                 dare: self.dare(name)?,
             },
+            "fisher_merging" => {
+                let fisher = need(name, "fisher", &self.fisher)?;
+                let weights = match &self.weights {
+                    Some(w) => w.iter().map(|&x| x as f32).collect(),
+                    None => vec![1.0; fisher.len()],
+                };
+                Method::Fisher(FisherOptions {
+                    fisher,
+                    weights,
+                    epsilon: need(name, "epsilon", &self.epsilon)?,
+                })
+            }
             other => {
                 return Err(MergeError::arg(format!(
-                    "unknown method '{other}' (known: simple_average, weighted_average, task_arithmetic, ties, dare, dare_ties)"
+                    "unknown method '{other}' (known: simple_average, weighted_average, task_arithmetic, ties, dare, dare_ties, fisher_merging)"
                 )));
             }
         })

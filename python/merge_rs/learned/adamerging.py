@@ -1,0 +1,124 @@
+"""AdaMerging (Yang et al., ICLR 2024): θ = θ₀ + Σᵢ λᵢτᵢ with one λ per task (task-wise) or per task per parameter
+tensor (layer-wise), learned by minimising the Shannon entropy of the merged model's zero-shot predictions on
+unlabeled test images of every task.
+
+FusionBench's defaults: λ initialised at 0.3, Adam with lr 1e-3, 16 images per task per step, 1000 steps, the
+per-task mean entropies summed into the loss, no clamping. The forward pass is ``torch.func.functional_call`` on
+the pretrained encoder with the merged parameters; task vectors are kept stacked in bfloat16 by default (half the
+memory of float32; the final merge is exact, in float32, by the Rust engine from the checkpoints).
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..api import merge
+from ..evaluate import Evaluator, prepare_tasks
+from ..pool import ModelPool
+from .batches import endless_batches
+from .memory import peak_cuda_mb, peak_rss_mb
+from .result import LearnedMerge
+from .task_vectors import TaskVectors
+from .weights_file import load_weights, save_weights
+
+MODES = ("task", "layer")
+
+
+def entropy(logits: Any, eps: float = 1e-8) -> Any:
+    """Mean Shannon entropy of softmax(logits) over the batch."""
+    import torch
+
+    probs = torch.softmax(logits, dim=-1)
+    return -(probs * torch.log(probs + eps)).sum(dim=-1).mean()
+
+
+def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 1000, lr: float = 1e-3,
+               batch_size: int = 16, init: float = 0.3, clamp: bool = False, weights: Path | None = None,
+               task_vector_dtype: str = "bfloat16", device: str = "auto", seed: int = 0, threads: int = 0,
+               progress: bool = True, overwrite: bool = False, log: Callable[[str], None] = lambda _: None
+               ) -> LearnedMerge:
+    """Learn the weights (or start from ``weights``; ``steps=0`` skips learning), merge with the Rust engine
+    into ``out``, and save ``merging_weights.json`` and ``loss.csv`` there."""
+    import torch
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} (got '{mode}')")
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="test")
+    evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)
+    vectors = TaskVectors.from_pool(pool, task_vector_dtype, evaluator.device)
+    log(f"task vectors: {len(vectors.tasks)} × {len(vectors.names)} tensors, {vectors.nbytes() / 1e6:.0f} MB "
+        f"({task_vector_dtype})")
+    shape = (len(pool.tasks),) if mode == "task" else (len(pool.tasks), len(vectors.names))
+    start = load_weights(weights, pool.tasks, vectors.names) if weights else None
+    lam = torch.tensor(start, dtype=torch.float32) if start is not None else torch.full(shape, float(init))
+    if tuple(lam.shape) != shape:
+        raise ValueError(f"{weights}: {'layer' if lam.dim() == 2 else 'task'}-wise weights given for "
+                         f"{mode}-wise AdaMerging")
+    lam = lam.to(evaluator.device).requires_grad_(True)
+    losses = _learn(vectors, evaluator, tasks, lam, steps=steps, lr=lr, batch_size=batch_size, clamp=clamp,
+                    seed=seed, progress=progress, log=log)
+    final = lam.detach().cpu()
+    with tempfile.TemporaryDirectory(prefix="merge-rs-adamerging-") as temp:
+        weights_path = Path(temp) / "merging_weights.json"
+        settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "init": init, "clamp": clamp, "seed": seed}
+        save_weights(weights_path, pool.tasks, vectors.names, final, "adamerging", {"settings": settings})
+        coefficients = {"coefficients": final.tolist()} if mode == "task" else {"coefficients_file": weights_path}
+        merge("task_arithmetic", pool.model_paths(), out, pretrained=pool.pretrained_path(), threads=threads,
+              overwrite=overwrite, **coefficients)
+        (out / "merging_weights.json").write_text(weights_path.read_text())
+    _write_losses(out / "loss.csv", losses)
+    return LearnedMerge(f"adamerging_{mode}_wise", out, list(pool.tasks), time.perf_counter() - started,
+                        peak_rss_mb(), peak_cuda_mb(evaluator.device), losses,
+                        {"weights": str(out / "merging_weights.json"), "losses": str(out / "loss.csv")},
+                        {"mode": mode, "task_vector_mb": vectors.nbytes() / 1e6, **settings})
+
+
+def _learn(vectors: TaskVectors, evaluator: Evaluator, tasks, lam, *, steps: int, lr: float, batch_size: int,
+           clamp: bool, seed: int, progress: bool, log: Callable[[str], None]) -> list[float]:
+    import sys
+
+    import torch
+    from torch.func import functional_call
+    from tqdm import tqdm
+
+    if steps == 0:
+        return []
+    streams = {t.task.name: endless_batches(t, evaluator.image_processor, batch_size, seed + i)
+               for i, t in enumerate(tasks)}
+    optimizer = torch.optim.Adam([lam], lr=lr)
+    losses = []
+    bar = tqdm(range(steps), desc="adamerging", disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
+    for step in bar:
+        params = vectors.merged(lam)
+
+        def encoder(pixel_values):
+            return functional_call(vectors.encoder, params, (), {"pixel_values": pixel_values})
+
+        loss = torch.zeros((), device=lam.device)
+        for name, stream in streams.items():
+            pixels = next(stream).to(evaluator.device)
+            loss = loss + entropy(evaluator.logits(encoder, pixels, name))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if clamp:
+            with torch.no_grad():
+                lam.clamp_(0.0, 1.0)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if step % 100 == 0 or step == steps - 1:
+            log(f"adamerging step {step}: entropy loss {losses[-1]:.4f}")
+    return losses
+
+
+def _write_losses(path: Path, losses: list[float]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "entropy_loss"])
+        writer.writerows(enumerate(losses))
