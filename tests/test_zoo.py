@@ -12,15 +12,15 @@ from conftest import cli
 
 torch = pytest.importorskip("torch")
 
-from merge_rs.demo import DEMO_MERGES, FINE_TUNED, PRETRAINED, run_demo  # noqa: E402
+from merge_rs.demo import DEMO_MERGES, FINE_TUNED, LEARNED, PRETRAINED, run_demo  # noqa: E402
 from merge_rs.pool import zoo_pool  # noqa: E402
 from merge_rs.zoo import build, tokenizer  # noqa: E402
 
 
 def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("MERGE_RS_CACHE", str(tmp_path))
-    result = run_demo("zoo", limit=40, device="cpu", progress=False)
-    assert list(result.rows) == [FINE_TUNED, *DEMO_MERGES, PRETRAINED]
+    result = run_demo("zoo", limit=40, device="cpu", adamerging_steps=3, progress=False)
+    assert list(result.rows) == [FINE_TUNED, *DEMO_MERGES, *LEARNED, PRETRAINED]
     assert result.tasks == ["mnist", "digits", "fashion_mnist", "emoji"]
     for task in result.tasks:
         assert result.rows[FINE_TUNED][task] == result.fine_tuned[task][task]
@@ -33,9 +33,11 @@ def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
 
 
 def test_cli_demo_prints_the_table(tmp_path):
-    out = cli("demo", "--limit", "10", "--quiet", "--device", "cpu", "--report", tmp_path / "demo.json")
+    out = cli("demo", "--limit", "10", "--quiet", "--device", "cpu", "--no-learned", "--report",
+              tmp_path / "demo.json")
     assert "Accuracy (%) on each task's test set:" in out.stdout
-    assert out.stdout.count("ties") >= 2 and "merge times:" in out.stdout
+    assert out.stdout.count("ties") >= 2 and "merge times (learned methods" in out.stdout
+    assert "adamerging" not in out.stdout
     data = json.loads((tmp_path / "demo.json").read_text())
     assert set(data["rows"]) == {FINE_TUNED, *DEMO_MERGES, PRETRAINED}
 
