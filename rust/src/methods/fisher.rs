@@ -98,9 +98,13 @@ mod tests {
         let mut out = vec![0.0f32; 2];
         let [t0, t1] = &mut theta;
         let [f0, f1] = &mut fisher;
-        let inputs: Vec<&mut [f32]> = vec![t0, t1, f0, f1];
-        let mut chunk = Chunk::for_test(&mut inputs, &mut out);
-        merge(&mut chunk, &options).unwrap();
+        let inputs: Vec<&mut [f32]> = vec![
+            t0.as_mut_slice(),
+            t1.as_mut_slice(),
+            f0.as_mut_slice(),
+            f1.as_mut_slice(),
+        ];
+        weighted_mean(&mut out, &inputs, &options);
         // (1·1·1 + 3·1·3) / (1 + 3) = 2.5; (1·0·2 + 3·2·4) / (0 + 6) = 4
         assert_eq!(out, vec![2.5, 4.0]);
         let bad = FisherOptions {
