@@ -211,3 +211,25 @@ def test_sharded_output_and_integer_buffers(tmp_path):
     got = load(tmp_path / "out")
     np.testing.assert_array_equal(got["position_ids"], base["position_ids"])
     np.testing.assert_allclose(got["a"], base["a"] + np.float32(0.3) * np.float32(0.02), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,threshold", [("float32", 20.0), ("bfloat16", 3.0), ("float32", 97.0)])
+def test_ties_thresholds_are_exact_on_models_large_enough_to_sample(tmp_path, dtype, threshold):
+    """Over 64 chunks: the engine predicts the threshold's bucket window from a sample and reads the exact
+    value off pass 1; the thresholds must still equal the exact k-th values (np.partition)."""
+    rng = np.random.default_rng(11)
+    shapes = {"big.weight": (1536, 2048), "other.weight": (700, 1500), "scaled.bias": (5000,)}
+    base = {k: rng.normal(0, 0.5, s).astype(np.float32) for k, s in shapes.items()}
+    models = []
+    for i in range(3):
+        tau = {k: (rng.standard_t(3, s) * 0.01 * (1 + i + 10 * (k == "scaled.bias"))).astype(np.float32)
+               for k, s in shapes.items()}
+        models.append({k: quantize(base[k] + tau[k], dtype) for k in shapes})
+    base = {k: quantize(v, dtype) for k, v in base.items()}
+    base_path = save(tmp_path / "base", base, dtype)
+    paths = [save(tmp_path / f"m{i}", m, dtype) for i, m in enumerate(models)]
+    keys = sorted(shapes)
+    b = ref.flatten(base, keys)
+    want = [float(ref.kth_threshold(ref.flatten(m, keys) - b, threshold)) for m in models]
+    report = merge_rs.merge("ties", paths, tmp_path / "out", pretrained=base_path, threshold=threshold, threads=2)
+    assert report.ties_thresholds == want
