@@ -15,7 +15,7 @@ F = torch.nn.functional
 from merge_rs.data import load_split  # noqa: E402
 from merge_rs.evaluate import Evaluator, format_table, parse_task_option, prepare_tasks  # noqa: E402
 from merge_rs.heads import cached_head, compute_head  # noqa: E402
-from merge_rs.models import load_clip, load_vision_encoder  # noqa: E402
+from merge_rs.models import load_vision_encoder  # noqa: E402
 from merge_rs.pool import get_pool, zoo_pool  # noqa: E402
 from merge_rs.tasks import TASKS, get_task  # noqa: E402
 
@@ -27,7 +27,7 @@ def zoo():
 
 @pytest.fixture(scope="module")
 def clip(zoo):
-    return load_clip(zoo.pretrained_path())
+    return zoo.load_clip()
 
 
 @pytest.fixture(autouse=True)

@@ -132,16 +132,15 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         evaluation = _run(lambda: _evaluate(out, clip=pretrained, pool=pool, tasks=tasks, split=split, limit=limit,
                                             batch_size=batch_size, device=device, workers=workers, quiet=quiet,
                                             name=method))
+    _save_report(evaluation, report_path)
     if as_json:
         _emit_json({**report.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
-        if evaluation and report_path:
-            report_path.write_text(json.dumps(evaluation, indent=2) + "\n")
         return
     params = ", ".join(f"{k}={v}" for k, v in report.parameters.items())
     click.echo(f"{report.method}({params}): {len(report.models)} models, {report.merged_tensors} tensors, "
                f"{report.parameters_merged:,} parameters merged in {report.seconds:.2f} s → {report.output}")
     if evaluation:
-        _show_report(evaluation, report_path, False, method)
+        _show_report(evaluation, method)
 
 
 def _get_pool(name: str | None) -> Any:
@@ -211,17 +210,17 @@ def _evaluate(model: Path, *, clip: Path, pool: Any, tasks: tuple[str, ...], spl
     return evaluator.evaluate(load_vision_encoder(model), name=name)
 
 
-def _show_report(report: dict[str, Any], report_path: Path | None, as_json: bool, title: str) -> None:
+def _save_report(report: dict[str, Any] | None, path: Path | None) -> None:
+    if report is not None and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _show_report(report: dict[str, Any], title: str) -> None:
     from .evaluate import format_table
 
-    if report_path:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report, indent=2) + "\n")
-    if as_json:
-        _emit_json(report)
-        return
     tasks = [k for k in report if k not in ("model_info", "average")]
-    click.echo(f"{title}")
+    click.echo(title)
     click.echo(format_table({"accuracy (%)": report, "loss": report}, tasks, metrics={"loss": "loss"}))
 
 
@@ -250,7 +249,11 @@ def evaluate(model: str, pool_name: str | None, clip_ref: str | None, tasks: tup
                          device=device, workers=workers, quiet=quiet, name=model)
 
     report = _run(work)
-    _show_report(report, report_path, as_json, model)
+    _save_report(report, report_path)
+    if as_json:
+        _emit_json(report)
+    else:
+        _show_report(report, model)
 
 
 def _pool_member(pool: Any, model: str) -> Path | None:
@@ -287,10 +290,9 @@ def _finish_learned(result: Any, pool: Any, run_eval: bool, eval_args: dict[str,
         args = {k: v for k, v in eval_args.items() if k != "report_path"}
         evaluation = _run(lambda: _evaluate(result.output, clip=pool.pretrained_path(), pool=pool, quiet=quiet,
                                             name=result.method, **args))
+    _save_report(evaluation, eval_args.get("report_path"))
     if as_json:
         _emit_json({**result.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
-        if evaluation and eval_args.get("report_path"):
-            eval_args["report_path"].write_text(json.dumps(evaluation, indent=2) + "\n")
         return
     cuda = f", peak CUDA memory {result.peak_cuda_mb:.0f} MB" if result.peak_cuda_mb is not None else ""
     click.echo(f"{result.method}: {len(result.tasks)} models merged in {result.seconds:.1f} s → {result.output} "
@@ -298,7 +300,7 @@ def _finish_learned(result: Any, pool: Any, run_eval: bool, eval_args: dict[str,
     for what, path in result.files.items():
         click.echo(f"  {what}: {path}")
     if evaluation:
-        _show_report(evaluation, eval_args.get("report_path"), False, result.method)
+        _show_report(evaluation, result.method)
 
 
 def _eval_args(tasks: tuple[str, ...], split: str, limit: int | None, batch_size: int, device: str, workers: int,
@@ -409,8 +411,7 @@ def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: 
     log(f"merge-rs demo on the '{pool_name}' pool (models and data ship with merge-rs; nothing is downloaded)")
     result = _run(lambda: run_demo(pool_name, limit=limit, device=device, threads=threads, learned=learned,
                                    adamerging_steps=adamerging_steps, progress=not quiet, log=log))
-    if report_path:
-        report_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    _save_report(result.to_dict(), report_path)
     click.echo("Accuracy (%) on each task's test set:")
     click.echo(result.table())
     click.echo("\nEach fine-tuned model on every task:")

@@ -87,8 +87,6 @@ class Evaluator:
 
     def __init__(self, clip_path: Path, tasks: list[TaskData], *, device: str = "auto", batch_size: int = 128,
                  workers: int = 0, cache_pixels: bool = False, progress: bool = True, head_cache: bool = True):
-        import torch
-
         from .models import load_clip
 
         self.device = pick_device(device)
@@ -104,7 +102,6 @@ class Evaluator:
         self.projection = clip.visual_projection.to(self.device).eval()
         self.logit_scale = float(clip.logit_scale.detach().exp())
         self.image_processor = processor.image_processor
-        self.clip = clip
 
     def evaluate(self, vision: Any, name: str | None = None) -> dict[str, Any]:
         """FusionBench's report for one encoder: ``model_info``, one ``{accuracy, loss}`` per task, ``average``."""

@@ -188,15 +188,21 @@ pub fn threshold_rank(d: u64, percent: f64) -> u64 {
 }
 
 /// Exact k-th smallest |value| per task over `jobs`, where `prepare` turns each chunk's `models` buffers into
-/// the values (e.g. task vectors). `k[i] == 0` means "keep everything" and yields 0.
+/// the values (e.g. task vectors). `k[i] == 0` means "keep everything" and yields 0. With `sample`, a large
+/// selection first predicts the threshold's buckets from a sample (worth it once per model, not per tensor).
 pub fn kth_smallest_abs(
     engine: &Engine<'_>,
     jobs: &[Job],
     k: &[u64],
+    sample: bool,
     prepare: impl Fn(&mut Chunk<'_>) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
     let tasks = k.len();
-    let windows = predict_windows(engine, jobs, k, &prepare)?;
+    let windows = if sample {
+        predict_windows(engine, jobs, k, &prepare)?
+    } else {
+        vec![(0, 0); tasks]
+    };
     let counts = WindowCounts::new(&windows);
     let high_pass = |state: &mut (Histogram, WindowCounts), _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;

@@ -21,7 +21,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class ZooSettings:
     finetune_batch: int = 64
     finetune_lr: float = 1e-4
     finetune_shift: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def split_indices(n: int, settings: ZooSettings, rng: random.Random) -> dict[str, list[int]]:

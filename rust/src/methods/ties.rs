@@ -146,7 +146,8 @@ pub fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -> Resul
         let jobs = engine.jobs(group.iter().copied());
         let d: u64 = group.iter().map(|&t| engine.plan.tensors[t].numel as u64).sum();
         let k = vec![threshold_rank(d, options.threshold); tasks];
-        thresholds.push(kth_smallest_abs(engine, &jobs, &k, |c| options.prepare(c))?);
+        let sample = options.trim == Trim::Global;
+        thresholds.push(kth_smallest_abs(engine, &jobs, &k, sample, |c| options.prepare(c))?);
     }
     let first = Pass {
         options,
