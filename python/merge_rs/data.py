@@ -48,6 +48,9 @@ def load_split(source: str | Path, split: str) -> LabeledImages:
 def _load(source: str, split: str):
     import datasets
 
+    from .models import quiet_library_progress
+
+    quiet_library_progress()
     path = Path(source).expanduser()
     if not path.exists():
         if source.startswith((".", "/", "~")) or source.endswith(".parquet"):

@@ -7,6 +7,15 @@ import json
 from pathlib import Path
 
 
+def quiet_library_progress() -> None:
+    """merge-rs shows its own progress: silence the per-file bars of transformers and datasets."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def model_type(path: Path) -> str:
     config = Path(path) / "config.json"
     if not config.exists():
@@ -18,6 +27,7 @@ def load_clip(path: Path):
     """(CLIPModel, CLIPProcessor) from a full CLIP checkpoint directory, in eval mode."""
     from transformers import CLIPModel, CLIPProcessor
 
+    quiet_library_progress()
     kind = model_type(path)
     if kind != "clip":
         raise ValueError(f"{path}: a full CLIP model (model_type 'clip', with its text tower) is needed for "
@@ -29,6 +39,7 @@ def load_vision_encoder(path: Path):
     """A ``CLIPVisionModel`` from a vision-only checkpoint, or the vision tower of a full CLIP checkpoint."""
     from transformers import CLIPModel, CLIPVisionModel
 
+    quiet_library_progress()
     kind = model_type(path)
     if kind == "clip_vision_model":
         return CLIPVisionModel.from_pretrained(path).eval()
