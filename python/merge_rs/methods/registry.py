@@ -16,6 +16,7 @@ class Parameter:
     name: str
     default: Any
     help: str
+    needs: str = ""  # non-empty: the parameter is required, and the error says the method needs this
 
 
 SCALING = Parameter("scaling_factor", 0.3, "λ: θ = θ₀ + λ·(merged task vector)")
@@ -50,6 +51,9 @@ class MergeMethod:
             raise InvalidArgumentError(f"{cls.name} does not take {', '.join(unknown)} (it takes {accepted})")
         resolved = {name: p.default for name, p in known.items() if p.default is not None}
         resolved.update({k: v for k, v in given.items() if v is not None})
+        for p in cls.parameters:
+            if p.needs and resolved.get(p.name) in (None, [], ()):
+                raise InvalidArgumentError(f"{cls.name} needs {p.needs}")
         return cls.adjust(resolved, given)
 
     @classmethod
@@ -71,15 +75,9 @@ class WeightedAverage(MergeMethod):
     paper = "https://arxiv.org/abs/2203.05482"
     needs_pretrained = False
     parameters = (
-        Parameter("weights", None, "one weight per model (required)"),
+        Parameter("weights", None, "one weight per model (required)", needs="weights (one per model)"),
         Parameter("normalize", True, "divide by the sum of the weights"),
     )
-
-    @classmethod
-    def adjust(cls, resolved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-        if resolved.get("weights") is None:
-            raise InvalidArgumentError("weighted_average needs weights (one per model)")
-        return resolved
 
 
 class TaskArithmetic(MergeMethod):
@@ -125,15 +123,14 @@ class FisherMerging(MergeMethod):
     paper = "https://arxiv.org/abs/2111.09832"
     needs_pretrained = False
     parameters = (
-        Parameter("fisher", None, "one diagonal-Fisher checkpoint per model, same tensor names (required)"),
+        Parameter("fisher", None, "one diagonal-Fisher checkpoint per model, same tensor names (required)",
+                  needs="the Fisher checkpoints (one per model)"),
         Parameter("weights", None, "cᵢ, one per model (default 1; merge-rs fisher folds in the norm normalisation)"),
         Parameter("epsilon", 1e-6, "ε added to every Fisher value (FusionBench's minimal_fisher_weight)"),
     )
 
     @classmethod
     def adjust(cls, resolved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-        if not resolved.get("fisher"):
-            raise InvalidArgumentError("fisher_merging needs the Fisher checkpoints (one per model)")
         resolved["fisher"] = [os.fspath(f) for f in resolved["fisher"]]
         return resolved
 
