@@ -1,6 +1,6 @@
-//! Micro-benchmarks of the engine's kernels, in bytes of input per second: dtype conversion, the NaN/Inf
-//! scan, the radix-select histograms, DARE's counter-based mask, and whole streaming merges of a small
-//! generated model set (task arithmetic, TIES) through the public API.
+//! Benchmarks through the public API, in bytes of input per second: dtype conversion, and whole streaming
+//! merges of a small generated model set with the elementwise methods and TIES (whose time is mostly its
+//! radix-select passes).
 //!
 //!     cargo bench -p merge-rs --bench kernels
 
@@ -9,21 +9,12 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use merge_rs::dtype::{FloatType, count_nonfinite};
-use merge_rs::merge::{MergeRequest, merge};
-use merge_rs::methods::MethodSpec;
-use merge_rs::monitor::Monitor;
-use merge_rs::rng;
-use merge_rs::select::Histogram;
-use merge_rs::synthetic::{SyntheticSpec, write_model_set};
+use merge_rs::{FloatType, MergeRequest, Method, Monitor, SyntheticSpec, merge, write_model_set};
 
 const N: usize = 1 << 20;
 
 fn values() -> Vec<f32> {
-    let s = rng::stream(1, "bench", 0);
-    (0..N as u64)
-        .map(|i| (rng::uniform(s, i) as f32 - 0.5) * 1e-3)
-        .collect()
+    (0..N).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-6).collect()
 }
 
 fn conversions(c: &mut Criterion) {
@@ -42,22 +33,6 @@ fn conversions(c: &mut Criterion) {
             b.iter(|| ty.encode(black_box(&v), &mut raw))
         });
     }
-    g.bench_function("nonfinite scan", |b| b.iter(|| count_nonfinite(black_box(&v))));
-    g.finish();
-}
-
-fn selection(c: &mut Criterion) {
-    let v = values();
-    let mut g = c.benchmark_group("select");
-    g.throughput(Throughput::Bytes((N * 4) as u64));
-    let mut h = Histogram::new(1);
-    g.bench_function("histogram high bits", |b| b.iter(|| h.add_high(0, black_box(&v))));
-    let high = v[N / 2].abs().to_bits() >> 16;
-    g.bench_function("histogram low bits", |b| b.iter(|| h.add_low(0, black_box(&v), high)));
-    g.bench_function("dare mask", |b| {
-        let s = rng::stream(0, "w", 0);
-        b.iter(|| (0..N as u64).filter(|&i| rng::uniform(s, i) < 0.5).count())
-    });
     g.finish();
 }
 
@@ -81,14 +56,14 @@ fn merges(c: &mut Criterion) {
     let mut g = c.benchmark_group("merge");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(input_bytes));
-    for method in ["task_arithmetic", "ties"] {
-        let params = r#"{"scaling_factor": 0.3, "threshold": 20, "merge_func": "sum"}"#;
-        let spec: MethodSpec = serde_json::from_str(params).expect("spec");
+    for method in ["simple_average", "task_arithmetic", "dare", "ties"] {
+        let method = Method::new(method, &serde_json::Map::new()).expect("method");
+        let name = method.name();
         let request = MergeRequest {
-            method: spec.build(method).expect("method"),
-            base: Some(paths[0].clone()),
+            base: method.def().needs_base.then(|| paths[0].clone()),
+            method,
             models: paths[1..].to_vec(),
-            out: dir.path().join(format!("out-{method}")),
+            out: dir.path().join(format!("out-{name}")),
             dtype: None,
             max_shard_size: u64::MAX,
             threads: 0,
@@ -96,12 +71,12 @@ fn merges(c: &mut Criterion) {
             allow_nonfinite: false,
             chunk: 0,
         };
-        g.bench_function(method, |b| {
+        g.bench_function(name, |b| {
             b.iter(|| merge(&request, &Monitor::default()).expect("merge"))
         });
     }
     g.finish();
 }
 
-criterion_group!(benches, conversions, selection, merges);
+criterion_group!(benches, conversions, merges);
 criterion_main!(benches);

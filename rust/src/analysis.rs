@@ -46,6 +46,7 @@ pub fn cosine_similarity(
     let inputs = Inputs {
         base: Some(Checkpoint::open(base)?),
         models: models.iter().map(|p| Checkpoint::open(p)).collect::<Result<_>>()?,
+        extra: Vec::new(),
     };
     let plan = MergePlan::build(&inputs, true, None)?;
     let engine = Engine::new(&inputs, &plan, monitor, threads, false)?;
@@ -63,7 +64,7 @@ pub fn cosine_similarity(
         &jobs,
         || (),
         |_, sums: &mut Vec<f64>, mut chunk| {
-            chunk.to_task_vectors()?;
+            chunk.make_task_vectors()?;
             sums.resize(pairs.len(), 0.0);
             for (sum, &(a, b)) in sums.iter_mut().zip(&pairs) {
                 *sum += dot(chunk.models[a], chunk.models[b]);

@@ -21,7 +21,7 @@ pub enum FloatType {
 
 /// How a stored tensor takes part in a merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
+pub(crate) enum Storage {
     /// A float tensor: decoded, merged, encoded.
     Float(FloatType),
     /// An integer or bool buffer: copied byte for byte (e.g. `position_ids`).
@@ -140,7 +140,7 @@ fn encode_halves<H: Half>(values: &[f32], raw: &mut [u8]) {
 }
 
 /// Classify a safetensors dtype; `None` for dtypes that can be neither merged nor carried through.
-pub fn storage_of(dtype: Dtype) -> Option<Storage> {
+pub(crate) fn storage_of(dtype: Dtype) -> Option<Storage> {
     Some(match dtype {
         Dtype::F32 => Storage::Float(FloatType::F32),
         Dtype::F16 => Storage::Float(FloatType::F16),
@@ -154,7 +154,7 @@ pub fn storage_of(dtype: Dtype) -> Option<Storage> {
 }
 
 /// Count the non-finite values (NaN, ±Inf) in `values`.
-pub fn count_nonfinite(values: &[f32]) -> u64 {
+pub(crate) fn count_nonfinite(values: &[f32]) -> u64 {
     values
         .iter()
         .map(|v| u64::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))

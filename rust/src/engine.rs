@@ -12,46 +12,49 @@ use rayon::prelude::*;
 use crate::checkpoint::Checkpoint;
 use crate::dtype::count_nonfinite;
 use crate::error::{MergeError, Result};
+use crate::method::MethodStats;
 use crate::monitor::Monitor;
 use crate::plan::{FloatSource, Inputs, MergePlan, PlanTensor, TensorKind};
 use crate::writer::Writer;
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
-pub const DEFAULT_CHUNK: usize = 1 << 16;
+pub(crate) const DEFAULT_CHUNK: usize = 1 << 16;
 /// Elements per kernel block: 4 Ki, so a block of every input fits in L2.
-pub const BLOCK: usize = 1 << 12;
+pub(crate) const BLOCK: usize = 1 << 12;
 
 /// A piece of work: elements `[start, start + len)` of output tensor `tensor`.
 #[derive(Debug, Clone, Copy)]
-pub struct Job {
+pub(crate) struct Job {
     /// Index into the plan's tensors.
-    pub tensor: usize,
+    pub(crate) tensor: usize,
     /// First element.
-    pub start: usize,
+    pub(crate) start: usize,
     /// Number of elements.
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
-/// One block as a kernel sees it. `models[i]` holds θᵢ (or, after [`Chunk::to_task_vectors`], τᵢ).
-pub struct Chunk<'a> {
+/// One block as a kernel sees it. `models[i]` holds θᵢ (or, after [`Chunk::make_task_vectors`], τᵢ).
+pub(crate) struct Chunk<'a> {
     /// The elements this block covers.
-    pub job: Job,
+    pub(crate) job: Job,
     /// The output tensor.
-    pub tensor: &'a PlanTensor,
+    pub(crate) tensor: &'a PlanTensor,
     /// θ₀, when the pass reads the base model.
-    pub base: Option<&'a [f32]>,
+    pub(crate) base: Option<&'a [f32]>,
     /// One slice per fine-tuned model, `job.len` long.
-    pub models: &'a mut [&'a mut [f32]],
+    pub(crate) models: &'a mut [&'a mut [f32]],
+    /// One slice per extra input (e.g. Fisher values), `job.len` long.
+    pub(crate) extra: &'a [&'a mut [f32]],
     /// The output slice, `job.len` long.
-    pub out: &'a mut [f32],
+    pub(crate) out: &'a mut [f32],
 }
 
 impl Chunk<'_> {
     /// Turn every `models[i]` into the task vector τᵢ = θᵢ − θ₀ in place (float32).
-    pub fn to_task_vectors(&mut self) -> Result<()> {
+    pub(crate) fn make_task_vectors(&mut self) -> Result<()> {
         let base = self
             .base
-            .ok_or_else(|| MergeError::arg("task vectors need the pretrained model"))?;
+            .ok_or_else(|| MergeError::Internal("task vectors need the pretrained model".into()))?;
         for m in self.models.iter_mut() {
             for (x, b) in m.iter_mut().zip(base) {
                 *x -= *b;
@@ -63,34 +66,35 @@ impl Chunk<'_> {
 
 /// What a pass reads and does with its output.
 #[derive(Clone, Copy)]
-pub struct PassSpec<'a> {
+pub(crate) struct PassSpec<'a> {
     /// Progress label.
-    pub phase: &'a str,
+    pub(crate) phase: &'a str,
     /// Read θ₀ too.
-    pub read_base: bool,
+    pub(crate) read_base: bool,
     /// Write each chunk's output here (after checking it for NaN/Inf).
-    pub writer: Option<&'a Writer>,
+    pub(crate) writer: Option<&'a Writer>,
     /// Check the inputs for NaN/Inf (passes without output that must not read them silently).
-    pub check_inputs: bool,
+    pub(crate) check_inputs: bool,
 }
 
 #[derive(Default)]
 struct Scratch {
     base: Vec<f32>,
     models: Vec<Vec<f32>>,
+    extra: Vec<Vec<f32>>,
     out: Vec<f32>,
     raw: Vec<u8>,
     encoded: Vec<u8>,
 }
 
 /// Runs passes over the merged tensors of a plan.
-pub struct Engine<'a> {
+pub(crate) struct Engine<'a> {
     /// The opened inputs.
-    pub inputs: &'a Inputs,
+    pub(crate) inputs: &'a Inputs,
     /// The validated plan.
-    pub plan: &'a MergePlan,
+    pub(crate) plan: &'a MergePlan,
     /// Progress and cancellation.
-    pub monitor: &'a Monitor,
+    pub(crate) monitor: &'a Monitor,
     pool: rayon::ThreadPool,
     chunk: usize,
     allow_nonfinite: bool,
@@ -99,7 +103,7 @@ pub struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     /// An engine on `threads` threads (0: one per core).
-    pub fn new(
+    pub(crate) fn new(
         inputs: &'a Inputs,
         plan: &'a MergePlan,
         monitor: &'a Monitor,
@@ -123,24 +127,24 @@ impl<'a> Engine<'a> {
     }
 
     /// Use chunks of `elements` (tests use tiny chunks to exercise boundaries).
-    pub fn with_chunk(mut self, elements: usize) -> Self {
+    pub(crate) fn with_chunk(mut self, elements: usize) -> Self {
         self.chunk = elements.max(1);
         self
     }
 
     /// Number of worker threads.
-    pub fn threads(&self) -> usize {
+    pub(crate) fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }
 
     /// NaN/Inf values written by the last merge pass (inputs holding them are an error unless
     /// `allow_nonfinite`; finite inputs can still overflow).
-    pub fn nonfinite_seen(&self) -> u64 {
+    pub(crate) fn nonfinite_seen(&self) -> u64 {
         self.nonfinite.load(Ordering::Relaxed)
     }
 
     /// Chunked jobs covering the merged tensors among `tensors`.
-    pub fn jobs(&self, tensors: impl IntoIterator<Item = usize>) -> Vec<Job> {
+    pub(crate) fn jobs(&self, tensors: impl IntoIterator<Item = usize>) -> Vec<Job> {
         let mut jobs = Vec::new();
         for t in tensors {
             let tensor = &self.plan.tensors[t];
@@ -158,14 +162,37 @@ impl<'a> Engine<'a> {
     }
 
     /// Jobs for every merged tensor.
-    pub fn all_jobs(&self) -> Vec<Job> {
+    pub(crate) fn all_jobs(&self) -> Vec<Job> {
         self.jobs(0..self.plan.tensors.len())
+    }
+
+    /// The one pass of an elementwise method: `kernel` fills each block's output from its inputs (θ₀ too
+    /// with `read_base`), and the output is checked and written.
+    pub(crate) fn elementwise(
+        &self,
+        read_base: bool,
+        writer: &Writer,
+        kernel: &(dyn Fn(&mut Chunk<'_>) -> Result<()> + Sync),
+    ) -> Result<MethodStats> {
+        let spec = PassSpec {
+            phase: "merge",
+            read_base,
+            writer: Some(writer),
+            check_inputs: false,
+        };
+        self.pass(
+            spec,
+            &self.all_jobs(),
+            || (),
+            |_, _: &mut (), mut chunk| kernel(&mut chunk),
+        )?;
+        Ok(MethodStats::default())
     }
 
     /// One pass over `jobs`: read each chunk of every model (and of the base with `read_base`), call
     /// `kernel(state, result, block)` on every block of it, and, with a writer, write the chunk's output.
     /// Returns the per-job results in job order and the per-thread states.
-    pub fn pass<S, T>(
+    pub(crate) fn pass<S, T>(
         &self,
         spec: PassSpec<'_>,
         jobs: &[Job],
@@ -193,7 +220,7 @@ impl<'a> Engine<'a> {
                     let slot = rayon::current_thread_index().unwrap_or(0) % slots.len();
                     let mut guard = slots[slot]
                         .lock()
-                        .map_err(|_| MergeError::arg("a worker thread panicked"))?;
+                        .map_err(|_| MergeError::Internal("a worker thread panicked".into()))?;
                     let (scratch, state) = &mut *guard;
                     let result = self.run_job(spec, job, scratch, state, &kernel)?;
                     self.monitor.advance(self.job_bytes(job, spec.read_base));
@@ -203,21 +230,26 @@ impl<'a> Engine<'a> {
         })?;
         let states = slots
             .into_iter()
-            .map(|s| s.into_inner().map(|(_, st)| st))
-            .collect::<Result<Vec<S>, _>>();
-        Ok((
-            results,
-            states.map_err(|_| MergeError::arg("a worker thread panicked"))?,
-        ))
+            .map(|s| {
+                s.into_inner()
+                    .map(|(_, st)| st)
+                    .map_err(|_| MergeError::Internal("a worker thread panicked".into()))
+            })
+            .collect::<Result<Vec<S>>>()?;
+        Ok((results, states))
     }
 
     /// Stored bytes a job reads.
     fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
-        let TensorKind::Merge { base, models, .. } = &self.plan.tensors[job.tensor].kind else {
+        let TensorKind::Merge {
+            base, models, extra, ..
+        } = &self.plan.tensors[job.tensor].kind
+        else {
             return 0;
         };
         let base = base.iter().filter(|_| read_base);
-        (models.iter().chain(base).map(|s| s.ty.size()).sum::<usize>() * job.len) as u64
+        let sources = models.iter().chain(extra).chain(base);
+        (sources.map(|s| s.ty.size()).sum::<usize>() * job.len) as u64
     }
 
     fn run_job<S, T: Default>(
@@ -229,23 +261,35 @@ impl<'a> Engine<'a> {
         kernel: &impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()>,
     ) -> Result<T> {
         let tensor = &self.plan.tensors[job.tensor];
-        let TensorKind::Merge { base, models, .. } = &tensor.kind else {
-            return Err(MergeError::arg(format!("tensor '{}' is not merged", tensor.name)));
+        let TensorKind::Merge {
+            base, models, extra, ..
+        } = &tensor.kind
+        else {
+            return Err(MergeError::Internal(format!("tensor '{}' is not merged", tensor.name)));
         };
         scratch.models.resize_with(models.len(), Vec::new);
         for (i, (source, buf)) in models.iter().zip(scratch.models.iter_mut()).enumerate() {
             self.read(&self.inputs.models[i], source, job, buf, &mut scratch.raw)?;
+        }
+        scratch.extra.resize_with(extra.len(), Vec::new);
+        for (i, (source, buf)) in extra.iter().zip(scratch.extra.iter_mut()).enumerate() {
+            self.read(&self.inputs.extra[i], source, job, buf, &mut scratch.raw)?;
         }
         let read_base = match (spec.read_base, base, &self.inputs.base) {
             (true, Some(source), Some(ckpt)) => {
                 self.read(ckpt, source, job, &mut scratch.base, &mut scratch.raw)?;
                 true
             }
-            (true, _, _) => return Err(MergeError::arg("this pass needs the pretrained model")),
+            (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
             (false, _, _) => false,
         };
         if spec.check_inputs {
-            self.check_inputs(tensor, &scratch.models, read_base.then_some(scratch.base.as_slice()))?;
+            self.check_inputs(
+                tensor,
+                &scratch.models,
+                &scratch.extra,
+                read_base.then_some(scratch.base.as_slice()),
+            )?;
         }
         scratch.out.resize(job.len, 0.0);
         let mut result = T::default();
@@ -253,6 +297,7 @@ impl<'a> Engine<'a> {
         while start < job.len {
             let range = start..(start + BLOCK).min(job.len);
             let mut models: Vec<&mut [f32]> = scratch.models.iter_mut().map(|m| &mut m[range.clone()]).collect();
+            let extra: Vec<&mut [f32]> = scratch.extra.iter_mut().map(|m| &mut m[range.clone()]).collect();
             let block = Chunk {
                 job: Job {
                     tensor: job.tensor,
@@ -262,6 +307,7 @@ impl<'a> Engine<'a> {
                 tensor,
                 base: read_base.then(|| &scratch.base[range.clone()]),
                 models: &mut models,
+                extra: &extra,
                 out: &mut scratch.out[range.clone()],
             };
             kernel(state, &mut result, block)?;
@@ -299,7 +345,12 @@ impl<'a> Engine<'a> {
         if bad > 0 {
             if !self.allow_nonfinite {
                 let models = scratch.models_as_read(self, tensor, job)?;
-                self.check_inputs(tensor, &models, read_base.then_some(scratch.base.as_slice()))?;
+                self.check_inputs(
+                    tensor,
+                    &models,
+                    &scratch.extra,
+                    read_base.then_some(scratch.base.as_slice()),
+                )?;
             }
             self.nonfinite.fetch_add(bad, Ordering::Relaxed);
         }
@@ -315,12 +366,19 @@ impl<'a> Engine<'a> {
     }
 
     /// Fail on the first input holding NaN/Inf, naming it (unless `allow_nonfinite`).
-    fn check_inputs(&self, tensor: &PlanTensor, models: &[Vec<f32>], base: Option<&[f32]>) -> Result<()> {
+    fn check_inputs(
+        &self,
+        tensor: &PlanTensor,
+        models: &[Vec<f32>],
+        extra: &[Vec<f32>],
+        base: Option<&[f32]>,
+    ) -> Result<()> {
         if self.allow_nonfinite {
             return Ok(());
         }
         let named = self.inputs.models.iter().zip(models.iter().map(Vec::as_slice));
-        for (ckpt, values) in named.chain(self.inputs.base.iter().zip(base)) {
+        let extra = self.inputs.extra.iter().zip(extra.iter().map(Vec::as_slice));
+        for (ckpt, values) in named.chain(extra).chain(self.inputs.base.iter().zip(base)) {
             let count = count_nonfinite(values);
             if count > 0 {
                 return Err(MergeError::NonFinite {
@@ -345,5 +403,80 @@ impl Scratch {
             engine.read(&engine.inputs.models[i], source, job, buf, &mut self.raw)?;
         }
         Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::test_files::write_checkpoint;
+
+    /// Two models of one 10-element tensor.
+    fn inputs(dir: &std::path::Path) -> Inputs {
+        let a: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..10).map(|i| 100.0 + i as f32).collect();
+        let open = |name: &str, values: &[f32]| {
+            let path = dir.join(name);
+            write_checkpoint(&path, &[("w", values)]);
+            Checkpoint::open(&path).unwrap_or_else(|e| panic!("{e}"))
+        };
+        Inputs {
+            base: None,
+            models: vec![open("a.safetensors", &a), open("b.safetensors", &b)],
+            extra: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_element_once_whatever_the_chunk_and_thread_count() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let inputs = inputs(dir.path());
+        let plan = MergePlan::build(&inputs, false, None).unwrap_or_else(|e| panic!("{e}"));
+        let monitor = Monitor::default();
+        for (threads, chunk) in [(1, 10), (2, 3), (3, 1)] {
+            let engine = Engine::new(&inputs, &plan, &monitor, threads, false)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_chunk(chunk);
+            let spec = PassSpec {
+                phase: "test",
+                read_base: false,
+                writer: None,
+                check_inputs: true,
+            };
+            let (sums, _) = engine
+                .pass(
+                    spec,
+                    &engine.all_jobs(),
+                    || (),
+                    |_, sum: &mut f64, c: Chunk<'_>| {
+                        assert_eq!(c.models[1][0] - c.models[0][0], 100.0, "models line up");
+                        *sum += c.models[0].iter().map(|&x| f64::from(x)).sum::<f64>();
+                        Ok(())
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(sums.len(), 10usize.div_ceil(chunk));
+            assert_eq!(sums.iter().sum::<f64>(), 45.0, "threads {threads} chunk {chunk}");
+            assert_eq!(monitor.progress().done, monitor.progress().total);
+        }
+    }
+
+    #[test]
+    fn cancelled_passes_stop_with_cancelled() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let inputs = inputs(dir.path());
+        let plan = MergePlan::build(&inputs, false, None).unwrap_or_else(|e| panic!("{e}"));
+        let monitor = Monitor::default();
+        monitor.cancel();
+        let engine = Engine::new(&inputs, &plan, &monitor, 1, false).unwrap_or_else(|e| panic!("{e}"));
+        let spec = PassSpec {
+            phase: "test",
+            read_base: false,
+            writer: None,
+            check_inputs: false,
+        };
+        let result = engine.pass(spec, &engine.all_jobs(), || (), |_, _: &mut (), _| Ok(()));
+        assert!(matches!(result, Err(MergeError::Cancelled)));
     }
 }

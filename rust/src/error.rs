@@ -84,6 +84,9 @@ pub enum MergeError {
     /// The work was cancelled (Ctrl-C); nothing was left behind.
     #[error("cancelled; no output was written")]
     Cancelled,
+    /// A broken internal invariant: a bug in merge-rs, never the user's input.
+    #[error("internal error (a bug in merge-rs, please report it): {0}")]
+    Internal(String),
 }
 
 impl MergeError {

@@ -1,29 +1,39 @@
 //! merge-rs: streaming, bounded-memory merging of fine-tuned models stored as safetensors.
 //!
-//! The core reads every header first ([`checkpoint`]), validates and plans the request ([`plan`]), then
-//! streams fixed-size chunks of every input through a method's kernel on a private rayon pool ([`engine`],
-//! [`methods`]), writing the output header-first at known offsets ([`writer`]). Memory is bounded by
+//! The core reads every header first (`checkpoint`), validates and plans the request (`plan`), then
+//! streams fixed-size chunks of every input through a method's kernel on a private rayon pool (`engine`,
+//! `methods`), writing the output header-first at known offsets (`writer`). Memory is bounded by
 //! threads × inputs × chunk size, never by the size or number of the models.
 //!
-//! Entry points: [`merge::merge`], [`analysis::cosine_similarity`], [`info::inspect`],
-//! [`synthetic::write_model_set`]. The PyO3 bindings live behind the `python` feature.
+//! The API: [`merge`] a [`MergeRequest`] with a [`Method`] (see [`method_table`] for every method, its
+//! parameters and defaults), [`cosine_similarity`] of task vectors, [`inspect`] a checkpoint, and
+//! [`write_model_set`] to generate synthetic checkpoints. The PyO3 bindings live behind the `python` feature.
 
-pub mod analysis;
-pub mod checkpoint;
-pub mod dtype;
-pub mod engine;
-pub mod error;
-pub mod info;
-pub mod merge;
-pub mod methods;
-pub mod monitor;
-pub mod plan;
-pub mod rng;
-pub mod select;
-pub mod synthetic;
-pub mod writer;
+mod analysis;
+mod checkpoint;
+mod dtype;
+mod engine;
+mod error;
+mod info;
+mod merge;
+mod method;
+mod methods;
+mod monitor;
+mod plan;
+mod rng;
+mod synthetic;
+#[cfg(test)]
+mod test_files;
+mod writer;
 
 #[cfg(feature = "python")]
 mod python;
 
+pub use analysis::{CosineReport, cosine_similarity};
+pub use dtype::FloatType;
 pub use error::{MergeError, Result};
+pub use info::{CheckpointInfo, ShardInfo, TensorInfo, inspect};
+pub use merge::{InputInfo, MergeReport, MergeRequest, merge};
+pub use method::{Method, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, method_table};
+pub use monitor::{Monitor, Progress};
+pub use synthetic::{SyntheticSpec, write_model_set};

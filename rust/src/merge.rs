@@ -10,9 +10,9 @@ use crate::checkpoint::Checkpoint;
 use crate::dtype::FloatType;
 use crate::engine::Engine;
 use crate::error::{MergeError, Result};
-use crate::methods::{Method, MethodStats};
+use crate::method::{Method, MethodStats};
 use crate::monitor::Monitor;
-use crate::plan::{InputId, Inputs, MergePlan, TensorKind};
+use crate::plan::{Inputs, MergePlan, TensorKind};
 use crate::writer::{OutTensor, Writer};
 
 /// Small files copied from the first fine-tuned model's directory when present.
@@ -27,7 +27,7 @@ const COMPANION_FILES: [&str; 7] = [
 ];
 
 /// Everything a merge needs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MergeRequest {
     /// Method and parameters.
     pub method: Method,
@@ -103,7 +103,8 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let started = Instant::now();
     let method = &request.method;
     method.validate(request.models.len())?;
-    let base = match (&request.base, method.needs_base()) {
+    let needs_base = method.def().needs_base;
+    let base = match (&request.base, needs_base) {
         (Some(p), _) => Some(Checkpoint::open(p)?),
         (None, true) => {
             return Err(MergeError::arg(format!(
@@ -113,18 +114,14 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         }
         (None, false) => None,
     };
-    let mut models = request
-        .models
-        .iter()
-        .map(|p| Checkpoint::open(p))
-        .collect::<Result<Vec<_>>>()?;
-    let model_count = models.len();
-    for path in method.weight_inputs() {
-        models.push(Checkpoint::open(path)?);
-    }
-    let inputs = Inputs { base, models };
+    let open_all = |paths: &[PathBuf]| paths.iter().map(|p| Checkpoint::open(p)).collect::<Result<Vec<_>>>();
+    let inputs = Inputs {
+        base,
+        models: open_all(&request.models)?,
+        extra: open_all(&method.extra_inputs())?,
+    };
     check_output_path(&request.out, &inputs)?;
-    let plan = MergePlan::build(&inputs, method.needs_base(), request.dtype)?;
+    let plan = MergePlan::build(&inputs, needs_base, request.dtype)?;
     method.validate_plan(&plan)?;
     let out_tensors: Vec<OutTensor> = plan
         .tensors
@@ -172,7 +169,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         method: method.name(),
         parameters: method.parameters(),
         pretrained: inputs.base.as_ref().map(describe),
-        models: inputs.models[..model_count].iter().map(describe).collect(),
+        models: inputs.models.iter().map(describe).collect(),
         tensors: plan.tensors.len(),
         merged_tensors: plan.merged_tensors(),
         copied_tensors: plan.tensors.len() - plan.merged_tensors(),
@@ -190,7 +187,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
 /// The output must not be an input, inside an input's directory, or contain an input.
 fn check_output_path(out: &Path, inputs: &Inputs) -> Result<()> {
     let out_abs = absolute(out);
-    for ckpt in inputs.base.iter().chain(&inputs.models) {
+    for ckpt in inputs.all() {
         let input = absolute(&ckpt.path);
         let is_dir = ckpt.path.is_dir();
         let clash = out_abs == input || input.starts_with(&out_abs) || (is_dir && out_abs.starts_with(&input));
@@ -232,10 +229,7 @@ fn copy_raw_tensors(inputs: &Inputs, plan: &MergePlan, writer: &Writer, monitor:
         if monitor.is_cancelled() {
             return Err(MergeError::Cancelled);
         }
-        let ckpt = match from {
-            InputId::Base => inputs.base.as_ref().unwrap_or(&inputs.models[0]),
-            InputId::Model(i) => &inputs.models[*i],
-        };
+        let ckpt = inputs.get(*from);
         let source = &ckpt.tensors[*tensor];
         let mut offset = 0;
         while offset < t.out_bytes() {

@@ -4,37 +4,60 @@
 use crate::checkpoint::{Checkpoint, KeyMap, Tensor};
 use crate::dtype::{FloatType, Storage, storage_of};
 use crate::error::{MergeError, Result};
+#[cfg(test)]
+use std::path::Path;
 
-/// The checkpoints of a request: an optional pretrained model and the fine-tuned ones.
+/// The checkpoints of a request: an optional pretrained model, the fine-tuned ones, and the extra
+/// checkpoints a method streams alongside them (one per fine-tuned model, e.g. Fisher checkpoints).
 #[derive(Debug)]
-pub struct Inputs {
+pub(crate) struct Inputs {
     /// The pretrained model θ₀.
-    pub base: Option<Checkpoint>,
+    pub(crate) base: Option<Checkpoint>,
     /// The fine-tuned models θᵢ, in task order.
-    pub models: Vec<Checkpoint>,
+    pub(crate) models: Vec<Checkpoint>,
+    /// The method's extra inputs, in task order (empty for most methods).
+    pub(crate) extra: Vec<Checkpoint>,
 }
 
 /// Which input a tensor comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputId {
+pub(crate) enum InputId {
     /// The pretrained model.
     Base,
     /// Fine-tuned model `i`.
     Model(usize),
+    /// Extra input `i`.
+    Extra(usize),
+}
+
+impl Inputs {
+    /// The checkpoint behind `id` (the first fine-tuned model stands in for a missing base).
+    pub(crate) fn get(&self, id: InputId) -> &Checkpoint {
+        match id {
+            InputId::Base => self.base.as_ref().unwrap_or(&self.models[0]),
+            InputId::Model(i) => &self.models[i],
+            InputId::Extra(i) => &self.extra[i],
+        }
+    }
+
+    /// Every checkpoint: base, models, extras.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.base.iter().chain(&self.models).chain(&self.extra)
+    }
 }
 
 /// A float tensor stored in one input: tensor index in that checkpoint and its dtype.
 #[derive(Debug, Clone, Copy)]
-pub struct FloatSource {
+pub(crate) struct FloatSource {
     /// Index into the checkpoint's `tensors`.
-    pub tensor: usize,
+    pub(crate) tensor: usize,
     /// Stored dtype.
-    pub ty: FloatType,
+    pub(crate) ty: FloatType,
 }
 
 /// What an output tensor is made of.
 #[derive(Debug, Clone)]
-pub enum TensorKind {
+pub(crate) enum TensorKind {
     /// Merged from float inputs.
     Merge {
         /// Output dtype.
@@ -43,6 +66,8 @@ pub enum TensorKind {
         base: Option<FloatSource>,
         /// One per fine-tuned model.
         models: Vec<FloatSource>,
+        /// One per extra input.
+        extra: Vec<FloatSource>,
     },
     /// Copied byte for byte (integer buffers).
     Copy {
@@ -59,20 +84,20 @@ pub enum TensorKind {
 
 /// One tensor of the output.
 #[derive(Debug, Clone)]
-pub struct PlanTensor {
+pub(crate) struct PlanTensor {
     /// Output name (the first fine-tuned model's layout).
-    pub name: String,
+    pub(crate) name: String,
     /// Shape.
-    pub shape: Vec<usize>,
+    pub(crate) shape: Vec<usize>,
     /// Number of elements.
-    pub numel: usize,
+    pub(crate) numel: usize,
     /// How it is produced.
-    pub kind: TensorKind,
+    pub(crate) kind: TensorKind,
 }
 
 impl PlanTensor {
     /// The output dtype.
-    pub fn out_dtype(&self) -> safetensors::Dtype {
+    pub(crate) fn out_dtype(&self) -> safetensors::Dtype {
         match &self.kind {
             TensorKind::Merge { out, .. } => out.dtype(),
             TensorKind::Copy { dtype, .. } => *dtype,
@@ -80,7 +105,7 @@ impl PlanTensor {
     }
 
     /// Output size in bytes.
-    pub fn out_bytes(&self) -> u64 {
+    pub(crate) fn out_bytes(&self) -> u64 {
         let width = match &self.kind {
             TensorKind::Merge { out, .. } => out.size(),
             TensorKind::Copy { width, .. } => *width,
@@ -89,21 +114,21 @@ impl PlanTensor {
     }
 
     /// Whether this tensor is merged (rather than copied).
-    pub fn is_merged(&self) -> bool {
+    pub(crate) fn is_merged(&self) -> bool {
         matches!(self.kind, TensorKind::Merge { .. })
     }
 }
 
 /// The validated plan: every output tensor, in name order.
 #[derive(Debug)]
-pub struct MergePlan {
+pub(crate) struct MergePlan {
     /// Output tensors.
-    pub tensors: Vec<PlanTensor>,
+    pub(crate) tensors: Vec<PlanTensor>,
 }
 
 impl MergePlan {
     /// Build and validate the plan. `needs_base` says whether the method uses θ₀ for float tensors.
-    pub fn build(inputs: &Inputs, needs_base: bool, out_dtype: Option<FloatType>) -> Result<MergePlan> {
+    pub(crate) fn build(inputs: &Inputs, needs_base: bool, out_dtype: Option<FloatType>) -> Result<MergePlan> {
         let reference = inputs
             .models
             .first()
@@ -115,6 +140,7 @@ impl MergePlan {
             .models
             .iter()
             .skip(1)
+            .chain(&inputs.extra)
             .map(|m| match_keys(reference, m, true))
             .collect::<Result<_>>()?;
         let base_map = inputs
@@ -126,8 +152,11 @@ impl MergePlan {
         for (ti, t) in reference.tensors.iter().enumerate() {
             let locate = |ckpt: &Checkpoint, map: KeyMap| map.apply(&t.stored.name).and_then(|n| ckpt.index_of(&n));
             let mut sources = vec![(InputId::Model(0), Some(ti))];
-            for (j, (m, map)) in inputs.models.iter().skip(1).zip(&maps).enumerate() {
-                sources.push((InputId::Model(j + 1), locate(m, *map)));
+            let others = (1..inputs.models.len())
+                .map(InputId::Model)
+                .chain((0..inputs.extra.len()).map(InputId::Extra));
+            for (id, map) in others.zip(&maps) {
+                sources.push((id, locate(inputs.get(id), *map)));
             }
             if let (Some(b), Some(map)) = (&inputs.base, base_map) {
                 sources.push((InputId::Base, locate(b, map)));
@@ -138,7 +167,7 @@ impl MergePlan {
     }
 
     /// Number of parameters that are merged.
-    pub fn merged_params(&self) -> u64 {
+    pub(crate) fn merged_params(&self) -> u64 {
         self.tensors
             .iter()
             .filter(|t| t.is_merged())
@@ -147,19 +176,13 @@ impl MergePlan {
     }
 
     /// Number of merged tensors.
-    pub fn merged_tensors(&self) -> usize {
+    pub(crate) fn merged_tensors(&self) -> usize {
         self.tensors.iter().filter(|t| t.is_merged()).count()
     }
 }
 
-fn checkpoint(inputs: &Inputs, id: InputId) -> &Checkpoint {
-    match id {
-        InputId::Base => inputs.base.as_ref().unwrap_or(&inputs.models[0]),
-        InputId::Model(i) => &inputs.models[i],
-    }
-}
-
-/// Plan one output tensor from its `sources` (every fine-tuned model, then the base model when given).
+/// Plan one output tensor from its `sources` (every fine-tuned model, the extra inputs, then the base model
+/// when given).
 fn plan_tensor(
     inputs: &Inputs,
     reference: &Tensor,
@@ -177,17 +200,32 @@ fn plan_tensor(
         .iter()
         .map(|&(id, idx)| check_source(inputs, reference, storage, id, idx))
         .collect::<Result<Vec<_>>>()?;
-    let (models, base): (Vec<_>, Vec<_>) = found.into_iter().partition(|(id, _, _)| *id != InputId::Base);
+    let pick = |wanted: fn(&InputId) -> bool| {
+        found
+            .iter()
+            .filter(|(id, _, _)| wanted(id))
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let models = pick(|id| matches!(id, InputId::Model(_)));
+    let extra = pick(|id| matches!(id, InputId::Extra(_)));
+    let base = pick(|id| matches!(id, InputId::Base));
     let kind = match storage {
         Storage::Float(ty) => {
-            let float = |&(_, tensor, s): &(InputId, usize, Storage)| match s {
-                Storage::Float(ty) => FloatSource { tensor, ty },
-                Storage::Raw { .. } => unreachable!("check_source keeps float tensors float"),
+            let float = |sources: &[(InputId, usize, Storage)]| -> Vec<FloatSource> {
+                sources
+                    .iter()
+                    .filter_map(|&(_, tensor, s)| match s {
+                        Storage::Float(ty) => Some(FloatSource { tensor, ty }),
+                        Storage::Raw { .. } => None,
+                    })
+                    .collect()
             };
             TensorKind::Merge {
                 out: out_dtype.unwrap_or(ty),
-                base: base.first().filter(|_| needs_base).map(float),
-                models: models.iter().map(float).collect(),
+                base: float(&base).first().copied().filter(|_| needs_base),
+                models: float(&models),
+                extra: float(&extra),
             }
         }
         Storage::Raw { width } => {
@@ -217,7 +255,7 @@ fn check_source(
     id: InputId,
     idx: Option<usize>,
 ) -> Result<(InputId, usize, Storage)> {
-    let ckpt = checkpoint(inputs, id);
+    let ckpt = inputs.get(id);
     let name = &reference.stored.name;
     let incompatible = |problem: String| MergeError::Incompatible {
         model: ckpt.name.clone(),
@@ -284,4 +322,66 @@ fn match_keys(reference: &Checkpoint, other: &Checkpoint, exact: bool) -> Result
         }
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_files::write_checkpoint;
+
+    fn open(dir: &Path, name: &str, tensors: &[(&str, &[f32])]) -> Checkpoint {
+        let path = dir.join(format!("{name}.safetensors"));
+        write_checkpoint(&path, tensors);
+        Checkpoint::open(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn plan(inputs: &Inputs) -> Result<MergePlan> {
+        MergePlan::build(inputs, inputs.base.is_some(), None)
+    }
+
+    #[test]
+    fn matches_a_full_clip_base_against_vision_only_models() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let base = open(d, "base", &[("vision_model.w", &[0.0, 0.0]), ("text_model.w", &[1.0])]);
+        let inputs = Inputs {
+            base: Some(base),
+            models: vec![open(d, "a", &[("w", &[1.0, 2.0])]), open(d, "b", &[("w", &[3.0, 4.0])])],
+            extra: vec![open(d, "fa", &[("vision_model.w", &[1.0, 1.0])])],
+        };
+        let plan = plan(&inputs).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.tensors.len(), 1, "the base's text tower is not merged");
+        let t = &plan.tensors[0];
+        assert_eq!((t.name.as_str(), t.numel), ("w", 2));
+        let TensorKind::Merge {
+            base, models, extra, ..
+        } = &t.kind
+        else {
+            panic!("w is merged")
+        };
+        assert!(base.is_some());
+        assert_eq!((models.len(), extra.len()), (2, 1));
+        assert_eq!(plan.merged_params(), 2);
+    }
+
+    #[test]
+    fn names_the_tensor_and_model_that_do_not_match() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let message = |models: Vec<Checkpoint>| {
+            let inputs = Inputs {
+                base: None,
+                models,
+                extra: Vec::new(),
+            };
+            plan(&inputs).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let a = || open(d, "a", &[("w", &[1.0, 2.0])]);
+        let shape = message(vec![a(), open(d, "b", &[("w", &[1.0])])]);
+        assert!(shape.contains("b: tensor 'w' has shape [1], but [2] in a"), "{shape}");
+        let missing = message(vec![a(), open(d, "c", &[("v", &[1.0, 2.0])])]);
+        assert!(missing.contains("c: tensor 'w' is missing"), "{missing}");
+        let extra = message(vec![a(), open(d, "e", &[("w", &[1.0, 2.0]), ("z", &[1.0])])]);
+        assert!(extra.contains("e: tensor 'z' has no counterpart in a"), "{extra}");
+    }
 }

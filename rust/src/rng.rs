@@ -3,14 +3,14 @@
 
 /// SplitMix64's finaliser: a bijective 64-bit mixer with full avalanche.
 #[inline]
-pub fn mix64(mut z: u64) -> u64 {
+pub(crate) fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
 /// A stream key from a seed, a name (e.g. the tensor) and a number (e.g. the task).
-pub fn stream(seed: u64, name: &str, number: u64) -> u64 {
+pub(crate) fn stream(seed: u64, name: &str, number: u64) -> u64 {
     // FNV-1a over the name, so the key does not depend on tensor order.
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -20,13 +20,13 @@ pub fn stream(seed: u64, name: &str, number: u64) -> u64 {
 
 /// 64 random bits for element `index` of `stream`.
 #[inline]
-pub fn bits(stream: u64, index: u64) -> u64 {
+pub(crate) fn bits(stream: u64, index: u64) -> u64 {
     mix64(stream.wrapping_add(index.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
 }
 
 /// Uniform in [0, 1) with 53 bits, for element `index` of `stream`.
 #[inline]
-pub fn uniform(stream: u64, index: u64) -> f64 {
+pub(crate) fn uniform(stream: u64, index: u64) -> f64 {
     (bits(stream, index) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 

@@ -11,15 +11,15 @@ use crate::error::{MergeError, Result};
 
 /// One output tensor's header entry.
 #[derive(Debug, Clone)]
-pub struct OutTensor {
+pub(crate) struct OutTensor {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// Dtype.
-    pub dtype: safetensors::Dtype,
+    pub(crate) dtype: safetensors::Dtype,
     /// Shape.
-    pub shape: Vec<usize>,
+    pub(crate) shape: Vec<usize>,
     /// Size in bytes.
-    pub nbytes: u64,
+    pub(crate) nbytes: u64,
 }
 
 struct OutShard {
@@ -28,7 +28,7 @@ struct OutShard {
 }
 
 /// An output directory being written.
-pub struct Writer {
+pub(crate) struct Writer {
     target: PathBuf,
     temp: PathBuf,
     shards: Vec<OutShard>,
@@ -42,7 +42,7 @@ pub struct Writer {
 impl Writer {
     /// Create the temporary output (and any missing parent directories) for `tensors`, split into shards of at most `max_shard_size` bytes
     /// (a larger tensor gets a shard of its own). `target` must not exist unless `overwrite`.
-    pub fn create(
+    pub(crate) fn create(
         target: &Path,
         tensors: &[OutTensor],
         metadata: &[(String, String)],
@@ -110,7 +110,7 @@ impl Writer {
     }
 
     /// Write `bytes` at byte `offset` within tensor `tensor`'s data. Safe to call from many threads.
-    pub fn write_at(&self, tensor: usize, offset: u64, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn write_at(&self, tensor: usize, offset: u64, bytes: &[u8]) -> Result<()> {
         let (shard, start) = self.places[tensor];
         let shard = &self.shards[shard];
         shard
@@ -120,14 +120,14 @@ impl Writer {
     }
 
     /// Put a file into the output (e.g. `config.json`).
-    pub fn add_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+    pub(crate) fn add_file(&self, name: &str, contents: &[u8]) -> Result<()> {
         let path = self.temp.join(name);
         std::fs::write(&path, contents).map_err(|e| MergeError::io(&path, e))
     }
 
     /// Write the index for sharded outputs and move the directory into place (no fsync: like torch and
     /// transformers, durability is left to the page cache). Returns the weight files' final paths.
-    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+    pub(crate) fn finish(mut self) -> Result<Vec<PathBuf>> {
         if self.shards.len() > 1 {
             let names: Vec<String> = self.shards.iter().map(|s| file_name(&s.path)).collect();
             let weight_map: serde_json::Map<String, serde_json::Value> = self

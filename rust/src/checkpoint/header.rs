@@ -11,37 +11,37 @@ use crate::error::{MergeError, Result};
 
 /// One tensor as a file stores it.
 #[derive(Debug, Clone)]
-pub struct StoredTensor {
+pub(crate) struct StoredTensor {
     /// Name in the file.
-    pub name: String,
+    pub(crate) name: String,
     /// Stored dtype.
-    pub dtype: safetensors::Dtype,
+    pub(crate) dtype: safetensors::Dtype,
     /// Shape.
-    pub shape: Vec<usize>,
+    pub(crate) shape: Vec<usize>,
     /// Absolute byte offset of the data in the file.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// Data length in bytes.
-    pub nbytes: u64,
+    pub(crate) nbytes: u64,
 }
 
 impl StoredTensor {
     /// Number of elements.
-    pub fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 }
 
 /// The parsed header of one file.
 #[derive(Debug)]
-pub struct FileHeader {
+pub(crate) struct FileHeader {
     /// Tensors sorted by name.
-    pub tensors: Vec<StoredTensor>,
+    pub(crate) tensors: Vec<StoredTensor>,
     /// The `__metadata__` map, if any.
-    pub metadata: Vec<(String, String)>,
+    pub(crate) metadata: Vec<(String, String)>,
 }
 
 /// Read and validate the header of the safetensors file at `path`.
-pub fn read_header(path: &Path) -> Result<FileHeader> {
+pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
     let file = File::open(path).map_err(|e| MergeError::io(path, e))?;
     let len = file.metadata().map_err(|e| MergeError::io(path, e))?.len();
     if len < 8 {

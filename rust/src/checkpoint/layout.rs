@@ -4,11 +4,11 @@
 use std::borrow::Cow;
 
 /// The prefix of the vision tower's tensors in CLIPModel and transformers-4 CLIPVisionModel files.
-pub const VISION_PREFIX: &str = "vision_model.";
+pub(crate) const VISION_PREFIX: &str = "vision_model.";
 
 /// A layout recognised from tensor names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// A full CLIPModel: text and vision towers, projections, `logit_scale`.
     ClipModel,
     /// CLIPVisionModel as transformers 4.x saves it (`vision_model.*`), the hub's fine-tuned layout.
@@ -21,7 +21,7 @@ pub enum Layout {
 
 impl Layout {
     /// Recognise the layout of a set of tensor names.
-    pub fn detect<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Layout {
+    pub(crate) fn detect<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Layout {
         let has = |p: &str| names.clone().any(|n| n.starts_with(p));
         if has("text_model.") && has(VISION_PREFIX) {
             Layout::ClipModel
@@ -35,7 +35,7 @@ impl Layout {
     }
 
     /// A short description for `merge-rs info`.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Layout::ClipModel => "CLIPModel (text + vision towers)",
             Layout::ClipVisionPrefixed => "CLIPVisionModel (vision_model.* keys, transformers 4)",
@@ -45,7 +45,7 @@ impl Layout {
     }
 
     /// Machine-readable name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Layout::ClipModel => "clip",
             Layout::ClipVisionPrefixed => "clip_vision",
@@ -57,7 +57,7 @@ impl Layout {
 
 /// How names of the reference layout translate into another checkpoint's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyMap {
+pub(crate) enum KeyMap {
     /// The same names.
     Identity,
     /// The other checkpoint adds `vision_model.`.
@@ -71,7 +71,7 @@ impl KeyMap {
     pub const ALL: [KeyMap; 3] = [KeyMap::Identity, KeyMap::AddVisionPrefix, KeyMap::StripVisionPrefix];
 
     /// The other checkpoint's name for the reference name `key`, if this translation applies.
-    pub fn apply(self, key: &str) -> Option<Cow<'_, str>> {
+    pub(crate) fn apply(self, key: &str) -> Option<Cow<'_, str>> {
         match self {
             KeyMap::Identity => Some(Cow::Borrowed(key)),
             KeyMap::AddVisionPrefix => Some(Cow::Owned(format!("{VISION_PREFIX}{key}"))),

@@ -10,54 +10,54 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use header::{FileHeader, StoredTensor, read_header};
-pub use layout::{KeyMap, Layout, VISION_PREFIX};
+pub(crate) use header::{StoredTensor, read_header};
+pub(crate) use layout::{KeyMap, Layout};
 
 use crate::dtype::FloatType;
 use crate::error::{MergeError, Result};
 
 /// The single-file name the Hugging Face layout uses.
-pub const SINGLE_FILE: &str = "model.safetensors";
+pub(crate) const SINGLE_FILE: &str = "model.safetensors";
 /// The index name of a sharded checkpoint.
-pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// One shard of a checkpoint, opened for positional reads.
 #[derive(Debug)]
-pub struct Shard {
+pub(crate) struct Shard {
     /// Path of the shard.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     file: File,
     /// File length in bytes.
-    pub len: u64,
+    pub(crate) len: u64,
 }
 
 /// A tensor of a checkpoint: where it is stored.
 #[derive(Debug, Clone)]
-pub struct Tensor {
+pub(crate) struct Tensor {
     /// Header entry.
-    pub stored: StoredTensor,
+    pub(crate) stored: StoredTensor,
     /// Index into [`Checkpoint::shards`].
-    pub shard: usize,
+    pub(crate) shard: usize,
 }
 
 /// A validated, opened checkpoint.
 #[derive(Debug)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     /// The path the user gave.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// A short display name (the directory name, or the file stem).
-    pub name: String,
+    pub(crate) name: String,
     /// The shards, in index order.
-    pub shards: Vec<Shard>,
+    pub(crate) shards: Vec<Shard>,
     /// Every tensor, sorted by name.
-    pub tensors: Vec<Tensor>,
+    pub(crate) tensors: Vec<Tensor>,
     by_name: HashMap<String, usize>,
     /// The layout recognised from the tensor names.
-    pub layout: Layout,
+    pub(crate) layout: Layout,
     /// `config.json` beside the weights, if any.
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The first shard's `__metadata__`.
-    pub metadata: Vec<(String, String)>,
+    pub(crate) metadata: Vec<(String, String)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -67,7 +67,7 @@ struct IndexJson {
 
 impl Checkpoint {
     /// Open `path` (file or directory) and validate all its headers.
-    pub fn open(path: &Path) -> Result<Checkpoint> {
+    pub(crate) fn open(path: &Path) -> Result<Checkpoint> {
         let meta = std::fs::metadata(path).map_err(|e| MergeError::io(path, e))?;
         let (dir, shard_paths, wanted) = if meta.is_dir() {
             Self::locate_in_dir(path)?
@@ -169,23 +169,23 @@ impl Checkpoint {
     }
 
     /// The tensor called `name`, if any.
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Tensor> {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The position of tensor `name` in [`Checkpoint::tensors`], if any.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
     }
 
     /// Total number of elements over all tensors.
-    pub fn numel(&self) -> u64 {
+    pub(crate) fn numel(&self) -> u64 {
         self.tensors.iter().map(|t| t.stored.numel() as u64).sum()
     }
 
     /// Read `out.len()` elements of float tensor `tensor` (stored as `ty`), starting at element `start`,
     /// decoded to f32. `scratch` is a reusable byte buffer for non-f32 dtypes.
-    pub fn read_f32(
+    pub(crate) fn read_f32(
         &self,
         tensor: &Tensor,
         ty: FloatType,
@@ -204,7 +204,7 @@ impl Checkpoint {
     }
 
     /// Read raw bytes `[start, start + out.len())` of `tensor`'s data.
-    pub fn read_raw(&self, tensor: &Tensor, start: u64, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_raw(&self, tensor: &Tensor, start: u64, out: &mut [u8]) -> Result<()> {
         self.read_bytes(tensor, tensor.stored.offset + start, out)
     }
 
@@ -245,33 +245,7 @@ fn display_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn st(tensors: &[(&str, &[f32])]) -> Vec<u8> {
-        let mut header = String::from("{");
-        let mut data = Vec::new();
-        for (i, (name, vals)) in tensors.iter().enumerate() {
-            let start = data.len();
-            data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
-            let sep = if i == 0 { "" } else { "," };
-            header += &format!(
-                r#"{sep}"{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#,
-                vals.len(),
-                data.len()
-            );
-        }
-        header.push('}');
-        let mut v = (header.len() as u64).to_le_bytes().to_vec();
-        v.extend_from_slice(header.as_bytes());
-        v.extend_from_slice(&data);
-        v
-    }
-
-    fn put(path: &Path, bytes: &[u8]) {
-        File::create(path)
-            .and_then(|mut f| f.write_all(bytes))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    use crate::test_files::{checkpoint_bytes as st, put};
 
     #[test]
     fn opens_sharded_directories() {

@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use super::errors::to_py;
@@ -15,7 +14,7 @@ use crate::monitor::Monitor;
 const POLL: Duration = Duration::from_millis(100);
 
 /// Run `work` with the GIL released, reporting `monitor` to `progress(phase, done, total)`.
-pub fn run_detached<T: Send>(
+pub(crate) fn run_detached<T: Send>(
     py: Python<'_>,
     monitor: &Monitor,
     progress: Option<&Bound<'_, PyAny>>,
@@ -51,7 +50,7 @@ pub fn run_detached<T: Send>(
                 Ok(value)
             }
             Ok(Err(e)) => Err(to_py(py, e)),
-            Err(_) => Err(PyRuntimeError::new_err("merge-rs: a worker thread panicked")),
+            Err(_) => Err(to_py(py, MergeError::Internal("a worker thread panicked".into()))),
         }
     })
 }

@@ -1,5 +1,7 @@
 //! The Python extension module `merge_rs._core`: thin wrappers that convert arguments, run the core with
 //! the GIL released ([`detach::run_detached`]) and return JSON reports that `merge_rs` turns into objects.
+//! It also exports the method table (the one source of the Python registry and CLI) and the exception
+//! classes.
 
 mod detach;
 mod errors;
@@ -13,7 +15,7 @@ use serde::Serialize;
 use crate::dtype::FloatType;
 use crate::error::MergeError;
 use crate::merge::MergeRequest;
-use crate::methods::MethodSpec;
+use crate::method::{Method, method_table};
 use crate::monitor::Monitor;
 use crate::synthetic::SyntheticSpec;
 use detach::run_detached;
@@ -23,7 +25,7 @@ use detach::run_detached;
 struct RequestJson {
     method: String,
     #[serde(default)]
-    parameters: MethodSpec,
+    parameters: serde_json::Map<String, serde_json::Value>,
     pretrained: Option<PathBuf>,
     models: Vec<PathBuf>,
     out: PathBuf,
@@ -63,7 +65,7 @@ fn dtype(name: &str) -> Result<FloatType, MergeError> {
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String, MergeError> {
-    serde_json::to_string(value).map_err(|e| MergeError::arg(e.to_string()))
+    serde_json::to_string(value).map_err(|e| MergeError::Internal(format!("cannot serialise a report: {e}")))
 }
 
 /// Merge checkpoints as described by `request` (JSON); returns the report as JSON.
@@ -74,7 +76,7 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
     let build = || -> Result<MergeRequest, MergeError> {
         let r: RequestJson = parse("merge request", request)?;
         Ok(MergeRequest {
-            method: r.parameters.build(&r.method)?,
+            method: Method::new(&r.method, &r.parameters)?,
             base: r.pretrained,
             models: r.models,
             out: r.out,
@@ -90,6 +92,13 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
     run_detached(py, &monitor, progress.as_ref(), || {
         crate::merge::merge(&request, &monitor).and_then(|r| to_json(&r))
     })
+}
+
+/// Every merge method's declaration (name, summary, paper, needs, parameters with kinds, defaults and
+/// help); returns JSON.
+#[pyfunction]
+fn method_table_json(py: Python<'_>) -> PyResult<String> {
+    to_json(&method_table()).map_err(|e| errors::to_py(py, e))
 }
 
 /// Describe a checkpoint from its headers; returns JSON.
@@ -147,6 +156,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(cosine_similarity, m)?)?;
     m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
+    m.add_function(wrap_pyfunction!(method_table_json, m)?)?;
+    for (name, class) in errors::classes(m.py())?.named() {
+        m.add(name, class.clone_ref(m.py()))?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

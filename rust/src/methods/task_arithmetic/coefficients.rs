@@ -13,7 +13,7 @@ use crate::plan::MergePlan;
 
 /// How task vectors are weighted.
 #[derive(Debug, Clone)]
-pub enum Coefficients {
+pub(crate) enum Coefficients {
     /// θ₀ + λ Σ τᵢ.
     Uniform(f32),
     /// θ₀ + Σ cᵢτᵢ.
@@ -24,15 +24,15 @@ pub enum Coefficients {
 
 /// Per-tensor coefficients as loaded from a file.
 #[derive(Debug, Clone)]
-pub struct PerTensorCoefficients {
+pub(crate) struct PerTensorCoefficients {
     /// The file they came from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Task names, if the file gives them.
-    pub tasks: Vec<String>,
+    pub(crate) tasks: Vec<String>,
     /// Tensor name → one coefficient per model.
-    pub table: HashMap<String, Vec<f32>>,
+    pub(crate) table: HashMap<String, Vec<f32>>,
     /// Coefficients for tensors the table does not name.
-    pub default: Option<Vec<f32>>,
+    pub(crate) default: Option<Vec<f32>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -46,7 +46,7 @@ struct CoefficientsFile {
 
 impl PerTensorCoefficients {
     /// Load a coefficients file.
-    pub fn load(path: &Path) -> Result<Self> {
+    pub(crate) fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
         let file: CoefficientsFile = serde_json::from_str(&text).map_err(|e| {
             MergeError::arg(format!(
@@ -72,7 +72,7 @@ impl PerTensorCoefficients {
 
 impl Coefficients {
     /// The single λ, if uniform.
-    pub fn uniform(&self) -> Option<f32> {
+    pub(crate) fn uniform(&self) -> Option<f32> {
         match self {
             Coefficients::Uniform(l) => Some(*l),
             _ => None,
@@ -80,7 +80,7 @@ impl Coefficients {
     }
 
     /// The per-model coefficients for `tensor`, or `None` when uniform.
-    pub fn for_tensor(&self, tensor: &str) -> Result<Option<&[f32]>> {
+    pub(crate) fn for_tensor(&self, tensor: &str) -> Result<Option<&[f32]>> {
         match self {
             Coefficients::Uniform(_) => Ok(None),
             Coefficients::PerTask(c) => Ok(Some(c)),
@@ -92,16 +92,18 @@ impl Coefficients {
     }
 
     /// Parameters for the report.
-    pub fn parameters(&self) -> Value {
+    pub(crate) fn parameters(&self) -> Value {
         match self {
-            Coefficients::Uniform(l) => json!({"scaling_factor": super::tidy(*l)}),
-            Coefficients::PerTask(c) => json!({"coefficients": c.iter().map(|&x| super::tidy(x)).collect::<Vec<_>>()}),
+            Coefficients::Uniform(l) => json!({"scaling_factor": crate::method::tidy(*l)}),
+            Coefficients::PerTask(c) => {
+                json!({"coefficients": c.iter().map(|&x| crate::method::tidy(x)).collect::<Vec<_>>()})
+            }
             Coefficients::PerTensor(p) => json!({"coefficients_file": p.path, "tasks": p.tasks}),
         }
     }
 
     /// Check the counts against the number of models.
-    pub fn validate(&self, models: usize) -> Result<()> {
+    pub(crate) fn validate(&self, models: usize) -> Result<()> {
         let check = |what: &str, c: &[f32]| {
             if c.len() != models {
                 return Err(MergeError::arg(format!(
@@ -141,7 +143,7 @@ impl Coefficients {
     }
 
     /// Every merged tensor must have coefficients.
-    pub fn validate_plan(&self, plan: &MergePlan) -> Result<()> {
+    pub(crate) fn validate_plan(&self, plan: &MergePlan) -> Result<()> {
         for t in plan.tensors.iter().filter(|t| t.is_merged()) {
             self.for_tensor(&t.name)?;
         }

@@ -1,120 +1,21 @@
-//! TIES merging (Yadav et al., 2023) with FusionBench's semantics: trim each task vector to its top
-//! `threshold` % magnitudes over the whole model (exact k-th value, bounded memory), elect the sign of
-//! Σᵢ trimmed τᵢ (where that is 0, the sign of the sum of all elected signs), keep the agreeing entries,
-//! aggregate (sum / mean / max) and add λ times the result to θ₀.
-//!
-//! The fallback sign is a whole-model quantity known only after the merge pass, so elements that need it
-//! (elected sign 0 but some non-zero entry) are recorded with their three possible values and patched at
-//! the end; if there are too many to keep, the merge pass is simply run again with the sign known.
+//! The TIES merge passes. The fallback sign is a whole-model quantity known only after the merge pass, so
+//! elements that need it (elected sign 0 but some non-zero entry) are recorded with their three possible
+//! values and patched at the end; if there are too many to keep, the merge pass runs again with the sign
+//! known.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use serde_json::{Value, json};
-
-use super::{DareOptions, MethodStats};
+use super::aggregate::{aggregate, aggregate_into, sign};
+use super::select::{kth_smallest_abs, threshold_rank};
+use super::{TiesOptions, Trim};
 use crate::engine::{Chunk, Engine, PassSpec};
 use crate::error::{MergeError, Result};
+use crate::method::{MethodStats, add_scaled_to_base, sum_into};
 use crate::plan::TensorKind;
-use crate::select::{kth_smallest_abs, threshold_rank};
 use crate::writer::Writer;
 
 /// Patches kept in memory before falling back to a second merge pass (16 bytes each).
 const PATCH_BUDGET: usize = 1 << 20;
-
-/// How the kept entries are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MergeFunc {
-    /// Σ of the kept entries.
-    Sum,
-    /// Mean over the non-zero kept entries.
-    Mean,
-    /// The largest kept magnitude, with the elected sign.
-    Max,
-}
-
-/// Over what the top-k trim is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trim {
-    /// The whole model (FusionBench / paper).
-    Global,
-    /// Each tensor separately (mergekit's `density`).
-    PerTensor,
-}
-
-/// TIES parameters.
-#[derive(Debug, Clone)]
-pub struct TiesOptions {
-    /// λ.
-    pub scaling_factor: f32,
-    /// Percentage of entries kept per task (20 keeps the top 20 %).
-    pub threshold: f64,
-    /// Aggregation.
-    pub merge_func: MergeFunc,
-    /// Trim scope.
-    pub trim: Trim,
-    /// Apply DARE to the task vectors first (DARE-TIES).
-    pub dare: Option<DareOptions>,
-}
-
-impl MergeFunc {
-    /// Parse `sum`, `mean` or `max`.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "sum" => Some(MergeFunc::Sum),
-            "mean" => Some(MergeFunc::Mean),
-            "max" => Some(MergeFunc::Max),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            MergeFunc::Sum => "sum",
-            MergeFunc::Mean => "mean",
-            MergeFunc::Max => "max",
-        }
-    }
-}
-
-impl TiesOptions {
-    /// Threshold in [0, 100], finite λ, valid DARE options.
-    pub fn validate(&self) -> Result<()> {
-        if !(0.0..=100.0).contains(&self.threshold) {
-            return Err(MergeError::arg(format!(
-                "the TIES threshold is a percentage in [0, 100] (got {})",
-                self.threshold
-            )));
-        }
-        if !self.scaling_factor.is_finite() {
-            return Err(MergeError::arg("the scaling factor must be a finite number"));
-        }
-        self.dare.as_ref().map_or(Ok(()), DareOptions::validate)
-    }
-
-    /// Parameters for the report.
-    pub fn parameters(&self) -> Value {
-        let mut p = json!({
-            "scaling_factor": super::tidy(self.scaling_factor),
-            "threshold": self.threshold,
-            "merge_func": self.merge_func.name(),
-            "trim": if self.trim == Trim::Global { "global" } else { "per-tensor" },
-        });
-        if let Some(d) = &self.dare {
-            for (k, v) in d.parameters().as_object().into_iter().flatten() {
-                p[k] = v.clone();
-            }
-        }
-        p
-    }
-
-    fn prepare(&self, chunk: &mut Chunk<'_>) -> Result<()> {
-        chunk.to_task_vectors()?;
-        if let Some(d) = &self.dare {
-            d.apply(chunk);
-        }
-        Ok(())
-    }
-}
 
 /// An element whose value depends on the whole-model majority sign.
 struct Patch {
@@ -132,7 +33,7 @@ struct Pass<'a> {
 }
 
 /// Run TIES over every merged tensor of the engine's plan.
-pub fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
+pub(super) fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
     let merged: Vec<usize> = (0..engine.plan.tensors.len())
         .filter(|&t| engine.plan.tensors[t].is_merged())
         .collect();
@@ -221,7 +122,7 @@ fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i
         .base
         .ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
     let mut signs = vec![0.0f32; chunk.out.len()];
-    super::sum_into(&mut signs, chunk.models);
+    sum_into(&mut signs, chunk.models);
     for s in signs.iter_mut() {
         *s = sign(*s);
     }
@@ -233,7 +134,7 @@ fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32]) -> Result<(i
         Vec::new()
     };
     aggregate_into(chunk.out, chunk.models, &signs, options.merge_func);
-    super::task_arithmetic::add_scaled_to_base(chunk.out, Some(base), options.scaling_factor);
+    add_scaled_to_base(chunk.out, Some(base), options.scaling_factor);
     Ok((sign_sum, patches))
 }
 
@@ -282,50 +183,6 @@ fn resolve_zero_signs(pass: &Pass<'_>, chunk: &Chunk<'_>, signs: &mut [f32], bas
     patches
 }
 
-/// The disjoint merge of every element at once: out[j] = aggregate(column j, signs[j]).
-fn aggregate_into(out: &mut [f32], models: &[&mut [f32]], signs: &[f32], func: MergeFunc) {
-    let kept = |t: f32, s: f32| {
-        if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) {
-            t
-        } else {
-            0.0
-        }
-    };
-    out.fill(0.0);
-    match func {
-        MergeFunc::Sum => {
-            for tau in models {
-                for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
-                    *o += kept(t, s);
-                }
-            }
-        }
-        MergeFunc::Mean => {
-            let mut counts = vec![0.0f32; out.len()];
-            for tau in models {
-                for (((o, c), &t), &s) in out.iter_mut().zip(counts.iter_mut()).zip(tau.iter()).zip(signs) {
-                    let k = kept(t, s);
-                    *o += k;
-                    *c += if k != 0.0 { 1.0 } else { 0.0 };
-                }
-            }
-            for (o, c) in out.iter_mut().zip(&counts) {
-                *o /= c.max(1.0);
-            }
-        }
-        MergeFunc::Max => {
-            for tau in models {
-                for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
-                    *o = o.max(kept(t, s).abs());
-                }
-            }
-            for (o, &s) in out.iter_mut().zip(signs) {
-                *o *= s;
-            }
-        }
-    }
-}
-
 fn record(pass: &Pass<'_>, patches: &mut Vec<Patch>, patch: Patch) {
     let granted = pass
         .budget
@@ -335,31 +192,6 @@ fn record(pass: &Pass<'_>, patches: &mut Vec<Patch>, patch: Patch) {
         patches.push(patch);
     } else {
         pass.overflow.store(true, Ordering::Relaxed);
-    }
-}
-
-/// torch.sign: −1, 0 or +1 (−0 is 0), branch-free.
-fn sign(x: f32) -> f32 {
-    (i32::from(x > 0.0) - i32::from(x < 0.0)) as f32
-}
-
-/// Disjoint merge of one element's trimmed task-vector entries under elected sign `s`. As in FusionBench,
-/// an entry is kept when `s > 0 ? τ > 0 : τ < 0` (so a zero sign keeps the negative entries).
-fn aggregate(column: &[f32], s: f32, func: MergeFunc) -> f32 {
-    let kept = column.iter().map(|&t| {
-        if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) {
-            t
-        } else {
-            0.0
-        }
-    });
-    match func {
-        MergeFunc::Sum => kept.sum(),
-        MergeFunc::Mean => {
-            let (sum, count) = kept.fold((0.0f32, 0u32), |(s, n), t| (s + t, n + u32::from(t != 0.0)));
-            sum / count.max(1) as f32
-        }
-        MergeFunc::Max => kept.fold(0.0f32, |m, t| m.max(t.abs())) * s,
     }
 }
 
@@ -380,29 +212,4 @@ fn apply_patches(engine: &Engine<'_>, writer: &Writer, patches: &[Patch], majori
         writer.write_at(p.tensor, (p.element * out.size()) as u64, &encoded)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn aggregates_follow_fusionbench() {
-        let col = [0.5, -0.25, 0.25, 0.0];
-        assert_eq!(aggregate(&col, 1.0, MergeFunc::Sum), 0.75);
-        assert_eq!(aggregate(&col, 1.0, MergeFunc::Mean), 0.375);
-        assert_eq!(aggregate(&col, 1.0, MergeFunc::Max), 0.5);
-        assert_eq!(aggregate(&col, -1.0, MergeFunc::Sum), -0.25);
-        assert_eq!(aggregate(&col, -1.0, MergeFunc::Max), -0.25);
-        // A zero sign keeps the negative entries; max multiplies by the zero sign.
-        assert_eq!(aggregate(&col, 0.0, MergeFunc::Sum), -0.25);
-        assert_eq!(aggregate(&col, 0.0, MergeFunc::Max), 0.0);
-        assert_eq!(aggregate(&[0.0, 0.0], 1.0, MergeFunc::Mean), 0.0);
-    }
-
-    #[test]
-    fn sign_treats_negative_zero_as_zero() {
-        assert_eq!(sign(-0.0), 0.0);
-        assert_eq!(sign(-1e-30), -1.0);
-    }
 }

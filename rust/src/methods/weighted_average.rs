@@ -1,0 +1,105 @@
+//! Weighted averaging: Σ wᵢθᵢ / Σ wᵢ (or Σ wᵢθᵢ without normalisation); the pretrained model takes no part.
+
+use crate::engine::{Chunk, Engine};
+use crate::error::{MergeError, Result};
+use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
+use crate::writer::Writer;
+
+/// The declaration.
+pub(crate) static METHOD: MethodDef = MethodDef {
+    name: "weighted_average",
+    summary: "Σ wᵢθᵢ / Σ wᵢ",
+    paper: "https://arxiv.org/abs/2203.05482",
+    needs_base: false,
+    min_models: 2,
+    max_models: None,
+    extra_inputs: None,
+    params: &[
+        ParamDef {
+            name: "weights",
+            kind: ParamKind::FloatList,
+            default: ParamDefault::Required,
+            help: "one weight per model",
+        },
+        ParamDef {
+            name: "normalize",
+            kind: ParamKind::Bool,
+            default: ParamDefault::Flag(true),
+            help: "divide by the sum of the weights",
+        },
+    ],
+    build,
+};
+
+#[derive(Debug)]
+struct WeightedAverage {
+    weights: Vec<f64>,
+    normalize: bool,
+}
+
+fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
+    Ok(Box::new(WeightedAverage {
+        weights: p.floats("weights").unwrap_or_default(),
+        normalize: p.bool("normalize")?,
+    }))
+}
+
+impl MergeMethod for WeightedAverage {
+    fn validate(&self, models: usize) -> Result<()> {
+        validate_weights(&self.weights, self.normalize, models)
+    }
+
+    fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
+        let weights = effective_weights(&self.weights, self.normalize);
+        engine.elementwise(false, writer, &|c| {
+            weighted(c, &weights);
+            Ok(())
+        })
+    }
+}
+
+/// out = Σᵢ wᵢθᵢ with the effective (already normalised) weights.
+fn weighted(chunk: &mut Chunk<'_>, weights: &[f32]) {
+    chunk.out.fill(0.0);
+    for (m, &w) in chunk.models.iter().zip(weights) {
+        for (o, x) in chunk.out.iter_mut().zip(m.iter()) {
+            *o += w * *x;
+        }
+    }
+}
+
+/// wᵢ / Σw when normalising (computed in f64, as numpy does), else wᵢ.
+fn effective_weights(weights: &[f64], normalize: bool) -> Vec<f32> {
+    let total: f64 = if normalize { weights.iter().sum() } else { 1.0 };
+    weights.iter().map(|w| (w / total) as f32).collect()
+}
+
+/// One weight per model, not summing to zero when normalising.
+fn validate_weights(weights: &[f64], normalize: bool, models: usize) -> Result<()> {
+    if weights.len() != models {
+        return Err(MergeError::arg(format!(
+            "weighted_average: {} weights given for {models} models",
+            weights.len()
+        )));
+    }
+    if normalize && weights.iter().sum::<f64>() == 0.0 {
+        return Err(MergeError::arg(
+            "weighted_average: the weights sum to 0 and cannot be normalised",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_normalise_and_validate() {
+        assert_eq!(effective_weights(&[1.0, 3.0], true), vec![0.25, 0.75]);
+        assert_eq!(effective_weights(&[1.0, 3.0], false), vec![1.0, 3.0]);
+        assert!(validate_weights(&[1.0], true, 2).is_err());
+        assert!(validate_weights(&[1.0, -1.0], true, 2).is_err());
+        assert!(validate_weights(&[1.0, -1.0], false, 2).is_ok());
+    }
+}

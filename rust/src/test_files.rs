@@ -1,0 +1,38 @@
+//! Tiny safetensors files for unit tests.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+/// A float32 safetensors file holding `tensors` (1-D), as bytes.
+pub(crate) fn checkpoint_bytes(tensors: &[(&str, &[f32])]) -> Vec<u8> {
+    let mut header = String::from("{");
+    let mut data = Vec::new();
+    for (i, (name, vals)) in tensors.iter().enumerate() {
+        let start = data.len();
+        data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        let sep = if i == 0 { "" } else { "," };
+        header += &format!(
+            r#"{sep}"{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#,
+            vals.len(),
+            data.len()
+        );
+    }
+    header.push('}');
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header.as_bytes());
+    v.extend_from_slice(&data);
+    v
+}
+
+/// Write `bytes` to `path`.
+pub(crate) fn put(path: &Path, bytes: &[u8]) {
+    File::create(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Write a float32 checkpoint holding `tensors` to `path`.
+pub(crate) fn write_checkpoint(path: &Path, tensors: &[(&str, &[f32])]) {
+    put(path, &checkpoint_bytes(tensors));
+}
