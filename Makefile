@@ -22,9 +22,12 @@ demo: install
 
 test: install lint test-rust test-python
 
+# The method modules are found by build.rs, not by `mod` lines, so rustfmt is pointed at them too.
 lint:
 	cargo fmt --check
+	rustfmt --check --edition 2024 rust/build.rs rust/src/methods/*.rs rust/src/methods/*/mod.rs
 	cargo clippy --workspace --all-targets --features python --quiet -- -D warnings
+	$(PY) -m mypy.stubtest merge_rs._core
 
 test-rust:
 	cargo nextest run --workspace --no-fail-fast

@@ -116,7 +116,7 @@ def test_weights_and_coefficients_counts(tmp_path, models):
     ms = [a for f in fts for a in ("--model", f)]
     fails(tmp_path, ["weighted_average", *ms, "--weights", "1,2,3"], "3 weights", "2 models")
     fails(tmp_path, [*ta(pre, fts), "--coefficients", "0.1"], "1 coefficients", "2 models")
-    fails(tmp_path, ["weighted_average", *ms], "needs weights")
+    fails(tmp_path, ["weighted_average", *ms], "needs 'weights'")
 
 
 def test_coefficients_file_missing_a_tensor(tmp_path, models):

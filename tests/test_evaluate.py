@@ -12,12 +12,12 @@ from conftest import cli
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from merge_rs.data import load_split  # noqa: E402
-from merge_rs.evaluate import Evaluator, format_table, parse_task_option, prepare_tasks  # noqa: E402
-from merge_rs.heads import cached_head, compute_head  # noqa: E402
-from merge_rs.models import load_vision_encoder  # noqa: E402
-from merge_rs.pool import get_pool, zoo_pool  # noqa: E402
-from merge_rs.tasks import TASKS, get_task  # noqa: E402
+from merge_rs.clip.data import load_split  # noqa: E402
+from merge_rs.clip.evaluate import Evaluator, format_table, parse_task_option, prepare_tasks  # noqa: E402
+from merge_rs.clip.heads import cached_head, compute_head  # noqa: E402
+from merge_rs.clip.models import load_vision_encoder  # noqa: E402
+from merge_rs.clip.pool import get_pool, zoo_pool  # noqa: E402
+from merge_rs.clip.tasks import TASKS, get_task  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_heads_are_cached_on_disk_and_reused(zoo, clip, tmp_path):
         calls.append(1)
         return original(*args)
 
-    import merge_rs.heads as heads
+    import merge_rs.clip.heads as heads
 
     heads.compute_head, saved = counting, heads.compute_head
     try:

@@ -13,13 +13,13 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import merge_rs  # noqa: E402
-from merge_rs.evaluate import Evaluator, prepare_tasks  # noqa: E402
+from merge_rs.clip.evaluate import Evaluator, prepare_tasks  # noqa: E402
 from merge_rs.learned.adamerging import adamerging  # noqa: E402
 from merge_rs.learned.fisher import fisher_merging  # noqa: E402
 from merge_rs.learned.regmean import regmean  # noqa: E402
 from merge_rs.learned.weights_file import load_weights, save_weights  # noqa: E402
-from merge_rs.models import load_clip, load_vision_encoder  # noqa: E402
-from merge_rs.pool import get_pool, zoo_pool  # noqa: E402
+from merge_rs.clip.models import load_clip, load_vision_encoder  # noqa: E402
+from merge_rs.clip.pool import get_pool, zoo_pool  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ def _classifier_logits(clip, vision, pixels, head):
 
 
 def _head(clip, tokenizer, task):
-    from merge_rs.heads import compute_head
+    from merge_rs.clip.heads import compute_head
 
     return compute_head(clip, tokenizer, task)
 
@@ -219,8 +219,8 @@ def test_engine_fisher_merging_matches_numpy(golden, tmp_path):
         num = sum(w * (f[name].astype(np.float64) + eps) * t[name] for w, f, t in zip(weights, fishers, thetas))
         den = sum(w * (f[name].astype(np.float64) + eps) for w, f in zip(weights, fishers))
         np.testing.assert_allclose(got[name], num / den, rtol=1e-5, atol=1e-7, err_msg=name)
-    with pytest.raises(merge_rs.InvalidArgumentError, match="2 Fisher checkpoints given for 3 models"):
+    with pytest.raises(merge_rs.InvalidArgumentError, match="2 fisher checkpoints given for 3 models"):
         merge_rs.merge("fisher_merging", models, tmp_path / "x", fisher=fisher_files[:2])
-    with pytest.raises(merge_rs.InvalidArgumentError, match="needs the Fisher checkpoints"):
+    with pytest.raises(merge_rs.InvalidArgumentError, match="needs 'fisher'"):
         merge_rs.merge("fisher_merging", models, tmp_path / "x")
     assert not (tmp_path / "x").exists()

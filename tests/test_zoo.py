@@ -12,15 +12,15 @@ from conftest import cli
 
 torch = pytest.importorskip("torch")
 
-from merge_rs.demo import DEMO_MERGES, FINE_TUNED, LEARNED, PRETRAINED, run_demo  # noqa: E402
-from merge_rs.pool import zoo_pool  # noqa: E402
-from merge_rs.zoo import build, tokenizer  # noqa: E402
+from merge_rs.clip.demo import DEMO_MERGES, FINE_TUNED, PRETRAINED, learned_rows, run_demo  # noqa: E402
+from merge_rs.clip.pool import zoo_pool  # noqa: E402
+from tools.zoo import build, tokenizer  # noqa: E402
 
 
 def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("MERGE_RS_CACHE", str(tmp_path))
     result = run_demo("zoo", limit=40, device="cpu", adamerging_steps=3, progress=False)
-    assert list(result.rows) == [FINE_TUNED, *DEMO_MERGES, *LEARNED, PRETRAINED]
+    assert list(result.rows) == [FINE_TUNED, *DEMO_MERGES, *learned_rows(), PRETRAINED]
     assert result.tasks == ["mnist", "digits", "fashion_mnist", "emoji"]
     for task in result.tasks:
         assert result.rows[FINE_TUNED][task] == result.fine_tuned[task][task]
@@ -110,7 +110,7 @@ def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
     pool = zoo_pool(tmp_path / "zoo")
     assert pool.tasks == ["mnist", "emoji"] and manifest["settings"]["seed"] == 0
     assert not (tmp_path / "zoo.building").exists()
-    from merge_rs.evaluate import Evaluator, prepare_tasks
+    from merge_rs.clip.evaluate import Evaluator, prepare_tasks
 
     tasks = prepare_tasks([(t, None) for t in pool.tasks], pool)
     report = Evaluator(pool.pretrained_path(), tasks, device="cpu", progress=False).evaluate(pool.load_vision("emoji"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -51,20 +52,18 @@ def merge(
 ) -> MergeReport:
     """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
 
-    ``method`` is one of ``merge_rs.METHODS``; ``parameters`` are its parameters (FusionBench defaults), e.g.
+    ``method`` is one of ``merge_rs.METHODS``; ``parameters`` are its parameters (the engine fills in the
+    FusionBench defaults and checks every value before reading anything), e.g.
     ``merge("ties", models, "out", pretrained=base, threshold=20, merge_func="sum")``. The work runs in Rust
     with the GIL released; ``progress=True`` shows a bar on a terminal, a callable receives
     ``(phase, done_bytes, total_bytes)``.
     """
     spec = get_method(method)
-    resolved = spec.resolve(parameters)
-    if "coefficients_file" in resolved:
-        resolved["coefficients_file"] = os.fspath(resolved["coefficients_file"])
     if threads < 0:
         raise InvalidArgumentError(f"threads must be ≥ 0 (got {threads})")
     request = {
         "method": spec.name,
-        "parameters": resolved,
+        "parameters": {name: _plain(value) for name, value in parameters.items() if value is not None},
         "pretrained": os.fspath(pretrained) if pretrained is not None else None,
         "models": [os.fspath(m) for m in models],
         "out": os.fspath(out),
@@ -81,6 +80,18 @@ def merge(
         if isinstance(callback, ProgressBar):
             callback.close()
     return MergeReport.from_json(json.loads(report))
+
+
+def _plain(value: Any) -> Any:
+    """A parameter value as JSON for the engine, which checks it: paths as strings, sequences as lists, and
+    non-finite floats (which JSON cannot carry) as their name, so that the engine's error names the parameter."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
 
 
 def inspect(path: PathLike) -> CheckpointInfo:

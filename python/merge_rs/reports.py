@@ -1,12 +1,23 @@
-"""Report objects returned by the Python API (built from the engine's JSON reports)."""
+"""Report objects returned by the Python API, built from the engine's JSON reports. Parsing is tolerant:
+fields this version does not know go to ``extra`` instead of failing, so a newer engine never breaks them."""
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: dict[str, Any], **converted: Any) -> T:
+    """``cls`` from the fields of ``data`` it declares (``converted`` replacing some); the rest go to ``extra``."""
+    names = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
+    known = {k: v for k, v in data.items() if k in names}
+    extra = {k: v for k, v in data.items() if k not in names}
+    return cls(**{**known, **converted}, extra=extra)  # type: ignore[call-arg]
 
 
 @dataclass(frozen=True)
@@ -38,18 +49,18 @@ class MergeReport:
     seconds: float
     ties_thresholds: list[float] | None = None
     ties_majority_sign: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MergeReport:
         model = lambda m: InputModel(m["name"], Path(m["path"]), m["layout"])  # noqa: E731
-        return cls(
-            **{
-                **data,
-                "pretrained": model(data["pretrained"]) if data.get("pretrained") else None,
-                "models": [model(m) for m in data["models"]],
-                "output": Path(data["output"]),
-                "output_files": [Path(p) for p in data["output_files"]],
-            }
+        return _build(
+            cls,
+            data,
+            pretrained=model(data["pretrained"]) if data.get("pretrained") else None,
+            models=[model(m) for m in data["models"]],
+            output=Path(data["output"]),
+            output_files=[Path(p) for p in data["output_files"]],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +78,7 @@ class TensorInfo:
     parameters: int
     bytes: int
     shard: str
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -85,16 +97,16 @@ class CheckpointInfo:
     metadata: dict[str, str]
     config: Path | None
     tensors: list[TensorInfo] = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CheckpointInfo:
-        return cls(
-            **{
-                **data,
-                "path": Path(data["path"]),
-                "config": Path(data["config"]) if data.get("config") else None,
-                "tensors": [TensorInfo(**t) for t in data["tensors"]],
-            }
+        return _build(
+            cls,
+            data,
+            path=Path(data["path"]),
+            config=Path(data["config"]) if data.get("config") else None,
+            tensors=[_build(TensorInfo, t) for t in data["tensors"]],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,10 +124,11 @@ class CosineSimilarity:
     norms: list[float]
     parameters: int
     seconds: float
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CosineSimilarity:
-        return cls(**{**data, "paths": [Path(p) for p in data["paths"]]})
+        return _build(cls, data, paths=[Path(p) for p in data["paths"]])
 
     def to_csv(self) -> str:
         """The matrix as CSV with model names on both axes (FusionBench's layout)."""
@@ -132,10 +145,13 @@ class CosineSimilarity:
 
 
 def _jsonable(value: Any) -> Any:
+    """Paths as strings, and each report's ``extra`` fields back in place."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        flat = {k: v for k, v in value.items() if k != "extra"}
+        flat.update(value.get("extra") or {})
+        return {k: _jsonable(v) for k, v in flat.items()}
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value

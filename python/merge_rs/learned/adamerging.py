@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..api import merge
-from ..evaluate import Evaluator, prepare_tasks
-from ..pool import ModelPool
+from ..clip.evaluate import Evaluator, prepare_tasks
+from ..clip.pool import ModelPool
 from .batches import endless_batches
 from .memory import peak_cuda_mb, peak_rss_mb
+from .method import LearnedMethod, Option
 from .result import LearnedMerge
 from .task_vectors import TaskVectors
 from .weights_file import load_weights, save_weights
@@ -122,3 +123,27 @@ def _write_losses(path: Path, losses: list[float]) -> None:
         writer = csv.writer(f)
         writer.writerow(["step", "entropy_loss"])
         writer.writerows(enumerate(losses))
+
+
+METHOD = LearnedMethod(
+    name="adamerging",
+    summary="AdaMerging: learn task-wise or layer-wise merging weights by entropy minimisation on unlabeled test "
+            "images, then merge with them (weights and loss curve are saved in the output directory).",
+    options=(
+        Option("mode", "choice", "layer", "One weight per task per parameter tensor (layer) or per task (task).",
+               choices=MODES[::-1]),
+        Option("steps", "int", 1000, "Adam steps (0: just merge with --weights).", minimum=0),
+        Option("lr", "float", 1e-3, "Adam's learning rate."),
+        Option("batch_size", "int", 16, "Unlabeled test images per task per step.", flag="--train-batch-size",
+               minimum=1),
+        Option("init", "float", 0.3, "Initial λ."),
+        Option("clamp", "bool", False, "Clamp the weights to [0, 1] after every step."),
+        Option("weights", "path", None, "Start from saved weights (a merging_weights.json)."),
+        Option("task_vector_dtype", "choice", "bfloat16", "Precision of the task vectors held during learning.",
+               choices=("bfloat16", "float16", "float32")),
+        Option("seed", "int", 0, "Seed of the batch order."),
+    ),
+    run=lambda pool, out, ctx, **o: adamerging(pool, out, device=ctx.device, threads=ctx.threads,
+                                               progress=ctx.progress, overwrite=ctx.overwrite, log=ctx.log, **o),
+    demo_rows={"adamerging_task_wise": {"mode": "task"}, "adamerging_layer_wise": {"mode": "layer"}},
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..evaluate import Collate, TaskData
+from ..clip.evaluate import Collate, TaskData
 
 
 def _loader(item: TaskData, image_processor: Any, batch_size: int, shuffle: bool, seed: int, workers: int = 0):

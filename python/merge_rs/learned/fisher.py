@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..api import merge
-from ..evaluate import Evaluator, TaskData, prepare_tasks
-from ..pool import ModelPool
+from ..clip.evaluate import Evaluator, TaskData, prepare_tasks
+from ..clip.pool import ModelPool
 from .batches import first_examples
 from .memory import peak_cuda_mb, peak_rss_mb
+from .method import LearnedMethod, Option
 from .result import LearnedMerge
 
 
@@ -92,3 +93,22 @@ def fisher_merging(pool: ModelPool, out: Path, *, examples: int = 256, batch_siz
                         details={"examples": examples, "batch_size": batch_size, "normalize": normalize,
                                  "epsilon": epsilon, "fisher_norms": norms, "model_coefficients": weights,
                                  "merge_seconds": report.seconds})
+
+
+METHOD = LearnedMethod(
+    name="fisher",
+    summary="Fisher merging: diagonal Fisher of each fine-tuned model on its task's training images, then the "
+            "Fisher-weighted average (in the Rust engine).",
+    options=(
+        Option("examples", "int", 256, "Training images per task for the Fisher.", minimum=1),
+        Option("batch_size", "int", 32, "Batch size of the Fisher computation.", flag="--fisher-batch-size",
+               minimum=1),
+        Option("normalize", "bool", True, "Weight each model by the inverse of its Fisher's global L2 norm."),
+        Option("epsilon", "float", 1e-6, "Added to every Fisher value."),
+        Option("scaling", "floats", None, "Per-model scaling coefficients (comma-separated; default 1)."),
+        Option("fisher_dir", "path", None, "Keep the Fisher safetensors here."),
+    ),
+    run=lambda pool, out, ctx, **o: fisher_merging(pool, out, device=ctx.device, threads=ctx.threads,
+                                                   overwrite=ctx.overwrite, log=ctx.log, **o),
+    demo_rows={"fisher_merging": {}},
+)

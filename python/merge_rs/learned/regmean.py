@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..evaluate import Evaluator, TaskData, prepare_tasks
-from ..pool import ModelPool
+from ..clip.evaluate import Evaluator, TaskData, prepare_tasks
+from ..clip.pool import ModelPool
 from .batches import first_examples
 from .memory import peak_cuda_mb, peak_rss_mb
+from .method import LearnedMethod, Option
 from .result import LearnedMerge
 
 
@@ -114,3 +115,17 @@ def _save(model: Any, out: Path, overwrite: bool) -> None:
         temp.rename(out)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+METHOD = LearnedMethod(
+    name="regmean",
+    summary="RegMean: each linear layer solved from the models' input Gram matrices; other parameters averaged.",
+    options=(
+        Option("examples", "int", 256, "Training images per task for the Gram matrices.", minimum=1),
+        Option("batch_size", "int", 32, "Batch size of the Gram computation.", flag="--gram-batch-size", minimum=1),
+        Option("alpha", "float", 0.95, "Scale of the Gram matrices' off-diagonal entries.", minimum=0, maximum=1),
+    ),
+    run=lambda pool, out, ctx, **o: regmean(pool, out, device=ctx.device, overwrite=ctx.overwrite, log=ctx.log, **o),
+    demo_rows={"regmean": {}},
+    uses_engine=False,
+)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..pool import ModelPool
+from ..clip.pool import ModelPool
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TaskVectors:
     def from_pool(cls, pool: ModelPool, dtype: str = "bfloat16", device: str = "cpu") -> "TaskVectors":
         import torch
 
-        from ..models import load_vision_encoder
+        from ..clip.models import load_vision_encoder
 
         encoder = load_vision_encoder(pool.pretrained_path()).to(device)
         for p in encoder.parameters():

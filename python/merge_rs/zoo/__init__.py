@@ -1,2 +1,3 @@
-"""The offline model zoo: a tiny CLIP and four fine-tuned vision encoders built from real images (``data/``), and
-the code that builds them (``sources``, ``tokenizer``, ``build``)."""
+"""The offline model zoo that ships with merge-rs (``data/``): a tiny CLIP and its fine-tuned vision encoders,
+built from real images. The builder is a development tool outside the package (``tools/zoo`` in the
+repository)."""

@@ -146,7 +146,7 @@ impl Method {
             let given = self.extra_inputs().len();
             if given != models {
                 return Err(MergeError::arg(format!(
-                    "{}: {given} '{name}' checkpoints given for {models} models",
+                    "{}: {given} {name} checkpoints given for {models} models",
                     def.name
                 )));
             }

@@ -64,7 +64,7 @@ pub enum ParamDefault {
 }
 
 /// One parameter of a method.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct ParamDef {
     /// Name as the API and the CLI (with `-`) spell it.
     pub name: &'static str,
@@ -74,6 +74,27 @@ pub struct ParamDef {
     pub default: ParamDefault,
     /// One line of help.
     pub help: &'static str,
+}
+
+impl Serialize for ParamDef {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            name: &'a str,
+            kind: &'a ParamKind,
+            default: &'a ParamDefault,
+            required: bool,
+            help: &'a str,
+        }
+        View {
+            name: self.name,
+            kind: &self.kind,
+            default: &self.default,
+            required: self.default == ParamDefault::Required,
+            help: self.help,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Any finite float32 value.

@@ -9,7 +9,7 @@
 4. Save the hub layouts: the pretrained ``CLIPModel`` with tokenizer and image processor, one ``CLIPVisionModel``
    per task, the train/test sets as parquet, and ``zoo.json`` describing it all.
 
-Run ``python -m merge_rs.zoo.build OUT`` (``pip install "merge-rs[zoo]"`` plus the Debian packages named in
+Run ``python -m tools.zoo.build OUT`` (``pip install "merge-rs[zoo]"`` plus the Debian packages named in
 ``sources.py``). Deterministic from ``--seed`` on a given machine; about two minutes on two cores.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..tasks import get_task
+from merge_rs.clip.tasks import get_task
 from .sources import SOURCES, Images
 
 
@@ -200,7 +200,7 @@ def _finetune(clip, tokenizer, name: str, pixel_values, labels: list[int], setti
     import torch
     import torch.nn.functional as F
 
-    from ..heads import compute_head
+    from merge_rs.clip.heads import compute_head
 
     with torch.no_grad():
         head = compute_head(clip, tokenizer, get_task(name))

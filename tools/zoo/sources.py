@@ -19,7 +19,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..tasks import EMOJI_GROUPS
+from merge_rs.clip.tasks import EMOJI_GROUPS
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")

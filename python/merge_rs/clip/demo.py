@@ -10,22 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .api import merge
+from ..api import merge
+from ..learned.method import RunContext
+from ..learned.registry import LEARNED
+from ..methods import METHODS
 from .evaluate import Evaluator, format_table, prepare_tasks
-from .methods import METHODS
 from .pool import ModelPool, get_pool
 
-# Method → parameters (FusionBench's defaults, DARE with a fixed seed).
-DEMO_MERGES: dict[str, dict[str, Any]] = {
-    "simple_average": {},
-    "task_arithmetic": {"scaling_factor": 0.3},
-    "ties": {"scaling_factor": 0.3, "threshold": 20},
-    "dare": {"scaling_factor": 0.3, "drop_rate": 0.5, "seed": 0},
-    "dare_ties": {"scaling_factor": 0.3, "threshold": 20, "drop_rate": 0.5, "seed": 0},
-}
-# The learned methods (torch); AdaMerging runs fewer steps than its default 1000 to keep the demo short.
+# Every data-free method of the engine's table, with its defaults (FusionBench's; DARE's seed is 0).
+DEMO_MERGES: list[str] = [name for name, method in METHODS.items() if method.data_free]
+# AdaMerging runs fewer steps than its default 1000 to keep the demo short.
 DEMO_ADAMERGING_STEPS = 200
-LEARNED = ("adamerging_task_wise", "adamerging_layer_wise", "fisher_merging", "regmean")
 FINE_TUNED = "fine-tuned (individual)"
 PRETRAINED = "pretrained"
 
@@ -54,8 +49,8 @@ class DemoResult:
 def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device: str = "auto", threads: int = 0,
              learned: bool = True, adamerging_steps: int = DEMO_ADAMERGING_STEPS, progress: bool = True,
              log: Callable[[str], None] = lambda _: None) -> DemoResult:
-    """Merge ``pool`` with every method in ``DEMO_MERGES`` (and, with ``learned``, AdaMerging, Fisher merging and
-    RegMean) and evaluate pretrained, fine-tuned and merged models."""
+    """Merge ``pool`` with every method in ``DEMO_MERGES`` (and, with ``learned``, every learned method's demo
+    rows) and evaluate pretrained, fine-tuned and merged models."""
     from .models import load_vision_encoder
 
     started = time.perf_counter()
@@ -72,39 +67,33 @@ def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device:
 
     merge_seconds = {}
     with tempfile.TemporaryDirectory(prefix="merge-rs-demo-") as temp:
-        for method, params in DEMO_MERGES.items():
+        for method in DEMO_MERGES:
             out = Path(temp) / method
             report = merge(method, pool.model_paths(), out, threads=threads,
-                           pretrained=pool.pretrained_path() if METHODS[method].needs_pretrained else None, **params)
+                           pretrained=pool.pretrained_path() if METHODS[method].needs_pretrained else None)
             merge_seconds[method] = report.seconds
             log(f"merged with {method} in {report.seconds:.2f} s; evaluating")
             rows[method] = evaluator.evaluate(load_vision_encoder(out), name=method)
-        if learned:
-            for method in LEARNED:
-                out = Path(temp) / method
-                seconds = _learned_merge(method, pool, out, device, threads, adamerging_steps, log)
-                merge_seconds[method] = seconds
-                log(f"{method} took {seconds:.1f} s; evaluating")
-                rows[method] = evaluator.evaluate(load_vision_encoder(out), name=method)
+        context = RunContext(device=device, threads=threads, progress=False)
+        for row, (method, options) in (learned_rows(adamerging_steps).items() if learned else ()):
+            out = Path(temp) / row
+            seconds = method(pool, out, context, **options).seconds
+            merge_seconds[row] = seconds
+            log(f"{row} took {seconds:.1f} s; evaluating")
+            rows[row] = evaluator.evaluate(load_vision_encoder(out), name=row)
     log("evaluating the pretrained model")
     rows[PRETRAINED] = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()), name=PRETRAINED)
     return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started)
 
 
-def _learned_merge(method: str, pool: ModelPool, out: Path, device: str, threads: int, steps: int,
-                   log: Callable[[str], None]) -> float:
-    from .learned.adamerging import adamerging
-    from .learned.fisher import fisher_merging
-    from .learned.regmean import regmean
-
-    if method.startswith("adamerging"):
-        mode = "task" if method == "adamerging_task_wise" else "layer"
-        result = adamerging(pool, out, mode=mode, steps=steps, device=device, threads=threads, progress=False)
-    elif method == "fisher_merging":
-        result = fisher_merging(pool, out, device=device, threads=threads)
-    else:
-        result = regmean(pool, out, device=device)
-    return result.seconds
+def learned_rows(adamerging_steps: int = DEMO_ADAMERGING_STEPS) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Each learned method's demo rows: row name → (method, options)."""
+    rows = {}
+    for name, method in LEARNED.items():
+        for row, options in method.demo_rows.items():
+            steps = {"steps": adamerging_steps} if name == "adamerging" else {}
+            rows[row] = (method, {**options, **steps})
+    return rows
 
 
 def _individual(fine_tuned: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str, Any]:

@@ -1,0 +1,5 @@
+"""``python -m merge_rs.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,70 @@
+"""The ``merge-rs`` click group and what every command shares: one-line errors with a non-zero exit, JSON on
+stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, NoReturn, TypeVar
+
+import click
+
+from ..exceptions import MergeRsError
+
+T = TypeVar("T")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="merge-rs", prog_name="merge-rs")
+def main() -> None:
+    """Merge fine-tuned models (task vectors) from safetensors checkpoints, streaming, in bounded memory."""
+
+
+def fail(error: BaseException) -> NoReturn:
+    """Print ``error`` as one line and exit (130 for an interruption, 1 otherwise)."""
+    message = str(error) or type(error).__name__
+    click.echo(f"error: {message}", err=True)
+    sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
+
+
+def run(work: Callable[[], T]) -> T:
+    """``work()``, with merge-rs, OS and value errors turned into one-line failures."""
+    try:
+        return work()
+    except (MergeRsError, OSError, ValueError) as e:
+        fail(e)
+    except KeyboardInterrupt:
+        fail(KeyboardInterrupt("interrupted; no output was left behind"))
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def logger(quiet: bool) -> Callable[[str], None]:
+    """Log lines to stderr, or nothing with ``--quiet``."""
+    return (lambda _: None) if quiet else (lambda m: click.echo(m, err=True))
+
+
+def float_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    """A click callback reading comma-separated numbers."""
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, one per model, got '{value}'") from None
+
+
+def apply(command: Callable[..., Any], options: list[Callable[[Any], Any]]) -> Callable[..., Any]:
+    """Decorate ``command`` with ``options`` in the order given (the first appears first in ``--help``)."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress or log lines.")
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+THREADS = click.option("--threads", type=click.IntRange(min=0), default=0, help="Worker threads (0: one per core).")
+POOL = click.option("--pool", "pool_name", help="Model pool: a preset (zoo, clip-vit-base-patch32_TA8, ...) or a "
+                                                "JSON file.")

@@ -1,0 +1,38 @@
+"""``merge-rs demo``: every method on the offline zoo, evaluated on every task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .app import QUIET, THREADS, logger, main, run
+from .evaluation import save_report
+
+
+@main.command()
+@click.option("--pool", "pool_name", default="zoo", show_default=True, help="Model pool to merge and evaluate.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N test examples of each task.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N.")
+@THREADS
+@click.option("--learned/--no-learned", default=True, show_default=True,
+              help="Also run the learned methods (AdaMerging task- and layer-wise, Fisher merging, RegMean; torch).")
+@click.option("--adamerging-steps", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write every report as JSON.")
+@QUIET
+def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: bool, adamerging_steps: int,
+         report_path: Path | None, quiet: bool) -> None:
+    """Merge the offline model zoo with every method and evaluate all models on every task."""
+    from ..clip.demo import run_demo
+
+    log = logger(quiet)
+    log(f"merge-rs demo on the '{pool_name}' pool (models and data ship with merge-rs; nothing is downloaded)")
+    result = run(lambda: run_demo(pool_name, limit=limit, device=device, threads=threads, learned=learned,
+                                  adamerging_steps=adamerging_steps, progress=not quiet, log=log))
+    save_report(result.to_dict(), report_path)
+    click.echo("Accuracy (%) on each task's test set:")
+    click.echo(result.table())
+    click.echo("\nEach fine-tuned model on every task:")
+    click.echo(result.transfer_table())
+    merges = ", ".join(f"{m} {s:.2f} s" for m, s in result.merge_seconds.items())
+    click.echo(f"\nmerge times (learned methods: learning included): {merges}; total {result.seconds:.1f} s")

@@ -1,0 +1,82 @@
+"""What the commands that evaluate share: the evaluation options, running an evaluation (torch is imported
+only here, when it runs), and saving or printing FusionBench's report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+EVAL_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--task", "tasks", multiple=True, metavar="NAME[=DATASET]",
+                 help="Task to evaluate on, repeatable; DATASET is a hub id or local path (default: the pool's or "
+                      "the task's own). Default: every task of --pool."),
+    click.option("--split", default="test", show_default=True, help="Dataset split to evaluate on."),
+    click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N examples of each task."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="DataLoader worker processes for image preprocessing."),
+    click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON."),
+]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The evaluation options of one command."""
+
+    tasks: tuple[str, ...]
+    split: str
+    limit: int | None
+    batch_size: int
+    device: str
+    workers: int
+    report_path: Path | None
+
+    @classmethod
+    def pop(cls, options: dict[str, Any]) -> EvalSettings:
+        """Take the evaluation options out of a command's keyword arguments."""
+        return cls(tasks=options.pop("tasks"), split=options.pop("split"), limit=options.pop("limit"),
+                   batch_size=options.pop("batch_size"), device=options.pop("device"),
+                   workers=options.pop("workers"), report_path=options.pop("report_path"))
+
+
+def evaluate(model: Path, clip: Path, pool: Any, settings: EvalSettings, *, quiet: bool,
+             name: str | None = None) -> dict[str, Any]:
+    """Zero-shot evaluation of the vision encoder ``model`` with ``clip``'s text heads; FusionBench's report."""
+    from ..clip.evaluate import Evaluator, parse_task_option, prepare_tasks
+    from ..clip.models import load_vision_encoder
+
+    requests = [parse_task_option(t) for t in settings.tasks] or [(t, None) for t in (pool.tasks if pool else [])]
+    if not requests:
+        raise ValueError("nothing to evaluate on: give --task NAME[=DATASET] or --pool")
+    prepared = prepare_tasks(requests, pool, split=settings.split, limit=settings.limit)
+    evaluator = Evaluator(clip, prepared, device=settings.device, batch_size=settings.batch_size,
+                          workers=settings.workers, progress=not quiet)
+    return evaluator.evaluate(load_vision_encoder(model), name=name)
+
+
+def get_pool(name: str | None) -> Any:
+    """The model pool called ``name``, if one is named."""
+    if name is None:
+        return None
+    from ..clip.pool import get_pool as load
+
+    return load(name)
+
+
+def save_report(report: dict[str, Any] | None, path: Path | None) -> None:
+    if report is not None and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def show_report(report: dict[str, Any], title: str) -> None:
+    from ..clip.evaluate import format_table
+
+    tasks = [k for k in report if k not in ("model_info", "average")]
+    click.echo(title)
+    click.echo(format_table({"accuracy (%)": report, "loss": report}, tasks, metrics={"loss": "loss"}))

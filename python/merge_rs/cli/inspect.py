@@ -1,0 +1,74 @@
+"""``merge-rs info``, ``cos-sim`` and ``methods``: looking at checkpoints, task vectors and the method table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import api
+from ..methods import markdown_table
+from .app import AS_JSON, QUIET, THREADS, emit_json, main, run
+from .method_options import method_details
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def info(path: Path, show_tensors: bool, as_json: bool) -> None:
+    """Describe a checkpoint (directory, sharded directory or .safetensors file) from its headers."""
+    ckpt = run(lambda: api.inspect(path))
+    if as_json:
+        emit_json(ckpt.to_dict())
+        return
+    dtypes = ", ".join(f"{d}: {n:,}" for d, n in ckpt.dtypes.items())
+    click.echo(f"{ckpt.path}\n  layout      {ckpt.layout_description}\n  tensors     {ckpt.tensor_count}\n"
+               f"  parameters  {ckpt.parameters:,} ({dtypes})\n  bytes       {ckpt.bytes:,}\n"
+               f"  shards      {len(ckpt.shards)}")
+    for shard in ckpt.shards:
+        click.echo(f"    {Path(shard['path']).name}: {shard['tensors']} tensors, {shard['bytes']:,} bytes")
+    if ckpt.config:
+        click.echo(f"  config      {ckpt.config}")
+    if show_tensors:
+        for t in ckpt.tensors:
+            click.echo(f"  {t.name}  {t.dtype}  {list(t.shape)}")
+
+
+@main.command("cos-sim")
+@click.option("--pretrained", required=True, type=click.Path(path_type=Path), help="Pretrained model θ₀.")
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Fine-tuned model; repeat once per model.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the matrix as CSV.")
+@THREADS
+@QUIET
+@AS_JSON
+def cos_sim(pretrained: Path, models: tuple[Path, ...], csv_path: Path | None, threads: int, quiet: bool,
+            as_json: bool) -> None:
+    """Cosine similarity of the task vectors τᵢ = θᵢ − θ₀ (float64)."""
+    result = run(lambda: api.cosine_similarity(pretrained, models, threads=threads, progress=not quiet))
+    if csv_path:
+        csv_path.write_text(result.to_csv())
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    width = max(8, *(len(n) for n in result.names))
+    click.echo(" " * width + "".join(f"{n:>{width + 2}}" for n in result.names))
+    for name, row in zip(result.names, result.matrix):
+        click.echo(f"{name:<{width}}" + "".join(f"{v:>{width + 2}.4f}" for v in row))
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the method table as Markdown (the README's).")
+@AS_JSON
+def methods(markdown: bool, as_json: bool) -> None:
+    """The merge methods, their papers and their parameters with defaults."""
+    if as_json:
+        from .. import _core
+
+        emit_json(json.loads(_core.method_table_json()))
+    elif markdown:
+        click.echo(markdown_table(), nl=False)
+    else:
+        click.echo(method_details())

@@ -1,0 +1,74 @@
+"""``merge-rs merge``: its method parameters are generated from the engine's method table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import api
+from ..methods import METHODS
+from .app import AS_JSON, POOL, QUIET, THREADS, apply, emit_json, fail, main, run
+from .evaluation import EVAL_OPTIONS, EvalSettings, evaluate, get_pool, save_report, show_report
+from .method_options import method_list, parameter_options
+
+OPTIONS = [
+    click.argument("method", type=click.Choice(list(METHODS), case_sensitive=False)),
+    click.option("--pretrained", type=click.Path(path_type=Path),
+                 help="Pretrained model θ₀ (HF directory or .safetensors)."),
+    click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
+                 help="Fine-tuned model; repeat once per model, in task order."),
+    POOL,
+    click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (must not exist)."),
+    *parameter_options(),
+    click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+                 help="Output dtype (default: the inputs')."),
+    click.option("--max-shard-size", default=api.DEFAULT_MAX_SHARD_SIZE, show_default=True,
+                 help="Largest output shard."),
+    THREADS,
+    click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
+    click.option("--allow-nonfinite", is_flag=True, help="Merge despite NaN/Inf parameters (with a warning)."),
+    click.option("--eval", "run_eval", is_flag=True, help="Evaluate the merged model afterwards (zero-shot, needs "
+                                                          "--pool or a full CLIP --pretrained; see merge-rs eval)."),
+    *EVAL_OPTIONS,
+    QUIET,
+    AS_JSON,
+]
+
+
+def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_name: str | None, out: Path,
+          dtype: str | None, max_shard_size: str, threads: int, overwrite: bool, allow_nonfinite: bool,
+          run_eval: bool, quiet: bool, as_json: bool, **options: Any) -> None:
+    """Merge fine-tuned MODELs (or a --pool's) with METHOD into a new model directory."""
+    settings = EvalSettings.pop(options)
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    pool = run(lambda: get_pool(pool_name))
+    if pool is not None:
+        pretrained = pretrained or run(pool.pretrained_path)
+        models = models or tuple(run(pool.model_paths))
+    if not models:
+        fail(click.UsageError("give the fine-tuned models with --model (repeat it) or --pool"))
+    report = run(lambda: api.merge(
+        method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
+        overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet, **given))
+    if report.nonfinite_values and not quiet:
+        click.echo(f"warning: merged {report.nonfinite_values} non-finite input values", err=True)
+    evaluation = None
+    if run_eval:
+        if pretrained is None:
+            fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
+        clip = pretrained
+        evaluation = run(lambda: evaluate(out, clip, pool, settings, quiet=quiet, name=method))
+    save_report(evaluation, settings.report_path)
+    if as_json:
+        emit_json({**report.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
+        return
+    params = ", ".join(f"{k}={v}" for k, v in report.parameters.items())
+    click.echo(f"{report.method}({params}): {len(report.models)} models, {report.merged_tensors} tensors, "
+               f"{report.parameters_merged:,} parameters merged in {report.seconds:.2f} s → {report.output}")
+    if evaluation:
+        show_report(evaluation, method)
+
+
+main.command("merge", epilog=method_list())(apply(merge, OPTIONS))
