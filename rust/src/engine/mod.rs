@@ -4,88 +4,26 @@
 //! private rayon pool. Memory is bounded by threads × (inputs + 1) × chunk, whatever the size or number of
 //! the models. A merge pass then checks the chunk's output for NaN/Inf and writes it at its offset.
 
+mod job;
+mod read;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::count_nonfinite;
 use crate::error::{MergeError, Result};
 use crate::method::MethodStats;
 use crate::monitor::Monitor;
-use crate::plan::{FloatSource, Inputs, MergePlan, PlanTensor, TensorKind};
+use crate::plan::{Inputs, MergePlan, TensorKind};
 use crate::writer::Writer;
+pub(crate) use job::{Chunk, Job, PassSpec};
+use read::Scratch;
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
 pub(crate) const DEFAULT_CHUNK: usize = 1 << 16;
 /// Elements per kernel block: 4 Ki, so a block of every input fits in L2.
 pub(crate) const BLOCK: usize = 1 << 12;
-
-/// A piece of work: elements `[start, start + len)` of output tensor `tensor`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Job {
-    /// Index into the plan's tensors.
-    pub(crate) tensor: usize,
-    /// First element.
-    pub(crate) start: usize,
-    /// Number of elements.
-    pub(crate) len: usize,
-}
-
-/// One block as a kernel sees it. `models[i]` holds θᵢ (or, after [`Chunk::make_task_vectors`], τᵢ).
-pub(crate) struct Chunk<'a> {
-    /// The elements this block covers.
-    pub(crate) job: Job,
-    /// The output tensor.
-    pub(crate) tensor: &'a PlanTensor,
-    /// θ₀, when the pass reads the base model.
-    pub(crate) base: Option<&'a [f32]>,
-    /// One slice per fine-tuned model, `job.len` long.
-    pub(crate) models: &'a mut [&'a mut [f32]],
-    /// One slice per extra input (e.g. Fisher values), `job.len` long.
-    pub(crate) extra: &'a [&'a mut [f32]],
-    /// The output slice, `job.len` long.
-    pub(crate) out: &'a mut [f32],
-}
-
-impl Chunk<'_> {
-    /// Turn every `models[i]` into the task vector τᵢ = θᵢ − θ₀ in place (float32).
-    pub(crate) fn make_task_vectors(&mut self) -> Result<()> {
-        let base = self
-            .base
-            .ok_or_else(|| MergeError::Internal("task vectors need the pretrained model".into()))?;
-        for m in self.models.iter_mut() {
-            for (x, b) in m.iter_mut().zip(base) {
-                *x -= *b;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What a pass reads and does with its output.
-#[derive(Clone, Copy)]
-pub(crate) struct PassSpec<'a> {
-    /// Progress label.
-    pub(crate) phase: &'a str,
-    /// Read θ₀ too.
-    pub(crate) read_base: bool,
-    /// Write each chunk's output here (after checking it for NaN/Inf).
-    pub(crate) writer: Option<&'a Writer>,
-    /// Check the inputs for NaN/Inf (passes without output that must not read them silently).
-    pub(crate) check_inputs: bool,
-}
-
-#[derive(Default)]
-struct Scratch {
-    base: Vec<f32>,
-    models: Vec<Vec<f32>>,
-    extra: Vec<Vec<f32>>,
-    out: Vec<f32>,
-    raw: Vec<u8>,
-    encoded: Vec<u8>,
-}
 
 /// Runs passes over the merged tensors of a plan.
 pub(crate) struct Engine<'a> {
@@ -239,7 +177,6 @@ impl<'a> Engine<'a> {
         Ok((results, states))
     }
 
-    /// Stored bytes a job reads.
     fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
         let TensorKind::Merge {
             base, models, extra, ..
@@ -250,159 +187,6 @@ impl<'a> Engine<'a> {
         let base = base.iter().filter(|_| read_base);
         let sources = models.iter().chain(extra).chain(base);
         (sources.map(|s| s.ty.size()).sum::<usize>() * job.len) as u64
-    }
-
-    fn run_job<S, T: Default>(
-        &self,
-        spec: PassSpec<'_>,
-        job: &Job,
-        scratch: &mut Scratch,
-        state: &mut S,
-        kernel: &impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()>,
-    ) -> Result<T> {
-        let tensor = &self.plan.tensors[job.tensor];
-        let TensorKind::Merge {
-            base, models, extra, ..
-        } = &tensor.kind
-        else {
-            return Err(MergeError::Internal(format!("tensor '{}' is not merged", tensor.name)));
-        };
-        scratch.models.resize_with(models.len(), Vec::new);
-        for (i, (source, buf)) in models.iter().zip(scratch.models.iter_mut()).enumerate() {
-            self.read(&self.inputs.models[i], source, job, buf, &mut scratch.raw)?;
-        }
-        scratch.extra.resize_with(extra.len(), Vec::new);
-        for (i, (source, buf)) in extra.iter().zip(scratch.extra.iter_mut()).enumerate() {
-            self.read(&self.inputs.extra[i], source, job, buf, &mut scratch.raw)?;
-        }
-        let read_base = match (spec.read_base, base, &self.inputs.base) {
-            (true, Some(source), Some(ckpt)) => {
-                self.read(ckpt, source, job, &mut scratch.base, &mut scratch.raw)?;
-                true
-            }
-            (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
-            (false, _, _) => false,
-        };
-        if spec.check_inputs {
-            self.check_inputs(
-                tensor,
-                &scratch.models,
-                &scratch.extra,
-                read_base.then_some(scratch.base.as_slice()),
-            )?;
-        }
-        scratch.out.resize(job.len, 0.0);
-        let mut result = T::default();
-        let mut start = 0;
-        while start < job.len {
-            let range = start..(start + BLOCK).min(job.len);
-            let mut models: Vec<&mut [f32]> = scratch.models.iter_mut().map(|m| &mut m[range.clone()]).collect();
-            let extra: Vec<&mut [f32]> = scratch.extra.iter_mut().map(|m| &mut m[range.clone()]).collect();
-            let block = Chunk {
-                job: Job {
-                    tensor: job.tensor,
-                    start: job.start + range.start,
-                    len: range.len(),
-                },
-                tensor,
-                base: read_base.then(|| &scratch.base[range.clone()]),
-                models: &mut models,
-                extra: &extra,
-                out: &mut scratch.out[range.clone()],
-            };
-            kernel(state, &mut result, block)?;
-            start = range.end;
-        }
-        if let Some(writer) = spec.writer {
-            self.write(writer, tensor, job, scratch, read_base)?;
-        }
-        Ok(result)
-    }
-
-    fn read(
-        &self,
-        ckpt: &Checkpoint,
-        source: &FloatSource,
-        job: &Job,
-        buf: &mut Vec<f32>,
-        raw: &mut Vec<u8>,
-    ) -> Result<()> {
-        buf.resize(job.len, 0.0);
-        ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw)
-    }
-
-    /// Check the output for NaN/Inf (any non-finite input makes the output non-finite: an error naming the
-    /// input, or counted with `allow_nonfinite`), then encode and write it.
-    fn write(
-        &self,
-        writer: &Writer,
-        tensor: &PlanTensor,
-        job: &Job,
-        scratch: &mut Scratch,
-        read_base: bool,
-    ) -> Result<()> {
-        let bad = count_nonfinite(&scratch.out);
-        if bad > 0 {
-            if !self.allow_nonfinite {
-                let models = scratch.models_as_read(self, tensor, job)?;
-                self.check_inputs(
-                    tensor,
-                    &models,
-                    &scratch.extra,
-                    read_base.then_some(scratch.base.as_slice()),
-                )?;
-            }
-            self.nonfinite.fetch_add(bad, Ordering::Relaxed);
-        }
-        let TensorKind::Merge { out, .. } = &tensor.kind else {
-            return Ok(());
-        };
-        let offset = (job.start * out.size()) as u64;
-        if *out == crate::dtype::FloatType::F32 {
-            return writer.write_at(job.tensor, offset, bytemuck::cast_slice(&scratch.out));
-        }
-        out.encode(&scratch.out, &mut scratch.encoded);
-        writer.write_at(job.tensor, offset, &scratch.encoded)
-    }
-
-    /// Fail on the first input holding NaN/Inf, naming it (unless `allow_nonfinite`).
-    fn check_inputs(
-        &self,
-        tensor: &PlanTensor,
-        models: &[Vec<f32>],
-        extra: &[Vec<f32>],
-        base: Option<&[f32]>,
-    ) -> Result<()> {
-        if self.allow_nonfinite {
-            return Ok(());
-        }
-        let named = self.inputs.models.iter().zip(models.iter().map(Vec::as_slice));
-        let extra = self.inputs.extra.iter().zip(extra.iter().map(Vec::as_slice));
-        for (ckpt, values) in named.chain(extra).chain(self.inputs.base.iter().zip(base)) {
-            let count = count_nonfinite(values);
-            if count > 0 {
-                return Err(MergeError::NonFinite {
-                    model: ckpt.name.clone(),
-                    tensor: tensor.name.clone(),
-                    count,
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Scratch {
-    /// The models' values of `job` as stored (kernels may have overwritten the buffers): read again.
-    fn models_as_read(&mut self, engine: &Engine<'_>, tensor: &PlanTensor, job: &Job) -> Result<Vec<Vec<f32>>> {
-        let TensorKind::Merge { models, .. } = &tensor.kind else {
-            return Ok(Vec::new());
-        };
-        let mut fresh = vec![Vec::new(); models.len()];
-        for (i, (source, buf)) in models.iter().zip(fresh.iter_mut()).enumerate() {
-            engine.read(&engine.inputs.models[i], source, job, buf, &mut self.raw)?;
-        }
-        Ok(fresh)
     }
 }
 
@@ -428,6 +212,14 @@ mod tests {
         }
     }
 
+    /// A pass that reads the models (checking them) and writes nothing.
+    const READ_MODELS: PassSpec<'static> = PassSpec {
+        phase: "test",
+        read_base: false,
+        writer: None,
+        check_inputs: true,
+    };
+
     #[test]
     fn chunks_cover_every_element_once_whatever_the_chunk_and_thread_count() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -438,15 +230,9 @@ mod tests {
             let engine = Engine::new(&inputs, &plan, &monitor, threads, false)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .with_chunk(chunk);
-            let spec = PassSpec {
-                phase: "test",
-                read_base: false,
-                writer: None,
-                check_inputs: true,
-            };
             let (sums, _) = engine
                 .pass(
-                    spec,
+                    READ_MODELS,
                     &engine.all_jobs(),
                     || (),
                     |_, sum: &mut f64, c: Chunk<'_>| {
@@ -470,13 +256,7 @@ mod tests {
         let monitor = Monitor::default();
         monitor.cancel();
         let engine = Engine::new(&inputs, &plan, &monitor, 1, false).unwrap_or_else(|e| panic!("{e}"));
-        let spec = PassSpec {
-            phase: "test",
-            read_base: false,
-            writer: None,
-            check_inputs: false,
-        };
-        let result = engine.pass(spec, &engine.all_jobs(), || (), |_, _: &mut (), _| Ok(()));
+        let result = engine.pass(READ_MODELS, &engine.all_jobs(), || (), |_, _: &mut (), _| Ok(()));
         assert!(matches!(result, Err(MergeError::Cancelled)));
     }
 }
