@@ -158,8 +158,12 @@ def test_output_exists_unless_overwrite(tmp_path, models):
     result = cli("merge", *ta(pre, fts), "--out", tmp_path / "out", check=False)
     assert result.returncode == 1 and "already exists" in result.stderr and "--overwrite" in result.stderr
     assert (tmp_path / "out" / "keep.txt").exists()
-    cli("merge", *ta(pre, fts), "--out", tmp_path / "out", "--overwrite")
-    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out" / "keep.txt").exists()
+    result = cli("merge", *ta(pre, fts), "--out", tmp_path / "out", "--overwrite", check=False)
+    assert result.returncode == 1 and "no .merge-rs-output marker" in result.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x", "--overwrite never deletes what merge-rs did not write"
+    cli("merge", *ta(pre, fts), "--out", tmp_path / "merged")
+    cli("merge", *ta(pre, fts), "--out", tmp_path / "merged", "--overwrite")
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
 def test_output_equal_to_or_inside_an_input(tmp_path, models):

@@ -76,8 +76,20 @@ def test_an_exception_in_the_progress_callback_cancels_and_cleans_up(large_set, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_interruption_after_the_work_completed_keeps_the_complete_output(small_set, tmp_path):
+    pretrained, models = small_set
+
+    def late(phase, done, total):
+        if phase == "merge" and done == total:
+            raise KeyboardInterrupt
+
+    report = merge_rs.merge("task_arithmetic", models, tmp_path / "out", pretrained=pretrained, progress=late)
+    assert (tmp_path / "out" / "model.safetensors").is_file() and report.output == tmp_path / "out"
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_the_cli_and_leaves_nothing(large_set, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_signals_stop_the_cli_and_leave_nothing(large_set, tmp_path, signum, code):
     pretrained, models = large_set
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -90,10 +102,10 @@ def test_ctrl_c_stops_the_cli_and_leaves_nothing(large_set, tmp_path):
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.01)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert proc.returncode == code, stderr
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr
     assert list(tmp_path.iterdir()) == []
 
 

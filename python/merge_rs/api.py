@@ -48,6 +48,8 @@ def merge(
     overwrite: bool = False,
     allow_nonfinite: bool = False,
     progress: bool | ProgressCallback = False,
+    reads: Sequence[PathLike] = (),
+    extra_files: dict[str, str] | None = None,
     **parameters: Any,
 ) -> MergeReport:
     """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
@@ -56,22 +58,25 @@ def merge(
     FusionBench defaults and checks every value before reading anything), e.g.
     ``merge("ties", models, "out", pretrained=base, threshold=20, merge_func="sum")``. The work runs in Rust
     with the GIL released; ``progress=True`` shows a bar on a terminal, a callable receives
-    ``(phase, done_bytes, total_bytes)``.
+    ``(phase, done_bytes, total_bytes)``. ``reads`` names other files the caller read for this merge (a pool
+    file, datasets): the output must not overlap them. ``extra_files`` ({name: text}) are written into the
+    output beside the weights, in the same atomic step.
     """
     spec = get_method(method)
-    if threads < 0:
-        raise InvalidArgumentError(f"threads must be ≥ 0 (got {threads})")
+    _check_threads(threads)
     request = {
         "method": spec.name,
         "parameters": {name: _plain(value) for name, value in parameters.items() if value is not None},
-        "pretrained": os.fspath(pretrained) if pretrained is not None else None,
-        "models": [os.fspath(m) for m in models],
-        "out": os.fspath(out),
+        "pretrained": _path(pretrained) if pretrained is not None else None,
+        "models": [_path(m) for m in models],
+        "out": _path(out),
         "dtype": dtype,
         "max_shard_size": parse_size(max_shard_size),
         "threads": threads,
         "overwrite": overwrite,
         "allow_nonfinite": allow_nonfinite,
+        "reads": [_path(p) for p in reads],
+        "files": sorted((extra_files or {}).items()),
     }
     callback = progress_callback(progress)
     try:
@@ -82,11 +87,26 @@ def merge(
     return MergeReport.from_json(json.loads(report))
 
 
+def _check_threads(threads: int) -> None:
+    if threads < 0:
+        raise InvalidArgumentError(f"threads must be ≥ 0 (got {threads}; 0 uses one per core)")
+
+
+def _path(path: PathLike) -> str:
+    """A path for the engine's JSON request, which carries UTF-8 only."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{text!r}: merge-rs takes only paths that are valid UTF-8") from None
+    return text
+
+
 def _plain(value: Any) -> Any:
     """A parameter value as JSON for the engine, which checks it: paths as strings, sequences as lists, and
     non-finite floats (which JSON cannot carry) as their name, so that the engine's error names the parameter."""
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
+        return _path(value)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
@@ -96,7 +116,7 @@ def _plain(value: Any) -> Any:
 
 def inspect(path: PathLike) -> CheckpointInfo:
     """Describe the checkpoint at ``path`` (file or directory) from its headers."""
-    return CheckpointInfo.from_json(json.loads(_core.inspect(os.fspath(path))))
+    return CheckpointInfo.from_json(json.loads(_core.inspect(_path(path))))
 
 
 def cosine_similarity(
@@ -106,10 +126,12 @@ def cosine_similarity(
     threads: int = 0,
     progress: bool | ProgressCallback = False,
 ) -> CosineSimilarity:
-    """Pairwise cosine similarity of the task vectors τᵢ = θᵢ − θ₀, accumulated in float64."""
+    """Pairwise cosine similarity of the task vectors τᵢ = θᵢ − θ₀, accumulated in float64 (``None`` where a
+    task vector is zero: its direction, and so the similarity, is undefined)."""
+    _check_threads(threads)
     callback = progress_callback(progress)
     try:
-        data = _core.cosine_similarity(os.fspath(pretrained), [os.fspath(m) for m in models], threads, callback)
+        data = _core.cosine_similarity(_path(pretrained), [_path(m) for m in models], threads, callback)
     finally:
         if isinstance(callback, ProgressBar):
             callback.close()

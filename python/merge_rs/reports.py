@@ -41,7 +41,8 @@ class MergeReport:
     merged_tensors: int
     copied_tensors: int
     parameters_merged: int
-    nonfinite_values: int
+    nonfinite_inputs: int
+    nonfinite_outputs: int
     output: Path
     output_files: list[Path]
     output_bytes: int
@@ -120,7 +121,7 @@ class CosineSimilarity:
 
     names: list[str]
     paths: list[Path]
-    matrix: list[list[float]]
+    matrix: list[list[float | None]]
     norms: list[float]
     parameters: int
     seconds: float
@@ -131,12 +132,12 @@ class CosineSimilarity:
         return _build(cls, data, paths=[Path(p) for p in data["paths"]])
 
     def to_csv(self) -> str:
-        """The matrix as CSV with model names on both axes (FusionBench's layout)."""
+        """The matrix as CSV with model names on both axes (FusionBench's layout; ``nan`` where undefined)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["", *self.names])
         for name, row in zip(self.names, self.matrix):
-            writer.writerow([name, *(repr(float(v)) for v in row)])
+            writer.writerow([name, *("nan" if v is None else repr(float(v)) for v in row)])
         return out.getvalue()
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,6 +70,8 @@ fn merges(c: &mut Criterion) {
             overwrite: true,
             allow_nonfinite: false,
             chunk: 0,
+            reads: Vec::new(),
+            files: Vec::new(),
         };
         g.bench_function(name, |b| {
             b.iter(|| merge(&request, &Monitor::default()).expect("merge"))

@@ -20,7 +20,7 @@ pub struct CosineReport {
     /// Model paths, in order.
     pub paths: Vec<PathBuf>,
     /// cos(τᵢ, τⱼ).
-    pub matrix: Vec<Vec<f64>>,
+    pub matrix: Vec<Vec<Option<f64>>>,
     /// ‖τᵢ‖₂.
     pub norms: Vec<f64>,
     /// Parameters compared.
@@ -50,6 +50,17 @@ pub fn cosine_similarity(
     };
     let plan = MergePlan::build(&inputs, true, None)?;
     let engine = Engine::new(&inputs, &plan, monitor, threads, false)?;
+    let undefined = |e: MergeError| match e {
+        MergeError::NonFinite {
+            model, tensor, count, ..
+        } => MergeError::NonFinite {
+            model,
+            tensor,
+            count,
+            remedy: ", so the cosine similarity is undefined",
+        },
+        e => e,
+    };
     let n = models.len();
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (a..n).map(move |b| (a, b))).collect();
     let jobs = engine.all_jobs();
@@ -57,21 +68,22 @@ pub fn cosine_similarity(
         phase: "cosine similarity",
         read_base: true,
         writer: None,
-        check_inputs: true,
     };
-    let (partials, _) = engine.pass(
-        spec,
-        &jobs,
-        || (),
-        |_, sums: &mut Vec<f64>, mut chunk| {
-            chunk.make_task_vectors()?;
-            sums.resize(pairs.len(), 0.0);
-            for (sum, &(a, b)) in sums.iter_mut().zip(&pairs) {
-                *sum += dot(chunk.models[a], chunk.models[b]);
-            }
-            Ok(())
-        },
-    )?;
+    let (partials, _) = engine
+        .pass(
+            spec,
+            &jobs,
+            || (),
+            |_, sums: &mut Vec<f64>, mut chunk| {
+                chunk.make_task_vectors()?;
+                sums.resize(pairs.len(), 0.0);
+                for (sum, &(a, b)) in sums.iter_mut().zip(&pairs) {
+                    *sum += dot(chunk.models[a], chunk.models[b]);
+                }
+                Ok(())
+            },
+        )
+        .map_err(undefined)?;
     let mut gram = vec![vec![0.0f64; n]; n];
     for partial in &partials {
         for (&(a, b), v) in pairs.iter().zip(partial) {
@@ -79,10 +91,14 @@ pub fn cosine_similarity(
         }
     }
     let norms: Vec<f64> = (0..n).map(|i| gram[i][i].sqrt()).collect();
+    // A zero task vector has no direction: its similarities are undefined (null), not 0.
     let matrix = (0..n)
         .map(|a| {
             (0..n)
-                .map(|b| gram[a.min(b)][a.max(b)] / (norms[a] * norms[b]).max(1e-8))
+                .map(|b| {
+                    let defined = norms[a] > 0.0 && norms[b] > 0.0;
+                    defined.then(|| gram[a.min(b)][a.max(b)] / (norms[a] * norms[b]).max(1e-8))
+                })
                 .collect()
         })
         .collect();

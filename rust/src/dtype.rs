@@ -153,6 +153,25 @@ pub(crate) fn storage_of(dtype: Dtype) -> Option<Storage> {
     })
 }
 
+impl FloatType {
+    /// Count the non-finite values in `raw`, encoded in this dtype (exponent bits all ones).
+    pub(crate) fn count_nonfinite_encoded(self, raw: &[u8]) -> u64 {
+        let halves = |mask: u16| -> u64 {
+            raw.chunks_exact(2)
+                .map(|b| u64::from(u16::from_le_bytes([b[0], b[1]]) & mask == mask))
+                .sum()
+        };
+        match self {
+            FloatType::F32 => raw
+                .chunks_exact(4)
+                .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000))
+                .sum(),
+            FloatType::F16 => halves(0x7c00),
+            FloatType::BF16 => halves(0x7f80),
+        }
+    }
+}
+
 /// Count the non-finite values (NaN, ±Inf) in `values`.
 pub(crate) fn count_nonfinite(values: &[f32]) -> u64 {
     values
@@ -164,6 +183,16 @@ pub(crate) fn count_nonfinite(values: &[f32]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overflow_in_the_output_dtype_counts_as_nonfinite() {
+        let values = [1.0f32, 70_000.0, -1e39f64 as f32, 3.0e38];
+        for (ty, want) in [(FloatType::F32, 1), (FloatType::F16, 3), (FloatType::BF16, 1)] {
+            let mut raw = Vec::new();
+            ty.encode(&values, &mut raw);
+            assert_eq!(ty.count_nonfinite_encoded(&raw), want, "{}", ty.name());
+        }
+    }
 
     fn roundtrip(ty: FloatType, values: &[f32]) -> Vec<f32> {
         let mut raw = Vec::new();

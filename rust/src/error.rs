@@ -56,9 +56,7 @@ pub enum MergeError {
     #[error("{0}")]
     InvalidArgument(String),
     /// A parameter contains NaN or infinity.
-    #[error(
-        "{model}: tensor '{tensor}' contains {count} non-finite value(s) (NaN or Inf); pass allow_nonfinite / --allow-nonfinite to merge anyway"
-    )]
+    #[error("{model}: tensor '{tensor}' contains {count} non-finite value(s) (NaN or Inf){remedy}")]
     NonFinite {
         /// The model holding the tensor.
         model: String,
@@ -66,6 +64,20 @@ pub enum MergeError {
         tensor: String,
         /// How many non-finite values the chunk that failed held.
         count: u64,
+        /// What the user can do about it (starts with "; "), or nothing.
+        remedy: &'static str,
+    },
+    /// A merged tensor came out non-finite from finite inputs (an overflow, also in the output dtype, or 0/0).
+    #[error(
+        "the merged tensor '{tensor}' has {count} non-finite value(s) as {dtype} although the inputs are finite (an overflow or a division by zero in the method); check the parameters, or pass allow_nonfinite / --allow-nonfinite to write it anyway"
+    )]
+    NonFiniteOutput {
+        /// The tensor name.
+        tensor: String,
+        /// How many values of the chunk that failed are non-finite.
+        count: u64,
+        /// The output dtype.
+        dtype: &'static str,
     },
     /// The output path exists already.
     #[error("{}: output already exists (pass overwrite / --overwrite to replace it)", path.display())]
@@ -88,6 +100,9 @@ pub enum MergeError {
     #[error("internal error (a bug in merge-rs, please report it): {0}")]
     Internal(String),
 }
+
+/// The remedy a merge offers for non-finite inputs.
+pub(crate) const ALLOW_NONFINITE: &str = "; pass allow_nonfinite / --allow-nonfinite to merge anyway";
 
 impl MergeError {
     /// An I/O error on `path`, turning "not found" into [`MergeError::NotFound`].
@@ -135,6 +150,7 @@ mod tests {
             model: "m".into(),
             tensor: "w".into(),
             count: 2,
+            remedy: ALLOW_NONFINITE,
         };
         assert!(err.to_string().contains("'w'"));
     }

@@ -19,6 +19,7 @@ mod merge;
 mod method;
 mod methods;
 mod monitor;
+mod output;
 mod plan;
 mod rng;
 mod synthetic;

@@ -12,6 +12,7 @@ use crate::engine::Engine;
 use crate::error::{MergeError, Result};
 use crate::method::{Method, MethodStats};
 use crate::monitor::Monitor;
+use crate::output::OutputDir;
 use crate::plan::{Inputs, MergePlan, TensorKind};
 use crate::writer::{OutTensor, Writer};
 
@@ -47,8 +48,12 @@ pub struct MergeRequest {
     pub overwrite: bool,
     /// Merge despite NaN/Inf parameters.
     pub allow_nonfinite: bool,
-    /// Elements per chunk (0: [`crate::engine::DEFAULT_CHUNK`]); results do not depend on it.
+    /// Elements per chunk (0: the default); results do not depend on it.
     pub chunk: usize,
+    /// Other paths the caller read for this merge (a pool file, datasets): the output must not overlap them.
+    pub reads: Vec<PathBuf>,
+    /// Small files to put into the output beside the weights (name, contents).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// One input in a report.
@@ -82,7 +87,9 @@ pub struct MergeReport {
     /// Parameters merged.
     pub parameters_merged: u64,
     /// Non-finite input values merged with `allow_nonfinite`.
-    pub nonfinite_values: u64,
+    pub nonfinite_inputs: u64,
+    /// Non-finite values written with `allow_nonfinite` (as stored in the output dtype).
+    pub nonfinite_outputs: u64,
     /// Output directory.
     pub output: PathBuf,
     /// Weight files written.
@@ -120,7 +127,14 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         models: open_all(&request.models)?,
         extra: open_all(&method.extra_inputs())?,
     };
-    check_output_path(&request.out, &inputs)?;
+    let read: Vec<PathBuf> = inputs
+        .all()
+        .flat_map(|c| std::iter::once(c.path.clone()).chain(c.shards.iter().map(|s| s.path.clone())))
+        .chain(method.input_paths())
+        .chain(request.reads.iter().cloned())
+        .collect();
+    check_file_names(&request.files)?;
+    let output = OutputDir::prepare(&request.out, &read, request.overwrite)?;
     let plan = MergePlan::build(&inputs, needs_base, request.dtype)?;
     method.validate_plan(&plan)?;
     let out_tensors: Vec<OutTensor> = plan
@@ -142,13 +156,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
             format!("merge-rs {}", env!("CARGO_PKG_VERSION")),
         ),
     ];
-    let writer = Writer::create(
-        &request.out,
-        &out_tensors,
-        &metadata,
-        request.max_shard_size,
-        request.overwrite,
-    )?;
+    let writer = Writer::create(output, &out_tensors, &metadata, request.max_shard_size)?;
     let mut engine = Engine::new(&inputs, &plan, monitor, request.threads, request.allow_nonfinite)?;
     if request.chunk > 0 {
         engine = engine.with_chunk(request.chunk);
@@ -156,7 +164,10 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let stats = method.run(&engine, &writer)?;
     copy_raw_tensors(&inputs, &plan, &writer, monitor)?;
     copy_companions(&inputs.models[0], &writer, request.dtype)?;
-    let nonfinite = engine.nonfinite_seen();
+    for (name, contents) in &request.files {
+        writer.add_file(name, contents)?;
+    }
+    let (nonfinite_inputs, nonfinite_outputs) = engine.nonfinite_counts();
     let threads = engine.threads();
     drop(engine);
     let output_files = writer.finish()?;
@@ -174,7 +185,8 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         merged_tensors: plan.merged_tensors(),
         copied_tensors: plan.tensors.len() - plan.merged_tensors(),
         parameters_merged: plan.merged_params(),
-        nonfinite_values: nonfinite,
+        nonfinite_inputs,
+        nonfinite_outputs,
         output: request.out.clone(),
         output_files,
         output_bytes: out_tensors.iter().map(|t| t.nbytes).sum(),
@@ -184,38 +196,16 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     })
 }
 
-/// The output must not be an input, inside an input's directory, or contain an input.
-fn check_output_path(out: &Path, inputs: &Inputs) -> Result<()> {
-    let out_abs = absolute(out);
-    for ckpt in inputs.all() {
-        let input = absolute(&ckpt.path);
-        let is_dir = ckpt.path.is_dir();
-        let clash = out_abs == input || input.starts_with(&out_abs) || (is_dir && out_abs.starts_with(&input));
-        let shard_clash = ckpt.shards.iter().any(|s| absolute(&s.path).starts_with(&out_abs));
-        if clash || shard_clash {
-            return Err(MergeError::OutputIsInput {
-                path: out.to_path_buf(),
-                input: ckpt.path.clone(),
-            });
+/// Extra output files must be plain names that do not replace what the merge writes.
+fn check_file_names(files: &[(String, Vec<u8>)]) -> Result<()> {
+    for (name, _) in files {
+        let plain = Path::new(name).file_name().is_some_and(|n| n == name.as_str()) && !name.starts_with('.');
+        let taken = name.ends_with(".safetensors") || name.ends_with(".index.json") || name == "config.json";
+        if !plain || taken {
+            return Err(MergeError::arg(format!("'{name}' cannot be added to the output")));
         }
     }
     Ok(())
-}
-
-/// A canonical absolute path, also for paths that do not exist yet (their parent is canonicalised).
-fn absolute(path: &Path) -> PathBuf {
-    if let Ok(p) = path.canonicalize() {
-        return p;
-    }
-    match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => absolute(if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        })
-        .join(name),
-        _ => path.to_path_buf(),
-    }
 }
 
 /// Copy the integer buffers byte for byte.

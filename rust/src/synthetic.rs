@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::dtype::FloatType;
 use crate::error::{MergeError, Result};
+use crate::output::OutputDir;
 use crate::rng;
 use crate::writer::{OutTensor, Writer};
 
@@ -40,6 +41,7 @@ pub struct SyntheticSpec {
 /// Write `pretrained/` and `model_01/ …` under `dir`; returns their paths (pretrained first).
 pub fn write_model_set(dir: &Path, spec: &SyntheticSpec) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| MergeError::io(dir, e))?;
+    crate::engine::check_threads(spec.threads)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(spec.threads)
         .build()
@@ -74,7 +76,8 @@ fn write_model(path: &Path, spec: &SyntheticSpec, model: usize, config: Option<&
             nbytes: (shape.iter().product::<usize>() * spec.dtype.size()) as u64,
         })
         .collect();
-    let writer = Writer::create(path, &out, &[("format".into(), "pt".into())], spec.max_shard_size, true)?;
+    let output = OutputDir::prepare(path, &[], true)?;
+    let writer = Writer::create(output, &out, &[("format".into(), "pt".into())], spec.max_shard_size)?;
     const CHUNK: usize = 1 << 18;
     let jobs: Vec<(usize, usize, usize)> = spec
         .tensors

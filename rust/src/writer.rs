@@ -1,6 +1,7 @@
-//! Writing the output: a temporary sibling directory, each shard's header first (all offsets are known from
-//! the plan), chunks placed at their offsets with positional writes from any thread, then an index for
-//! sharded outputs, config files, and an atomic rename. Dropped before `finish`, it removes everything.
+//! Writing the output: into an [`OutputDir`]'s temporary directory, each shard's header first (all offsets
+//! are known from the plan), chunks placed at their offsets with positional writes from any thread, then an
+//! index for sharded outputs, config files, and the atomic move into place. Dropped before `finish`, it
+//! removes everything.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{INDEX_FILE, SINGLE_FILE};
 use crate::error::{MergeError, Result};
+use crate::output::OutputDir;
 
 /// One output tensor's header entry.
 #[derive(Debug, Clone)]
@@ -29,47 +31,29 @@ struct OutShard {
 
 /// An output directory being written.
 pub(crate) struct Writer {
-    target: PathBuf,
-    temp: PathBuf,
+    output: OutputDir,
     shards: Vec<OutShard>,
     /// Per tensor: (shard, absolute offset of its data).
     places: Vec<(usize, u64)>,
     weight_map: Vec<(String, usize)>,
     total_size: u64,
-    finished: bool,
 }
 
 impl Writer {
-    /// Create the temporary output (and any missing parent directories) for `tensors`, split into shards of at most `max_shard_size` bytes
-    /// (a larger tensor gets a shard of its own). `target` must not exist unless `overwrite`.
+    /// Lay out `tensors` in `output`, split into shards of at most `max_shard_size` bytes (a larger tensor
+    /// gets a shard of its own).
     pub(crate) fn create(
-        target: &Path,
+        output: OutputDir,
         tensors: &[OutTensor],
         metadata: &[(String, String)],
         max_shard_size: u64,
-        overwrite: bool,
     ) -> Result<Writer> {
-        if target.exists() && !overwrite {
-            return Err(MergeError::OutputExists {
-                path: target.to_path_buf(),
-            });
-        }
-        if target.is_file() {
-            return Err(MergeError::arg(format!(
-                "{}: the output must be a directory, and this is a file",
-                target.display()
-            )));
-        }
-        let temp = temp_sibling(target)?;
-        std::fs::create_dir(&temp).map_err(|e| MergeError::io(&temp, e))?;
         let mut writer = Writer {
-            target: target.to_path_buf(),
-            temp,
+            output,
             shards: Vec::new(),
             places: Vec::with_capacity(tensors.len()),
             weight_map: Vec::new(),
             total_size: tensors.iter().map(|t| t.nbytes).sum(),
-            finished: false,
         };
         let groups = split_into_shards(tensors, max_shard_size);
         let count = groups.len();
@@ -91,14 +75,13 @@ impl Writer {
         group: &[usize],
         metadata: &[(String, String)],
     ) -> Result<()> {
-        let path = self.temp.join(name);
+        let path = self.output.temp().join(name);
         let (header, offsets) = header_bytes(tensors, group, metadata)?;
         let data_start = header.len() as u64;
         let data_len: u64 = group.iter().map(|&t| tensors[t].nbytes).sum();
-        let file = File::create(&path).map_err(|e| MergeError::io(&path, e))?;
-        file.set_len(data_start + data_len)
-            .map_err(|e| MergeError::io(&path, e))?;
-        file.write_all_at(&header, 0).map_err(|e| MergeError::io(&path, e))?;
+        let file = File::create(&path).map_err(|e| self.output.error(e))?;
+        file.set_len(data_start + data_len).map_err(|e| self.output.error(e))?;
+        file.write_all_at(&header, 0).map_err(|e| self.output.error(e))?;
         let shard = self.shards.len();
         self.places.resize(tensors.len(), (0, 0));
         for (&t, offset) in group.iter().zip(offsets) {
@@ -116,13 +99,12 @@ impl Writer {
         shard
             .file
             .write_all_at(bytes, start + offset)
-            .map_err(|e| MergeError::io(&shard.path, e))
+            .map_err(|e| self.output.error(e))
     }
 
     /// Put a file into the output (e.g. `config.json`).
     pub(crate) fn add_file(&self, name: &str, contents: &[u8]) -> Result<()> {
-        let path = self.temp.join(name);
-        std::fs::write(&path, contents).map_err(|e| MergeError::io(&path, e))
+        std::fs::write(self.output.temp().join(name), contents).map_err(|e| self.output.error(e))
     }
 
     /// Write the index for sharded outputs and move the directory into place (no fsync: like torch and
@@ -136,22 +118,14 @@ impl Writer {
                 .map(|(t, s)| (t.clone(), names[*s].clone().into()))
                 .collect();
             let index = serde_json::json!({"metadata": {"total_size": self.total_size}, "weight_map": weight_map});
-            let text = serde_json::to_string_pretty(&index).map_err(|e| MergeError::arg(e.to_string()))?;
+            let text = serde_json::to_string_pretty(&index).map_err(|e| MergeError::Internal(e.to_string()))?;
             self.add_file(INDEX_FILE, text.as_bytes())?;
         }
         let names: Vec<String> = self.shards.iter().map(|s| file_name(&s.path)).collect();
         self.shards.clear();
-        replace_dir(&self.temp, &self.target)?;
-        self.finished = true;
-        Ok(names.iter().map(|n| self.target.join(n)).collect())
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = std::fs::remove_dir_all(&self.temp);
-        }
+        let target = self.output.target().to_path_buf();
+        self.output.commit()?;
+        Ok(names.iter().map(|n| target.join(n)).collect())
     }
 }
 
@@ -159,40 +133,6 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// `.<name>.merge-rs-<pid>-<nanos>` beside `target`.
-fn temp_sibling(target: &Path) -> Result<PathBuf> {
-    let name = target
-        .file_name()
-        .ok_or_else(|| MergeError::arg(format!("{}: not a usable output path", target.display())))?;
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| MergeError::io(&parent, e))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    Ok(parent.join(format!(
-        ".{}.merge-rs-{}-{nanos}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
-/// Move `temp` to `target`, replacing an existing `target` directory only once `temp` is complete.
-fn replace_dir(temp: &Path, target: &Path) -> Result<()> {
-    if !target.exists() {
-        return std::fs::rename(temp, target).map_err(|e| MergeError::io(target, e));
-    }
-    let old = PathBuf::from(format!("{}.old", temp.display()));
-    std::fs::rename(target, &old).map_err(|e| MergeError::io(target, e))?;
-    if let Err(e) = std::fs::rename(temp, target) {
-        let _ = std::fs::rename(&old, target);
-        return Err(MergeError::io(target, e));
-    }
-    std::fs::remove_dir_all(&old).map_err(|e| MergeError::io(&old, e))
 }
 
 /// Group tensor indices (in order) into shards of at most `max` bytes.
@@ -223,7 +163,7 @@ fn header_bytes(tensors: &[OutTensor], group: &[usize], metadata: &[(String, Str
     let mut offset = 0u64;
     for &t in group {
         let t = &tensors[t];
-        let dtype = serde_json::to_value(t.dtype).map_err(|e| MergeError::arg(e.to_string()))?;
+        let dtype = serde_json::to_value(t.dtype).map_err(|e| MergeError::Internal(e.to_string()))?;
         map.insert(
             t.name.clone(),
             serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.nbytes]}),
@@ -231,7 +171,7 @@ fn header_bytes(tensors: &[OutTensor], group: &[usize], metadata: &[(String, Str
         offsets.push(offset);
         offset += t.nbytes;
     }
-    let mut json = serde_json::to_vec(&map).map_err(|e| MergeError::arg(e.to_string()))?;
+    let mut json = serde_json::to_vec(&map).map_err(|e| MergeError::Internal(e.to_string()))?;
     while (json.len() + 8) % 8 != 0 {
         json.push(b' ');
     }
@@ -244,6 +184,10 @@ fn header_bytes(tensors: &[OutTensor], group: &[usize], metadata: &[(String, Str
 mod tests {
     use super::*;
     use crate::checkpoint::Checkpoint;
+
+    fn create(out: &Path, tensors: &[OutTensor], metadata: &[(String, String)], max: u64) -> Result<Writer> {
+        Writer::create(OutputDir::prepare(out, &[], false)?, tensors, metadata, max)
+    }
 
     fn t(name: &str, n: usize) -> OutTensor {
         OutTensor {
@@ -259,8 +203,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let out = dir.path().join("out");
         let tensors = [t("a", 3), t("b", 2), t("c", 4)];
-        let w = Writer::create(&out, &tensors, &[("format".into(), "pt".into())], 16, false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let w = create(&out, &tensors, &[("format".into(), "pt".into())], 16).unwrap_or_else(|e| panic!("{e}"));
         for (i, tensor) in tensors.iter().enumerate() {
             let vals: Vec<f32> = (0..tensor.shape[0]).map(|j| (10 * i + j) as f32).collect();
             w.write_at(i, 0, bytemuck::cast_slice(&vals))
@@ -283,18 +226,8 @@ mod tests {
     fn dropping_unfinished_output_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let out = dir.path().join("out");
-        drop(Writer::create(&out, &[t("a", 1)], &[], u64::MAX, false).unwrap_or_else(|e| panic!("{e}")));
+        drop(create(&out, &[t("a", 1)], &[], u64::MAX).unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(1), 0);
-    }
-
-    #[test]
-    fn existing_output_needs_overwrite() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let err = Writer::create(dir.path(), &[t("a", 1)], &[], u64::MAX, false).err();
-        assert!(matches!(err, Some(MergeError::OutputExists { .. })));
-        let w = Writer::create(dir.path(), &[t("a", 1)], &[], u64::MAX, true).unwrap_or_else(|e| panic!("{e}"));
-        w.finish().unwrap_or_else(|e| panic!("{e}"));
-        assert!(dir.path().join(SINGLE_FILE).is_file());
     }
 
     #[test]

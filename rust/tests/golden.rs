@@ -68,6 +68,8 @@ fn run(case: &str, method: &str, params: &Map<String, Value>, threads: usize, ch
         overwrite: false,
         allow_nonfinite: false,
         chunk,
+        reads: Vec::new(),
+        files: Vec::new(),
     };
     merge(&request, &Monitor::default()).unwrap_or_else(|e| panic!("{case}: {e}"));
     let got = read_all(&request.out.join("model.safetensors"));

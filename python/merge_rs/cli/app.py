@@ -4,6 +4,7 @@ stdout, logs on stderr."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any, Callable, NoReturn, TypeVar
 
@@ -14,17 +15,33 @@ from ..exceptions import MergeRsError
 T = TypeVar("T")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: the work stops and removes what it had not finished."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="merge-rs", prog_name="merge-rs")
 def main() -> None:
     """Merge fine-tuned models (task vectors) from safetensors checkpoints, streaming, in bounded memory."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
 
 
 def fail(error: BaseException) -> NoReturn:
-    """Print ``error`` as one line and exit (130 for an interruption, 1 otherwise)."""
+    """Print ``error`` as one line and exit (128 + the signal for an interruption, 1 otherwise)."""
     message = str(error) or type(error).__name__
     click.echo(f"error: {message}", err=True)
-    sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
+    if isinstance(error, KeyboardInterrupt):
+        sys.exit(128 + getattr(error, "signum", signal.SIGINT))
+    sys.exit(1)
 
 
 def run(work: Callable[[], T]) -> T:
@@ -33,8 +50,11 @@ def run(work: Callable[[], T]) -> T:
         return work()
     except (MergeRsError, OSError, ValueError) as e:
         fail(e)
-    except KeyboardInterrupt:
-        fail(KeyboardInterrupt("interrupted; no output was left behind"))
+    except KeyboardInterrupt as e:
+        interrupt = Terminated(e.signum) if isinstance(e, Terminated) else KeyboardInterrupt()
+        name = str(interrupt) or "SIGINT"
+        interrupt.args = (f"interrupted by {name}; nothing unfinished was left behind",)
+        fail(interrupt)
 
 
 def emit_json(data: Any) -> None:

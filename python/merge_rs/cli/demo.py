@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .app import QUIET, THREADS, logger, main, run
-from .evaluation import save_report
+from .evaluation import check_report, get_pool, save_report
 
 
 @main.command()
@@ -25,11 +25,13 @@ def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: 
     """Merge the offline model zoo with every method and evaluate all models on every task."""
     from ..clip.demo import run_demo
 
+    pool = run(lambda: get_pool(pool_name))
+    check_report(report_path, pool.input_paths())
     log = logger(quiet)
     log(f"merge-rs demo on the '{pool_name}' pool (models and data ship with merge-rs; nothing is downloaded)")
-    result = run(lambda: run_demo(pool_name, limit=limit, device=device, threads=threads, learned=learned,
+    result = run(lambda: run_demo(pool, limit=limit, device=device, threads=threads, learned=learned,
                                   adamerging_steps=adamerging_steps, progress=not quiet, log=log))
-    save_report(result.to_dict(), report_path)
+    save_report(result.to_dict(), report_path, pool.input_paths())
     click.echo("Accuracy (%) on each task's test set:")
     click.echo(result.table())
     click.echo("\nEach fine-tuned model on every task:")

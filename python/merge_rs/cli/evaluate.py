@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import AS_JSON, POOL, QUIET, apply, emit_json, main, run
-from .evaluation import EVAL_OPTIONS, EvalSettings, evaluate, get_pool, save_report, show_report
+from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
 
 
 def eval_command(model: str, pool_name: str | None, clip_ref: str | None, quiet: bool, as_json: bool,
@@ -25,10 +25,13 @@ def eval_command(model: str, pool_name: str | None, clip_ref: str | None, quiet:
             raise ValueError("give --pool or --clip: zero-shot heads need the pretrained CLIP's text tower")
         clip = resolve_model(clip_ref) if clip_ref else pool.pretrained_path()
         path = _pool_member(pool, model) or resolve_model(model)
+        inputs.extend([path, clip, *(pool.input_paths() if pool else [])])
+        check_report(settings.report_path, inputs)
         return evaluate(path, clip, pool, settings, quiet=quiet, name=model)
 
+    inputs: list[Path] = []
     report = run(work)
-    save_report(report, settings.report_path)
+    save_report(report, settings.report_path, inputs)
     if as_json:
         emit_json(report)
     else:

@@ -3,12 +3,14 @@ only here, when it runs), and saving or printing FusionBench's report."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import click
+
+from .app import run
 
 EVAL_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--task", "tasks", multiple=True, metavar="NAME[=DATASET]",
@@ -68,10 +70,20 @@ def get_pool(name: str | None) -> Any:
     return load(name)
 
 
-def save_report(report: dict[str, Any] | None, path: Path | None) -> None:
+def check_report(path: Path | None, inputs: Iterable[Any]) -> None:
+    """Before any work: the report must not be (or be inside) one of ``inputs``."""
+    if path is not None:
+        from .. import _core
+
+        run(lambda: _core.check_not_input(str(path), [str(p) for p in inputs]))
+
+
+def save_report(report: dict[str, Any] | None, path: Path | None, inputs: Iterable[Any] = ()) -> None:
+    """Write the report to ``path``, if both are given (never over one of ``inputs``)."""
     if report is not None and path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        from ..output import write_report
+
+        run(lambda: write_report(path, report, inputs))
 
 
 def show_report(report: dict[str, Any], title: str) -> None:

@@ -33,7 +33,12 @@ def info(path: Path, show_tensors: bool, as_json: bool) -> None:
         click.echo(f"  config      {ckpt.config}")
     if show_tensors:
         for t in ckpt.tensors:
-            click.echo(f"  {t.name}  {t.dtype}  {list(t.shape)}")
+            click.echo(f"  {printable(t.name)}  {t.dtype}  {list(t.shape)}")
+
+
+def printable(name: str) -> str:
+    """A tensor name with control characters (newlines...) escaped, so that one tensor stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 @main.command("cos-sim")
@@ -53,10 +58,13 @@ def cos_sim(pretrained: Path, models: tuple[Path, ...], csv_path: Path | None, t
     if as_json:
         emit_json(result.to_dict())
         return
-    width = max(8, *(len(n) for n in result.names))
+    width = max(9, *(len(n) for n in result.names))
+    cell = lambda v: f"{'undefined' if v is None else f'{v:.4f}':>{width + 2}}"  # noqa: E731
     click.echo(" " * width + "".join(f"{n:>{width + 2}}" for n in result.names))
     for name, row in zip(result.names, result.matrix):
-        click.echo(f"{name:<{width}}" + "".join(f"{v:>{width + 2}.4f}" for v in row))
+        click.echo(f"{name:<{width}}" + "".join(map(cell, row)))
+    if any(v is None for row in result.matrix for v in row):
+        click.echo("undefined: a task vector is zero (the model equals the pretrained one), so it has no direction")
 
 
 @main.command()

@@ -10,7 +10,7 @@ import click
 from ..learned.method import LearnedMethod, Option, RunContext
 from ..learned.registry import LEARNED
 from .app import AS_JSON, QUIET, THREADS, apply, emit_json, float_list, logger, main, run
-from .evaluation import EVAL_OPTIONS, EvalSettings, evaluate, get_pool, save_report, show_report
+from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
 
 COMMON = [
     click.option("--pool", "pool_name", required=True,
@@ -44,6 +44,8 @@ def _command(method: LearnedMethod) -> click.Command:
                 threads: int = 0, **options: Any) -> None:
         settings = EvalSettings.pop(options)
         pool = run(lambda: get_pool(pool_name))
+        inputs = [*pool.input_paths(), out]
+        check_report(settings.report_path, inputs)
         context = RunContext(device=settings.device, threads=threads, overwrite=overwrite, progress=not quiet,
                              log=logger(quiet))
         result = run(lambda: method(pool, out, context, **options))
@@ -51,7 +53,7 @@ def _command(method: LearnedMethod) -> click.Command:
         if run_eval:
             evaluation = run(lambda: evaluate(result.output, pool.pretrained_path(), pool, settings, quiet=quiet,
                                               name=result.method))
-        save_report(evaluation, settings.report_path)
+        save_report(evaluation, settings.report_path, inputs)
         if as_json:
             emit_json({**result.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
             return

@@ -10,7 +10,7 @@ import click
 from .. import api
 from ..methods import METHODS
 from .app import AS_JSON, POOL, QUIET, THREADS, apply, emit_json, fail, main, run
-from .evaluation import EVAL_OPTIONS, EvalSettings, evaluate, get_pool, save_report, show_report
+from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
 from .method_options import method_list, parameter_options
 
 OPTIONS = [
@@ -49,18 +49,22 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         models = models or tuple(run(pool.model_paths))
     if not models:
         fail(click.UsageError("give the fine-tuned models with --model (repeat it) or --pool"))
+    reads = pool.input_paths() if pool is not None else []
+    report_inputs = [*models, *([pretrained] if pretrained else []), *reads, out]
+    check_report(settings.report_path, report_inputs)
     report = run(lambda: api.merge(
         method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
-        overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet, **given))
-    if report.nonfinite_values and not quiet:
-        click.echo(f"warning: merged {report.nonfinite_values} non-finite input values", err=True)
+        overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet, reads=reads, **given))
+    if (report.nonfinite_inputs or report.nonfinite_outputs) and not quiet:
+        click.echo(f"warning: {report.nonfinite_inputs} non-finite input values merged, "
+                   f"{report.nonfinite_outputs} non-finite values written", err=True)
     evaluation = None
     if run_eval:
         if pretrained is None:
             fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
         clip = pretrained
         evaluation = run(lambda: evaluate(out, clip, pool, settings, quiet=quiet, name=method))
-    save_report(evaluation, settings.report_path)
+    save_report(evaluation, settings.report_path, report_inputs)
     if as_json:
         emit_json({**report.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
         return

@@ -36,6 +36,7 @@ class ModelPool:
     models: dict[str, str]
     datasets: dict[str, str] = field(default_factory=dict)
     base: Path | None = None
+    source: Path | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -55,6 +56,16 @@ class ModelPool:
 
     def model_paths(self) -> list[Path]:
         return [self.model_path(t) for t in self.models]
+
+    def input_paths(self) -> list[Path]:
+        """Every local path the pool reads (its file, or its zoo directory; models, datasets): outputs must not
+        overlap them."""
+        paths = [self.source] if self.source is not None else [self.base] if self.base else []
+        for reference in (self.pretrained, *self.models.values(), *self.datasets.values()):
+            local = (self.base / reference) if self.base and not Path(reference).is_absolute() else Path(reference)
+            if local.exists():
+                paths.append(local)
+        return paths
 
     def dataset_source(self, task: str) -> str:
         """Where the task's data comes from: the pool's own, else the task's hub dataset."""
@@ -139,7 +150,7 @@ def _pool_from_file(path: Path) -> ModelPool:
     try:
         spec: dict[str, Any] = json.loads(path.read_text())
         return ModelPool(spec.get("name", path.stem), spec["pretrained"], dict(spec["models"]),
-                         dict(spec.get("datasets", {})), path.parent)
+                         dict(spec.get("datasets", {})), path.parent, source=path)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a pool file ({type(e).__name__}: {e}); it needs 'pretrained' and "
                          f"'models': {{task: model}}") from None

@@ -11,6 +11,7 @@ memory of float32; the final merge is exact, in float32, by the Rust engine from
 from __future__ import annotations
 
 import csv
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from ..api import merge
 from ..clip.evaluate import Evaluator, prepare_tasks
 from ..clip.pool import ModelPool
+from ..output import check_output
 from .batches import endless_batches
 from .memory import peak_cuda_mb, peak_rss_mb
 from .method import LearnedMethod, Option
@@ -49,6 +51,7 @@ def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} (got '{mode}')")
     started = time.perf_counter()
+    check_output(out, pool.input_paths(), overwrite)
     torch.manual_seed(seed)
     tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="test")
     evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)
@@ -70,10 +73,9 @@ def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 
         settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "init": init, "clamp": clamp, "seed": seed}
         save_weights(weights_path, pool.tasks, vectors.names, final, "adamerging", {"settings": settings})
         coefficients = {"coefficients": final.tolist()} if mode == "task" else {"coefficients_file": weights_path}
+        files = {"merging_weights.json": weights_path.read_text(), "loss.csv": _losses_csv(losses)}
         merge("task_arithmetic", pool.model_paths(), out, pretrained=pool.pretrained_path(), threads=threads,
-              overwrite=overwrite, **coefficients)
-        (out / "merging_weights.json").write_text(weights_path.read_text())
-    _write_losses(out / "loss.csv", losses)
+              overwrite=overwrite, reads=pool.input_paths(), extra_files=files, **coefficients)
     return LearnedMerge(f"adamerging_{mode}_wise", out, list(pool.tasks), time.perf_counter() - started,
                         peak_rss_mb(), peak_cuda_mb(evaluator.device), losses,
                         {"weights": str(out / "merging_weights.json"), "losses": str(out / "loss.csv")},
@@ -118,11 +120,12 @@ def _learn(vectors: TaskVectors, evaluator: Evaluator, tasks, lam, *, steps: int
     return losses
 
 
-def _write_losses(path: Path, losses: list[float]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "entropy_loss"])
-        writer.writerows(enumerate(losses))
+def _losses_csv(losses: list[float]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["step", "entropy_loss"])
+    writer.writerows(enumerate(losses))
+    return text.getvalue()
 
 
 METHOD = LearnedMethod(

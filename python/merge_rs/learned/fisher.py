@@ -11,6 +11,7 @@ to the norms as FusionBench does). The Fisher tensors are written as safetensors
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from ..api import merge
 from ..clip.evaluate import Evaluator, TaskData, prepare_tasks
 from ..clip.pool import ModelPool
+from ..output import atomic_output, check_output
 from .batches import first_examples
 from .memory import peak_cuda_mb, peak_rss_mb
 from .method import LearnedMethod, Option
@@ -69,11 +71,12 @@ def fisher_merging(pool: ModelPool, out: Path, *, examples: int = 256, batch_siz
     from safetensors.torch import save_file
 
     started = time.perf_counter()
+    check_output(out, pool.input_paths(), overwrite)
     tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="train", limit=examples)
     evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)
-    with tempfile.TemporaryDirectory(prefix="merge-rs-fisher-") as temp:
-        directory = Path(fisher_dir) if fisher_dir else Path(temp)
-        directory.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        directory = (stack.enter_context(atomic_output(fisher_dir, pool.input_paths(), overwrite)) if fisher_dir
+                     else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="merge-rs-fisher-"))))
         files, norms = [], []
         for item in tasks:
             vision = pool.load_vision(item.task.name).to(evaluator.device)
@@ -86,10 +89,10 @@ def fisher_merging(pool: ModelPool, out: Path, *, examples: int = 256, batch_siz
             del vision, fisher
         weights = model_coefficients(norms, scaling, normalize, epsilon)
         report = merge("fisher_merging", pool.model_paths(), out, fisher=files, weights=weights, epsilon=epsilon,
-                       threads=threads, overwrite=overwrite)
+                       threads=threads, overwrite=overwrite, reads=pool.input_paths())
     return LearnedMerge("fisher_merging", out, list(pool.tasks), time.perf_counter() - started, peak_rss_mb(),
                         peak_cuda_mb(evaluator.device),
-                        files={"fisher": str(directory)} if fisher_dir else {},
+                        files={"fisher": str(fisher_dir)} if fisher_dir else {},
                         details={"examples": examples, "batch_size": batch_size, "normalize": normalize,
                                  "epsilon": epsilon, "fisher_norms": norms, "model_coefficients": weights,
                                  "merge_seconds": report.seconds})

@@ -9,8 +9,6 @@ memory does not grow with the number of models. The solve runs in float64.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +16,7 @@ from typing import Any, Callable
 from ..clip.evaluate import Evaluator, TaskData, prepare_tasks
 from ..clip.pool import ModelPool
 from .batches import first_examples
+from ..output import atomic_output
 from .memory import peak_cuda_mb, peak_rss_mb
 from .method import LearnedMethod, Option
 from .result import LearnedMerge
@@ -60,13 +59,25 @@ def reduce_off_diagonal(gram: Any, alpha: float) -> Any:
 def regmean(pool: ModelPool, out: Path, *, examples: int = 256, batch_size: int = 32, alpha: float = 0.95,
             device: str = "auto", overwrite: bool = False, log: Callable[[str], None] = lambda _: None
             ) -> LearnedMerge:
-    """Merge the pool's models with RegMean into ``out`` (a ``CLIPVisionModel`` directory)."""
+    """Merge the pool's models with RegMean into ``out`` (a ``CLIPVisionModel`` directory, written atomically
+    after the engine's output checks, which run before any work)."""
+    started = time.perf_counter()
+    with atomic_output(out, pool.input_paths(), overwrite) as temp:
+        tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="train", limit=examples)
+        evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)
+        model, layers = _solve(pool, tasks, evaluator, batch_size, alpha, log)
+        model.save_pretrained(temp)
+    return LearnedMerge("regmean", out, list(pool.tasks), time.perf_counter() - started, peak_rss_mb(),
+                        peak_cuda_mb(evaluator.device),
+                        details={"examples": examples, "batch_size": batch_size, "alpha": alpha,
+                                 "linear_layers": layers})
+
+
+def _solve(pool: ModelPool, tasks: list[TaskData], evaluator: Evaluator, batch_size: int, alpha: float,
+           log: Callable[[str], None]) -> tuple[Any, int]:
+    """The merged vision model: each linear layer solved from the summed Gram matrices, the rest averaged."""
     import torch
 
-    started = time.perf_counter()
-    _check_output(out, overwrite)
-    tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="train", limit=examples)
-    evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)
     gram_sum: dict[str, Any] = {}
     gram_weight_sum: dict[str, Any] = {}
     param_sum: dict[str, Any] = {}
@@ -90,31 +101,7 @@ def regmean(pool: ModelPool, out: Path, *, examples: int = 256, batch_size: int 
     for module in gram_sum:
         merged[f"{module}.weight"] = torch.linalg.solve(gram_sum[module], gram_weight_sum[module]).T
     skeleton.load_state_dict({n: t.float().contiguous() for n, t in merged.items()}, strict=False)
-    _save(skeleton, out, overwrite)
-    return LearnedMerge("regmean", out, list(pool.tasks), time.perf_counter() - started, peak_rss_mb(),
-                        peak_cuda_mb(evaluator.device),
-                        details={"examples": examples, "batch_size": batch_size, "alpha": alpha,
-                                 "linear_layers": len(gram_sum)})
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output {out} already exists (use --overwrite to replace it)")
-
-
-def _save(model: Any, out: Path, overwrite: bool) -> None:
-    """Write into a sibling temporary directory, then move it into place: no partial output on failure."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.parent / f".{out.name}.merge-rs-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    try:
-        model.save_pretrained(temp)
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-        temp.rename(out)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    return skeleton, len(gram_sum)
 
 
 METHOD = LearnedMethod(

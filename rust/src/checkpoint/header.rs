@@ -42,6 +42,7 @@ pub(crate) struct FileHeader {
 
 /// Read and validate the header of the safetensors file at `path`.
 pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
+    super::regular_file(path)?;
     let file = File::open(path).map_err(|e| MergeError::io(path, e))?;
     let len = file.metadata().map_err(|e| MergeError::io(path, e))?.len();
     if len < 8 {
@@ -53,6 +54,7 @@ pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
     // SAFETY: the map is read-only and dropped before this function returns. A concurrent truncation of the
     // file by another process could fault; safetensors readers share that assumption.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| MergeError::io(path, e))?;
+    check_tensor_count(path, &map)?;
     let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| describe(path, e, len))?;
     let data_start = 8 + header_len as u64;
     let mut tensors: Vec<StoredTensor> = metadata
@@ -73,6 +75,28 @@ pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
         tensors,
         metadata: meta,
     })
+}
+
+/// Most tensors one file may declare: far beyond real checkpoints (thousands), and small enough that the
+/// parsed header stays proportionate to the file.
+const MAX_TENSORS: usize = 200_000;
+
+/// Count the header's tensor entries before parsing it (each has one `"data_offsets"` key).
+fn check_tensor_count(path: &Path, file: &[u8]) -> Result<()> {
+    let header_len = file
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, |b: [u8; 8]| u64::from_le_bytes(b)) as usize;
+    let header = file.get(8..8usize.saturating_add(header_len)).unwrap_or_default();
+    let key = b"\"data_offsets\"";
+    let entries = header.windows(key.len()).filter(|w| *w == key).count();
+    if entries > MAX_TENSORS {
+        return Err(MergeError::invalid(
+            path,
+            format!("the header declares {entries} tensors; merge-rs reads at most {MAX_TENSORS} per file"),
+        ));
+    }
+    Ok(())
 }
 
 fn describe(path: &Path, err: SafeTensorError, len: u64) -> MergeError {

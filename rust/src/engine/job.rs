@@ -54,8 +54,6 @@ pub(crate) struct PassSpec<'a> {
     pub(crate) phase: &'a str,
     /// Read θ₀ too.
     pub(crate) read_base: bool,
-    /// Write each chunk's output here (after checking it for NaN/Inf).
+    /// Write each chunk's output here (after checking it for NaN/Inf). Inputs are always checked.
     pub(crate) writer: Option<&'a Writer>,
-    /// Check the inputs for NaN/Inf (passes without output that must not read them silently).
-    pub(crate) check_inputs: bool,
 }

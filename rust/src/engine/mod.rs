@@ -22,6 +22,25 @@ use read::Scratch;
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
 pub(crate) const DEFAULT_CHUNK: usize = 1 << 16;
+/// Worker threads allowed per core: more only thrash (10⁷ threads would hang the machine).
+const THREADS_PER_CORE: usize = 8;
+
+/// The most worker threads a request may ask for.
+pub(crate) fn max_threads() -> usize {
+    THREADS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `threads` must be at most [`max_threads`].
+pub(crate) fn check_threads(threads: usize) -> Result<()> {
+    let max = max_threads();
+    if threads > max {
+        return Err(MergeError::arg(format!(
+            "--threads {threads} is more than {THREADS_PER_CORE} per core ({max} here); 0 uses one per core"
+        )));
+    }
+    Ok(())
+}
+
 /// Elements per kernel block: 4 Ki, so a block of every input fits in L2.
 pub(crate) const BLOCK: usize = 1 << 12;
 
@@ -36,11 +55,12 @@ pub(crate) struct Engine<'a> {
     pool: rayon::ThreadPool,
     chunk: usize,
     allow_nonfinite: bool,
-    nonfinite: AtomicU64,
+    nonfinite_inputs: AtomicU64,
+    nonfinite_outputs: AtomicU64,
 }
 
 impl<'a> Engine<'a> {
-    /// An engine on `threads` threads (0: one per core).
+    /// An engine on `threads` threads (0: one per core; at most [`max_threads`]).
     pub(crate) fn new(
         inputs: &'a Inputs,
         plan: &'a MergePlan,
@@ -48,6 +68,7 @@ impl<'a> Engine<'a> {
         threads: usize,
         allow_nonfinite: bool,
     ) -> Result<Self> {
+        check_threads(threads)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("merge-rs-{i}"))
@@ -60,7 +81,8 @@ impl<'a> Engine<'a> {
             pool,
             chunk: DEFAULT_CHUNK,
             allow_nonfinite,
-            nonfinite: AtomicU64::new(0),
+            nonfinite_inputs: AtomicU64::new(0),
+            nonfinite_outputs: AtomicU64::new(0),
         })
     }
 
@@ -75,10 +97,19 @@ impl<'a> Engine<'a> {
         self.pool.current_num_threads()
     }
 
-    /// NaN/Inf values written by the last merge pass (inputs holding them are an error unless
-    /// `allow_nonfinite`; finite inputs can still overflow).
-    pub(crate) fn nonfinite_seen(&self) -> u64 {
-        self.nonfinite.load(Ordering::Relaxed)
+    /// NaN/Inf values (inputs read by the merge passes, outputs as stored) seen so far; either is an error
+    /// unless `allow_nonfinite`.
+    pub(crate) fn nonfinite_counts(&self) -> (u64, u64) {
+        (
+            self.nonfinite_inputs.load(Ordering::Relaxed),
+            self.nonfinite_outputs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Forget the counts before a method writes its whole output again.
+    pub(crate) fn restart_counts(&self) {
+        self.nonfinite_inputs.store(0, Ordering::Relaxed);
+        self.nonfinite_outputs.store(0, Ordering::Relaxed);
     }
 
     /// Chunked jobs covering the merged tensors among `tensors`.
@@ -116,7 +147,6 @@ impl<'a> Engine<'a> {
             phase: "merge",
             read_base,
             writer: Some(writer),
-            check_inputs: false,
         };
         self.pass(
             spec,
@@ -143,9 +173,6 @@ impl<'a> Engine<'a> {
     {
         let total: u64 = jobs.iter().map(|j| self.job_bytes(j, spec.read_base)).sum();
         self.monitor.start_phase(spec.phase, total);
-        if spec.writer.is_some() {
-            self.nonfinite.store(0, Ordering::Relaxed);
-        }
         let slots: Vec<Mutex<(Scratch, S)>> = (0..self.threads())
             .map(|_| Mutex::new((Scratch::default(), init())))
             .collect();
@@ -212,12 +239,11 @@ mod tests {
         }
     }
 
-    /// A pass that reads the models (checking them) and writes nothing.
+    /// A pass that reads the models and writes nothing.
     const READ_MODELS: PassSpec<'static> = PassSpec {
         phase: "test",
         read_base: false,
         writer: None,
-        check_inputs: true,
     };
 
     #[test]

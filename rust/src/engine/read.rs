@@ -1,10 +1,11 @@
-//! Running one job: read its chunk of every input into per-thread buffers, run the kernel block by block,
-//! check the output for NaN/Inf (naming the input that holds them) and write it at its offset.
+//! Running one job: read its chunk of every input into per-thread buffers and check them for NaN/Inf (every
+//! pass, whatever the kernel then does with them), run the kernel block by block, then check the output as it
+//! will be stored (an overflow to ±Inf in float16 counts) and write it at its offset.
 
 use super::{BLOCK, Chunk, Engine, Job, PassSpec};
 use crate::checkpoint::Checkpoint;
-use crate::dtype::count_nonfinite;
-use crate::error::{MergeError, Result};
+use crate::dtype::{FloatType, count_nonfinite};
+use crate::error::{ALLOW_NONFINITE, MergeError, Result};
 use crate::plan::{FloatSource, PlanTensor, TensorKind};
 use crate::writer::Writer;
 use std::sync::atomic::Ordering;
@@ -52,13 +53,14 @@ impl Engine<'_> {
             (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
             (false, _, _) => false,
         };
-        if spec.check_inputs {
-            self.check_inputs(
-                tensor,
-                &scratch.models,
-                &scratch.extra,
-                read_base.then_some(scratch.base.as_slice()),
-            )?;
+        let bad_inputs = self.check_inputs(
+            tensor,
+            &scratch.models,
+            &scratch.extra,
+            read_base.then_some(scratch.base.as_slice()),
+        )?;
+        if spec.writer.is_some() {
+            self.nonfinite_inputs.fetch_add(bad_inputs, Ordering::Relaxed);
         }
         scratch.out.resize(job.len, 0.0);
         let mut result = T::default();
@@ -83,7 +85,7 @@ impl Engine<'_> {
             start = range.end;
         }
         if let Some(writer) = spec.writer {
-            self.write(writer, tensor, job, scratch, read_base)?;
+            self.write(writer, tensor, job, scratch)?;
         }
         Ok(result)
     }
@@ -100,77 +102,56 @@ impl Engine<'_> {
         ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw)
     }
 
-    /// Check the output for NaN/Inf (any non-finite input makes the output non-finite: an error naming the
-    /// input, or counted with `allow_nonfinite`), then encode and write it.
-    fn write(
-        &self,
-        writer: &Writer,
-        tensor: &PlanTensor,
-        job: &Job,
-        scratch: &mut Scratch,
-        read_base: bool,
-    ) -> Result<()> {
-        let bad = count_nonfinite(&scratch.out);
-        if bad > 0 {
-            if !self.allow_nonfinite {
-                let models = scratch.models_as_read(self, tensor, job)?;
-                self.check_inputs(
-                    tensor,
-                    &models,
-                    &scratch.extra,
-                    read_base.then_some(scratch.base.as_slice()),
-                )?;
-            }
-            self.nonfinite.fetch_add(bad, Ordering::Relaxed);
-        }
+    /// Encode the output, count its non-finite values as stored (an error unless `allow_nonfinite`: the
+    /// inputs were finite, so the method overflowed or divided 0 by 0), and write it.
+    fn write(&self, writer: &Writer, tensor: &PlanTensor, job: &Job, scratch: &mut Scratch) -> Result<()> {
         let TensorKind::Merge { out, .. } = &tensor.kind else {
             return Ok(());
         };
         let offset = (job.start * out.size()) as u64;
-        if *out == crate::dtype::FloatType::F32 {
-            return writer.write_at(job.tensor, offset, bytemuck::cast_slice(&scratch.out));
+        let (bad, bytes): (u64, &[u8]) = if *out == FloatType::F32 {
+            (count_nonfinite(&scratch.out), bytemuck::cast_slice(&scratch.out))
+        } else {
+            out.encode(&scratch.out, &mut scratch.encoded);
+            (out.count_nonfinite_encoded(&scratch.encoded), &scratch.encoded)
+        };
+        if bad > 0 {
+            if !self.allow_nonfinite {
+                return Err(MergeError::NonFiniteOutput {
+                    tensor: tensor.name.clone(),
+                    count: bad,
+                    dtype: out.name(),
+                });
+            }
+            self.nonfinite_outputs.fetch_add(bad, Ordering::Relaxed);
         }
-        out.encode(&scratch.out, &mut scratch.encoded);
-        writer.write_at(job.tensor, offset, &scratch.encoded)
+        writer.write_at(job.tensor, offset, bytes)
     }
 
-    /// Fail on the first input holding NaN/Inf, naming it (unless `allow_nonfinite`).
+    /// The number of NaN/Inf input values; an error naming the first input holding one unless
+    /// `allow_nonfinite`.
     fn check_inputs(
         &self,
         tensor: &PlanTensor,
         models: &[Vec<f32>],
         extra: &[Vec<f32>],
         base: Option<&[f32]>,
-    ) -> Result<()> {
-        if self.allow_nonfinite {
-            return Ok(());
-        }
+    ) -> Result<u64> {
         let named = self.inputs.models.iter().zip(models.iter().map(Vec::as_slice));
         let extra = self.inputs.extra.iter().zip(extra.iter().map(Vec::as_slice));
+        let mut total = 0;
         for (ckpt, values) in named.chain(extra).chain(self.inputs.base.iter().zip(base)) {
             let count = count_nonfinite(values);
-            if count > 0 {
+            if count > 0 && !self.allow_nonfinite {
                 return Err(MergeError::NonFinite {
                     model: ckpt.name.clone(),
                     tensor: tensor.name.clone(),
                     count,
+                    remedy: ALLOW_NONFINITE,
                 });
             }
+            total += count;
         }
-        Ok(())
-    }
-}
-
-impl Scratch {
-    /// The models' values of `job` as stored (kernels may have overwritten the buffers): read again.
-    fn models_as_read(&mut self, engine: &Engine<'_>, tensor: &PlanTensor, job: &Job) -> Result<Vec<Vec<f32>>> {
-        let TensorKind::Merge { models, .. } = &tensor.kind else {
-            return Ok(Vec::new());
-        };
-        let mut fresh = vec![Vec::new(); models.len()];
-        for (i, (source, buf)) in models.iter().zip(fresh.iter_mut()).enumerate() {
-            engine.read(&engine.inputs.models[i], source, job, buf, &mut self.raw)?;
-        }
-        Ok(fresh)
+        Ok(total)
     }
 }

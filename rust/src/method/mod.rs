@@ -127,6 +127,21 @@ impl Method {
             .unwrap_or_default()
     }
 
+    /// Every file the parameters name (read by the method; an output must not overlap them).
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let paths = self
+            .def
+            .params
+            .iter()
+            .filter(|p| matches!(p.kind, ParamKind::Path | ParamKind::PathList));
+        paths
+            .flat_map(|p| {
+                let one = self.params.path(p.name).into_iter();
+                one.chain(self.params.paths(p.name).unwrap_or_default())
+            })
+            .collect()
+    }
+
     /// Check the request's shape against the declaration and the parameters, before anything is read.
     pub(crate) fn validate(&self, models: usize) -> Result<()> {
         let def = self.def;

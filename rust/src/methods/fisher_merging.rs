@@ -81,6 +81,9 @@ impl MergeMethod for FisherOptions {
         if self.weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
             return Err(MergeError::arg("fisher_merging: weights must be finite and ≥ 0"));
         }
+        if self.weights.iter().all(|w| *w == 0.0) {
+            return Err(MergeError::arg("fisher_merging: the weights are all 0"));
+        }
         Ok(())
     }
 

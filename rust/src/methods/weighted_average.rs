@@ -82,9 +82,20 @@ fn validate_weights(weights: &[f64], normalize: bool, models: usize) -> Result<(
             weights.len()
         )));
     }
-    if normalize && weights.iter().sum::<f64>() == 0.0 {
+    let total: f64 = weights.iter().sum();
+    if !total.is_finite() {
+        return Err(MergeError::arg(
+            "weighted_average: the weights' sum overflows; scale them down",
+        ));
+    }
+    if normalize && total == 0.0 {
         return Err(MergeError::arg(
             "weighted_average: the weights sum to 0 and cannot be normalised",
+        ));
+    }
+    if effective_weights(weights, normalize).iter().any(|w| !w.is_finite()) {
+        return Err(MergeError::arg(
+            "weighted_average: a weight is too large for float32 arithmetic; normalise or scale them down",
         ));
     }
     Ok(())
@@ -101,5 +112,7 @@ mod tests {
         assert!(validate_weights(&[1.0], true, 2).is_err());
         assert!(validate_weights(&[1.0, -1.0], true, 2).is_err());
         assert!(validate_weights(&[1.0, -1.0], false, 2).is_ok());
+        assert!(validate_weights(&[1e308, 1e308], true, 2).is_err(), "the sum overflows");
+        assert!(validate_weights(&[1e300, 1.0], false, 2).is_err(), "not a float32");
     }
 }

@@ -41,12 +41,14 @@ pub(crate) fn run_detached<T: Send>(
             }
         }
         let joined = handle.join();
-        if let Some(e) = interrupted {
+        // An interruption that came after the work completed changes nothing: the output is in place.
+        if let (Some(e), false) = (interrupted, matches!(joined, Ok(Ok(_)))) {
             return Err(e);
         }
         match joined {
             Ok(Ok(value)) => {
-                report(progress, monitor)?;
+                // The work is done and its output in place: a failing last progress report changes nothing.
+                let _ = report(progress, monitor);
                 Ok(value)
             }
             Ok(Err(e)) => Err(to_py(py, e)),

@@ -120,7 +120,7 @@ impl Classes {
             MergeError::InvalidCheckpoint { .. } | MergeError::UnsupportedDtype { .. } => &self.checkpoint,
             MergeError::Incompatible { .. } => &self.incompatible,
             MergeError::InvalidArgument(_) => &self.invalid_argument,
-            MergeError::NonFinite { .. } => &self.nonfinite,
+            MergeError::NonFinite { .. } | MergeError::NonFiniteOutput { .. } => &self.nonfinite,
             MergeError::OutputExists { .. } => &self.output_exists,
             MergeError::OutputIsInput { .. } => &self.output_is_input,
             MergeError::Cancelled => &self.cancelled,

@@ -5,6 +5,7 @@
 
 mod detach;
 mod errors;
+mod output;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,12 @@ struct RequestJson {
     overwrite: bool,
     #[serde(default)]
     allow_nonfinite: bool,
+    /// Other paths the caller read for this merge (the output must not overlap them).
+    #[serde(default)]
+    reads: Vec<PathBuf>,
+    /// Small text files to put into the output beside the weights.
+    #[serde(default)]
+    files: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +93,12 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
             overwrite: r.overwrite,
             allow_nonfinite: r.allow_nonfinite,
             chunk: 0,
+            reads: r.reads,
+            files: r
+                .files
+                .into_iter()
+                .map(|(name, text)| (name, text.into_bytes()))
+                .collect(),
         })
     };
     let request = build().map_err(|e| errors::to_py(py, e))?;
@@ -104,8 +117,9 @@ fn method_table_json(py: Python<'_>) -> PyResult<String> {
 /// Describe a checkpoint from its headers; returns JSON.
 #[pyfunction]
 fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    py.detach(|| crate::info::inspect(&path).and_then(|r| to_json(&r)))
-        .map_err(|e| errors::to_py(py, e))
+    run_detached(py, &Monitor::default(), None, || {
+        crate::info::inspect(&path).and_then(|r| to_json(&r))
+    })
 }
 
 /// Cosine similarity of the task vectors; returns JSON.
@@ -157,6 +171,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cosine_similarity, m)?)?;
     m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
     m.add_function(wrap_pyfunction!(method_table_json, m)?)?;
+    m.add_function(wrap_pyfunction!(output::check_not_input, m)?)?;
+    m.add_class::<output::PyOutputDir>()?;
     for (name, class) in errors::classes(m.py())?.named() {
         m.add(name, class.clone_ref(m.py()))?;
     }

@@ -63,6 +63,7 @@ pub(super) fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -
             majority: Some(majority),
             ..first
         };
+        engine.restart_counts();
         merge_groups(&again, engine, writer, &groups, &thresholds)?;
     } else {
         apply_patches(engine, writer, &patches, majority)?;
@@ -89,7 +90,6 @@ fn merge_groups(
             phase: "merge",
             read_base: true,
             writer: Some(writer),
-            check_inputs: false,
         };
         let (results, _) = engine.pass(
             spec,

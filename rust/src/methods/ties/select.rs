@@ -107,7 +107,6 @@ fn select_pass(phase: &'static str) -> PassSpec<'static> {
         phase,
         read_base: true,
         writer: None,
-        check_inputs: false,
     }
 }
 
