@@ -1,5 +1,6 @@
 from collections.abc import Callable
 from os import PathLike
+from typing import final
 
 __all__ = [
     "CheckpointError",
@@ -11,8 +12,10 @@ __all__ = [
     "MergeRsError",
     "NonFiniteError",
     "OutputExistsError",
+    "OutputDir",
     "OutputIsInputError",
     "__version__",
+    "check_not_input",
     "cosine_similarity",
     "inspect",
     "merge",
@@ -33,6 +36,19 @@ class MergeIOError(MergeRsError, OSError): ...
 class MergeCancelled(MergeRsError): ...
 class InternalError(MergeRsError): ...
 
+@final
+class OutputDir:
+    def __new__(
+        cls, target: str | PathLike[str], inputs: list[str | PathLike[str]], overwrite: bool = False
+    ) -> OutputDir: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+def check_not_input(target: str | PathLike[str], inputs: list[str | PathLike[str]]) -> None: ...
 def merge(request: str, progress: Callable[[str, int, int], None] | None = None) -> str: ...
 def inspect(path: str | PathLike[str]) -> str: ...
 def cosine_similarity(
