@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-rust test-python lint bench clean
+.PHONY: install demo test test-rust test-python lint cargo-fuzz fuzz fuzz-ci bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,12 @@ install: $(PY)
 demo: install
 	$(VENV)/bin/merge-rs demo
 
-test: install lint test-rust test-python
+test: install lint test-rust test-python fuzz-ci
 
 # The method modules are found by build.rs, not by `mod` lines, so rustfmt is pointed at them too.
 lint:
 	cargo fmt --check
-	rustfmt --check --edition 2024 rust/build.rs rust/src/methods/*.rs rust/src/methods/*/mod.rs
+	rustfmt --check --edition 2024 rust/build.rs rust/src/methods/*.rs rust/src/methods/*/mod.rs rust/fuzz/fuzz_targets/*.rs
 	cargo clippy --workspace --all-targets --features python --quiet -- -D warnings
 	$(PY) -m mypy.stubtest merge_rs._core
 
@@ -34,6 +34,23 @@ test-rust:
 
 test-python:
 	$(PY) -m pytest --durations=5
+
+# Coverage-guided fuzzing of header/index parsing and of merges of mutated inputs (cargo-fuzz, libFuzzer with
+# AddressSanitizer; RUSTC_BOOTSTRAP lets the stable toolchain take the sanitizer flags). `make fuzz` grows the
+# committed corpus in rust/fuzz/corpus for FUZZ_SECONDS per target; `make fuzz-ci` (part of `make test`) runs
+# each target for 30 s from the corpus and the seeds without changing them.
+FUZZ_TARGETS := open_checkpoint merge_mutated
+FUZZ_SECONDS ?= 600
+FUZZ := cd rust && RUSTC_BOOTSTRAP=1 cargo fuzz run -O
+
+cargo-fuzz:
+	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+
+fuzz: cargo-fuzz
+	for t in $(FUZZ_TARGETS); do ($(FUZZ) $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096) || exit 1; done
+
+fuzz-ci: cargo-fuzz
+	for t in $(FUZZ_TARGETS); do scratch=$$(mktemp -d) && ($(FUZZ) $$t $$scratch fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=30 -max_len=4096) && rm -rf $$scratch || exit 1; done
 
 # The speed and memory benchmark (opt-in: ~30 minutes, up to ~30 GB of generated checkpoints in benches/.data).
 bench: $(PY)
