@@ -20,7 +20,7 @@ install: $(PY)
 demo: install
 	$(VENV)/bin/merge-rs demo
 
-test: install lint test-rust test-python fuzz-ci
+test: install lint fuzz-ci test-rust test-python
 
 # The method modules are found by build.rs, not by `mod` lines, so rustfmt is pointed at them too.
 lint:
