@@ -258,6 +258,16 @@ impl Checkpoint {
         self.read_bytes(tensor, tensor.stored.offset + start, out)
     }
 
+    /// Tell the kernel about bytes `[offset, offset + len)` of `tensor`'s file (`posix_fadvise` advice).
+    pub(crate) fn advise(&self, tensor: &Tensor, offset: u64, len: u64, advice: libc::c_int) {
+        crate::engine::advise(&self.shards[tensor.shard].file, offset, len, advice);
+    }
+
+    /// Total size of the files.
+    pub(crate) fn file_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.len).sum()
+    }
+
     fn read_bytes(&self, tensor: &Tensor, offset: u64, out: &mut [u8]) -> Result<()> {
         let shard = &self.shards[tensor.shard];
         shard.file.read_exact_at(out, offset).map_err(|e| {

@@ -1,27 +1,39 @@
 //! The streaming driver: splits the merged tensors into fixed-size chunks (independent of the thread count,
 //! so results are too), reads each chunk of every input with `pread` into per-thread reusable buffers, and
 //! hands it to a method's kernel block by block (so every step of a kernel runs on cache-resident data) on a
-//! private rayon pool. Memory is bounded by threads × (inputs + 1) × chunk, whatever the size or number of
-//! the models. A merge pass then checks the chunk's output for NaN/Inf and writes it at its offset.
+//! private rayon pool. Workers take chunks in order from one queue, so every input file is read as a single
+//! sequential stream that the kernel's readahead follows (splitting the work into ranges, as a parallel
+//! iterator does, halved the speed of a cold read). Memory is bounded by threads × (inputs + 1) × chunk,
+//! whatever the size or number of the models. A merge pass then checks the chunk's output for NaN/Inf and
+//! writes it at its offset.
 
+mod cache;
 mod job;
 mod read;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{MergeError, Result};
 use crate::method::MethodStats;
 use crate::monitor::Monitor;
 use crate::plan::{Inputs, MergePlan, TensorKind};
 use crate::writer::Writer;
+pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
 use read::Scratch;
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
 pub(crate) const DEFAULT_CHUNK: usize = 1 << 16;
+/// The first real failure: a cancellation only when nothing else went wrong.
+fn first_error(failures: Vec<MergeError>) -> Option<MergeError> {
+    let (cancelled, other): (Vec<_>, Vec<_>) = failures.into_iter().partition(|e| matches!(e, MergeError::Cancelled));
+    other.into_iter().next().or_else(|| cancelled.into_iter().next())
+}
+
 /// Worker threads allowed per core: more only thrash (10⁷ threads would hang the machine).
 const THREADS_PER_CORE: usize = 8;
 
@@ -57,6 +69,7 @@ pub(crate) struct Engine<'a> {
     allow_nonfinite: bool,
     nonfinite_inputs: AtomicU64,
     nonfinite_outputs: AtomicU64,
+    streaming: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -74,6 +87,7 @@ impl<'a> Engine<'a> {
             .thread_name(|i| format!("merge-rs-{i}"))
             .build()
             .map_err(|e| MergeError::arg(format!("cannot start {threads} threads: {e}")))?;
+        let streaming = cache::inputs_exceed_memory(inputs.all().map(Checkpoint::file_bytes).sum());
         Ok(Engine {
             inputs,
             plan,
@@ -83,6 +97,7 @@ impl<'a> Engine<'a> {
             allow_nonfinite,
             nonfinite_inputs: AtomicU64::new(0),
             nonfinite_outputs: AtomicU64::new(0),
+            streaming,
         })
     }
 
@@ -176,23 +191,19 @@ impl<'a> Engine<'a> {
         let slots: Vec<Mutex<(Scratch, S)>> = (0..self.threads())
             .map(|_| Mutex::new((Scratch::default(), init())))
             .collect();
-        let results = self.pool.install(|| {
-            jobs.par_iter()
-                .map(|job| {
-                    if self.monitor.is_cancelled() {
-                        return Err(MergeError::Cancelled);
-                    }
-                    let slot = rayon::current_thread_index().unwrap_or(0) % slots.len();
-                    let mut guard = slots[slot]
-                        .lock()
-                        .map_err(|_| MergeError::Internal("a worker thread panicked".into()))?;
-                    let (scratch, state) = &mut *guard;
-                    let result = self.run_job(spec, job, scratch, state, &kernel)?;
-                    self.monitor.advance(self.job_bytes(job, spec.read_base));
-                    Ok(result)
-                })
-                .collect::<Result<Vec<T>>>()
-        })?;
+        // Workers take jobs in order from one queue, so that every file is read as one sequential stream.
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let done: Vec<Mutex<Option<T>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+        let failures = self.run_workers(spec, jobs, &slots, &next, &stop, &done, &kernel);
+        if let Some(error) = first_error(failures) {
+            return Err(error);
+        }
+        let results = done
+            .into_iter()
+            .map(|r| r.into_inner().ok().flatten())
+            .collect::<Option<Vec<T>>>()
+            .ok_or_else(|| MergeError::Internal("a job produced no result".into()))?;
         let states = slots
             .into_iter()
             .map(|s| {
@@ -202,6 +213,88 @@ impl<'a> Engine<'a> {
             })
             .collect::<Result<Vec<S>>>()?;
         Ok((results, states))
+    }
+
+    /// The workers: each takes the next job from the queue until none is left or one failed; returns the
+    /// failures.
+    #[allow(clippy::too_many_arguments)]
+    fn run_workers<S: Send, T: Send + Default>(
+        &self,
+        spec: PassSpec<'_>,
+        jobs: &[Job],
+        slots: &[Mutex<(Scratch, S)>],
+        next: &AtomicUsize,
+        stop: &AtomicBool,
+        done: &[Mutex<Option<T>>],
+        kernel: &(impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()> + Sync),
+    ) -> Vec<MergeError> {
+        self.pool.install(|| {
+            slots
+                .par_iter()
+                .filter_map(|slot| {
+                    let mut guard = slot.lock().ok()?;
+                    let (scratch, state) = &mut *guard;
+                    while !stop.load(Ordering::Relaxed) {
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = jobs.get(j) else { break };
+                        let outcome = self.run_queued(spec, jobs, j, scratch, state, kernel);
+                        match (outcome, done[j].lock()) {
+                            (Ok(result), Ok(mut place)) => *place = Some(result),
+                            (Err(e), _) => {
+                                stop.store(true, Ordering::Relaxed);
+                                return Some(e);
+                            }
+                            (_, Err(_)) => return Some(MergeError::Internal("a worker thread panicked".into())),
+                        }
+                        self.monitor.advance(self.job_bytes(job, spec.read_base));
+                    }
+                    None
+                })
+                .collect()
+        })
+    }
+
+    /// Job `j` of `jobs`: run it, and drop what it read when streaming.
+    fn run_queued<S, T: Default>(
+        &self,
+        spec: PassSpec<'_>,
+        jobs: &[Job],
+        j: usize,
+        scratch: &mut Scratch,
+        state: &mut S,
+        kernel: &impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()>,
+    ) -> Result<T> {
+        if self.monitor.is_cancelled() {
+            return Err(MergeError::Cancelled);
+        }
+        let result = self.run_job(spec, &jobs[j], scratch, state, kernel)?;
+        if self.streaming {
+            self.advise_job(&jobs[j], spec.read_base, libc::POSIX_FADV_DONTNEED);
+        }
+        Ok(result)
+    }
+
+    /// `posix_fadvise` on every input range `job` reads.
+    fn advise_job(&self, job: &Job, read_base: bool, advice: libc::c_int) {
+        let TensorKind::Merge {
+            base, models, extra, ..
+        } = &self.plan.tensors[job.tensor].kind
+        else {
+            return;
+        };
+        let models = models.iter().zip(&self.inputs.models);
+        let extra = extra.iter().zip(&self.inputs.extra);
+        let base = base.iter().filter(|_| read_base).zip(&self.inputs.base);
+        for (source, ckpt) in models.chain(extra).chain(base) {
+            let tensor = &ckpt.tensors[source.tensor];
+            let size = source.ty.size() as u64;
+            ckpt.advise(
+                tensor,
+                tensor.stored.offset + job.start as u64 * size,
+                job.len as u64 * size,
+                advice,
+            );
+        }
     }
 
     fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
