@@ -16,12 +16,14 @@ ROOT = Path("/sys/fs/cgroup")
 
 @dataclass
 class LimitedRun:
-    """Wall time, the process's peak RSS, and whether the kernel's OOM killer ended it."""
+    """Wall time, the process's peak RSS, whether the kernel's OOM killer ended it, and whether it was stopped
+    for running past the time limit (thrashing: a working set above the limit that is re-read from disk)."""
 
     wall: float
     rss_mb: float
     killed: bool
     returncode: int
+    timed_out: bool = False
 
 
 def _own_cgroup() -> tuple[Path, str]:
@@ -46,8 +48,10 @@ def evict(files: list[Path]) -> None:
             os.close(fd)
 
 
-def run_limited(cmd: list[str], limit_bytes: int, inputs: list[Path], shell: bool = False) -> LimitedRun:
-    """Run ``cmd`` in a fresh memory cgroup limited to ``limit_bytes``, after evicting ``inputs``."""
+def run_limited(cmd: list[str], limit_bytes: int, inputs: list[Path], shell: bool = False,
+                timeout: float | None = None) -> LimitedRun:
+    """Run ``cmd`` in a fresh memory cgroup limited to ``limit_bytes``, after evicting ``inputs``; stop it after
+    ``timeout`` seconds."""
     parent, limit_file = _own_cgroup()
     group = parent / f"merge-rs-bench-{os.getpid()}-{time.monotonic_ns()}"
     group.mkdir()
@@ -59,14 +63,24 @@ def run_limited(cmd: list[str], limit_bytes: int, inputs: list[Path], shell: boo
         with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
             full = ["/usr/bin/time", "-o", t.name, "-f", "%e %M"] + (["sh", "-c", *cmd] if shell else cmd)
             started = time.perf_counter()
-            proc = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  preexec_fn=lambda: procs.write_text(str(os.getpid())))
+            proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=lambda: procs.write_text(str(os.getpid())))
+            try:
+                _, stderr = proc.communicate(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                for pid in (group / "cgroup.procs").read_text().split():
+                    os.kill(int(pid), 9)
+                _, stderr = proc.communicate()
+                timed_out = True
             wall = time.perf_counter() - started
             fields = t.read().split()
-        killed = _oom_killed(group) or proc.returncode in (137, -9) or "Killed" in proc.stderr
+        if timed_out:
+            return LimitedRun(wall, float("nan"), False, proc.returncode, timed_out=True)
+        killed = _oom_killed(group) or proc.returncode in (137, -9) or "Killed" in stderr
         rss = float(fields[-1]) / 1024 if len(fields) >= 2 and fields[-1].isdigit() else float("nan")
         if proc.returncode != 0 and not killed:
-            raise RuntimeError(f"{' '.join(map(str, cmd))[:300]} failed:\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"{' '.join(map(str, cmd))[:300]} failed:\n{stderr[-2000:]}")
         return LimitedRun(wall, rss, killed, proc.returncode)
     finally:
         _remove(group)

@@ -26,6 +26,7 @@ RUNS = {
     "ties": ["ties"],
     "ties_per_tensor": ["ties", "--trim", "per-tensor"],
 }
+TIMEOUT = 240  # seconds: 20-60× the cold floor; a tool still running then is thrashing
 SECTION = "## Small machine: memory cgroup counting the page cache, inputs evicted (cold)"
 
 
@@ -40,18 +41,25 @@ def measure(name: str, cmd: list[str], limit: int, inputs: list[Path], reps: int
     for _ in range(reps):
         if out is not None and out.exists():
             shutil.rmtree(out)
-        run = run_limited(cmd, limit, inputs, shell=shell)
+        run = run_limited(cmd, limit, inputs, shell=shell, timeout=TIMEOUT)
         runs.append(run)
-        state = "killed (OOM)" if run.killed else f"{run.wall:7.2f} s"
-        print(f"  {limit >> 20:6} MB  {name:34} {state:>14} {run.rss_mb:8.0f} MB", flush=True)
-        if run.killed:
+        print(f"  {limit >> 20:6} MB  {name:34} {describe(run):>24} {run.rss_mb:8.0f} MB", flush=True)
+        if run.killed or run.timed_out:
             break
     if out is not None and out.exists():
         shutil.rmtree(out)
-    killed = any(r.killed for r in runs)
-    return {"name": name, "limit_mb": limit >> 20, "killed": killed,
-            "walls": [r.wall for r in runs], "wall": None if killed else statistics.median(r.wall for r in runs),
-            "rss_mb": max(r.rss_mb for r in runs)}
+    failed = next((describe(r) for r in runs if r.killed or r.timed_out), None)
+    return {"name": name, "limit_mb": limit >> 20, "failed": failed, "walls": [r.wall for r in runs],
+            "wall": None if failed else statistics.median(r.wall for r in runs),
+            "rss_mb": max((r.rss_mb for r in runs if r.rss_mb == r.rss_mb), default=float("nan"))}
+
+
+def describe(run: LimitedRun) -> str:
+    if run.killed:
+        return "killed (OOM)"
+    if run.timed_out:
+        return f"stopped after {run.wall:.0f} s"
+    return f"{run.wall:.2f} s"
 
 
 def merge_rs_cmd(run: str, pretrained: Path, models: list[Path], out: Path) -> list[str]:
@@ -82,8 +90,8 @@ def table(results: list[dict]) -> str:
         rows = [r for r in results if r["limit_mb"] == limit]
         floor = next(r["wall"] for r in rows if r["name"].startswith("cat"))
         for r in rows:
-            wall = "killed (OOM)" if r["killed"] else f"{r['wall']:.2f} s"
-            ratio = "" if r["killed"] or r["name"].startswith("cat") else f"{r['wall'] / floor:.2f}×"
+            wall = r["failed"] or f"{r['wall']:.2f} s"
+            ratio = "" if r["failed"] or r["name"].startswith("cat") else f"{r['wall'] / floor:.2f}×"
             lines.append(f"| {limit} MB | {r['name']} | {wall} | {ratio} | {r['rss_mb']:.0f} MB |")
     return "\n".join(lines) + "\n"
 

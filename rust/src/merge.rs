@@ -121,7 +121,16 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         }
         (None, false) => None,
     };
-    let open_all = |paths: &[PathBuf]| paths.iter().map(|p| Checkpoint::open(p)).collect::<Result<Vec<_>>>();
+    // Ctrl-C is honoured between files: each header parses in bounded time (its size is capped).
+    let open_all = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| match monitor.is_cancelled() {
+                true => Err(MergeError::Cancelled),
+                false => Checkpoint::open(p),
+            })
+            .collect::<Result<Vec<_>>>()
+    };
     let inputs = Inputs {
         base,
         models: open_all(&request.models)?,

@@ -416,6 +416,14 @@ mod hostile_inputs {
     }
 
     #[test]
+    fn huge_indexes_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let index = std::fs::File::create(dir.path().join(INDEX_FILE)).unwrap_or_else(|e| panic!("{e}"));
+        index.set_len(MAX_INDEX_BYTES + 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(error(dir.path()).contains("merge-rs reads indexes of at most"));
+    }
+
+    #[test]
     fn huge_headers_are_refused_before_parsing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<String> = (0..200_001).map(|i| format!("t{i}")).collect();
