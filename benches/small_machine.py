@@ -92,7 +92,8 @@ def table(results: list[dict]) -> str:
         for r in rows:
             wall = r["failed"] or f"{r['wall']:.2f} s"
             ratio = "" if r["failed"] or r["name"].startswith("cat") else f"{r['wall'] / floor:.2f}×"
-            lines.append(f"| {limit} MB | {r['name']} | {wall} | {ratio} | {r['rss_mb']:.0f} MB |")
+            rss = f"{r['rss_mb']:.0f} MB" if r["rss_mb"] == r["rss_mb"] else "–"
+            lines.append(f"| {limit} MB | {r['name']} | {wall} | {ratio} | {rss} |")
     return "\n".join(lines) + "\n"
 
 
