@@ -86,3 +86,13 @@ def cli(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise AssertionError(f"merge-rs {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
+
+
+@pytest.fixture
+def models(tmp_path):
+    """A tiny pretrained model and two fine-tuned ones (float32 directories): (pretrained, [fine-tuned], tensors)."""
+    rng = np.random.default_rng(0)
+    base = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    pre = save(tmp_path / "base", base)
+    fts = [save(tmp_path / f"ft{i}", {k: v + 0.1 * (i + 1) for k, v in base.items()}) for i in range(2)]
+    return pre, fts, base

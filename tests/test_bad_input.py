@@ -12,15 +12,6 @@ import pytest
 from conftest import cli, save
 
 
-@pytest.fixture
-def models(tmp_path):
-    rng = np.random.default_rng(0)
-    base = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
-    pre = save(tmp_path / "base", base)
-    fts = [save(tmp_path / f"ft{i}", {k: v + 0.1 * (i + 1) for k, v in base.items()}) for i in range(2)]
-    return pre, fts, base
-
-
 def raw_file(path, header: dict | str, data: bytes = b""):
     text = header if isinstance(header, str) else json.dumps(header)
     path.mkdir(parents=True, exist_ok=True)

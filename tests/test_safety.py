@@ -20,15 +20,6 @@ from merge_rs.clip.pool import zoo_directory
 MARKER = ".merge-rs-output"
 
 
-@pytest.fixture
-def models(tmp_path):
-    rng = np.random.default_rng(0)
-    base = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
-    pre = save(tmp_path / "base", base)
-    fts = [save(tmp_path / f"ft{i}", {k: v + 0.1 * (i + 1) for k, v in base.items()}) for i in range(2)]
-    return pre, fts, base
-
-
 def ta(pre, fts, *extra):
     return ["merge", "task_arithmetic", "--pretrained", pre, *[a for f in fts for a in ("--model", f)], *extra]
 

@@ -61,17 +61,8 @@ fn merges(c: &mut Criterion) {
         let name = method.name();
         let request = MergeRequest {
             base: method.def().needs_base.then(|| paths[0].clone()),
-            method,
-            models: paths[1..].to_vec(),
-            out: dir.path().join(format!("out-{name}")),
-            dtype: None,
-            max_shard_size: u64::MAX,
-            threads: 0,
             overwrite: true,
-            allow_nonfinite: false,
-            chunk: 0,
-            reads: Vec::new(),
-            files: Vec::new(),
+            ..MergeRequest::new(method, paths[1..].to_vec(), dir.path().join(format!("out-{name}")))
         };
         g.bench_function(name, |b| {
             b.iter(|| merge(&request, &Monitor::default()).expect("merge"))

@@ -56,6 +56,27 @@ pub struct MergeRequest {
     pub files: Vec<(String, Vec<u8>)>,
 }
 
+impl MergeRequest {
+    /// A request with the defaults: no pretrained model (set `base` for methods that need one), the
+    /// inputs' dtype, a single output file, one thread per core, no overwriting, non-finite values refused.
+    pub fn new(method: Method, models: Vec<PathBuf>, out: PathBuf) -> MergeRequest {
+        MergeRequest {
+            method,
+            base: None,
+            models,
+            out,
+            dtype: None,
+            max_shard_size: u64::MAX,
+            threads: 0,
+            overwrite: false,
+            allow_nonfinite: false,
+            chunk: 0,
+            reads: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
 /// One input in a report.
 #[derive(Debug, Clone, Serialize)]
 pub struct InputInfo {

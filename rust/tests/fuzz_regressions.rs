@@ -56,18 +56,11 @@ fn merge_mutated_inputs_fail_cleanly() {
         for method in ["task_arithmetic", "ties"] {
             let method = Method::new(method, &serde_json::Map::new()).unwrap_or_else(|e| panic!("{e}"));
             let request = MergeRequest {
-                method,
                 base: Some(model.clone()),
-                models: vec![model.clone(), model.clone()],
-                out: dir.path().join("out"),
-                dtype: None,
-                max_shard_size: u64::MAX,
                 threads: 1,
                 overwrite: true,
-                allow_nonfinite: false,
                 chunk: 5,
-                reads: Vec::new(),
-                files: Vec::new(),
+                ..MergeRequest::new(method, vec![model.clone(), model.clone()], dir.path().join("out"))
             };
             let _ = merge(&request, &Monitor::default());
         }

@@ -54,22 +54,15 @@ fn run(case: &str, method: &str, params: &Map<String, Value>, threads: usize, ch
     let out_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let method = Method::new(method, params).unwrap_or_else(|e| panic!("{case}: {e}"));
     let base = method.def().needs_base.then(|| g.join("inputs/pretrained"));
+    let models = ["task_a", "task_b", "task_c", "task_d"]
+        .iter()
+        .map(|t| g.join("inputs").join(t))
+        .collect();
     let request = MergeRequest {
-        method,
         base,
-        models: ["task_a", "task_b", "task_c", "task_d"]
-            .iter()
-            .map(|t| g.join("inputs").join(t))
-            .collect(),
-        out: out_dir.path().join("out"),
-        dtype: None,
-        max_shard_size: u64::MAX,
         threads,
-        overwrite: false,
-        allow_nonfinite: false,
         chunk,
-        reads: Vec::new(),
-        files: Vec::new(),
+        ..MergeRequest::new(method, models, out_dir.path().join("out"))
     };
     merge(&request, &Monitor::default()).unwrap_or_else(|e| panic!("{case}: {e}"));
     let got = read_all(&request.out.join("model.safetensors"));

@@ -37,18 +37,11 @@ fn run(method: &str, base: &Path, models: Vec<PathBuf>, out: PathBuf) {
         return;
     };
     let request = MergeRequest {
-        method,
         base: Some(base.to_path_buf()),
-        models,
-        out,
-        dtype: None,
-        max_shard_size: u64::MAX,
         threads: 1,
         overwrite: true,
-        allow_nonfinite: false,
         chunk: 5,
-        reads: Vec::new(),
-        files: Vec::new(),
+        ..MergeRequest::new(method, models, out)
     };
     let _ = merge(&request, &Monitor::default());
 }

@@ -339,11 +339,17 @@ mod tests {
         writer: None,
     };
 
-    #[test]
-    fn chunks_cover_every_element_once_whatever_the_chunk_and_thread_count() {
+    /// The two models in a temporary directory, and their plan.
+    fn setup() -> (tempfile::TempDir, Inputs, MergePlan) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let inputs = inputs(dir.path());
         let plan = MergePlan::build(&inputs, false, None).unwrap_or_else(|e| panic!("{e}"));
+        (dir, inputs, plan)
+    }
+
+    #[test]
+    fn chunks_cover_every_element_once_whatever_the_chunk_and_thread_count() {
+        let (_dir, inputs, plan) = setup();
         let monitor = Monitor::default();
         for (threads, chunk) in [(1, 10), (2, 3), (3, 1)] {
             let engine = Engine::new(&inputs, &plan, &monitor, threads, false)
@@ -369,9 +375,7 @@ mod tests {
 
     #[test]
     fn cancelled_passes_stop_with_cancelled() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let inputs = inputs(dir.path());
-        let plan = MergePlan::build(&inputs, false, None).unwrap_or_else(|e| panic!("{e}"));
+        let (_dir, inputs, plan) = setup();
         let monitor = Monitor::default();
         monitor.cancel();
         let engine = Engine::new(&inputs, &plan, &monitor, 1, false).unwrap_or_else(|e| panic!("{e}"));
