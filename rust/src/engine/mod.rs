@@ -254,7 +254,7 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// Job `j` of `jobs`: run it, and drop what it read when streaming.
+    /// Job `j` of `jobs`: run it, and when streaming drop what a writing pass read.
     fn run_queued<S, T: Default>(
         &self,
         spec: PassSpec<'_>,
@@ -268,7 +268,8 @@ impl<'a> Engine<'a> {
             return Err(MergeError::Cancelled);
         }
         let result = self.run_job(spec, &jobs[j], scratch, state, kernel)?;
-        if self.streaming {
+        // A writing pass is a method's last over its range; earlier passes (selection) are re-read soon.
+        if self.streaming && spec.writer.is_some() {
             self.advise_job(&jobs[j], spec.read_base, libc::POSIX_FADV_DONTNEED);
         }
         Ok(result)
