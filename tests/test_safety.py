@@ -271,3 +271,13 @@ def test_info_escapes_control_characters_in_tensor_names(tmp_path):
     save(tmp_path / "odd", {"a\nb": np.zeros(1, dtype=np.float32)})
     listing = cli("info", tmp_path / "odd", "--tensors").stdout
     assert "a\\nb  F32  [1]" in listing
+
+
+def test_checking_an_output_creates_nothing(tmp_path, models):
+    from merge_rs.output import check_output
+
+    pre, fts, _ = models
+    check_output(tmp_path / "new" / "deeper" / "out", [pre, *fts])
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(merge_rs.OutputIsInputError):
+        check_output(fts[0] / "out", [pre, *fts])

@@ -16,6 +16,7 @@ __all__ = [
     "OutputIsInputError",
     "__version__",
     "check_not_input",
+    "check_output",
     "cosine_similarity",
     "inspect",
     "merge",
@@ -49,6 +50,9 @@ class OutputDir:
     def abort(self) -> None: ...
 
 def check_not_input(target: str | PathLike[str], inputs: list[str | PathLike[str]]) -> None: ...
+def check_output(
+    target: str | PathLike[str], inputs: list[str | PathLike[str]], overwrite: bool = False
+) -> None: ...
 def merge(request: str, progress: Callable[[str, int, int], None] | None = None) -> str: ...
 def inspect(path: str | PathLike[str]) -> str: ...
 def cosine_similarity(

@@ -30,8 +30,8 @@ def atomic_output(target: PathLike, inputs: Iterable[PathLike] = (), overwrite: 
 
 
 def check_output(target: PathLike, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> None:
-    """Fail now, before any work, if ``target`` could not be written at the end."""
-    _core.OutputDir(os.fspath(target), [os.fspath(p) for p in inputs], overwrite).abort()
+    """Fail now, before any work, if ``target`` could not be written at the end (nothing is created)."""
+    _core.check_output(os.fspath(target), [os.fspath(p) for p in inputs], overwrite)
 
 
 def write_report(path: PathLike, data: Any, inputs: Iterable[PathLike] = ()) -> None:

@@ -164,7 +164,7 @@ impl FloatType {
         match self {
             FloatType::F32 => raw
                 .chunks_exact(4)
-                .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000))
+                .map(|b| u64::from(!f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()))
                 .sum(),
             FloatType::F16 => halves(0x7c00),
             FloatType::BF16 => halves(0x7f80),

@@ -146,9 +146,11 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let open_all = |paths: &[PathBuf]| {
         paths
             .iter()
-            .map(|p| match monitor.is_cancelled() {
-                true => Err(MergeError::Cancelled),
-                false => Checkpoint::open(p),
+            .map(|p| {
+                if monitor.is_cancelled() {
+                    return Err(MergeError::Cancelled);
+                }
+                Checkpoint::open(p)
             })
             .collect::<Result<Vec<_>>>()
     };

@@ -25,10 +25,9 @@ pub(crate) struct OutputDir {
 }
 
 impl OutputDir {
-    /// Check `target` against `inputs` (every path the command reads) and create the temporary directory.
+    /// Check `target` ([`check`]) and create the temporary directory.
     pub(crate) fn prepare(target: &Path, inputs: &[PathBuf], overwrite: bool) -> Result<OutputDir> {
-        check_not_input(target, inputs)?;
-        check_replaceable(target, overwrite)?;
+        check(target, inputs, overwrite)?;
         let (parent, name) = split(target)?;
         let created_parents = create_parents(&parent)?;
         remove_stale_temps(&parent, &name);
@@ -108,6 +107,14 @@ impl Drop for OutputDir {
             }
         }
     }
+}
+
+/// Whether `target` can be written: it is not one of `inputs` (every path the command reads), not inside
+/// one, holds none, and is absent, or replaceable with `overwrite`. Touches nothing on disk.
+pub(crate) fn check(target: &Path, inputs: &[PathBuf], overwrite: bool) -> Result<()> {
+    check_not_input(target, inputs)?;
+    check_replaceable(target, overwrite)?;
+    split(target).map(|_| ())
 }
 
 /// The parent (`.` when none) and the file name of `target`.

@@ -36,11 +36,8 @@ def main() -> None:
 
 
 def fail(error: BaseException) -> NoReturn:
-    """Print ``error`` as one line and exit (128 + the signal for an interruption, 1 otherwise)."""
-    message = str(error) or type(error).__name__
-    click.echo(f"error: {message}", err=True)
-    if isinstance(error, KeyboardInterrupt):
-        sys.exit(128 + getattr(error, "signum", signal.SIGINT))
+    """Print ``error`` as one line and exit with 1."""
+    click.echo(f"error: {str(error) or type(error).__name__}", err=True)
     sys.exit(1)
 
 
@@ -51,10 +48,10 @@ def run(work: Callable[[], T]) -> T:
     except (MergeRsError, OSError, ValueError) as e:
         fail(e)
     except KeyboardInterrupt as e:
-        interrupt = Terminated(e.signum) if isinstance(e, Terminated) else KeyboardInterrupt()
-        name = str(interrupt) or "SIGINT"
-        interrupt.args = (f"interrupted by {name}; nothing unfinished was left behind",)
-        fail(interrupt)
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        click.echo(f"error: interrupted by {signal.Signals(signum).name}; nothing unfinished was left behind",
+                   err=True)
+        sys.exit(128 + signum)
 
 
 def emit_json(data: Any) -> None:

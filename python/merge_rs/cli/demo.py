@@ -17,11 +17,12 @@ from .evaluation import check_report, get_pool, save_report
 @THREADS
 @click.option("--learned/--no-learned", default=True, show_default=True,
               help="Also run the learned methods (AdaMerging task- and layer-wise, Fisher merging, RegMean; torch).")
-@click.option("--adamerging-steps", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--adamerging-steps", type=click.IntRange(min=0),
+              help="Learning steps of the learned methods that learn by steps (default: the demo's 200).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write every report as JSON.")
 @QUIET
-def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: bool, adamerging_steps: int,
-         report_path: Path | None, quiet: bool) -> None:
+def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: bool,
+         adamerging_steps: int | None, report_path: Path | None, quiet: bool) -> None:
     """Merge the offline model zoo with every method and evaluate all models on every task."""
     from ..clip.demo import run_demo
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import click
 
+from .. import _core
 from .app import run
 
 EVAL_OPTIONS: list[Callable[[Any], Any]] = [
@@ -73,8 +74,6 @@ def get_pool(name: str | None) -> Any:
 def check_report(path: Path | None, inputs: Iterable[Any]) -> None:
     """Before any work: the report must not be (or be inside) one of ``inputs``."""
     if path is not None:
-        from .. import _core
-
         run(lambda: _core.check_not_input(str(path), [str(p) for p in inputs]))
 
 

@@ -49,6 +49,8 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         models = models or tuple(run(pool.model_paths))
     if not models:
         fail(click.UsageError("give the fine-tuned models with --model (repeat it) or --pool"))
+    if run_eval and pretrained is None:
+        fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
     reads = pool.input_paths() if pool is not None else []
     report_inputs = [*models, *([pretrained] if pretrained else []), *reads, out]
     check_report(settings.report_path, report_inputs)
@@ -59,9 +61,7 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         click.echo(f"warning: {report.nonfinite_inputs} non-finite input values merged, "
                    f"{report.nonfinite_outputs} non-finite values written", err=True)
     evaluation = None
-    if run_eval:
-        if pretrained is None:
-            fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
+    if run_eval and pretrained is not None:
         clip = pretrained
         evaluation = run(lambda: evaluate(out, clip, pool, settings, quiet=quiet, name=method))
     save_report(evaluation, settings.report_path, report_inputs)

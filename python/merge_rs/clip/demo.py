@@ -19,8 +19,6 @@ from .pool import ModelPool, get_pool
 
 # Every data-free method of the engine's table, with its defaults (FusionBench's; DARE's seed is 0).
 DEMO_MERGES: list[str] = [name for name, method in METHODS.items() if method.data_free]
-# AdaMerging runs fewer steps than its default 1000 to keep the demo short.
-DEMO_ADAMERGING_STEPS = 200
 FINE_TUNED = "fine-tuned (individual)"
 PRETRAINED = "pretrained"
 
@@ -47,7 +45,7 @@ class DemoResult:
 
 
 def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device: str = "auto", threads: int = 0,
-             learned: bool = True, adamerging_steps: int = DEMO_ADAMERGING_STEPS, progress: bool = True,
+             learned: bool = True, adamerging_steps: int | None = None, progress: bool = True,
              log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Merge ``pool`` with every method in ``DEMO_MERGES`` (and, with ``learned``, every learned method's demo
     rows) and evaluate pretrained, fine-tuned and merged models."""
@@ -86,13 +84,14 @@ def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device:
     return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started)
 
 
-def learned_rows(adamerging_steps: int = DEMO_ADAMERGING_STEPS) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """Each learned method's demo rows: row name → (method, options)."""
+def learned_rows(steps: int | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Each learned method's demo rows: row name → (method, options); ``steps`` overrides the learning steps
+    of the methods that have a ``steps`` option."""
     rows = {}
-    for name, method in LEARNED.items():
+    for method in LEARNED.values():
+        override = {"steps": steps} if steps is not None and "steps" in method.defaults() else {}
         for row, options in method.demo_rows.items():
-            steps = {"steps": adamerging_steps} if name == "adamerging" else {}
-            rows[row] = (method, {**options, **steps})
+            rows[row] = (method, {**options, **override})
     return rows
 
 

@@ -148,5 +148,7 @@ METHOD = LearnedMethod(
     ),
     run=lambda pool, out, ctx, **o: adamerging(pool, out, device=ctx.device, threads=ctx.threads,
                                                progress=ctx.progress, overwrite=ctx.overwrite, log=ctx.log, **o),
-    demo_rows={"adamerging_task_wise": {"mode": "task"}, "adamerging_layer_wise": {"mode": "layer"}},
+    # The demo learns for 200 steps instead of 1000 to stay short.
+    demo_rows={"adamerging_task_wise": {"mode": "task", "steps": 200},
+               "adamerging_layer_wise": {"mode": "layer", "steps": 200}},
 )

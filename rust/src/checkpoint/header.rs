@@ -77,8 +77,8 @@ pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
     })
 }
 
-/// Most tensors one file may declare: far beyond real checkpoints (thousands), and small enough that the
-/// parsed header stays proportionate to the file.
+/// Most tensors one file may declare: far beyond real checkpoints (thousands). At the cap (a 22 MB header),
+/// `merge-rs info` takes about 2 s and 200 MB, measured; a 1.5 M-tensor header is refused unparsed.
 const MAX_TENSORS: usize = 200_000;
 
 /// Count the header's tensor entries before parsing it (each has one `"data_offsets"` key).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{INDEX_FILE, SINGLE_FILE, Tensor};
 use crate::error::{MergeError, Result};
 
-/// The largest index file read (an index of a million tensors is about 80 MB).
+/// The largest index file read (an index of a million tensors with CLIP-like names is about 89 MB).
 const MAX_INDEX_BYTES: u64 = 128 << 20;
 
 /// `path` must be a regular file (not a FIFO, device or directory, which would block or fail obscurely);

@@ -1,8 +1,8 @@
 //! Page-cache hints for inputs larger than the memory available. When the inputs cannot stay cached (they
 //! exceed half of the smaller of the memory cgroup's limit, which also counts the page cache, and the memory
-//! available), each writing pass (a method's last over its data) drops what it has read (`DONTNEED`), so that used input pages do not crowd out the
-//! kernel's readahead under the limit. With room to spare, the cache is left alone: a warm cache stays warm
-//! for the next run.
+//! available), each writing pass (a method's last over its data) drops what it has read (`DONTNEED`), so
+//! that used input pages do not crowd out the kernel's readahead under the limit. With room to spare, the
+//! cache is left alone: a warm cache stays warm for the next run.
 //!
 //! Measured on 8 × ViT-L/14 in a 256 MB cgroup (benches/small_machine.py): announcing reads ahead
 //! (`WILLNEED` from the workers or from a prefetching thread), `SEQUENTIAL` or `RANDOM` hints, and writing the

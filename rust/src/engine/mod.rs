@@ -20,7 +20,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{MergeError, Result};
 use crate::method::MethodStats;
 use crate::monitor::Monitor;
-use crate::plan::{Inputs, MergePlan, TensorKind};
+use crate::plan::{FloatSource, Inputs, MergePlan, TensorKind};
 use crate::writer::Writer;
 pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
@@ -28,6 +28,9 @@ use read::Scratch;
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
 pub(crate) const DEFAULT_CHUNK: usize = 1 << 16;
+/// Elements per kernel block: 4 Ki, so a block of every input fits in L2.
+pub(crate) const BLOCK: usize = 1 << 12;
+
 /// The first real failure: a cancellation only when nothing else went wrong.
 fn first_error(failures: Vec<MergeError>) -> Option<MergeError> {
     let (cancelled, other): (Vec<_>, Vec<_>) = failures.into_iter().partition(|e| matches!(e, MergeError::Cancelled));
@@ -52,9 +55,6 @@ pub(crate) fn check_threads(threads: usize) -> Result<()> {
     }
     Ok(())
 }
-
-/// Elements per kernel block: 4 Ki, so a block of every input fits in L2.
-pub(crate) const BLOCK: usize = 1 << 12;
 
 /// Runs passes over the merged tensors of a plan.
 pub(crate) struct Engine<'a> {
@@ -277,37 +277,33 @@ impl<'a> Engine<'a> {
 
     /// `posix_fadvise` on every input range `job` reads.
     fn advise_job(&self, job: &Job, read_base: bool, advice: libc::c_int) {
-        let TensorKind::Merge {
-            base, models, extra, ..
-        } = &self.plan.tensors[job.tensor].kind
-        else {
-            return;
-        };
-        let models = models.iter().zip(&self.inputs.models);
-        let extra = extra.iter().zip(&self.inputs.extra);
-        let base = base.iter().filter(|_| read_base).zip(&self.inputs.base);
-        for (source, ckpt) in models.chain(extra).chain(base) {
+        for (source, ckpt) in self.job_sources(job, read_base) {
             let tensor = &ckpt.tensors[source.tensor];
             let size = source.ty.size() as u64;
-            ckpt.advise(
-                tensor,
-                tensor.stored.offset + job.start as u64 * size,
-                job.len as u64 * size,
-                advice,
-            );
+            let offset = tensor.stored.offset + job.start as u64 * size;
+            ckpt.advise(tensor, offset, job.len as u64 * size, advice);
         }
     }
 
+    /// Stored bytes `job` reads.
     fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
-        let TensorKind::Merge {
-            base, models, extra, ..
-        } = &self.plan.tensors[job.tensor].kind
-        else {
-            return 0;
-        };
-        let base = base.iter().filter(|_| read_base);
-        let sources = models.iter().chain(extra).chain(base);
-        (sources.map(|s| s.ty.size()).sum::<usize>() * job.len) as u64
+        let width: usize = self.job_sources(job, read_base).map(|(s, _)| s.ty.size()).sum();
+        (width * job.len) as u64
+    }
+
+    /// Every input `job` reads (models, extra inputs, then θ₀ with `read_base`), with its checkpoint.
+    fn job_sources(&self, job: &Job, read_base: bool) -> impl Iterator<Item = (&FloatSource, &Checkpoint)> {
+        let (base, models, extra): (&[FloatSource], &[FloatSource], &[FloatSource]) =
+            match &self.plan.tensors[job.tensor].kind {
+                TensorKind::Merge {
+                    base, models, extra, ..
+                } => (base.as_slice(), models, extra),
+                TensorKind::Copy { .. } => (&[], &[], &[]),
+            };
+        let models = models.iter().zip(&self.inputs.models);
+        let extra = extra.iter().zip(&self.inputs.extra);
+        let base = base.iter().filter(move |_| read_base).zip(&self.inputs.base);
+        models.chain(extra).chain(base)
     }
 }
 

@@ -172,6 +172,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
     m.add_function(wrap_pyfunction!(method_table_json, m)?)?;
     m.add_function(wrap_pyfunction!(output::check_not_input, m)?)?;
+    m.add_function(wrap_pyfunction!(output::check_output, m)?)?;
     m.add_class::<output::PyOutputDir>()?;
     for (name, class) in errors::classes(m.py())?.named() {
         m.add(name, class.clone_ref(m.py()))?;

@@ -68,3 +68,11 @@ impl PyOutputDir {
 pub(crate) fn check_not_input(py: Python<'_>, target: PathBuf, inputs: Vec<PathBuf>) -> PyResult<()> {
     crate::output::check_not_input(&target, &inputs).map_err(|e| to_py(py, e))
 }
+
+/// Fail now if the output directory `target` could not be written at the end (see `OutputDir`); touches
+/// nothing on disk.
+#[pyfunction]
+#[pyo3(signature = (target, inputs, overwrite=false))]
+pub(crate) fn check_output(py: Python<'_>, target: PathBuf, inputs: Vec<PathBuf>, overwrite: bool) -> PyResult<()> {
+    crate::output::check(&target, &inputs, overwrite).map_err(|e| to_py(py, e))
+}
