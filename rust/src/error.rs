@@ -93,6 +93,16 @@ pub enum MergeError {
         /// The input it collides with.
         input: PathBuf,
     },
+    /// A method cannot merge a tensor of these inputs (e.g. SLERP between antipodal tensors).
+    #[error("{method}: cannot merge tensor '{tensor}': {reason}")]
+    MethodFailed {
+        /// The method.
+        method: &'static str,
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        reason: String,
+    },
     /// The work was cancelled (Ctrl-C); nothing was left behind.
     #[error("cancelled; no output was written")]
     Cancelled,

@@ -15,6 +15,7 @@ mod dtype;
 mod engine;
 mod error;
 mod info;
+mod linalg;
 mod merge;
 mod method;
 mod methods;

@@ -73,6 +73,21 @@ def float_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
         raise click.BadParameter(f"expected comma-separated numbers, one per model, got '{value}'") from None
 
 
+def float_or_list(ctx: click.Context, param: click.Parameter, value: str | None) -> float | list[float] | None:
+    """A click callback reading one number, or comma-separated numbers (one per model)."""
+    numbers = float_list(ctx, param, value)
+    if numbers is not None and "," not in (value or ""):
+        return numbers[0] if numbers else None
+    return numbers
+
+
+def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """A click callback reading comma-separated tensor names."""
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def apply(command: Callable[..., Any], options: list[Callable[[Any], Any]]) -> Callable[..., Any]:
     """Decorate ``command`` with ``options`` in the order given (the first appears first in ``--help``)."""
     for option in reversed(options):

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from ..methods import METHODS, Parameter
-from .app import float_list
+from .app import float_list, float_or_list, name_list
 
 
 def _click_type(p: Parameter) -> dict[str, Any]:
@@ -22,6 +22,10 @@ def _click_type(p: Parameter) -> dict[str, Any]:
         return {"type": click.Choice(list(p.choices))}
     if p.kind == "float_list":
         return {"callback": float_list, "metavar": "X,Y,..."}
+    if p.kind == "float_or_list":
+        return {"callback": float_or_list, "metavar": "X|X,Y,..."}
+    if p.kind == "name_list":
+        return {"callback": name_list, "metavar": "NAME,NAME,..."}
     if p.kind == "path":
         return {"type": click.Path(path_type=Path)}
     if p.kind == "path_list":

@@ -11,7 +11,8 @@ from ..exceptions import InvalidArgumentError
 
 @dataclass(frozen=True)
 class Parameter:
-    """One parameter of a method: ``kind`` is f32, f64, u64, bool, choice, float_list, path or path_list."""
+    """One parameter of a method: ``kind`` is f32, f64, u64, bool, choice, float_list,
+    float_or_list, name_list, path or path_list."""
 
     name: str
     kind: str

@@ -7,9 +7,11 @@
 //! whatever the size or number of the models. A merge pass then checks the chunk's output for NaN/Inf and
 //! writes it at its offset.
 
+mod budget;
 mod cache;
 mod job;
 mod read;
+mod whole;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +27,7 @@ use crate::writer::Writer;
 pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
 use read::Scratch;
+pub(crate) use whole::{DEFAULT_WHOLE_TENSOR_BUDGET, TensorFold};
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
 pub(crate) const DEFAULT_CHUNK: usize = 1 << 16;
@@ -70,6 +73,7 @@ pub(crate) struct Engine<'a> {
     nonfinite_inputs: AtomicU64,
     nonfinite_outputs: AtomicU64,
     streaming: bool,
+    whole_tensor_budget: usize,
 }
 
 impl<'a> Engine<'a> {
@@ -98,12 +102,19 @@ impl<'a> Engine<'a> {
             nonfinite_inputs: AtomicU64::new(0),
             nonfinite_outputs: AtomicU64::new(0),
             streaming,
+            whole_tensor_budget: DEFAULT_WHOLE_TENSOR_BUDGET,
         })
     }
 
     /// Use chunks of `elements` (tests use tiny chunks to exercise boundaries).
     pub(crate) fn with_chunk(mut self, elements: usize) -> Self {
         self.chunk = elements.max(1);
+        self
+    }
+
+    /// Let the whole-tensor pass hold at most `bytes` at once (a larger tensor runs alone).
+    pub(crate) fn with_whole_tensor_budget(mut self, bytes: usize) -> Self {
+        self.whole_tensor_budget = bytes;
         self
     }
 

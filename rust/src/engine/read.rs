@@ -85,7 +85,7 @@ impl Engine<'_> {
             start = range.end;
         }
         if let Some(writer) = spec.writer {
-            self.write(writer, tensor, job, scratch)?;
+            self.write_output(writer, job.tensor, job.start, &scratch.out, &mut scratch.encoded)?;
         }
         Ok(result)
     }
@@ -102,30 +102,39 @@ impl Engine<'_> {
         ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw)
     }
 
-    /// Encode the output, count its non-finite values as stored (an error unless `allow_nonfinite`: the
-    /// inputs were finite, so the method overflowed or divided 0 by 0), and write it.
-    fn write(&self, writer: &Writer, tensor: &PlanTensor, job: &Job, scratch: &mut Scratch) -> Result<()> {
-        let TensorKind::Merge { out, .. } = &tensor.kind else {
+    /// Encode `out` (elements `[start, start + out.len())` of tensor `t`), count its non-finite values as
+    /// stored (an error unless `allow_nonfinite`: the inputs were finite, so the method overflowed or
+    /// divided 0 by 0), and write it.
+    pub(super) fn write_output(
+        &self,
+        writer: &Writer,
+        t: usize,
+        start: usize,
+        out: &[f32],
+        encoded: &mut Vec<u8>,
+    ) -> Result<()> {
+        let tensor = &self.plan.tensors[t];
+        let TensorKind::Merge { out: ty, .. } = &tensor.kind else {
             return Ok(());
         };
-        let offset = (job.start * out.size()) as u64;
-        let (bad, bytes): (u64, &[u8]) = if *out == FloatType::F32 {
-            (count_nonfinite(&scratch.out), bytemuck::cast_slice(&scratch.out))
+        let offset = (start * ty.size()) as u64;
+        let (bad, bytes): (u64, &[u8]) = if *ty == FloatType::F32 {
+            (count_nonfinite(out), bytemuck::cast_slice(out))
         } else {
-            out.encode(&scratch.out, &mut scratch.encoded);
-            (out.count_nonfinite_encoded(&scratch.encoded), &scratch.encoded)
+            ty.encode(out, encoded);
+            (ty.count_nonfinite_encoded(encoded), encoded)
         };
         if bad > 0 {
             if !self.allow_nonfinite {
                 return Err(MergeError::NonFiniteOutput {
                     tensor: tensor.name.clone(),
                     count: bad,
-                    dtype: out.name(),
+                    dtype: ty.name(),
                 });
             }
             self.nonfinite_outputs.fetch_add(bad, Ordering::Relaxed);
         }
-        writer.write_at(job.tensor, offset, bytes)
+        writer.write_at(t, offset, bytes)
     }
 
     /// The number of NaN/Inf input values; an error naming the first input holding one unless

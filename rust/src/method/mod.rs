@@ -5,6 +5,7 @@
 
 mod ops;
 mod params;
+pub(crate) mod subspace;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -39,6 +39,10 @@ pub enum ParamKind {
     },
     /// One finite number per fine-tuned model.
     FloatList,
+    /// One finite number, or one per fine-tuned model.
+    FloatOrList,
+    /// A list of tensor names.
+    NameList,
     /// A file path.
     Path,
     /// One file path per fine-tuned model.
@@ -197,6 +201,12 @@ impl Params {
         Some(list.iter().filter_map(Value::as_f64).collect())
     }
 
+    /// A list of names, if given.
+    pub fn names(&self, name: &str) -> Option<Vec<String>> {
+        let list = self.get(name)?.as_array()?;
+        Some(list.iter().filter_map(Value::as_str).map(String::from).collect())
+    }
+
     /// A path, if given.
     pub fn path(&self, name: &str) -> Option<PathBuf> {
         self.get(name).and_then(Value::as_str).map(PathBuf::from)
@@ -267,7 +277,12 @@ fn check(method: &str, def: &ParamDef, value: &Value) -> Result<Value> {
                 .map(|c| Value::from(*c))
                 .ok_or_else(|| fail(format!("one of {}", choices.join(", "))))
         }
-        ParamKind::FloatList => {
+        ParamKind::FloatOrList if value.is_number() => value
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Value::from)
+            .ok_or_else(|| fail("a finite number".into())),
+        ParamKind::FloatList | ParamKind::FloatOrList => {
             let list = value.as_array().ok_or_else(|| fail("a list of numbers".into()))?;
             let numbers: Option<Vec<f64>> = list.iter().map(Value::as_f64).collect();
             let numbers = numbers
@@ -275,6 +290,10 @@ fn check(method: &str, def: &ParamDef, value: &Value) -> Result<Value> {
                 .ok_or_else(|| fail("a list of finite numbers".into()))?;
             Ok(Value::from(numbers))
         }
+        ParamKind::NameList => match value.as_array() {
+            Some(list) if list.iter().all(Value::is_string) => Ok(value.clone()),
+            _ => Err(fail("a list of tensor names".into())),
+        },
         ParamKind::Path => value.as_str().map(Value::from).ok_or_else(|| fail("a path".into())),
         ParamKind::PathList => {
             let list = value.as_array().ok_or_else(|| fail("a list of paths".into()))?;

@@ -119,7 +119,7 @@ impl Classes {
             MergeError::Io { .. } => &self.io,
             MergeError::InvalidCheckpoint { .. } | MergeError::UnsupportedDtype { .. } => &self.checkpoint,
             MergeError::Incompatible { .. } => &self.incompatible,
-            MergeError::InvalidArgument(_) => &self.invalid_argument,
+            MergeError::InvalidArgument(_) | MergeError::MethodFailed { .. } => &self.invalid_argument,
             MergeError::NonFinite { .. } | MergeError::NonFiniteOutput { .. } => &self.nonfinite,
             MergeError::OutputExists { .. } => &self.output_exists,
             MergeError::OutputIsInput { .. } => &self.output_is_input,

@@ -1,0 +1,221 @@
+//! The whole-tensor pass, for methods that need each tensor entire (an SVD of a matrix, a norm or a ranking
+//! over a tensor): for every merged tensor, in the order the first model's file lays them out, it reads θ₀
+//! (when asked) and then each model's copy once, handing them to the method one model at a time
+//! ([`TensorFold`]); the method folds them into what it needs (a running sum, a few singular vectors, or
+//! every copy) and finally fills the output, which is checked and written like any other. Tensors run in
+//! parallel while their declared working sets fit a [`Budget`]; a tensor larger than the budget runs alone.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use super::budget::Budget;
+use super::{Engine, first_error};
+use crate::dtype::count_nonfinite;
+use crate::error::{ALLOW_NONFINITE, MergeError, Result};
+use crate::method::MethodStats;
+use crate::plan::{FloatSource, PlanTensor, TensorKind};
+use crate::writer::Writer;
+
+/// Bytes the whole-tensor pass lets its tensors hold at once (the engine's buffers and the methods'
+/// declared working sets), unless the request sets another.
+pub(crate) const DEFAULT_WHOLE_TENSOR_BUDGET: usize = 160 << 20;
+
+/// A method that merges whole tensors, one model's copy at a time.
+pub(crate) trait TensorFold: Sync {
+    /// What the method keeps for one tensor while its models arrive.
+    type Acc: Send;
+
+    /// Bytes the accumulator and the method's own work need for `tensor` with `models` models (the engine
+    /// adds its own three tensor-sized buffers).
+    fn footprint(&self, tensor: &PlanTensor, models: usize) -> usize;
+
+    /// An empty accumulator for `tensor`.
+    fn start(&self, tensor: &PlanTensor, models: usize) -> Result<Self::Acc>;
+
+    /// Fold in model `model`'s copy θ of `tensor` (θ₀ is given when the pass reads it).
+    fn add(
+        &self,
+        acc: &mut Self::Acc,
+        tensor: &PlanTensor,
+        model: usize,
+        theta: &[f32],
+        base: Option<&[f32]>,
+    ) -> Result<()>;
+
+    /// Fill `out` with the merged `tensor`.
+    fn finish(&self, acc: Self::Acc, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()>;
+}
+
+/// Buffers one worker reuses from tensor to tensor.
+#[derive(Default)]
+struct Buffers {
+    base: Vec<f32>,
+    theta: Vec<f32>,
+    out: Vec<f32>,
+    raw: Vec<u8>,
+    encoded: Vec<u8>,
+}
+
+impl Engine<'_> {
+    /// Merge every merged tensor with `fold`, reading θ₀ too with `read_base`, and write the results.
+    pub(crate) fn whole_tensors<F: TensorFold>(
+        &self,
+        fold: &F,
+        read_base: bool,
+        writer: &Writer,
+    ) -> Result<MethodStats> {
+        let order = self.layout_order();
+        let total: u64 = order.iter().map(|&t| self.tensor_bytes(t, read_base)).sum();
+        self.monitor.start_phase("merge", total);
+        let budget = Budget::new(self.whole_tensor_budget);
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let slots: Vec<Mutex<Buffers>> = (0..self.threads()).map(|_| Mutex::new(Buffers::default())).collect();
+        let failures: Vec<MergeError> = self.pool.install(|| {
+            slots
+                .par_iter()
+                .filter_map(|slot| {
+                    let mut buffers = slot.lock().ok()?;
+                    while !stop.load(Ordering::Relaxed) {
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&t) = order.get(j) else { break };
+                        let need = self.whole_footprint(fold, t, read_base);
+                        let outcome = budget.run(j, need, &stop, || {
+                            self.merge_tensor(fold, t, read_base, writer, &mut buffers)
+                        });
+                        if let Err(e) = outcome {
+                            stop.store(true, Ordering::Relaxed);
+                            budget.abandon();
+                            return Some(e);
+                        }
+                    }
+                    None
+                })
+                .collect()
+        });
+        match first_error(failures) {
+            Some(error) => Err(error),
+            None => Ok(MethodStats::default()),
+        }
+    }
+
+    /// Merged tensors in the order the first model's files store them.
+    fn layout_order(&self) -> Vec<usize> {
+        let model = &self.inputs.models[0];
+        let mut order: Vec<(usize, u64, usize)> = (0..self.plan.tensors.len())
+            .filter_map(|t| {
+                let source = self.sources(t).1.first()?;
+                let stored = &model.tensors[source.tensor];
+                Some((stored.shard, stored.stored.offset, t))
+            })
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, _, t)| t).collect()
+    }
+
+    /// The base and model sources of merged tensor `t` (empty for copied tensors).
+    fn sources(&self, t: usize) -> (Option<&FloatSource>, &[FloatSource]) {
+        match &self.plan.tensors[t].kind {
+            TensorKind::Merge { base, models, .. } => (base.as_ref(), models),
+            TensorKind::Copy { .. } => (None, &[]),
+        }
+    }
+
+    /// Stored bytes the pass reads for tensor `t`.
+    fn tensor_bytes(&self, t: usize, read_base: bool) -> u64 {
+        let (base, models) = self.sources(t);
+        let base = base.filter(|_| read_base).map_or(0, |s| s.ty.size());
+        let width: usize = models.iter().map(|s| s.ty.size()).sum::<usize>() + base;
+        (width * self.plan.tensors[t].numel) as u64
+    }
+
+    /// The working set of tensor `t`: the worker's buffers and the method's accumulator.
+    fn whole_footprint<F: TensorFold>(&self, fold: &F, t: usize, read_base: bool) -> usize {
+        let tensor = &self.plan.tensors[t];
+        let buffers = if read_base { 3 } else { 2 };
+        buffers * tensor.numel * 4 + fold.footprint(tensor, self.inputs.models.len())
+    }
+
+    /// Read, fold, finish, check and write tensor `t`.
+    fn merge_tensor<F: TensorFold>(
+        &self,
+        fold: &F,
+        t: usize,
+        read_base: bool,
+        writer: &Writer,
+        buffers: &mut Buffers,
+    ) -> Result<()> {
+        let tensor = &self.plan.tensors[t];
+        let (base_source, models) = self.sources(t);
+        let base = match (read_base, base_source, &self.inputs.base) {
+            (false, _, _) => None,
+            (true, Some(source), Some(ckpt)) => {
+                self.read_whole(ckpt, tensor, source, &mut buffers.base, &mut buffers.raw)?;
+                Some(buffers.base.as_slice())
+            }
+            (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
+        };
+        let mut acc = fold.start(tensor, models.len())?;
+        for (i, source) in models.iter().enumerate() {
+            self.read_whole(
+                &self.inputs.models[i],
+                tensor,
+                source,
+                &mut buffers.theta,
+                &mut buffers.raw,
+            )?;
+            fold.add(&mut acc, tensor, i, &buffers.theta, base)?;
+        }
+        buffers.out.resize(tensor.numel, 0.0);
+        fold.finish(acc, tensor, base, &mut buffers.out)?;
+        self.write_output(writer, t, 0, &buffers.out, &mut buffers.encoded)?;
+        if self.streaming {
+            self.drop_tensor(t, read_base);
+        }
+        Ok(())
+    }
+
+    /// Read all of `tensor` from `ckpt` into `buf`, checking it for NaN/Inf and counting its bytes.
+    fn read_whole(
+        &self,
+        ckpt: &crate::checkpoint::Checkpoint,
+        tensor: &PlanTensor,
+        source: &FloatSource,
+        buf: &mut Vec<f32>,
+        raw: &mut Vec<u8>,
+    ) -> Result<()> {
+        if self.monitor.is_cancelled() {
+            return Err(MergeError::Cancelled);
+        }
+        buf.resize(tensor.numel, 0.0);
+        ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, 0, buf, raw)?;
+        let bad = count_nonfinite(buf);
+        if bad > 0 {
+            if !self.allow_nonfinite {
+                return Err(MergeError::NonFinite {
+                    model: ckpt.name.clone(),
+                    tensor: tensor.name.clone(),
+                    count: bad,
+                    remedy: ALLOW_NONFINITE,
+                });
+            }
+            self.nonfinite_inputs.fetch_add(bad, Ordering::Relaxed);
+        }
+        self.monitor.advance((tensor.numel * source.ty.size()) as u64);
+        Ok(())
+    }
+
+    /// Drop tensor `t`'s input pages from the page cache (it has been read for the last time).
+    fn drop_tensor(&self, t: usize, read_base: bool) {
+        let (base, models) = self.sources(t);
+        let models = models.iter().zip(&self.inputs.models);
+        let base = base.filter(|_| read_base).into_iter().zip(&self.inputs.base);
+        for (source, ckpt) in models.chain(base) {
+            let stored = &ckpt.tensors[source.tensor];
+            let len = (self.plan.tensors[t].numel * source.ty.size()) as u64;
+            ckpt.advise(stored, stored.stored.offset, len, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
