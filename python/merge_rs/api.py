@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import os
 import re
@@ -32,7 +33,7 @@ def parse_size(size: int | str) -> int:
             raise InvalidArgumentError(f"cannot read size '{size}' (examples: 5GB, 500MB, 2GiB)")
         value = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()])
     if value <= 0:
-        raise InvalidArgumentError(f"the shard size must be positive (got {size})")
+        raise InvalidArgumentError(f"a size must be positive (got {size})")
     return value
 
 
@@ -47,6 +48,7 @@ def merge(
     threads: int = 0,
     overwrite: bool = False,
     allow_nonfinite: bool = False,
+    memory_budget: int | str | None = None,
     progress: bool | ProgressCallback = False,
     reads: Sequence[PathLike] = (),
     extra_files: dict[str, str] | None = None,
@@ -60,13 +62,15 @@ def merge(
     with the GIL released; ``progress=True`` shows a bar on a terminal, a callable receives
     ``(phase, done_bytes, total_bytes)``. ``reads`` names other files the caller read for this merge (a pool
     file, datasets): the output must not overlap them. ``extra_files`` ({name: text}) are written into the
-    output beside the weights, in the same atomic step.
+    output beside the weights, in the same atomic step. ``memory_budget`` caps what the whole-tensor methods
+    (the SVD family, SLERP, breadcrumbs, …) hold at once (default 160 MiB; a larger tensor runs alone).
+    A parameter that is a Python keyword takes a trailing underscore (``lambda_=0.5`` for ``lambda``).
     """
     spec = get_method(method)
     _check_threads(threads)
     request = {
         "method": spec.name,
-        "parameters": {name: _plain(value) for name, value in parameters.items() if value is not None},
+        "parameters": {_unkeyword(name): _plain(value) for name, value in parameters.items() if value is not None},
         "pretrained": _path(pretrained) if pretrained is not None else None,
         "models": [_path(m) for m in models],
         "out": _path(out),
@@ -75,6 +79,7 @@ def merge(
         "threads": threads,
         "overwrite": overwrite,
         "allow_nonfinite": allow_nonfinite,
+        "memory_budget": parse_size(memory_budget) if memory_budget is not None else 0,
         "reads": [_path(p) for p in reads],
         "files": sorted((extra_files or {}).items()),
     }
@@ -85,6 +90,11 @@ def merge(
         if isinstance(callback, ProgressBar):
             callback.close()
     return MergeReport.from_json(json.loads(report))
+
+
+def _unkeyword(name: str) -> str:
+    """``lambda_`` → ``lambda``: a parameter named after a Python keyword is passed with a trailing underscore."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
 def _check_threads(threads: int) -> None:

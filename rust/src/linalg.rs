@@ -1,10 +1,25 @@
 //! Dense linear algebra for the subspace methods, on faer: thin SVDs, polar factors and products. Inputs
 //! are row-major float32 matrices (the safetensors layout); the factorisations run in float64, which keeps
 //! truncated singular subspaces accurate where float32's would drift (10× further from an exact result
-//! than LAPACK's float32, measured on random task vectors). They run in the calling rayon pool.
+//! than LAPACK's float32, measured on random task vectors). They run in the calling rayon pool, always split
+//! the same number of ways, so their results do not depend on the number of threads.
+
+use std::sync::Once;
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, get_global_parallelism};
+use faer::{Accum, Mat, MatRef, Par};
+
+/// Ways every factorisation and product is split, whatever the thread count (faer's results depend on the
+/// split, not on the threads that run it).
+const SPLITS: usize = 4;
+
+/// The parallelism of every faer call (set as faer's global too, which its SVD reads).
+pub(crate) fn par() -> Par {
+    static SET: Once = Once::new();
+    let par = Par::rayon(SPLITS);
+    SET.call_once(|| faer::set_global_parallelism(par));
+    par
+}
 
 /// Singular triplets of a matrix: `u` is m × k, `v` is n × k, `s` non-increasing.
 pub(crate) struct Triplets {
@@ -20,6 +35,7 @@ pub(crate) fn widen(data: &[f32], rows: usize, cols: usize) -> Mat<f64> {
 
 /// The thin SVD of `a` (all min(m, n) triplets), or why it failed.
 pub(crate) fn thin_svd(a: MatRef<'_, f64>) -> Result<Triplets, String> {
+    par();
     let svd = a.thin_svd().map_err(|e| format!("the SVD did not converge ({e:?})"))?;
     let s = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
     Ok(Triplets {
@@ -51,7 +67,7 @@ pub(crate) fn product_into(u: MatRef<'_, f64>, s: &[f64], v: MatRef<'_, f64>, sc
         us.as_ref(),
         v.transpose(),
         scale,
-        get_global_parallelism(),
+        par(),
     );
     let cols = v.nrows();
     for (k, o) in out.iter_mut().enumerate() {
@@ -69,7 +85,7 @@ pub(crate) fn polar(a: MatRef<'_, f64>) -> Result<Mat<f64>, String> {
         svd.u.as_ref(),
         svd.v.transpose(),
         1.0,
-        get_global_parallelism(),
+        par(),
     );
     Ok(p)
 }

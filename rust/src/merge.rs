@@ -50,6 +50,9 @@ pub struct MergeRequest {
     pub allow_nonfinite: bool,
     /// Elements per chunk (0: the default); results do not depend on it.
     pub chunk: usize,
+    /// Bytes the whole-tensor methods (SVD, SLERP, …) may hold at once (0: 160 MiB); a tensor that needs
+    /// more runs alone. Results do not depend on it.
+    pub memory_budget: u64,
     /// Other paths the caller read for this merge (a pool file, datasets): the output must not overlap them.
     pub reads: Vec<PathBuf>,
     /// Small files to put into the output beside the weights (name, contents).
@@ -71,6 +74,7 @@ impl MergeRequest {
             overwrite: false,
             allow_nonfinite: false,
             chunk: 0,
+            memory_budget: 0,
             reads: Vec::new(),
             files: Vec::new(),
         }
@@ -192,6 +196,9 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let mut engine = Engine::new(&inputs, &plan, monitor, request.threads, request.allow_nonfinite)?;
     if request.chunk > 0 {
         engine = engine.with_chunk(request.chunk);
+    }
+    if request.memory_budget > 0 {
+        engine = engine.with_whole_tensor_budget(usize::try_from(request.memory_budget).unwrap_or(usize::MAX));
     }
     let stats = method.run(&engine, &writer)?;
     copy_raw_tensors(&inputs, &plan, &writer, monitor)?;

@@ -127,7 +127,8 @@ pub(crate) struct MergePlan {
 }
 
 impl MergePlan {
-    /// Build and validate the plan. `needs_base` says whether the method uses θ₀ for float tensors.
+    /// Build and validate the plan. `needs_base` says whether the method must have θ₀; when given, θ₀ is
+    /// matched against the models whether or not the method reads it.
     pub(crate) fn build(inputs: &Inputs, needs_base: bool, out_dtype: Option<FloatType>) -> Result<MergePlan> {
         let reference = inputs
             .models
@@ -161,7 +162,7 @@ impl MergePlan {
             if let (Some(b), Some(map)) = (&inputs.base, base_map) {
                 sources.push((InputId::Base, locate(b, map)));
             }
-            tensors.push(plan_tensor(inputs, t, &sources, needs_base, out_dtype)?);
+            tensors.push(plan_tensor(inputs, t, &sources, out_dtype)?);
         }
         Ok(MergePlan { tensors })
     }
@@ -187,7 +188,6 @@ fn plan_tensor(
     inputs: &Inputs,
     reference: &Tensor,
     sources: &[(InputId, Option<usize>)],
-    needs_base: bool,
     out_dtype: Option<FloatType>,
 ) -> Result<PlanTensor> {
     let (name, dtype) = (&reference.stored.name, reference.stored.dtype);
@@ -223,7 +223,7 @@ fn plan_tensor(
             };
             TensorKind::Merge {
                 out: out_dtype.unwrap_or(ty),
-                base: float(&base).first().copied().filter(|_| needs_base),
+                base: float(&base).first().copied(),
                 models: float(&models),
                 extra: float(&extra),
             }

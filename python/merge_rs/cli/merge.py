@@ -27,6 +27,8 @@ OPTIONS = [
     click.option("--max-shard-size", default=api.DEFAULT_MAX_SHARD_SIZE, show_default=True,
                  help="Largest output shard."),
     THREADS,
+    click.option("--memory-budget", help="Most memory the whole-tensor methods (SVD family, SLERP, breadcrumbs, "
+                                         "…) hold at once, e.g. 512MB [default: 160MiB]; a larger tensor runs alone."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
     click.option("--allow-nonfinite", is_flag=True, help="Merge despite NaN/Inf parameters (with a warning)."),
     click.option("--eval", "run_eval", is_flag=True, help="Evaluate the merged model afterwards (zero-shot, needs "
@@ -38,7 +40,7 @@ OPTIONS = [
 
 
 def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_name: str | None, out: Path,
-          dtype: str | None, max_shard_size: str, threads: int, overwrite: bool, allow_nonfinite: bool,
+          dtype: str | None, max_shard_size: str, threads: int, memory_budget: str | None, overwrite: bool, allow_nonfinite: bool,
           run_eval: bool, quiet: bool, as_json: bool, **options: Any) -> None:
     """Merge fine-tuned MODELs (or a --pool's) with METHOD into a new model directory."""
     settings = EvalSettings.pop(options)
@@ -56,7 +58,7 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
     check_report(settings.report_path, report_inputs)
     report = run(lambda: api.merge(
         method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
-        overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet, reads=reads, **given))
+        memory_budget=memory_budget, overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet, reads=reads, **given))
     if (report.nonfinite_inputs or report.nonfinite_outputs) and not quiet:
         click.echo(f"warning: {report.nonfinite_inputs} non-finite input values merged, "
                    f"{report.nonfinite_outputs} non-finite values written", err=True)

@@ -219,3 +219,7 @@ impl Engine<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "whole_tests.rs"]
+mod tests;

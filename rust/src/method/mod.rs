@@ -3,8 +3,10 @@
 //! [`Params`] into a runnable [`MergeMethod`]. The table of every declaration ([`method_table`]) is the one
 //! place the Python registry, the CLI options, the demo and the README's method table are generated from.
 
+pub(crate) mod gta;
 mod ops;
 mod params;
+pub(crate) mod sparsify;
 pub(crate) mod subspace;
 
 use std::fmt;

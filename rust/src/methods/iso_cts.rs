@@ -6,11 +6,11 @@
 
 use faer::Mat;
 use faer::linalg::matmul::matmul;
-use faer::{Accum, get_global_parallelism};
+use faer::Accum;
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
-use crate::linalg::{Triplets, polar, product_into, svd_bytes, thin_svd, widen};
+use crate::linalg::{Triplets, par, polar, product_into, svd_bytes, thin_svd, widen};
 use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::methods::iso_c::ISO_SCALING_FACTOR;
@@ -132,7 +132,7 @@ impl IsoCts {
 
 /// τ minus its projection on the common subspace's left singular vectors: τ − Uₖ Uₖᵀ τ.
 fn outside(common: &Triplets, mut tau: Mat<f64>) -> Mat<f64> {
-    let par = get_global_parallelism();
+    let par = par();
     let mut coords = Mat::zeros(common.u.ncols(), tau.ncols());
     matmul(coords.as_mut(), Accum::Replace, common.u.transpose(), tau.as_ref(), 1.0, par);
     matmul(tau.as_mut(), Accum::Add, &common.u, &coords, -1.0, par);

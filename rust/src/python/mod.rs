@@ -38,6 +38,9 @@ struct RequestJson {
     overwrite: bool,
     #[serde(default)]
     allow_nonfinite: bool,
+    /// Bytes the whole-tensor methods may hold at once (0: the default).
+    #[serde(default)]
+    memory_budget: u64,
     /// Other paths the caller read for this merge (the output must not overlap them).
     #[serde(default)]
     reads: Vec<PathBuf>,
@@ -93,6 +96,7 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
             overwrite: r.overwrite,
             allow_nonfinite: r.allow_nonfinite,
             chunk: 0,
+            memory_budget: r.memory_budget,
             reads: r.reads,
             files: r
                 .files

@@ -1,0 +1,123 @@
+//! mergekit's sparsifiers for task vectors (`mergekit/sparsify.py`): magnitude with outliers removed
+//! (Model Breadcrumbs) and DELLA's rank-weighted random drop, each optionally rescaled so the L1 norm is
+//! kept.
+
+use crate::rng;
+
+/// How a task vector is thinned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sparsifier {
+    /// Keep the `density` share of entries after dropping the `gamma` share of largest magnitude.
+    MagnitudeOutliers { density: f64, gamma: f64 },
+    /// Keep each entry with probability density ± epsilon, higher for larger magnitudes in its row.
+    DellaMagprune { density: f64, epsilon: f64, seed: u64 },
+}
+
+/// Thin `delta` (a tensor of `shape` called `name`, task `task`) in place; rescale to its former L1 norm
+/// with `rescale`.
+pub(crate) fn sparsify(delta: &mut [f32], shape: &[usize], name: &str, task: usize, how: Sparsifier, rescale: bool) {
+    let keep = match how {
+        Sparsifier::MagnitudeOutliers { density, .. } | Sparsifier::DellaMagprune { density, .. } if density >= 1.0 => {
+            return;
+        }
+        Sparsifier::MagnitudeOutliers { density, gamma } => magnitude_outliers(delta, density, gamma),
+        Sparsifier::DellaMagprune { density, epsilon, seed } => {
+            let stream = rng::stream(seed, name, task as u64);
+            della_magprune(delta, shape, density, epsilon, stream)
+        }
+    };
+    let before: f32 = delta.iter().map(|x| x.abs()).sum();
+    for (x, &k) in delta.iter_mut().zip(&keep) {
+        if !k {
+            *x = 0.0;
+        }
+    }
+    let after: f32 = delta.iter().map(|x| x.abs()).sum();
+    if rescale && before >= 1e-7 && after >= 1e-7 {
+        let scale = before / after;
+        for x in delta.iter_mut() {
+            *x *= scale;
+        }
+    }
+}
+
+/// The entries kept: ascending by magnitude, drop the smallest `numel − target − top` and the largest
+/// `top = ⌊gamma·numel⌋` (fewer large ones when the target needs them). Unlike mergekit, whose slice
+/// `[n_bot:-n_top]` keeps nothing when `n_top` is 0, a tensor too small to lose an outlier keeps its top.
+fn magnitude_outliers(delta: &[f32], density: f64, gamma: f64) -> Vec<bool> {
+    let numel = delta.len();
+    let target = (density * numel as f64) as usize;
+    let mut top = (gamma * numel as f64) as usize;
+    let bottom = match numel.checked_sub(target + top) {
+        Some(bottom) => bottom,
+        None => {
+            top = numel - target;
+            0
+        }
+    };
+    let mut order: Vec<usize> = (0..numel).collect();
+    order.sort_by(|&a, &b| delta[a].abs().total_cmp(&delta[b].abs()).then(a.cmp(&b)));
+    let mut keep = vec![false; numel];
+    for &i in &order[bottom..numel - top] {
+        keep[i] = true;
+    }
+    keep
+}
+
+/// DELLA's MagPrune: within each fibre along axis 1 (a row of a matrix; a vector is one row), the entry
+/// of rank r (1 = smallest magnitude) of n is kept with probability (density − ε) + 2ε·(r − 1)/(n − 1).
+fn della_magprune(delta: &[f32], shape: &[usize], density: f64, epsilon: f64, stream: u64) -> Vec<bool> {
+    let (outer, len, inner) = match shape {
+        [] => (1, 1, 1),
+        [n] => (1, *n, 1),
+        [a, b, rest @ ..] => (*a, *b, rest.iter().product()),
+    };
+    let mut keep = vec![false; delta.len()];
+    let mut fibre: Vec<usize> = Vec::with_capacity(len);
+    for o in 0..outer {
+        for i in 0..inner {
+            fibre.clear();
+            fibre.extend((0..len).map(|j| (o * len + j) * inner + i));
+            fibre.sort_by(|&a, &b| delta[a].abs().total_cmp(&delta[b].abs()).then(a.cmp(&b)));
+            for (rank, &at) in fibre.iter().enumerate() {
+                let share = if len > 1 { rank as f64 / (len - 1) as f64 } else { 0.0 };
+                let p = (density - epsilon) + share * 2.0 * epsilon;
+                keep[at] = rng::uniform(stream, at as u64) < p;
+            }
+        }
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breadcrumbs_drop_the_largest_and_the_smallest() {
+        let mut d: Vec<f32> = (1..=10).map(|x| x as f32).collect();
+        let how = Sparsifier::MagnitudeOutliers { density: 0.5, gamma: 0.1 };
+        sparsify(&mut d, &[10], "w", 0, how, false);
+        assert_eq!(d, vec![0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0]);
+    }
+
+    #[test]
+    fn rescaling_keeps_the_l1_norm() {
+        let mut d: Vec<f32> = vec![1.0, -2.0, 3.0, -4.0];
+        let how = Sparsifier::MagnitudeOutliers { density: 0.5, gamma: 0.0 };
+        sparsify(&mut d, &[4], "w", 0, how, true);
+        assert_eq!(d, vec![0.0, 0.0, 30.0 / 7.0, -40.0 / 7.0]);
+    }
+
+    #[test]
+    fn della_keeps_about_density_and_favours_large_entries() {
+        let n = 20_000;
+        let mut d: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+        let how = Sparsifier::DellaMagprune { density: 0.5, epsilon: 0.3, seed: 1 };
+        sparsify(&mut d, &[1, n], "w", 0, how, false);
+        let kept = |range: std::ops::Range<usize>| d[range].iter().filter(|x| **x != 0.0).count() as f64;
+        let (low, high) = (kept(0..n / 10) / (n / 10) as f64, kept(9 * n / 10..n) / (n / 10) as f64);
+        assert!((low - 0.23).abs() < 0.03, "smallest tenth kept {low}");
+        assert!((high - 0.77).abs() < 0.03, "largest tenth kept {high}");
+    }
+}

@@ -1,0 +1,24 @@
+//! DELLA without sign consensus, mergekit's `della_linear` (generalized task arithmetic with MagPrune's rank-weighted random drop).
+
+use crate::error::Result;
+use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};
+use crate::method::{MergeMethod, MethodDef, Params};
+use crate::methods::della::{EPSILON, SEED, della_sparsifier};
+
+/// The declaration.
+pub(crate) static METHOD: MethodDef = MethodDef {
+    name: "della_linear",
+    summary: "DELLA's rank-weighted random drop, then a weighted sum",
+    paper: "https://arxiv.org/abs/2406.11617",
+    needs_base: true,
+    min_models: 1,
+    max_models: None,
+    extra_inputs: None,
+    params: &[WEIGHTS, DENSITY, EPSILON, LAMBDA, normalize(false), rescale(true), SEED],
+    build,
+};
+
+fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
+    let sparsifier = della_sparsifier("della_linear", p)?;
+    Ok(Box::new(Gta::from_params("della_linear", p, sparsifier, false)?))
+}

@@ -1,0 +1,115 @@
+//! Model Stock (Jang et al., 2024), mergekit's `model_stock`: with θ̄ the average of the fine-tuned models
+//! and cos the mean pairwise cosine of their offsets θᵢ − θ₀ (per tensor, or per row with `filter_wise`),
+//! t = N·cos / (1 + (N − 1)·cos) and θ = t·θ̄ + (1 − t)·θ₀.
+
+use crate::engine::{Engine, TensorFold};
+use crate::error::{MergeError, Result};
+use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
+use crate::plan::PlanTensor;
+use crate::writer::Writer;
+
+/// The declaration.
+pub(crate) static METHOD: MethodDef = MethodDef {
+    name: "model_stock",
+    summary: "interpolate the average toward θ₀ by the angle between the models' offsets",
+    paper: "https://arxiv.org/abs/2403.19522",
+    needs_base: true,
+    min_models: 2,
+    max_models: None,
+    extra_inputs: None,
+    params: &[ParamDef {
+        name: "filter_wise",
+        kind: ParamKind::Bool,
+        default: ParamDefault::Flag(false),
+        help: "one interpolation ratio per row (last axis) instead of per tensor",
+    }],
+    build,
+};
+
+#[derive(Debug)]
+struct ModelStock {
+    filter_wise: bool,
+}
+
+fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
+    Ok(Box::new(ModelStock {
+        filter_wise: p.bool("filter_wise")?,
+    }))
+}
+
+impl MergeMethod for ModelStock {
+    fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
+        engine.whole_tensors(self, true, writer)
+    }
+}
+
+impl TensorFold for ModelStock {
+    /// Every model's copy.
+    type Acc = Vec<Vec<f32>>;
+
+    fn footprint(&self, tensor: &PlanTensor, models: usize) -> usize {
+        4 * models * tensor.numel
+    }
+
+    fn start(&self, _: &PlanTensor, models: usize) -> Result<Self::Acc> {
+        Ok(Vec::with_capacity(models))
+    }
+
+    fn add(&self, acc: &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], _: Option<&[f32]>) -> Result<()> {
+        acc.push(theta.to_vec());
+        Ok(())
+    }
+
+    fn finish(&self, models: Self::Acc, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        let base = base.ok_or_else(|| MergeError::Internal("model_stock reads the pretrained model".into()))?;
+        let row = match (self.filter_wise, tensor.shape.last()) {
+            (true, Some(&last)) if last > 0 => last,
+            _ => tensor.numel.max(1),
+        };
+        let n = models.len() as f32;
+        for start in (0..tensor.numel).step_by(row) {
+            let range = start..(start + row).min(tensor.numel);
+            let offsets: Vec<Vec<f32>> =
+                models.iter().map(|m| m[range.clone()].iter().zip(&base[range.clone()]).map(|(x, b)| x - b).collect()).collect();
+            let cos = mean_pairwise_cosine(&offsets) as f32;
+            let t = (n * cos) / (1.0 + (n - 1.0) * cos);
+            for i in range {
+                let average = models.iter().map(|m| m[i]).sum::<f32>() / n;
+                out[i] = t * average + (1.0 - t) * base[i];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mean over pairs of cos(oᵢ, oⱼ), each clamped to [−1, 1], with the product of norms kept ≥ 1e-6
+/// (mergekit's guard).
+fn mean_pairwise_cosine(offsets: &[Vec<f32>]) -> f64 {
+    let norms: Vec<f64> = offsets.iter().map(|o| dot(o, o).sqrt()).collect();
+    let (mut total, mut pairs) = (0.0, 0);
+    for i in 0..offsets.len() {
+        for j in i + 1..offsets.len() {
+            let cos = dot(&offsets[i], &offsets[j]) / (norms[i] * norms[j]).max(1e-6);
+            total += cos.clamp(-1.0, 1.0);
+            pairs += 1;
+        }
+    }
+    total / f64::from(pairs.max(1))
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orthogonal_offsets_pull_halfway_back_for_two_models() {
+        let offsets = vec![vec![1.0f32, 0.0], vec![0.0f32, 1.0]];
+        assert_eq!(mean_pairwise_cosine(&offsets), 0.0);
+        let same = vec![vec![1.0f32, 2.0], vec![2.0f32, 4.0]];
+        assert!((mean_pairwise_cosine(&same) - 1.0).abs() < 1e-12);
+    }
+}
