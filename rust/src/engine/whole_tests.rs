@@ -14,7 +14,12 @@ use crate::synthetic::{SyntheticSpec, write_model_set};
 
 /// A pretrained model and `models` fine-tuned ones with matrices, vectors and a 4-D tensor.
 fn model_set(dir: &Path, models: usize) -> Vec<PathBuf> {
-    let tensors = [("a.weight", vec![12, 9]), ("a.bias", vec![12]), ("b.weight", vec![7, 16]), ("conv", vec![2, 3, 2, 2])];
+    let tensors = [
+        ("a.weight", vec![12, 9]),
+        ("a.bias", vec![12]),
+        ("b.weight", vec![7, 16]),
+        ("conv", vec![2, 3, 2, 2]),
+    ];
     let spec = SyntheticSpec {
         tensors: tensors.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
         models,
@@ -56,15 +61,24 @@ fn whole_tensor_results_do_not_depend_on_threads_or_budget() {
         ("iso_c", json!({})),
         ("iso_cts", json!({"common_space_fraction": 0.5})),
         ("tsv_m", json!({"alpha": [0.5, 1.0, 1.5]})),
-        ("breadcrumbs_ties", json!({"density": 0.5, "gamma": 0.1})),
-        ("della", json!({"density": 0.5, "epsilon": 0.2, "seed": 4})),
+        (
+            "breadcrumbs_ties",
+            json!({"weights": [1.0, 0.5, 2.0], "density": 0.5, "gamma": 0.1}),
+        ),
+        (
+            "della",
+            json!({"weights": [1.0, 1.0, 1.0], "density": 0.5, "epsilon": 0.2, "seed": 4}),
+        ),
         ("model_stock", json!({"filter_wise": true})),
         ("multislerp", json!({"weights": [1.0, 2.0, 3.0]})),
     ];
     for (i, (name, params)) in cases.iter().enumerate() {
         let one = run(&paths, name, params, 1, 0, &dir.path().join(format!("one-{i}")));
         let many = run(&paths, name, params, 3, 1, &dir.path().join(format!("many-{i}")));
-        assert!(one == many, "{name}: 1 thread and 3 threads with a 1-byte budget differ");
+        assert!(
+            one == many,
+            "{name}: 1 thread and 3 threads with a 1-byte budget differ"
+        );
     }
 }
 
@@ -75,9 +89,16 @@ fn ranks_too_small_to_split_fail_naming_the_tensor_and_leave_nothing() {
     let out = dir.path().join("out");
     let request = MergeRequest {
         base: Some(paths[0].clone()),
-        ..MergeRequest::new(method("iso_cts", json!({"common_space_fraction": 0.05})), paths[1..].to_vec(), out.clone())
+        ..MergeRequest::new(
+            method("iso_cts", json!({"common_space_fraction": 0.05})),
+            paths[1..].to_vec(),
+            out.clone(),
+        )
     };
-    let err = merge(&request, &Monitor::default()).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = merge(&request, &Monitor::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("iso_cts: cannot merge tensor 'b.weight'"), "{err}");
     assert!(!out.exists());
 }
@@ -86,7 +107,14 @@ fn ranks_too_small_to_split_fail_naming_the_tensor_and_leave_nothing() {
 fn slerp_takes_exactly_two_models() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let paths = model_set(dir.path(), 3);
-    let request = MergeRequest::new(method("slerp", json!({"t": 0.3})), paths[1..].to_vec(), dir.path().join("o"));
+    let request = MergeRequest::new(
+        method("slerp", json!({"t": 0.3})),
+        paths[1..].to_vec(),
+        dir.path().join("o"),
+    );
     let err = merge(&request, &Monitor::default()).err();
-    assert!(matches!(&err, Some(MergeError::InvalidArgument(m)) if m.contains("at most 2")), "{err:?}");
+    assert!(
+        matches!(&err, Some(MergeError::InvalidArgument(m)) if m.contains("at most 2")),
+        "{err:?}"
+    );
 }

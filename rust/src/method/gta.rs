@@ -10,12 +10,12 @@ use crate::method::{ANY_F32, MergeMethod, MethodStats, ParamDef, ParamDefault, P
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
 
-/// Weights, λ and the density: the parameters every family member takes.
+/// One weight per model, required as mergekit requires `weight`.
 pub(crate) const WEIGHTS: ParamDef = ParamDef {
     name: "weights",
     kind: ParamKind::FloatList,
-    default: ParamDefault::Absent,
-    help: "one weight per model (default: 1 each)",
+    default: ParamDefault::Required,
+    help: "one weight per model (mergekit's weight)",
 };
 /// λ, mergekit's `lambda`.
 pub(crate) const LAMBDA: ParamDef = ParamDef {
@@ -61,7 +61,7 @@ pub(crate) struct Gta {
     normalize: bool,
     rescale: bool,
     lambda: f32,
-    weights: Option<Vec<f32>>,
+    weights: Vec<f32>,
 }
 
 impl Gta {
@@ -74,25 +74,26 @@ impl Gta {
             normalize: p.bool("normalize")?,
             rescale: p.bool("rescale")?,
             lambda: p.f32("lambda")?,
-            weights: p.floats("weights").map(|w| w.iter().map(|&x| x as f32).collect()),
+            weights: p
+                .floats("weights")
+                .unwrap_or_default()
+                .iter()
+                .map(|&x| x as f32)
+                .collect(),
         })
-    }
-
-    fn weight(&self, task: usize) -> f32 {
-        self.weights.as_ref().map_or(1.0, |w| w[task])
     }
 }
 
 impl MergeMethod for Gta {
     fn validate(&self, models: usize) -> Result<()> {
-        match &self.weights {
-            Some(w) if w.len() != models => Err(MergeError::arg(format!(
+        if self.weights.len() != models {
+            return Err(MergeError::arg(format!(
                 "{}: {} weights given for {models} models",
                 self.name,
-                w.len()
-            ))),
-            _ => Ok(()),
+                self.weights.len()
+            )));
         }
+        Ok(())
     }
 
     fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
@@ -126,8 +127,15 @@ impl TensorFold for Gta {
     fn add(&self, acc: &mut Acc, tensor: &PlanTensor, t: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
         let base = base.ok_or_else(|| MergeError::Internal(format!("{} reads the pretrained model", self.name)))?;
         let mut delta: Vec<f32> = theta.iter().zip(base).map(|(x, b)| x - b).collect();
-        sparsify(&mut delta, &tensor.shape, &tensor.name, t, self.sparsifier, self.rescale);
-        let w = self.weight(t);
+        sparsify(
+            &mut delta,
+            &tensor.shape,
+            &tensor.name,
+            t,
+            self.sparsifier,
+            self.rescale,
+        );
+        let w = self.weights[t];
         match acc {
             Acc::Sum(sum, weights) => {
                 for (s, d) in sum.iter_mut().zip(&delta) {

@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn breadcrumbs_drop_the_largest_and_the_smallest() {
         let mut d: Vec<f32> = (1..=10).map(|x| x as f32).collect();
-        let how = Sparsifier::MagnitudeOutliers { density: 0.5, gamma: 0.1 };
+        let how = Sparsifier::MagnitudeOutliers {
+            density: 0.5,
+            gamma: 0.1,
+        };
         sparsify(&mut d, &[10], "w", 0, how, false);
         assert_eq!(d, vec![0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0]);
     }
@@ -104,7 +107,10 @@ mod tests {
     #[test]
     fn rescaling_keeps_the_l1_norm() {
         let mut d: Vec<f32> = vec![1.0, -2.0, 3.0, -4.0];
-        let how = Sparsifier::MagnitudeOutliers { density: 0.5, gamma: 0.0 };
+        let how = Sparsifier::MagnitudeOutliers {
+            density: 0.5,
+            gamma: 0.0,
+        };
         sparsify(&mut d, &[4], "w", 0, how, true);
         assert_eq!(d, vec![0.0, 0.0, 30.0 / 7.0, -40.0 / 7.0]);
     }
@@ -113,7 +119,11 @@ mod tests {
     fn della_keeps_about_density_and_favours_large_entries() {
         let n = 20_000;
         let mut d: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
-        let how = Sparsifier::DellaMagprune { density: 0.5, epsilon: 0.3, seed: 1 };
+        let how = Sparsifier::DellaMagprune {
+            density: 0.5,
+            epsilon: 0.3,
+            seed: 1,
+        };
         sparsify(&mut d, &[1, n], "w", 0, how, false);
         let kept = |range: std::ops::Range<usize>| d[range].iter().filter(|x| **x != 0.0).count() as f64;
         let (low, high) = (kept(0..n / 10) / (n / 10) as f64, kept(9 * n / 10..n) / (n / 10) as f64);

@@ -31,7 +31,7 @@ impl Matrices {
     /// (rows, columns) when `tensor` is merged as a matrix.
     pub(crate) fn shape(&self, tensor: &PlanTensor) -> Option<(usize, usize)> {
         match tensor.shape.as_slice() {
-            &[m, n] if m > 0 && n > 0 && !self.exclude.iter().any(|k| *k == tensor.name) => Some((m, n)),
+            &[m, n] if m > 0 && n > 0 && !self.exclude.contains(&tensor.name) => Some((m, n)),
             _ => None,
         }
     }

@@ -1,4 +1,5 @@
-//! Model Breadcrumbs with TIES sign consensus, mergekit's `breadcrumbs_ties` (generalized task arithmetic with outliers and small entries dropped, then sign consensus).
+//! Model Breadcrumbs with TIES' sign consensus, mergekit's `breadcrumbs_ties`: breadcrumbs' sparsification,
+//! then only entries agreeing with the sign of the weighted sum are added.
 
 use crate::error::Result;
 use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};
@@ -14,12 +15,19 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 1,
     max_models: None,
     extra_inputs: None,
-    params: &[WEIGHTS, DENSITY, ParamDef {
+    params: &[
+        WEIGHTS,
+        DENSITY,
+        ParamDef {
             name: "gamma",
             kind: ParamKind::F64 { min: 0.0, max: 1.0 },
             default: ParamDefault::Number(0.01),
             help: "share of the largest-magnitude entries dropped as outliers",
-        }, LAMBDA, normalize(false), rescale(false)],
+        },
+        LAMBDA,
+        normalize(false),
+        rescale(false),
+    ],
     build,
 };
 

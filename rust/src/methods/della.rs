@@ -1,9 +1,9 @@
-//! DELLA (Deep et al., 2024), mergekit's `della` (generalized task arithmetic with MagPrune's rank-weighted random drop, then sign consensus).
+//! DELLA (Deep et al., 2024), mergekit's `della`: MagPrune drops each task-vector entry at random, small
+//! ones more often (keep probability density ± epsilon by rank), rescales, then TIES' sign consensus.
 
-use crate::error::Result;
+use crate::error::{MergeError, Result};
 use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};
 use crate::method::sparsify::Sparsifier;
-use crate::error::MergeError;
 use crate::method::{MergeMethod, MethodDef, ParamDef, ParamDefault, ParamKind, Params};
 
 /// The declaration.

@@ -1,4 +1,5 @@
-//! DELLA without sign consensus, mergekit's `della_linear` (generalized task arithmetic with MagPrune's rank-weighted random drop).
+//! DELLA without sign consensus, mergekit's `della_linear`: MagPrune's rank-weighted random drop, then a
+//! weighted sum.
 
 use crate::error::Result;
 use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};

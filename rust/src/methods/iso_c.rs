@@ -63,7 +63,14 @@ impl TensorFold for IsoC {
         Ok((vec![0.0; tensor.numel], models))
     }
 
-    fn add(&self, (sum, _): &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
+    fn add(
+        &self,
+        (sum, _): &mut Self::Acc,
+        _: &PlanTensor,
+        _: usize,
+        theta: &[f32],
+        base: Option<&[f32]>,
+    ) -> Result<()> {
         let base = base.ok_or_else(|| MergeError::Internal("iso_c reads the pretrained model".into()))?;
         for ((s, x), b) in sum.iter_mut().zip(theta).zip(base) {
             *s += x - b;
@@ -71,7 +78,13 @@ impl TensorFold for IsoC {
         Ok(())
     }
 
-    fn finish(&self, (sum, models): Self::Acc, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    fn finish(
+        &self,
+        (sum, models): Self::Acc,
+        tensor: &PlanTensor,
+        base: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
         match self.matrices.shape(tensor) {
             Some((m, n)) => {
                 let svd = thin_svd(widen(&sum, m, n).as_ref()).map_err(|reason| MergeError::MethodFailed {
@@ -81,7 +94,13 @@ impl TensorFold for IsoC {
                 })?;
                 let mean = svd.s.iter().sum::<f64>() / svd.s.len() as f64;
                 let flat = vec![mean; svd.s.len()];
-                product_into(svd.u.as_ref(), &flat, svd.v.as_ref(), f64::from(self.scaling_factor), out);
+                product_into(
+                    svd.u.as_ref(),
+                    &flat,
+                    svd.v.as_ref(),
+                    f64::from(self.scaling_factor),
+                    out,
+                );
             }
             None => {
                 let count = models as f32;

@@ -4,9 +4,9 @@
 //! singular value is replaced by their mean. Other tensors take the mean task vector. θ = θ₀ + λ · result.
 //! Every task vector of a matrix is held until the common subspace is known (each model is read once).
 
+use faer::Accum;
 use faer::Mat;
 use faer::linalg::matmul::matmul;
-use faer::Accum;
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
@@ -93,7 +93,13 @@ impl IsoCts {
     }
 
     /// The merged task vector of an m × n matrix into `out`.
-    fn merge_matrix(&self, tensor: &PlanTensor, taus: &[Vec<f32>], (m, n): (usize, usize), out: &mut [f32]) -> Result<()> {
+    fn merge_matrix(
+        &self,
+        tensor: &PlanTensor,
+        taus: &[Vec<f32>],
+        (m, n): (usize, usize),
+        out: &mut [f32],
+    ) -> Result<()> {
         let rank = m.min(n);
         let (k, d) = subspace_sizes(rank, taus.len(), self.common_space_fraction).ok_or_else(|| {
             Self::failed(tensor)(format!(
@@ -107,7 +113,9 @@ impl IsoCts {
                 *s += x;
             }
         }
-        let common = thin_svd(widen(&sum, m, n).as_ref()).map_err(Self::failed(tensor))?.truncate(k);
+        let common = thin_svd(widen(&sum, m, n).as_ref())
+            .map_err(Self::failed(tensor))?
+            .truncate(k);
         drop(sum);
         let mut u = Mat::zeros(m, rank);
         let mut v = Mat::zeros(n, rank);
@@ -125,7 +133,13 @@ impl IsoCts {
         let mean = s.iter().sum::<f64>() / rank as f64;
         let pu = polar(u.as_ref()).map_err(Self::failed(tensor))?;
         let pv = polar(v.as_ref()).map_err(Self::failed(tensor))?;
-        product_into(pu.as_ref(), &vec![mean; rank], pv.as_ref(), f64::from(self.scaling_factor), out);
+        product_into(
+            pu.as_ref(),
+            &vec![mean; rank],
+            pv.as_ref(),
+            f64::from(self.scaling_factor),
+            out,
+        );
         Ok(())
     }
 }
@@ -134,7 +148,14 @@ impl IsoCts {
 fn outside(common: &Triplets, mut tau: Mat<f64>) -> Mat<f64> {
     let par = par();
     let mut coords = Mat::zeros(common.u.ncols(), tau.ncols());
-    matmul(coords.as_mut(), Accum::Replace, common.u.transpose(), tau.as_ref(), 1.0, par);
+    matmul(
+        coords.as_mut(),
+        Accum::Replace,
+        common.u.transpose(),
+        tau.as_ref(),
+        1.0,
+        par,
+    );
     matmul(tau.as_mut(), Accum::Add, &common.u, &coords, -1.0, par);
     tau
 }

@@ -69,8 +69,16 @@ impl TensorFold for ModelStock {
         let n = models.len() as f32;
         for start in (0..tensor.numel).step_by(row) {
             let range = start..(start + row).min(tensor.numel);
-            let offsets: Vec<Vec<f32>> =
-                models.iter().map(|m| m[range.clone()].iter().zip(&base[range.clone()]).map(|(x, b)| x - b).collect()).collect();
+            let offsets: Vec<Vec<f32>> = models
+                .iter()
+                .map(|m| {
+                    m[range.clone()]
+                        .iter()
+                        .zip(&base[range.clone()])
+                        .map(|(x, b)| x - b)
+                        .collect()
+                })
+                .collect();
             let cos = mean_pairwise_cosine(&offsets) as f32;
             let t = (n * cos) / (1.0 + (n - 1.0) * cos);
             for i in range {

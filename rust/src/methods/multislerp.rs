@@ -36,26 +36,26 @@ pub(crate) static METHOD: MethodDef = MethodDef {
 
 #[derive(Debug)]
 struct MultiSlerp {
-    weights: Option<Vec<f64>>,
+    weights: Vec<f64>,
     normalize_weights: bool,
 }
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
     Ok(Box::new(MultiSlerp {
-        weights: p.floats("weights"),
+        weights: p.floats("weights").unwrap_or_default(),
         normalize_weights: p.bool("normalize_weights")?,
     }))
 }
 
 impl MergeMethod for MultiSlerp {
     fn validate(&self, models: usize) -> Result<()> {
-        match &self.weights {
-            Some(w) if w.len() != models => Err(MergeError::arg(format!(
+        if self.weights.len() != models {
+            return Err(MergeError::arg(format!(
                 "multislerp: {} weights given for {models} models",
-                w.len()
-            ))),
-            _ => Ok(()),
+                self.weights.len()
+            )));
         }
+        Ok(())
     }
 
     fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
@@ -84,7 +84,7 @@ impl TensorFold for MultiSlerp {
     }
 
     fn finish(&self, points: Self::Acc, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
-        let mut weights = self.weights.clone().unwrap_or_else(|| vec![1.0; points.len()]);
+        let mut weights = self.weights.clone();
         if self.normalize_weights {
             let total: f64 = weights.iter().sum();
             weights.iter_mut().for_each(|w| *w /= total);
@@ -108,9 +108,16 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// The interpolation of `points` with `weights` into `out` (float64 inside).
 fn interpolate(points: &[Vec<f32>], weights: &[f64], out: &mut [f32]) -> std::result::Result<(), &'static str> {
-    let wide: Vec<Vec<f64>> = points.iter().map(|p| p.iter().map(|&x| f64::from(x)).collect()).collect();
+    let wide: Vec<Vec<f64>> = points
+        .iter()
+        .map(|p| p.iter().map(|&x| f64::from(x)).collect())
+        .collect();
     let norms: Vec<f64> = wide.iter().map(|p| dot(p, p).sqrt()).collect();
-    let units: Vec<Vec<f64>> = wide.iter().zip(&norms).map(|(p, n)| p.iter().map(|x| x / (n + EPS)).collect()).collect();
+    let units: Vec<Vec<f64>> = wide
+        .iter()
+        .zip(&norms)
+        .map(|(p, n)| p.iter().map(|x| x / (n + EPS)).collect())
+        .collect();
     let mut mean = vec![0.0; out.len()];
     for (u, w) in units.iter().zip(weights) {
         mean.iter_mut().zip(u).for_each(|(m, x)| *m += w * x);
@@ -118,7 +125,9 @@ fn interpolate(points: &[Vec<f32>], weights: &[f64], out: &mut [f32]) -> std::re
     let mean_norm = dot(&mean, &mean).sqrt();
     if mean_norm < EPS {
         if let ([a, b], [wa, wb]) = (wide.as_slice(), weights) {
-            out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = (x * wa + y * wb) as f32);
+            out.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (x, y))| *o = (x * wa + y * wb) as f32);
             return Ok(());
         }
         return Err("the weighted directions cancel out (antipodal tensors); try other weights");
@@ -127,7 +136,10 @@ fn interpolate(points: &[Vec<f32>], weights: &[f64], out: &mut [f32]) -> std::re
     let mut tangent = vec![0.0; out.len()];
     for (u, w) in units.iter().zip(weights) {
         let along = dot(u, &mean);
-        tangent.iter_mut().zip(u.iter().zip(&mean)).for_each(|(t, (x, m))| *t += w * (x - along * m));
+        tangent
+            .iter_mut()
+            .zip(u.iter().zip(&mean))
+            .for_each(|(t, (x, m))| *t += w * (x - along * m));
     }
     let length = dot(&tangent, &tangent).sqrt() + EPS;
     let radius: f64 = norms.iter().zip(weights).map(|(n, w)| n * w).sum();

@@ -80,13 +80,21 @@ fn coefficients(t: f64, v0: &[f32], v1: &[f32]) -> (f32, f32) {
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let scale = |n: f64| if n > EPS { n } else { 1.0 };
     let (n0, n1) = (scale(norm(v0)), scale(norm(v1)));
-    let dot = v0.iter().zip(v1).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() / (n0 * n1);
+    let dot = v0
+        .iter()
+        .zip(v1)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum::<f64>()
+        / (n0 * n1);
     if dot.abs() > DOT_THRESHOLD {
         return ((1.0 - t) as f32, t as f32);
     }
     let theta = dot.acos();
     let sin = theta.sin();
-    (((theta - theta * t).sin() / sin) as f32, ((theta * t).sin() / sin) as f32)
+    (
+        ((theta - theta * t).sin() / sin) as f32,
+        ((theta * t).sin() / sin) as f32,
+    )
 }
 
 #[cfg(test)]

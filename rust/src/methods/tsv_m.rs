@@ -73,7 +73,12 @@ impl MergeMethod for TsvM {
 /// One tensor in progress.
 pub(crate) enum Acc {
     /// A matrix: the kept triplets of each task so far, `per_task` of them each.
-    Matrix { u: Mat<f64>, s: Vec<f64>, v: Mat<f64>, per_task: usize },
+    Matrix {
+        u: Mat<f64>,
+        s: Vec<f64>,
+        v: Mat<f64>,
+        per_task: usize,
+    },
     /// Any other tensor: the running mean of the task vectors.
     Mean(Vec<f32>),
 }
