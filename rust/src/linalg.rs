@@ -1,24 +1,20 @@
 //! Dense linear algebra for the subspace methods, on faer: thin SVDs, polar factors and products. Inputs
 //! are row-major float32 matrices (the safetensors layout); the factorisations run in float64, which keeps
 //! truncated singular subspaces accurate where float32's would drift (10× further from an exact result
-//! than LAPACK's float32, measured on random task vectors). They run in the calling rayon pool, always split
-//! the same number of ways, so their results do not depend on the number of threads.
+//! than LAPACK's float32, measured on random task vectors). Each runs on one thread (faer's parallel SVD was
+//! slower on two cores, 0.83 s against 0.63 s for 4096 × 1024) and tensors run in parallel instead, so
+//! results do not depend on the number of threads.
 
 use std::sync::Once;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
-/// Ways every factorisation and product is split, whatever the thread count (faer's results depend on the
-/// split, not on the threads that run it).
-const SPLITS: usize = 4;
-
-/// The parallelism of every faer call (set as faer's global too, which its SVD reads).
+/// The parallelism of every faer call: sequential (set as faer's global too, which its SVD reads).
 pub(crate) fn par() -> Par {
     static SET: Once = Once::new();
-    let par = Par::rayon(SPLITS);
-    SET.call_once(|| faer::set_global_parallelism(par));
-    par
+    SET.call_once(|| faer::set_global_parallelism(Par::Seq));
+    Par::Seq
 }
 
 /// Singular triplets of a matrix: `u` is m × k, `v` is n × k, `s` non-increasing.
@@ -31,6 +27,16 @@ pub(crate) struct Triplets {
 /// The row-major `rows` × `cols` float32 matrix `data`, widened.
 pub(crate) fn widen(data: &[f32], rows: usize, cols: usize) -> Mat<f64> {
     Mat::from_fn(rows, cols, |i, j| f64::from(data[i * cols + j]))
+}
+
+/// A float32 matrix, widened.
+pub(crate) fn widen_mat(a: MatRef<'_, f32>) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| f64::from(a[(i, j)]))
+}
+
+/// A float64 matrix rounded to float32 (for singular vectors held between models: half the memory).
+pub(crate) fn narrow(a: MatRef<'_, f64>) -> Mat<f32> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] as f32)
 }
 
 /// The thin SVD of `a` (all min(m, n) triplets), or why it failed.
@@ -57,21 +63,33 @@ impl Triplets {
     }
 }
 
-/// `out` (row-major m × n) = scale · U · diag(s) · Vᵀ, rounded to float32.
+/// Rows of a product formed at once in [`product_into`].
+const PRODUCT_ROWS: usize = 256;
+
+/// `out` (row-major m × n) = scale · U · diag(s) · Vᵀ, rounded to float32, formed a block of rows at a time.
 pub(crate) fn product_into(u: MatRef<'_, f64>, s: &[f64], v: MatRef<'_, f64>, scale: f64, out: &mut [f32]) {
-    let us = Mat::from_fn(u.nrows(), u.ncols(), |i, j| u[(i, j)] * s[j]);
-    let mut product = Mat::<f64>::zeros(u.nrows(), v.nrows());
-    matmul(
-        product.as_mut(),
-        Accum::Replace,
-        us.as_ref(),
-        v.transpose(),
-        scale,
-        par(),
-    );
-    let cols = v.nrows();
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = product[(k / cols, k % cols)] as f32;
+    let sv = Mat::from_fn(v.nrows(), v.ncols(), |i, j| v[(i, j)] * s[j] * scale);
+    let (rows, cols) = (u.nrows(), v.nrows());
+    let mut block = Mat::<f64>::zeros(PRODUCT_ROWS.min(rows), cols);
+    for start in (0..rows).step_by(PRODUCT_ROWS) {
+        let height = PRODUCT_ROWS.min(rows - start);
+        let mut part = block.as_mut().subrows_mut(0, height);
+        matmul(
+            part.as_mut(),
+            Accum::Replace,
+            u.subrows(start, height),
+            sv.transpose(),
+            1.0,
+            par(),
+        );
+        for (i, row) in out[start * cols..(start + height) * cols]
+            .chunks_exact_mut(cols)
+            .enumerate()
+        {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = part[(i, j)] as f32;
+            }
+        }
     }
 }
 

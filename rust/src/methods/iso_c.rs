@@ -87,11 +87,14 @@ impl TensorFold for IsoC {
     ) -> Result<()> {
         match self.matrices.shape(tensor) {
             Some((m, n)) => {
-                let svd = thin_svd(widen(&sum, m, n).as_ref()).map_err(|reason| MergeError::MethodFailed {
+                let wide = widen(&sum, m, n);
+                drop(sum);
+                let svd = thin_svd(wide.as_ref()).map_err(|reason| MergeError::MethodFailed {
                     method: "iso_c",
                     tensor: tensor.name.clone(),
                     reason,
                 })?;
+                drop(wide);
                 let mean = svd.s.iter().sum::<f64>() / svd.s.len() as f64;
                 let flat = vec![mean; svd.s.len()];
                 product_into(

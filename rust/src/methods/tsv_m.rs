@@ -8,7 +8,7 @@ use faer::Mat;
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
-use crate::linalg::{polar, product_into, svd_bytes, thin_svd, widen};
+use crate::linalg::{narrow, polar, product_into, svd_bytes, thin_svd, widen, widen_mat};
 use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
@@ -72,11 +72,11 @@ impl MergeMethod for TsvM {
 
 /// One tensor in progress.
 pub(crate) enum Acc {
-    /// A matrix: the kept triplets of each task so far, `per_task` of them each.
+    /// A matrix: the kept triplets of each task so far, `per_task` of them each (vectors in float32).
     Matrix {
-        u: Mat<f64>,
+        u: Mat<f32>,
         s: Vec<f64>,
-        v: Mat<f64>,
+        v: Mat<f32>,
         per_task: usize,
     },
     /// Any other tensor: the running mean of the task vectors.
@@ -103,7 +103,7 @@ impl TensorFold for TsvM {
 
     fn footprint(&self, tensor: &PlanTensor, _models: usize) -> usize {
         match self.matrices.shape(tensor) {
-            Some((m, n)) => 4 * tensor.numel + 8 * (m + n) * m.min(n) + svd_bytes(m, n),
+            Some((m, n)) => 4 * (m + n) * m.min(n) + svd_bytes(m, n),
             None => 4 * tensor.numel,
         }
     }
@@ -126,9 +126,8 @@ impl TensorFold for TsvM {
 
     fn add(&self, acc: &mut Acc, tensor: &PlanTensor, t: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
         let scale = self.per_task.as_ref().map_or(1.0, |a| a[t]);
-        let tau = task_vector(theta, base, scale)?;
         match acc {
-            Acc::Mean(mean) => fold_mean(mean, t, &tau),
+            Acc::Mean(mean) => fold_mean(mean, t, &task_vector(theta, base, scale)?),
             Acc::Matrix { u, s, v, per_task } => {
                 let Some((m, n)) = self.matrices.shape(tensor) else {
                     return Err(MergeError::Internal("tsv_m: a matrix lost its shape".into()));
@@ -137,9 +136,11 @@ impl TensorFold for TsvM {
                 if d == 0 {
                     return Ok(());
                 }
-                let svd = thin_svd(widen(&tau, m, n).as_ref()).map_err(Self::failed(tensor))?;
-                u.subcols_mut(t * d, d).copy_from(svd.u.subcols(0, d));
-                v.subcols_mut(t * d, d).copy_from(svd.v.subcols(0, d));
+                let tau = widen(&task_vector(theta, base, scale)?, m, n);
+                let svd = thin_svd(tau.as_ref()).map_err(Self::failed(tensor))?;
+                drop(tau);
+                u.subcols_mut(t * d, d).copy_from(narrow(svd.u.subcols(0, d)));
+                v.subcols_mut(t * d, d).copy_from(narrow(svd.v.subcols(0, d)));
                 s[t * d..(t + 1) * d].copy_from_slice(&svd.s[..d]);
             }
         }
@@ -155,8 +156,9 @@ impl TensorFold for TsvM {
             }
             Acc::Matrix { s, .. } if s.is_empty() => out.fill(0.0),
             Acc::Matrix { u, s, v, .. } => {
-                let pu = polar(u.as_ref()).map_err(Self::failed(tensor))?;
-                let pv = polar(v.as_ref()).map_err(Self::failed(tensor))?;
+                let pu = polar(widen_mat(u.as_ref()).as_ref()).map_err(Self::failed(tensor))?;
+                drop(u);
+                let pv = polar(widen_mat(v.as_ref()).as_ref()).map_err(Self::failed(tensor))?;
                 product_into(pu.as_ref(), &s, pv.as_ref(), f64::from(self.alpha), out);
             }
         }
