@@ -1,7 +1,7 @@
 """In-memory torch implementations of Iso-C, Iso-CTS and TSV-M, written after FusionBench's
-``isotropic_merging/iso_utils.py`` and ``task_singular_vector/utils/TSVM_utils.py``: every task vector is loaded
-at once and each matrix goes through ``torch.linalg.svd``. The tests and the benchmark compare the engine's
-streamed versions against these."""
+``isotropic_merging/iso_utils.py`` and ``task_singular_vector/utils/TSVM_utils.py``: every task vector is held
+at once and each matrix goes through ``torch.linalg.svd``. Each takes the pretrained state dict and the task
+vectors. The tests and ``benches/subspace.py`` compare the engine's streamed versions against these."""
 
 from __future__ import annotations
 
@@ -30,12 +30,11 @@ def polar(a: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
-def iso_c(base: Tensors, models: list[Tensors], scaling_factor: float = 1.0, exclude: list[str] = ()) -> Tensors:
-    tvs = task_vectors(base, models)
+def iso_c(base: Tensors, tvs: list[Tensors], scaling_factor: float = 1.0, exclude_keys: list[str] = ()) -> Tensors:
     out = {}
     for key in base:
         merged = sum(tv[key] for tv in tvs) / len(tvs)
-        if is_matrix(merged, key, list(exclude)):
+        if is_matrix(merged, key, list(exclude_keys)):
             merged *= len(tvs)
             u, s, vh = torch.linalg.svd(merged, full_matrices=False)
             merged = u @ torch.diag(torch.ones_like(s) * s.mean()) @ vh
@@ -43,12 +42,11 @@ def iso_c(base: Tensors, models: list[Tensors], scaling_factor: float = 1.0, exc
     return out
 
 
-def iso_cts(base: Tensors, models: list[Tensors], scaling_factor: float = 1.0, common_space_fraction: float = 0.8,
-            exclude: list[str] = ()) -> Tensors:
-    tvs = task_vectors(base, models)
+def iso_cts(base: Tensors, tvs: list[Tensors], scaling_factor: float = 1.0, common_space_fraction: float = 0.8,
+            exclude_keys: list[str] = ()) -> Tensors:
     out = {}
     for key in base:
-        if not is_matrix(base[key], key, list(exclude)):
+        if not is_matrix(base[key], key, list(exclude_keys)):
             out[key] = base[key] + scaling_factor * running_mean([tv[key] for tv in tvs])
             continue
         r, t = min(base[key].shape), len(tvs)
@@ -68,14 +66,13 @@ def iso_cts(base: Tensors, models: list[Tensors], scaling_factor: float = 1.0, c
     return out
 
 
-def tsv_m(base: Tensors, models: list[Tensors], alpha: float | list[float] = 1.0, exclude: list[str] = ()) -> Tensors:
-    tvs = task_vectors(base, models)
+def tsv_m(base: Tensors, tvs: list[Tensors], alpha: float | list[float] = 1.0, exclude_keys: list[str] = ()) -> Tensors:
     if isinstance(alpha, list):
         tvs = [{k: v * a for k, v in tv.items()} for tv, a in zip(tvs, alpha)]
         alpha = 1.0
     out = {}
     for key in base:
-        if not is_matrix(base[key], key, list(exclude)):
+        if not is_matrix(base[key], key, list(exclude_keys)):
             out[key] = base[key] + alpha * running_mean([tv[key] for tv in tvs])
             continue
         d = int(min(base[key].shape) * (1 / len(tvs)))

@@ -14,7 +14,7 @@ from conftest import cli, load
 from merge_rs.synthetic import make_model_set
 
 torch = pytest.importorskip("torch")
-from subspace_reference import REFERENCES  # noqa: E402
+from subspace_reference import REFERENCES, task_vectors  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_matches_the_in_memory_torch_version(method, eight_tasks, tmp_path):
     params = PARAMETERS[method]
     merge_rs.merge(method, models, tmp_path / "out", pretrained=pretrained, **params)
     base = tensors(pretrained)
-    want = REFERENCES[method](base, [tensors(m) for m in models], **params)
+    want = REFERENCES[method](base, task_vectors(base, [tensors(m) for m in models]), **params)
     matrices, others = errors(tensors(tmp_path / "out"), want, base)
     assert matrices <= 1e-4, f"{method}: matrices off by {matrices:.2e}"
     assert others <= 1e-6, f"{method}: other tensors off by {others:.2e}"

@@ -8,7 +8,7 @@ use faer::Mat;
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
-use crate::linalg::{narrow, polar, product_into, svd_bytes, thin_svd, widen, widen_mat};
+use crate::linalg::{gram_bytes, narrow, polar, product_into, top_triplets, widen, widen_mat};
 use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
@@ -103,7 +103,7 @@ impl TensorFold for TsvM {
 
     fn footprint(&self, tensor: &PlanTensor, _models: usize) -> usize {
         match self.matrices.shape(tensor) {
-            Some((m, n)) => 4 * (m + n) * m.min(n) + svd_bytes(m, n),
+            Some((m, n)) => 4 * (m + n) * m.min(n) + gram_bytes(m, n),
             None => 4 * tensor.numel,
         }
     }
@@ -137,7 +137,7 @@ impl TensorFold for TsvM {
                     return Ok(());
                 }
                 let tau = widen(&task_vector(theta, base, scale)?, m, n);
-                let svd = thin_svd(tau.as_ref()).map_err(Self::failed(tensor))?;
+                let svd = top_triplets(tau.as_ref(), d).map_err(Self::failed(tensor))?;
                 drop(tau);
                 u.subcols_mut(t * d, d).copy_from(narrow(svd.u.subcols(0, d)));
                 v.subcols_mut(t * d, d).copy_from(narrow(svd.v.subcols(0, d)));

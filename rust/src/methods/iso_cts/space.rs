@@ -4,7 +4,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
 
-use crate::linalg::{Triplets, narrow, par, polar, product_into, thin_svd, widen, widen_mat};
+use crate::linalg::{Triplets, narrow, par, polar, product_into, thin_svd, top_triplets, widen, widen_mat};
 
 /// (k, d): the common subspace's size and each task's, as FusionBench sizes them so that T divides r − k
 /// (Python's round, half to even); `None` when that leaves no room (k < 0).
@@ -55,7 +55,7 @@ impl Spaces {
         if d == 0 {
             return Ok(());
         }
-        let own = thin_svd(outside(self.common.u.as_ref(), widen(tau, self.rows, self.cols)).as_ref())?;
+        let own = top_triplets(outside(self.common.u.as_ref(), widen(tau, self.rows, self.cols)).as_ref(), d)?;
         self.u.subcols_mut(t * d, d).copy_from(narrow(own.u.subcols(0, d)));
         self.v.subcols_mut(t * d, d).copy_from(narrow(own.v.subcols(0, d)));
         self.s[t * d..(t + 1) * d].copy_from_slice(&own.s[..d]);
