@@ -4,7 +4,7 @@
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
-use crate::linalg::{product_into, svd_bytes, thin_svd, widen};
+use crate::linalg::{gram_bytes, product_into, top_triplets, widen};
 use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place};
 use crate::method::{ANY_F32, MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, Params};
 use crate::plan::PlanTensor;
@@ -55,7 +55,7 @@ impl TensorFold for IsoC {
     type Acc = (Vec<f32>, usize);
 
     fn footprint(&self, tensor: &PlanTensor, _models: usize) -> usize {
-        let svd = self.matrices.shape(tensor).map_or(0, |(m, n)| svd_bytes(m, n));
+        let svd = self.matrices.shape(tensor).map_or(0, |(m, n)| gram_bytes(m, n));
         4 * tensor.numel + svd
     }
 
@@ -89,7 +89,7 @@ impl TensorFold for IsoC {
             Some((m, n)) => {
                 let wide = widen(&sum, m, n);
                 drop(sum);
-                let svd = thin_svd(wide.as_ref()).map_err(|reason| MergeError::MethodFailed {
+                let svd = top_triplets(wide.as_ref(), m.min(n)).map_err(|reason| MergeError::MethodFailed {
                     method: "iso_c",
                     tensor: tensor.name.clone(),
                     reason,

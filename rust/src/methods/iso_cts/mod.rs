@@ -10,7 +10,7 @@ mod space;
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
-use crate::linalg::svd_bytes;
+use crate::linalg::gram_bytes;
 use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::methods::iso_c::ISO_SCALING_FACTOR;
@@ -114,7 +114,7 @@ impl IsoCts {
     /// The subspaces of a matrix whose task vectors are all held.
     fn spaces_of(&self, tensor: &PlanTensor, taus: &[Vec<f32>], shape: (usize, usize)) -> Result<space::Spaces> {
         let sizes = self.sizes(tensor, shape, taus.len())?;
-        let mut spaces = space::Spaces::new(&sum_of(taus), shape, sizes, taus.len()).map_err(Self::failed(tensor))?;
+        let mut spaces = space::Spaces::new(sum_of(taus), shape, sizes, taus.len()).map_err(Self::failed(tensor))?;
         for (t, tau) in taus.iter().enumerate() {
             spaces.add_task(t, tau).map_err(Self::failed(tensor))?;
         }
@@ -139,7 +139,7 @@ impl TensorFold for IsoCts {
             return 4 * tensor.numel;
         };
         let held = if self.held(tensor, models) { models } else { 1 };
-        4 * (held + 1) * tensor.numel + 8 * (m + n) * m.min(n) + svd_bytes(m, n)
+        4 * (held + 1) * tensor.numel + 8 * (m + n) * m.min(n) + gram_bytes(m, n)
     }
 
     fn rounds(&self, tensor: &PlanTensor, models: usize) -> usize {
@@ -178,11 +178,12 @@ impl TensorFold for IsoCts {
                     None => sum.iter_mut().zip(&tau).for_each(|(s, x)| *s += x),
                     Some(spaces) => spaces.add_task(t, &tau).map_err(Self::failed(tensor))?,
                 }
+                drop(tau);
                 if spaces.is_none() && *seen == *models {
                     let shape = self.shape(tensor)?;
                     let sizes = self.sizes(tensor, shape, *models)?;
-                    let found = space::Spaces::new(sum, shape, sizes, *models).map_err(Self::failed(tensor))?;
-                    *sum = Vec::new();
+                    let found = space::Spaces::new(std::mem::take(sum), shape, sizes, *models)
+                        .map_err(Self::failed(tensor))?;
                     *spaces = Some(Box::new(found));
                 }
             }

@@ -4,7 +4,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
 
-use crate::linalg::{Triplets, narrow, par, polar, product_into, thin_svd, top_triplets, widen, widen_mat};
+use crate::linalg::{Triplets, narrow, par, polar, product_into, top_triplets, widen, widen_mat};
 
 /// (k, d): the common subspace's size and each task's, as FusionBench sizes them so that T divides r − k
 /// (Python's round, half to even); `None` when that leaves no room (k < 0).
@@ -31,12 +31,15 @@ impl Spaces {
     /// The common subspace: the top `k` triplets of `sum` = Σ τₜ (m × n), with room for `models` tasks of
     /// `per_task` directions.
     pub(super) fn new(
-        sum: &[f32],
+        sum: Vec<f32>,
         (m, n): (usize, usize),
         (k, per_task): (usize, usize),
         models: usize,
     ) -> Result<Self, String> {
-        let common = thin_svd(widen(sum, m, n).as_ref())?.truncate(k);
+        let wide = widen(&sum, m, n);
+        drop(sum);
+        let common = top_triplets(wide.as_ref(), k)?;
+        drop(wide);
         let width = per_task * models;
         Ok(Spaces {
             rows: m,
