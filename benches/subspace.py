@@ -65,6 +65,9 @@ def main() -> None:
     pretrained, models = workload.paths()
     model_args = [a for m in models for a in ("--model", str(m))]
     OUT.mkdir(parents=True, exist_ok=True)
+    results = HERE / "subspace.json"
+    previous = json.loads(results.read_text()) if results.exists() else {}
+    kept = {r["method"]: r for r in previous.get("rows", []) if previous.get("workload") == workload.name}
     rows = []
     for method in args.methods.split(","):
         ours, theirs = OUT / f"merge-rs-{method}", OUT / f"torch-{method}"
@@ -76,7 +79,9 @@ def main() -> None:
         rows.append({"method": method, "merge_rs_s": wall, "merge_rs_mb": rss, "torch_s": t_wall, "torch_mb": t_rss,
                      "error_theta": theta, "error_task_vector": delta})
         print(rows[-1], flush=True)
-    (HERE / "subspace.json").write_text(json.dumps({"workload": workload.name, "rows": rows}, indent=1) + "\n")
+    kept.update({r["method"]: r for r in rows})  # methods not run this time keep their last measurement
+    rows = [kept[m] for m in sorted(kept)]
+    results.write_text(json.dumps({"workload": workload.name, "rows": rows}, indent=1) + "\n")
     lines = [f"# Subspace methods on {workload.name}", "",
              "`.venv/bin/python benches/subspace.py` — merge-rs (streamed, float64 factorisations) against the in-memory "
              "torch implementation (float32 `torch.linalg.svd`, every task vector held), same machine, page cache warm.",

@@ -96,3 +96,14 @@ def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> Non
     for k in want:
         error = np.linalg.norm(got[k] - want[k]) / np.linalg.norm(want[k])
         assert error <= 1e-6, f"{k}: relative error {error:.2e}"
+
+
+def test_slerp_with_three_models_is_a_one_line_error(model_set, tmp_path):
+    from conftest import cli
+
+    _, models = model_set
+    result = cli("merge", "slerp", *[a for m in models for a in ("--model", m)], "--t", "0.5",
+                 "--out", tmp_path / "out", check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: slerp takes at most 2 fine-tuned models, got 3", result.stderr
+    assert not (tmp_path / "out").exists()
