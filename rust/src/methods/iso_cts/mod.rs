@@ -182,8 +182,8 @@ impl TensorFold for IsoCts {
                 if spaces.is_none() && *seen == *models {
                     let shape = self.shape(tensor)?;
                     let sizes = self.sizes(tensor, shape, *models)?;
-                    let found = space::Spaces::new(std::mem::take(sum), shape, sizes, *models)
-                        .map_err(Self::failed(tensor))?;
+                    let found =
+                        space::Spaces::new(std::mem::take(sum), shape, sizes, *models).map_err(Self::failed(tensor))?;
                     *spaces = Some(Box::new(found));
                 }
             }
@@ -240,23 +240,35 @@ mod tests {
             matrices: Matrices::default(),
             hold_bytes,
         };
-        let source = FloatSource { tensor: 0, ty: FloatType::F32 };
+        let source = FloatSource {
+            tensor: 0,
+            ty: FloatType::F32,
+        };
         let tensor = PlanTensor {
             name: "w".into(),
             shape: vec![6, 5],
             numel: 30,
-            kind: TensorKind::Merge { out: FloatType::F32, base: Some(source), models: vec![source; 3], extra: vec![] },
+            kind: TensorKind::Merge {
+                out: FloatType::F32,
+                base: Some(source),
+                models: vec![source; 3],
+                extra: vec![],
+            },
         };
         let base: Vec<f32> = (0..30).map(|i| (i as f32 * 0.37).sin()).collect();
         let model = |t: usize| -> Vec<f32> { (0..30).map(|i| base[i] + ((i * (t + 2)) as f32 * 0.91).cos()).collect() };
         let mut acc = method.start(&tensor, 3).unwrap_or_else(|e| panic!("{e}"));
         for _ in 0..method.rounds(&tensor, 3) {
             for t in 0..3 {
-                method.add(&mut acc, &tensor, t, &model(t), Some(&base)).unwrap_or_else(|e| panic!("{e}"));
+                method
+                    .add(&mut acc, &tensor, t, &model(t), Some(&base))
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
         }
         let mut out = vec![0.0; 30];
-        method.finish(acc, &tensor, Some(&base), &mut out).unwrap_or_else(|e| panic!("{e}"));
+        method
+            .finish(acc, &tensor, Some(&base), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
         out
     }
 

@@ -58,7 +58,10 @@ impl Spaces {
         if d == 0 {
             return Ok(());
         }
-        let own = top_triplets(outside(self.common.u.as_ref(), widen(tau, self.rows, self.cols)).as_ref(), d)?;
+        let own = top_triplets(
+            outside(self.common.u.as_ref(), widen(tau, self.rows, self.cols)).as_ref(),
+            d,
+        )?;
         self.u.subcols_mut(t * d, d).copy_from(narrow(own.u.subcols(0, d)));
         self.v.subcols_mut(t * d, d).copy_from(narrow(own.v.subcols(0, d)));
         self.s[t * d..(t + 1) * d].copy_from_slice(&own.s[..d]);
