@@ -101,7 +101,8 @@ def test_signals_stop_the_cli_and_leave_nothing(large_set, tmp_path, signum, cod
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".out")] and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.01)
-    time.sleep(0.2)
+    # The temporary output appears as the engine starts; a longer wait let a loaded machine finish the merge first.
+    time.sleep(0.02)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
