@@ -98,7 +98,7 @@ pub(crate) fn product_into(u: MatRef<'_, f64>, s: &[f64], v: MatRef<'_, f64>, sc
 const GRAM_RANGE: f64 = 1e-4;
 
 /// The top `k` singular triplets of `a`, from the eigendecomposition of its Gram matrix (AᵀA or AAᵀ,
-/// whichever is smaller): 2–3× faster than a full SVD with a third of its memory, and in float64 as
+/// whichever is smaller): 2–3× faster than a full SVD with half its memory or less, and in float64 as
 /// accurate as a float32 input allows. Falls back to the SVD when the kept values span more than
 /// [`GRAM_RANGE`].
 pub(crate) fn top_triplets(a: MatRef<'_, f64>, k: usize) -> Result<Triplets, String> {

@@ -37,6 +37,15 @@ impl Matrices {
     }
 }
 
+/// The error for a factorisation of `tensor` that failed in `method`, from its reason.
+pub(crate) fn failed<'a>(method: &'static str, tensor: &'a PlanTensor) -> impl Fn(String) -> MergeError + 'a {
+    move |reason| MergeError::MethodFailed {
+        method,
+        tensor: tensor.name.clone(),
+        reason,
+    }
+}
+
 /// τ = θ − θ₀, times `scale`.
 pub(crate) fn task_vector(theta: &[f32], base: Option<&[f32]>, scale: f32) -> Result<Vec<f32>, MergeError> {
     let base = base.ok_or_else(|| MergeError::Internal("task vectors need the pretrained model".into()))?;

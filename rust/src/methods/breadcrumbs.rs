@@ -15,26 +15,31 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 1,
     max_models: None,
     extra_inputs: None,
-    params: &[
-        WEIGHTS,
-        DENSITY,
-        ParamDef {
-            name: "gamma",
-            kind: ParamKind::F64 { min: 0.0, max: 1.0 },
-            default: ParamDefault::Number(0.01),
-            help: "share of the largest-magnitude entries dropped as outliers",
-        },
-        LAMBDA,
-        normalize(false),
-        rescale(false),
-    ],
+    params: &[WEIGHTS, DENSITY, GAMMA, LAMBDA, normalize(false), rescale(false)],
     build,
 };
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
-    let sparsifier = Sparsifier::MagnitudeOutliers {
+    Ok(Box::new(Gta::from_params(
+        "breadcrumbs",
+        p,
+        breadcrumbs_sparsifier(p)?,
+        false,
+    )?))
+}
+
+/// γ: the share of largest-magnitude entries dropped (shared with breadcrumbs_ties).
+pub(crate) const GAMMA: ParamDef = ParamDef {
+    name: "gamma",
+    kind: ParamKind::F64 { min: 0.0, max: 1.0 },
+    default: ParamDefault::Number(0.01),
+    help: "share of the largest-magnitude entries dropped as outliers",
+};
+
+/// Magnitude-with-outliers sparsification from `density` and `gamma`.
+pub(crate) fn breadcrumbs_sparsifier(p: &Params) -> Result<Sparsifier> {
+    Ok(Sparsifier::MagnitudeOutliers {
         density: p.f64("density")?,
         gamma: p.f64("gamma")?,
-    };
-    Ok(Box::new(Gta::from_params("breadcrumbs", p, sparsifier, false)?))
+    })
 }

@@ -3,8 +3,8 @@
 
 use crate::error::Result;
 use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};
-use crate::method::sparsify::Sparsifier;
-use crate::method::{MergeMethod, MethodDef, ParamDef, ParamDefault, ParamKind, Params};
+use crate::method::{MergeMethod, MethodDef, Params};
+use crate::methods::breadcrumbs::{GAMMA, breadcrumbs_sparsifier};
 
 /// The declaration.
 pub(crate) static METHOD: MethodDef = MethodDef {
@@ -15,26 +15,15 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 1,
     max_models: None,
     extra_inputs: None,
-    params: &[
-        WEIGHTS,
-        DENSITY,
-        ParamDef {
-            name: "gamma",
-            kind: ParamKind::F64 { min: 0.0, max: 1.0 },
-            default: ParamDefault::Number(0.01),
-            help: "share of the largest-magnitude entries dropped as outliers",
-        },
-        LAMBDA,
-        normalize(false),
-        rescale(false),
-    ],
+    params: &[WEIGHTS, DENSITY, GAMMA, LAMBDA, normalize(false), rescale(false)],
     build,
 };
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
-    let sparsifier = Sparsifier::MagnitudeOutliers {
-        density: p.f64("density")?,
-        gamma: p.f64("gamma")?,
-    };
-    Ok(Box::new(Gta::from_params("breadcrumbs_ties", p, sparsifier, true)?))
+    Ok(Box::new(Gta::from_params(
+        "breadcrumbs_ties",
+        p,
+        breadcrumbs_sparsifier(p)?,
+        true,
+    )?))
 }

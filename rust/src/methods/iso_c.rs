@@ -5,7 +5,7 @@
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
 use crate::linalg::{gram_bytes, product_into, top_triplets, widen};
-use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place};
+use crate::method::subspace::{self, EXCLUDE_KEYS, Matrices, add_base_in_place};
 use crate::method::{ANY_F32, MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -89,11 +89,7 @@ impl TensorFold for IsoC {
             Some((m, n)) => {
                 let wide = widen(&sum, m, n);
                 drop(sum);
-                let svd = top_triplets(wide.as_ref(), m.min(n)).map_err(|reason| MergeError::MethodFailed {
-                    method: "iso_c",
-                    tensor: tensor.name.clone(),
-                    reason,
-                })?;
+                let svd = top_triplets(wide.as_ref(), m.min(n)).map_err(subspace::failed("iso_c", tensor))?;
                 drop(wide);
                 let mean = svd.s.iter().sum::<f64>() / svd.s.len() as f64;
                 let flat = vec![mean; svd.s.len()];

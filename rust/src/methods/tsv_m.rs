@@ -9,7 +9,7 @@ use faer::Mat;
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
 use crate::linalg::{gram_bytes, narrow, polar, product_into, top_triplets, widen, widen_mat};
-use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
+use crate::method::subspace::{self, EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -90,11 +90,7 @@ fn kept(rank: usize, models: usize) -> usize {
 
 impl TsvM {
     fn failed(tensor: &PlanTensor) -> impl Fn(String) -> MergeError + '_ {
-        move |reason| MergeError::MethodFailed {
-            method: "tsv_m",
-            tensor: tensor.name.clone(),
-            reason,
-        }
+        subspace::failed("tsv_m", tensor)
     }
 }
 

@@ -11,7 +11,7 @@ mod space;
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
 use crate::linalg::gram_bytes;
-use crate::method::subspace::{EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
+use crate::method::subspace::{self, EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::methods::iso_c::ISO_SCALING_FACTOR;
 use crate::plan::PlanTensor;
@@ -90,11 +90,7 @@ pub(crate) enum Acc {
 
 impl IsoCts {
     fn failed(tensor: &PlanTensor) -> impl Fn(String) -> MergeError + '_ {
-        move |reason| MergeError::MethodFailed {
-            method: "iso_cts",
-            tensor: tensor.name.clone(),
-            reason,
-        }
+        subspace::failed("iso_cts", tensor)
     }
 
     /// (k, d) for `tensor` with `models` tasks, or an error naming it.
