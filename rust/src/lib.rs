@@ -21,6 +21,8 @@ mod method;
 mod methods;
 mod monitor;
 mod output;
+#[cfg(test)]
+mod peak_alloc;
 mod plan;
 mod rng;
 mod synthetic;

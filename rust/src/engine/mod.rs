@@ -12,6 +12,8 @@ mod cache;
 mod job;
 mod read;
 mod whole;
+#[cfg(test)]
+pub(crate) mod working_set;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -111,3 +111,18 @@ impl TensorFold for IsoC {
         add_base_in_place(out, base)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::working_set::assert_declared_working_set_is_honest;
+
+    #[test]
+    fn the_declared_working_set_covers_what_is_held() {
+        let method = IsoC {
+            scaling_factor: 1.0,
+            matrices: Matrices::default(),
+        };
+        assert_declared_working_set_is_honest(&method, 8);
+    }
+}

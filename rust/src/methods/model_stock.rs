@@ -112,6 +112,12 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::working_set::assert_declared_working_set_is_honest;
+
+    #[test]
+    fn the_declared_working_set_covers_what_is_held() {
+        assert_declared_working_set_is_honest(&ModelStock { filter_wise: true }, 4);
+    }
 
     #[test]
     fn orthogonal_offsets_pull_halfway_back_for_two_models() {

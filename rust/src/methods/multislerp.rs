@@ -68,7 +68,7 @@ impl TensorFold for MultiSlerp {
     type Acc = Vec<Vec<f32>>;
 
     fn footprint(&self, tensor: &PlanTensor, models: usize) -> usize {
-        4 * models * tensor.numel
+        (4 * models + 16) * tensor.numel
     }
 
     fn start(&self, _: &PlanTensor, models: usize) -> Result<Self::Acc> {
@@ -106,27 +106,31 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// The interpolation of `points` with `weights` into `out` (float64 inside).
+/// A point's values, widened.
+fn wide(point: &[f32]) -> impl Iterator<Item = f64> + '_ {
+    point.iter().map(|&x| f64::from(x))
+}
+
+/// The interpolation of `points` with `weights` into `out` (float64 inside, each point widened as it is
+/// used, so only the mean direction and the tangent are held in float64).
 fn interpolate(points: &[Vec<f32>], weights: &[f64], out: &mut [f32]) -> std::result::Result<(), &'static str> {
-    let wide: Vec<Vec<f64>> = points
+    let norms: Vec<f64> = points
         .iter()
-        .map(|p| p.iter().map(|&x| f64::from(x)).collect())
+        .map(|p| wide(p).map(|x| x * x).sum::<f64>().sqrt())
         .collect();
-    let norms: Vec<f64> = wide.iter().map(|p| dot(p, p).sqrt()).collect();
-    let units: Vec<Vec<f64>> = wide
-        .iter()
-        .zip(&norms)
-        .map(|(p, n)| p.iter().map(|x| x / (n + EPS)).collect())
-        .collect();
+    let unit = |i: usize| {
+        let scale = norms[i] + EPS;
+        wide(&points[i]).map(move |x| x / scale)
+    };
     let mut mean = vec![0.0; out.len()];
-    for (u, w) in units.iter().zip(weights) {
-        mean.iter_mut().zip(u).for_each(|(m, x)| *m += w * x);
+    for (i, w) in weights.iter().enumerate() {
+        mean.iter_mut().zip(unit(i)).for_each(|(m, x)| *m += w * x);
     }
     let mean_norm = dot(&mean, &mean).sqrt();
     if mean_norm < EPS {
-        if let ([a, b], [wa, wb]) = (wide.as_slice(), weights) {
+        if let ([a, b], [wa, wb]) = (points, weights) {
             out.iter_mut()
-                .zip(a.iter().zip(b))
+                .zip(wide(a).zip(wide(b)))
                 .for_each(|(o, (x, y))| *o = (x * wa + y * wb) as f32);
             return Ok(());
         }
@@ -134,11 +138,11 @@ fn interpolate(points: &[Vec<f32>], weights: &[f64], out: &mut [f32]) -> std::re
     }
     mean.iter_mut().for_each(|m| *m /= mean_norm);
     let mut tangent = vec![0.0; out.len()];
-    for (u, w) in units.iter().zip(weights) {
-        let along = dot(u, &mean);
+    for (i, w) in weights.iter().enumerate() {
+        let along: f64 = unit(i).zip(&mean).map(|(x, m)| x * m).sum();
         tangent
             .iter_mut()
-            .zip(u.iter().zip(&mean))
+            .zip(unit(i).zip(&mean))
             .for_each(|(t, (x, m))| *t += w * (x - along * m));
     }
     let length = dot(&tangent, &tangent).sqrt() + EPS;
@@ -153,6 +157,16 @@ fn interpolate(points: &[Vec<f32>], weights: &[f64], out: &mut [f32]) -> std::re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::working_set::assert_declared_working_set_is_honest;
+
+    #[test]
+    fn the_declared_working_set_covers_what_is_held() {
+        let method = MultiSlerp {
+            weights: vec![1.0, 2.0, 3.0],
+            normalize_weights: true,
+        };
+        assert_declared_working_set_is_honest(&method, 3);
+    }
 
     #[test]
     fn two_orthogonal_unit_vectors_meet_on_the_circle() {

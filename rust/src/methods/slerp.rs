@@ -100,6 +100,12 @@ fn coefficients(t: f64, v0: &[f32], v1: &[f32]) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::working_set::assert_declared_working_set_is_honest;
+
+    #[test]
+    fn the_declared_working_set_covers_what_is_held() {
+        assert_declared_working_set_is_honest(&Slerp { t: 0.3 }, 2);
+    }
 
     #[test]
     fn halfway_between_orthogonal_unit_vectors_is_on_the_circle() {

@@ -8,7 +8,9 @@ use faer::Mat;
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
-use crate::linalg::{gram_bytes, narrow, polar, product_into, top_triplets, widen, widen_mat};
+use crate::linalg::{
+    RowMajor, polar_parts, polar_parts_bytes, product_bytes, product_of_parts, top_triplets_bytes, top_triplets_of,
+};
 use crate::method::subspace::{self, EXCLUDE_KEYS, Matrices, add_base_in_place, fold_mean, task_vector};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
@@ -97,9 +99,18 @@ impl TsvM {
 impl TensorFold for TsvM {
     type Acc = Acc;
 
-    fn footprint(&self, tensor: &PlanTensor, _models: usize) -> usize {
+    /// The kept triplets, and the larger of one task's factorisation and the finish (the second polar factor
+    /// beside the first's k × k part, then three k × k parts and the product's blocks). The SVD fallbacks of
+    /// near-singular matrices hold more.
+    fn footprint(&self, tensor: &PlanTensor, models: usize) -> usize {
         match self.matrices.shape(tensor) {
-            Some((m, n)) => 4 * (m + n) * m.min(n) + gram_bytes(m, n),
+            Some((m, n)) => {
+                let width = kept(m.min(n), models) * models;
+                let (held, square) = (4 * (m + n) * width, 8 * width * width);
+                let adding = top_triplets_bytes(m, n, kept(m.min(n), models));
+                let finishing = (square + polar_parts_bytes(width)).max(3 * square + product_bytes(width));
+                held + adding.max(finishing)
+            }
             None => 4 * tensor.numel,
         }
     }
@@ -132,11 +143,13 @@ impl TensorFold for TsvM {
                 if d == 0 {
                     return Ok(());
                 }
-                let tau = widen(&task_vector(theta, base, scale)?, m, n);
-                let svd = top_triplets(tau.as_ref(), d).map_err(Self::failed(tensor))?;
-                drop(tau);
-                u.subcols_mut(t * d, d).copy_from(narrow(svd.u.subcols(0, d)));
-                v.subcols_mut(t * d, d).copy_from(narrow(svd.v.subcols(0, d)));
+                let base = base.ok_or_else(|| MergeError::Internal("tsv_m reads the pretrained model".into()))?;
+                let tau = RowMajor::difference(theta, base, scale, m, n);
+                let svd = top_triplets_of(&tau, d).map_err(Self::failed(tensor))?;
+                u.subcols_mut(t * d, d)
+                    .copy_from(svd.u.subcols(0, d).map(|&x| x as f32));
+                v.subcols_mut(t * d, d)
+                    .copy_from(svd.v.subcols(0, d).map(|&x| x as f32));
                 s[t * d..(t + 1) * d].copy_from_slice(&svd.s[..d]);
             }
         }
@@ -152,10 +165,13 @@ impl TensorFold for TsvM {
             }
             Acc::Matrix { s, .. } if s.is_empty() => out.fill(0.0),
             Acc::Matrix { u, s, v, .. } => {
-                let pu = polar(widen_mat(u.as_ref()).as_ref()).map_err(Self::failed(tensor))?;
-                drop(u);
-                let pv = polar(widen_mat(v.as_ref()).as_ref()).map_err(Self::failed(tensor))?;
-                product_into(pu.as_ref(), &s, pv.as_ref(), f64::from(self.alpha), out);
+                // polar(U)·diag(s)·polar(V)ᵀ = Bu·(Wu·diag(s)·Wvᵀ)·Bvᵀ, formed a block at a time.
+                let (bu, wu) = polar_parts(u).map_err(Self::failed(tensor))?;
+                let (bv, wv) = polar_parts(v).map_err(Self::failed(tensor))?;
+                let scaled = Mat::from_fn(wv.nrows(), wv.ncols(), |i, j| wv[(i, j)] * s[j]);
+                drop(wv);
+                let mid = &wu * scaled.transpose();
+                product_of_parts(bu.as_ref(), mid.as_ref(), bv.as_ref(), f64::from(self.alpha), out);
             }
         }
         add_base_in_place(out, base)
@@ -165,6 +181,17 @@ impl TensorFold for TsvM {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::working_set::assert_declared_working_set_is_honest;
+
+    #[test]
+    fn the_declared_working_set_covers_what_is_held() {
+        let method = TsvM {
+            alpha: 1.0,
+            per_task: None,
+            matrices: Matrices::default(),
+        };
+        assert_declared_working_set_is_honest(&method, 8);
+    }
 
     #[test]
     fn each_task_keeps_r_over_t_triplets_as_fusion_bench_rounds() {

@@ -225,6 +225,20 @@ impl IsoCts {
 mod tests {
     use super::space::subspace_sizes;
     use super::*;
+    use crate::engine::working_set::assert_declared_working_set_is_honest;
+
+    #[test]
+    fn the_declared_working_set_covers_what_is_held_in_one_round_or_two() {
+        for hold_bytes in [usize::MAX, 0] {
+            let method = IsoCts {
+                scaling_factor: 1.0,
+                common_space_fraction: 0.8,
+                matrices: Matrices::default(),
+                hold_bytes,
+            };
+            assert_declared_working_set_is_honest(&method, 8);
+        }
+    }
     use crate::dtype::FloatType;
     use crate::plan::{FloatSource, TensorKind};
 

@@ -7,6 +7,12 @@
 
 use std::sync::Once;
 
+mod blocked;
+
+pub(crate) use blocked::{
+    RowMajor, polar_parts, polar_parts_bytes, product_bytes, product_of_parts, top_triplets_bytes, top_triplets_of,
+};
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, Side};
 
