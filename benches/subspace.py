@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -53,6 +54,21 @@ def errors(ours: Path, theirs: Path, pretrained: Path) -> tuple[float, float]:
     return worst_theta, worst_delta
 
 
+def write_report(name: str, rows: list[dict]) -> None:
+    """benches/SUBSPACE.md from the rows."""
+    lines = [f"# Subspace methods on {name}", "",
+             "`.venv/bin/python benches/subspace.py` — merge-rs (streamed, float64 factorisations) against the in-memory "
+             "torch implementation (float32 `torch.linalg.svd`, every task vector held), side by side on the same "
+             "machine, page cache warm. Each row is one run on the day it names; compare within a row.",
+             "", "| method | merge-rs (s) | merge-rs peak RSS (MB) | torch (s) | torch peak RSS (MB) | max rel. error θ "
+             "| max rel. error θ − θ₀ | measured |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['merge_rs_s']:.0f} | {r['merge_rs_mb']:.0f} | {r['torch_s']:.0f} "
+                     f"| {r['torch_mb']:.0f} | {r['error_theta']:.1e} | {r['error_task_vector']:.1e} | {r['measured']} |")
+    (HERE / "SUBSPACE.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="iso_c,iso_cts,tsv_m")
@@ -77,21 +93,12 @@ def main() -> None:
                                str(pretrained), *model_args, "--out", str(theirs)])
         theta, delta = errors(ours, theirs, pretrained)
         rows.append({"method": method, "merge_rs_s": wall, "merge_rs_mb": rss, "torch_s": t_wall, "torch_mb": t_rss,
-                     "error_theta": theta, "error_task_vector": delta})
+                     "error_theta": theta, "error_task_vector": delta, "measured": time.strftime("%Y-%m-%d")})
         print(rows[-1], flush=True)
     kept.update({r["method"]: r for r in rows})  # methods not run this time keep their last measurement
     rows = [kept[m] for m in sorted(kept)]
     results.write_text(json.dumps({"workload": workload.name, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Subspace methods on {workload.name}", "",
-             "`.venv/bin/python benches/subspace.py` — merge-rs (streamed, float64 factorisations) against the in-memory "
-             "torch implementation (float32 `torch.linalg.svd`, every task vector held), same machine, page cache warm.",
-             "", "| method | merge-rs (s) | merge-rs peak RSS (MB) | torch (s) | torch peak RSS (MB) | max rel. error θ "
-             "| max rel. error θ − θ₀ |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['merge_rs_s']:.0f} | {r['merge_rs_mb']:.0f} | {r['torch_s']:.0f} "
-                     f"| {r['torch_mb']:.0f} | {r['error_theta']:.1e} | {r['error_task_vector']:.1e} |")
-    (HERE / "SUBSPACE.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(workload.name, rows)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,21 @@ def running_mean(values: list[torch.Tensor]) -> torch.Tensor:
 
 
 def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.linalg.svd`` (thin); LAPACK's float32 divide-and-conquer fails to converge on some matrices with
-    many repeated singular values (Iso-CTS's projected task vectors on 8 × ViT-L/14), which are then factorised
-    in float64 and rounded back."""
+    """``torch.linalg.svd`` (thin). LAPACK's divide-and-conquer fails to converge on some matrices with many
+    repeated singular values (Iso-CTS's projected task vectors: in float32 on 8 × ViT-L/14, in float64 on
+    8 × ViT-B/32), which are then factorised in float64, by QR iteration (``gesvd``) if need be, and rounded
+    back."""
     try:
         return torch.linalg.svd(a, full_matrices=False)
     except torch.linalg.LinAlgError:
+        pass
+    try:
         return tuple(x.to(a.dtype) for x in torch.linalg.svd(a.double(), full_matrices=False))
+    except torch.linalg.LinAlgError:
+        import scipy.linalg
+
+        factors = scipy.linalg.svd(a.double().numpy(), full_matrices=False, lapack_driver="gesvd")
+        return tuple(torch.from_numpy(x).to(a.dtype) for x in factors)
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:

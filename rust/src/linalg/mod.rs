@@ -3,18 +3,19 @@
 //! truncated singular subspaces accurate where float32's would drift (10× further from an exact result
 //! than LAPACK's float32, measured on random task vectors). Each runs on one thread (faer's parallel SVD was
 //! slower on two cores, 0.83 s against 0.63 s for 4096 × 1024) and tensors run in parallel instead, so
-//! results do not depend on the number of threads.
+//! results do not depend on the number of threads. The routines here take a whole float64 matrix;
+//! [`blocked`]'s widen a float32 one a block at a time instead.
 
 use std::sync::Once;
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par, Side};
 
 mod blocked;
 
 pub(crate) use blocked::{
     RowMajor, polar_parts, polar_parts_bytes, product_bytes, product_of_parts, top_triplets_bytes, top_triplets_of,
 };
-
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par, Side};
 
 /// The parallelism of every faer call: sequential (set as faer's global too, which its SVD reads).
 pub(crate) fn par() -> Par {

@@ -2,7 +2,8 @@
 //! vector keeps its top ⌊r/T⌋ singular triplets, placed in block t; the stacked singular vectors are
 //! orthogonalised through their polar factors; result = U · diag(s) · Vᵀ. Other tensors take the mean
 //! task vector. θ = θ₀ + α · result, or, with one α per task, each τₜ is scaled by αₜ before the SVD.
-//! Each model's triplets are folded in as it is read, so only r of them are held.
+//! Each model's triplets are folded in as it is read, so only r of them are held, and no float64 copy of a
+//! whole matrix is made (`linalg::blocked`).
 
 use faer::Mat;
 
