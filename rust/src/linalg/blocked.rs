@@ -6,21 +6,22 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Side};
 
-use super::{GRAM_RANGE, Triplets, narrow, par, thin_svd};
+use super::{GRAM_RANGE, Triplets, narrow, par, thin_svd, widen_mat};
 
 /// Rows widened at once.
 const BLOCK: usize = 256;
 
 /// [`polar_parts`] inverts aᵀa while its eigenvalues span at most this (singular values down to 10⁻⁶ of
-/// the largest). A direction with singular value σ comes back to about 10⁻¹⁶·(σ₀/σ)² (10⁻⁴ at the limit),
-/// and `a` is float32, whose rounding already blurs directions below 10⁻⁷·σ₀; the SVD takes over beyond.
+/// the largest); the SVD takes over beyond. By the usual perturbation bound (not measured here), a direction
+/// with singular value σ comes back to about 10⁻¹⁶·(σ₀/σ)², 10⁻⁴ at the limit; `a` is float32, whose
+/// rounding already blurs directions below about 10⁻⁷·σ₀.
 const POLAR_RANGE: f64 = 1e-12;
 
-/// A row-major float32 matrix, optionally given as the scaled difference (θ − θ₀)·c of two (a task vector),
-/// each entry rounded to float32 as the difference is, then widened.
+/// A row-major float32 matrix given as the scaled difference (θ − θ₀)·c of two (a task vector), each entry
+/// rounded to float32 as the difference is, then widened.
 pub(crate) struct RowMajor<'a> {
-    data: &'a [f32],
-    minus: Option<&'a [f32]>,
+    theta: &'a [f32],
+    base: &'a [f32],
     scale: f32,
     rows: usize,
     cols: usize,
@@ -30,8 +31,8 @@ impl<'a> RowMajor<'a> {
     /// The `rows` × `cols` matrix (θ − θ₀)·`scale`.
     pub(crate) fn difference(theta: &'a [f32], base: &'a [f32], scale: f32, rows: usize, cols: usize) -> Self {
         RowMajor {
-            data: theta,
-            minus: Some(base),
+            theta,
+            base,
             scale,
             rows,
             cols,
@@ -40,10 +41,7 @@ impl<'a> RowMajor<'a> {
 
     fn at(&self, i: usize, j: usize) -> f64 {
         let k = i * self.cols + j;
-        f64::from(match self.minus {
-            Some(base) => (self.data[k] - base[k]) * self.scale,
-            None => self.data[k] * self.scale,
-        })
+        f64::from((self.theta[k] - self.base[k]) * self.scale)
     }
 
     /// Whether the matrix has at least as many rows as columns (its Gram matrix is then AᵀA).
@@ -140,7 +138,7 @@ pub(crate) fn polar_parts(a: Mat<f32>) -> Result<(Mat<f32>, Mat<f64>), String> {
     let largest = if k > 0 { evd.S()[k - 1] } else { 0.0 };
     if k == 0 || evd.S()[0] < largest * POLAR_RANGE {
         drop(evd);
-        let wide = Mat::from_fn(m, k, |i, j| f64::from(a[(i, j)]));
+        let wide = widen_mat(a.as_ref());
         drop(a);
         let svd = thin_svd(wide.as_ref())?;
         drop(wide);
@@ -217,7 +215,7 @@ pub(crate) fn product_bytes(k: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{polar, product_into, top_triplets, widen, widen_mat};
+    use super::super::{polar, product_into, top_triplets, widen};
     use super::*;
 
     fn ok<T>(result: Result<T, String>) -> T {
