@@ -52,6 +52,7 @@ def merge(
     progress: bool | ProgressCallback = False,
     reads: Sequence[PathLike] = (),
     extra_files: dict[str, str] | None = None,
+    groups: Sequence[tuple[Sequence[str], dict[str, Any]]] = (),
     **parameters: Any,
 ) -> MergeReport:
     """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
@@ -65,12 +66,14 @@ def merge(
     output beside the weights, in the same atomic step. ``memory_budget`` caps what the whole-tensor methods
     (the SVD family, SLERP, breadcrumbs, …) hold at once (default 160 MiB; a larger tensor runs alone).
     A parameter that is a Python keyword takes a trailing underscore (``lambda_=0.5`` for ``lambda``).
+    ``groups`` ([(tensor names, parameters)]) merges those tensors with their own parameters of ``method``
+    (complete sets: nothing is inherited from ``parameters``).
     """
     spec = get_method(method)
     _check_threads(threads)
     request = {
         "method": spec.name,
-        "parameters": {_unkeyword(name): _plain(value) for name, value in parameters.items() if value is not None},
+        "parameters": _engine_parameters(parameters),
         "pretrained": _path(pretrained) if pretrained is not None else None,
         "models": [_path(m) for m in models],
         "out": _path(out),
@@ -82,6 +85,7 @@ def merge(
         "memory_budget": parse_size(memory_budget) if memory_budget is not None else 0,
         "reads": [_path(p) for p in reads],
         "files": sorted((extra_files or {}).items()),
+        "groups": [{"tensors": list(names), "parameters": _engine_parameters(values)} for names, values in groups],
     }
     callback = progress_callback(progress)
     try:
@@ -90,6 +94,10 @@ def merge(
         if isinstance(callback, ProgressBar):
             callback.close()
     return MergeReport.from_json(json.loads(report))
+
+
+def _engine_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {_unkeyword(name): _plain(value) for name, value in parameters.items() if value is not None}
 
 
 def _unkeyword(name: str) -> str:

@@ -50,6 +50,7 @@ class MergeReport:
     seconds: float
     ties_thresholds: list[float] | None = None
     ties_majority_sign: int | None = None
+    tensor_groups: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod

@@ -10,6 +10,7 @@ use crate::checkpoint::Checkpoint;
 use crate::dtype::FloatType;
 use crate::engine::Engine;
 use crate::error::{MergeError, Result};
+use crate::groups::{TensorGroup, passes};
 use crate::method::{Method, MethodStats};
 use crate::monitor::Monitor;
 use crate::output::OutputDir;
@@ -32,6 +33,8 @@ const COMPANION_FILES: [&str; 7] = [
 pub struct MergeRequest {
     /// Method and parameters.
     pub method: Method,
+    /// Tensors merged with other parameters of the same method (per-tensor overrides).
+    pub groups: Vec<TensorGroup>,
     /// The pretrained model.
     pub base: Option<PathBuf>,
     /// The fine-tuned models.
@@ -65,6 +68,7 @@ impl MergeRequest {
     pub fn new(method: Method, models: Vec<PathBuf>, out: PathBuf) -> MergeRequest {
         MergeRequest {
             method,
+            groups: Vec::new(),
             base: None,
             models,
             out,
@@ -92,6 +96,15 @@ pub struct InputInfo {
     pub layout: &'static str,
 }
 
+/// A group of tensors merged with its own parameters, in a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupInfo {
+    /// Its parameters.
+    pub parameters: serde_json::Value,
+    /// How many tensors it merged.
+    pub tensors: usize,
+}
+
 /// What a merge did.
 #[derive(Debug, Clone, Serialize)]
 pub struct MergeReport {
@@ -99,6 +112,9 @@ pub struct MergeReport {
     pub method: &'static str,
     /// Method parameters.
     pub parameters: serde_json::Value,
+    /// The parameters of each tensor group, with its number of tensors (per-tensor overrides).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tensor_groups: Vec<GroupInfo>,
     /// The pretrained model, if used.
     pub pretrained: Option<InputInfo>,
     /// The fine-tuned models.
@@ -172,7 +188,11 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     check_file_names(&request.files)?;
     let output = OutputDir::prepare(&request.out, &read, request.overwrite)?;
     let plan = MergePlan::build(&inputs, needs_base, request.dtype)?;
-    method.validate_plan(&plan)?;
+    let passes = passes(&plan, method, &request.groups)?;
+    for (method, plan) in &passes {
+        method.validate(request.models.len())?;
+        method.validate_plan(plan)?;
+    }
     let out_tensors: Vec<OutTensor> = plan
         .tensors
         .iter()
@@ -193,22 +213,27 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         ),
     ];
     let writer = Writer::create(output, &out_tensors, &metadata, request.max_shard_size)?;
-    let mut engine = Engine::new(&inputs, &plan, monitor, request.threads, request.allow_nonfinite)?;
-    if request.chunk > 0 {
-        engine = engine.with_chunk(request.chunk);
+    let mut stats = None;
+    let (mut nonfinite_inputs, mut nonfinite_outputs, mut threads) = (0, 0, 0);
+    for (method, plan) in &passes {
+        let mut engine = Engine::new(&inputs, plan, monitor, request.threads, request.allow_nonfinite)?;
+        if request.chunk > 0 {
+            engine = engine.with_chunk(request.chunk);
+        }
+        if request.memory_budget > 0 {
+            engine = engine.with_whole_tensor_budget(usize::try_from(request.memory_budget).unwrap_or(usize::MAX));
+        }
+        let found = method.run(&engine, &writer)?;
+        stats.get_or_insert(found);
+        let (inputs, outputs) = engine.nonfinite_counts();
+        (nonfinite_inputs, nonfinite_outputs) = (nonfinite_inputs + inputs, nonfinite_outputs + outputs);
+        threads = engine.threads();
     }
-    if request.memory_budget > 0 {
-        engine = engine.with_whole_tensor_budget(usize::try_from(request.memory_budget).unwrap_or(usize::MAX));
-    }
-    let stats = method.run(&engine, &writer)?;
     copy_raw_tensors(&inputs, &plan, &writer, monitor)?;
     copy_companions(&inputs.models[0], &writer, request.dtype)?;
     for (name, contents) in &request.files {
         writer.add_file(name, contents)?;
     }
-    let (nonfinite_inputs, nonfinite_outputs) = engine.nonfinite_counts();
-    let threads = engine.threads();
-    drop(engine);
     let output_files = writer.finish()?;
     let describe = |c: &Checkpoint| InputInfo {
         name: c.name.clone(),
@@ -218,6 +243,14 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     Ok(MergeReport {
         method: method.name(),
         parameters: method.parameters(),
+        tensor_groups: request
+            .groups
+            .iter()
+            .map(|g| GroupInfo {
+                parameters: g.method.parameters(),
+                tensors: g.tensors.len(),
+            })
+            .collect(),
         pretrained: inputs.base.as_ref().map(describe),
         models: inputs.models.iter().map(describe).collect(),
         tensors: plan.tensors.len(),
@@ -231,7 +264,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         output_bytes: out_tensors.iter().map(|t| t.nbytes).sum(),
         threads,
         seconds: started.elapsed().as_secs_f64(),
-        stats,
+        stats: stats.unwrap_or_default(),
     })
 }
 

@@ -69,6 +69,11 @@ pub(crate) enum TensorKind {
         /// One per extra input.
         extra: Vec<FloatSource>,
     },
+    /// Merged by another pass of the same request (a group of tensors with other parameters).
+    Elsewhere {
+        /// Output dtype.
+        out: FloatType,
+    },
     /// Copied byte for byte (integer buffers).
     Copy {
         /// The input it is copied from.
@@ -99,7 +104,7 @@ impl PlanTensor {
     /// The output dtype.
     pub(crate) fn out_dtype(&self) -> safetensors::Dtype {
         match &self.kind {
-            TensorKind::Merge { out, .. } => out.dtype(),
+            TensorKind::Merge { out, .. } | TensorKind::Elsewhere { out } => out.dtype(),
             TensorKind::Copy { dtype, .. } => *dtype,
         }
     }
@@ -107,7 +112,7 @@ impl PlanTensor {
     /// Output size in bytes.
     pub(crate) fn out_bytes(&self) -> u64 {
         let width = match &self.kind {
-            TensorKind::Merge { out, .. } => out.size(),
+            TensorKind::Merge { out, .. } | TensorKind::Elsewhere { out } => out.size(),
             TensorKind::Copy { width, .. } => *width,
         };
         (self.numel * width) as u64

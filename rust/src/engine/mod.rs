@@ -311,7 +311,7 @@ impl<'a> Engine<'a> {
                 TensorKind::Merge {
                     base, models, extra, ..
                 } => (base.as_slice(), models, extra),
-                TensorKind::Copy { .. } => (&[], &[], &[]),
+                TensorKind::Copy { .. } | TensorKind::Elsewhere { .. } => (&[], &[], &[]),
             };
         let models = models.iter().zip(&self.inputs.models);
         let extra = extra.iter().zip(&self.inputs.extra);

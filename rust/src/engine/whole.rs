@@ -82,7 +82,7 @@ pub(crate) fn working_set<F: TensorFold>(fold: &F, tensor: &PlanTensor, models: 
             let read = models.iter().chain(base).map(|s| coded(s.ty)).max().unwrap_or(0);
             read + coded(*out)
         }
-        TensorKind::Copy { .. } => 0,
+        TensorKind::Copy { .. } | TensorKind::Elsewhere { .. } => 0,
     };
     (floats * 4 + codecs) * tensor.numel + fold.footprint(tensor, models)
 }
@@ -169,7 +169,7 @@ impl Engine<'_> {
     fn sources(&self, t: usize) -> (Option<&FloatSource>, &[FloatSource]) {
         match &self.plan.tensors[t].kind {
             TensorKind::Merge { base, models, .. } => (base.as_ref(), models),
-            TensorKind::Copy { .. } => (None, &[]),
+            TensorKind::Copy { .. } | TensorKind::Elsewhere { .. } => (None, &[]),
         }
     }
 

@@ -24,13 +24,122 @@ pub(crate) const LAMBDA: ParamDef = ParamDef {
     default: ParamDefault::Number(1.0),
     help: "λ: scales the merged task vector (mergekit's lambda)",
 };
-/// The share of each task vector kept.
-pub(crate) const DENSITY: ParamDef = ParamDef {
-    name: "density",
-    kind: ParamKind::F64 { min: 0.0, max: 1.0 },
-    default: ParamDefault::Number(1.0),
-    help: "share of each task vector's entries kept",
+/// The share of each task vector kept, one for all models or one per model.
+pub(crate) const DENSITY: ParamDef = per_model(
+    "density",
+    1.0,
+    "share of each task vector's entries kept (one, or one per model)",
+);
+/// Breadcrumbs' γ: the share of largest-magnitude entries dropped as outliers.
+pub(crate) const GAMMA: ParamDef = per_model(
+    "gamma",
+    0.01,
+    "share of the largest-magnitude entries dropped as outliers (one, or one per model)",
+);
+/// DELLA's ε: the spread of keep probabilities around the density (one for all models: fisher_merging's
+/// `epsilon` shares the name and is a single number).
+pub(crate) const EPSILON: ParamDef = ParamDef {
+    name: "epsilon",
+    kind: ParamKind::F32 { min: 0.0, max: 1.0 },
+    default: ParamDefault::Number(0.15),
+    help: "spread of DELLA's keep probability around the density (density ± epsilon)",
 };
+/// The seed of the random masks.
+pub(crate) const SEED: ParamDef = ParamDef {
+    name: "seed",
+    kind: ParamKind::U64,
+    default: ParamDefault::Integer(0),
+    help: "seed of the random masks (mergekit draws from torch's generator; masks differ)",
+};
+
+/// A number in [0, 1], one for all models or one per model.
+const fn per_model(name: &'static str, default: f64, help: &'static str) -> ParamDef {
+    ParamDef {
+        name,
+        kind: ParamKind::FloatOrList,
+        default: ParamDefault::Number(default),
+        help,
+    }
+}
+
+/// How a member thins its task vectors (mergekit's `SparsificationMethod`, or none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Thinning {
+    /// Keep everything.
+    Keep,
+    /// Top-k magnitude (TIES).
+    Magnitude,
+    /// A Bernoulli drop (DARE).
+    Random,
+    /// Magnitude without outliers (breadcrumbs), with `gamma`.
+    MagnitudeOutliers,
+    /// DELLA's rank-weighted drop, with `epsilon`.
+    DellaMagprune,
+}
+
+/// One sparsifier per model (or one for all) from `density` and, where the thinning has them, `gamma`,
+/// `epsilon` and `seed`: each one value or one per model, in [0, 1].
+pub(crate) fn sparsifiers(method: &str, p: &Params, how: Thinning) -> Result<Vec<Sparsifier>> {
+    let read = |name: &str, used: bool| {
+        if used {
+            per_model_values(method, p, name)
+        } else {
+            Ok(vec![0.0])
+        }
+    };
+    let density = read("density", true)?;
+    let gamma = read("gamma", how == Thinning::MagnitudeOutliers)?;
+    let epsilon = read("epsilon", how == Thinning::DellaMagprune)?;
+    let seed = if matches!(how, Thinning::Random | Thinning::DellaMagprune) {
+        p.u64("seed")?
+    } else {
+        0
+    };
+    let lengths = [density.len(), gamma.len(), epsilon.len()];
+    let models = lengths.into_iter().max().unwrap_or(1);
+    if lengths.iter().any(|&n| n != 1 && n != models) {
+        return Err(MergeError::arg(format!(
+            "{method}: density, gamma and epsilon must each give one value or one per model"
+        )));
+    }
+    let at = |values: &[f64], t: usize| values[t.min(values.len() - 1)];
+    (0..models)
+        .map(|t| {
+            let (density, gamma, epsilon) = (at(&density, t), at(&gamma, t), at(&epsilon, t));
+            Ok(match how {
+                Thinning::Keep => Sparsifier::Keep,
+                Thinning::Magnitude => Sparsifier::Magnitude { density },
+                Thinning::Random => Sparsifier::Random { density, seed },
+                Thinning::MagnitudeOutliers => Sparsifier::MagnitudeOutliers { density, gamma },
+                Thinning::DellaMagprune => {
+                    if density > 0.0 && density < 1.0 && (density + epsilon >= 1.0 || density - epsilon <= 0.0) {
+                        return Err(MergeError::arg(format!(
+                            "{method}: density ± epsilon must lie in (0, 1) (got density {density}, epsilon {epsilon})"
+                        )));
+                    }
+                    Sparsifier::DellaMagprune { density, epsilon, seed }
+                }
+            })
+        })
+        .collect()
+}
+
+/// A per-model parameter's values, each in [0, 1].
+fn per_model_values(method: &str, p: &Params, name: &str) -> Result<Vec<f64>> {
+    let values = match p.floats(name) {
+        Some(list) => list,
+        None => vec![p.f64(name)?],
+    };
+    if values.is_empty() {
+        return Err(MergeError::arg(format!("{method}: '{name}' is an empty list")));
+    }
+    if let Some(bad) = values.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+        return Err(MergeError::arg(format!(
+            "{method}: '{name}' must lie in [0, 1] (got {bad})"
+        )));
+    }
+    Ok(values)
+}
 
 /// Whether the summed weights divide the result, with a method's default.
 pub(crate) const fn normalize(default: bool) -> ParamDef {
@@ -52,12 +161,22 @@ pub(crate) const fn rescale(default: bool) -> ParamDef {
     }
 }
 
+/// How the sign of each entry is elected (mergekit's `ConsensusMethod`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Consensus {
+    /// The sign of Σ wₜδₜ.
+    Sum,
+    /// The sign held by more of the weighted deltas.
+    Count,
+}
+
 /// One member of the family, ready to run.
 #[derive(Debug)]
 pub(crate) struct Gta {
     name: &'static str,
-    sparsifier: Sparsifier,
-    consensus: bool,
+    /// One sparsifier for every model, or one per model.
+    sparsifiers: Vec<Sparsifier>,
+    consensus: Option<Consensus>,
     normalize: bool,
     rescale: bool,
     lambda: f32,
@@ -65,11 +184,17 @@ pub(crate) struct Gta {
 }
 
 impl Gta {
-    /// The member `name` with `sparsifier`, sign consensus or not, from its checked parameters.
-    pub(crate) fn from_params(name: &'static str, p: &Params, sparsifier: Sparsifier, consensus: bool) -> Result<Gta> {
+    /// The member `name` that thins `how` and elects signs by `consensus` (or not), from its checked
+    /// parameters.
+    pub(crate) fn from_params(
+        name: &'static str,
+        p: &Params,
+        how: Thinning,
+        consensus: Option<Consensus>,
+    ) -> Result<Gta> {
         Ok(Gta {
             name,
-            sparsifier,
+            sparsifiers: sparsifiers(name, p, how)?,
             consensus,
             normalize: p.bool("normalize")?,
             rescale: p.bool("rescale")?,
@@ -93,6 +218,13 @@ impl MergeMethod for Gta {
                 self.weights.len()
             )));
         }
+        if self.sparsifiers.len() != 1 && self.sparsifiers.len() != models {
+            return Err(MergeError::arg(format!(
+                "{}: per-model sparsification parameters given for {} models, not {models}",
+                self.name,
+                self.sparsifiers.len()
+            )));
+        }
         Ok(())
     }
 
@@ -113,14 +245,20 @@ impl TensorFold for Gta {
     type Acc = Acc;
 
     fn footprint(&self, tensor: &PlanTensor, models: usize) -> usize {
-        let held = if self.consensus { models } else { 1 };
-        4 * (held + 2) * tensor.numel
+        let held = if self.consensus.is_some() { models } else { 1 };
+        let scratch = self
+            .sparsifiers
+            .iter()
+            .map(|s| s.scratch_bytes(&tensor.shape))
+            .max()
+            .unwrap_or(0);
+        4 * (held + 2) * tensor.numel + scratch
     }
 
     fn start(&self, tensor: &PlanTensor, models: usize) -> Result<Acc> {
         Ok(match self.consensus {
-            true => Acc::All(Vec::with_capacity(models), Vec::with_capacity(models)),
-            false => Acc::Sum(vec![0.0; tensor.numel], 0.0),
+            Some(_) => Acc::All(Vec::with_capacity(models), Vec::with_capacity(models)),
+            None => Acc::Sum(vec![0.0; tensor.numel], 0.0),
         })
     }
 
@@ -132,7 +270,7 @@ impl TensorFold for Gta {
             &tensor.shape,
             &tensor.name,
             t,
-            self.sparsifier,
+            self.sparsifiers[t.min(self.sparsifiers.len() - 1)],
             self.rescale,
         );
         let w = self.weights[t];
@@ -174,11 +312,14 @@ impl TensorFold for Gta {
 }
 
 impl Gta {
-    /// Sign consensus (mergekit's "sum" method): keep the weighted deltas whose sign is that of their sum
-    /// (+ where the sum is 0), and divide by the weights kept with `normalize`.
+    /// Sign consensus: keep the weighted deltas whose sign is the elected one (that of their sum, or of
+    /// their count of signs; + on a tie), and divide by the weights kept with `normalize`.
     fn elect(&self, deltas: &[Vec<f32>], weights: &[f32], out: &mut [f32]) {
         for (i, o) in out.iter_mut().enumerate() {
-            let total: f32 = deltas.iter().map(|d| d[i]).sum();
+            let total: f32 = match self.consensus {
+                Some(Consensus::Count) => deltas.iter().map(|d| sign(d[i])).sum(),
+                _ => deltas.iter().map(|d| d[i]).sum(),
+            };
             let majority = if total >= 0.0 { 1.0 } else { -1.0 };
             let (mut mixed, mut divisor) = (0.0f32, 0.0f32);
             for (d, w) in deltas.iter().zip(weights) {
@@ -192,5 +333,16 @@ impl Gta {
             }
             *o = if self.normalize { mixed / divisor } else { mixed };
         }
+    }
+}
+
+/// torch's `sign`: −1, 0 or 1.
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
     }
 }

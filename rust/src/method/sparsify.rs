@@ -1,12 +1,18 @@
-//! mergekit's sparsifiers for task vectors (`mergekit/sparsify.py`): magnitude with outliers removed
-//! (Model Breadcrumbs) and DELLA's rank-weighted random drop, each optionally rescaled so the L1 norm is
-//! kept.
+//! mergekit's sparsifiers for task vectors (`mergekit/sparsify.py`): top-k magnitude (TIES), a Bernoulli
+//! drop (DARE), magnitude with outliers removed (Model Breadcrumbs) and DELLA's rank-weighted random drop,
+//! each optionally rescaled so the L1 norm is kept.
 
 use crate::rng;
 
 /// How a task vector is thinned.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Sparsifier {
+    /// Keep every entry.
+    Keep,
+    /// Keep the `max(1, ⌊density·numel⌋)` entries of largest magnitude (none at density 0).
+    Magnitude { density: f64 },
+    /// Keep each entry with probability `density`.
+    Random { density: f64, seed: u64 },
     /// Keep the `density` share of entries after dropping the `gamma` share of largest magnitude.
     MagnitudeOutliers { density: f64, gamma: f64 },
     /// Keep each entry with probability density ± epsilon, higher for larger magnitudes in its row.
@@ -16,9 +22,17 @@ pub(crate) enum Sparsifier {
 /// Thin `delta` (a tensor of `shape` called `name`, task `task`) in place; rescale to its former L1 norm
 /// with `rescale`.
 pub(crate) fn sparsify(delta: &mut [f32], shape: &[usize], name: &str, task: usize, how: Sparsifier, rescale: bool) {
+    if how.density() >= 1.0 {
+        return;
+    }
     let keep = match how {
-        Sparsifier::MagnitudeOutliers { density, .. } | Sparsifier::DellaMagprune { density, .. } if density >= 1.0 => {
-            return;
+        Sparsifier::Keep => return,
+        Sparsifier::Magnitude { density } => magnitude(delta, density),
+        Sparsifier::Random { density, seed } => {
+            let stream = rng::stream(seed, name, task as u64);
+            (0..delta.len())
+                .map(|i| rng::uniform(stream, i as u64) < density)
+                .collect()
         }
         Sparsifier::MagnitudeOutliers { density, gamma } => magnitude_outliers(delta, density, gamma),
         Sparsifier::DellaMagprune { density, epsilon, seed } => {
@@ -26,19 +40,64 @@ pub(crate) fn sparsify(delta: &mut [f32], shape: &[usize], name: &str, task: usi
             della_magprune(delta, shape, density, epsilon, stream)
         }
     };
-    let before: f32 = delta.iter().map(|x| x.abs()).sum();
+    // The L1 norms are summed in float64 and rounded once, as close as torch's pairwise float32 sum gets.
+    let l1 = |v: &[f32]| v.iter().map(|x| f64::from(x.abs())).sum::<f64>() as f32;
+    let before = l1(delta);
     for (x, &k) in delta.iter_mut().zip(&keep) {
         if !k {
             *x = 0.0;
         }
     }
-    let after: f32 = delta.iter().map(|x| x.abs()).sum();
+    let after = l1(delta);
     if rescale && before >= 1e-7 && after >= 1e-7 {
         let scale = before / after;
         for x in delta.iter_mut() {
             *x *= scale;
         }
     }
+}
+
+impl Sparsifier {
+    /// Bytes `sparsify` allocates for a tensor of `shape`: the keep mask, and the sort order where
+    /// entries are ranked.
+    pub(crate) fn scratch_bytes(self, shape: &[usize]) -> usize {
+        let numel: usize = shape.iter().product();
+        let row = shape.get(1).or(shape.first()).copied().unwrap_or(1);
+        match self {
+            Sparsifier::Keep => 0,
+            Sparsifier::Random { .. } => numel,
+            Sparsifier::Magnitude { .. } | Sparsifier::MagnitudeOutliers { .. } => 9 * numel,
+            Sparsifier::DellaMagprune { .. } => numel + 8 * row,
+        }
+    }
+
+    /// The share kept (1 for [`Sparsifier::Keep`]).
+    fn density(self) -> f64 {
+        match self {
+            Sparsifier::Keep => 1.0,
+            Sparsifier::Magnitude { density }
+            | Sparsifier::Random { density, .. }
+            | Sparsifier::MagnitudeOutliers { density, .. }
+            | Sparsifier::DellaMagprune { density, .. } => density,
+        }
+    }
+}
+
+/// The entries kept: the `max(1, ⌊density·numel⌋)` largest magnitudes (ties to the lower index), none when
+/// the density is 0, as mergekit's `magnitude` keeps them.
+fn magnitude(delta: &[f32], density: f64) -> Vec<bool> {
+    let numel = delta.len();
+    let mut keep = vec![false; numel];
+    if density <= 0.0 || numel == 0 {
+        return keep;
+    }
+    let k = ((density * numel as f64) as usize).max(1);
+    let mut order: Vec<usize> = (0..numel).collect();
+    order.sort_by(|&a, &b| delta[b].abs().total_cmp(&delta[a].abs()).then(a.cmp(&b)));
+    for &i in &order[..k] {
+        keep[i] = true;
+    }
+    keep
 }
 
 /// The entries kept: ascending by magnitude, drop the smallest `numel − target − top` and the largest
@@ -102,6 +161,38 @@ mod tests {
         };
         sparsify(&mut d, &[10], "w", 0, how, false);
         assert_eq!(d, vec![0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0]);
+    }
+
+    #[test]
+    fn magnitude_keeps_the_largest_share_and_at_least_one() {
+        let mut d: Vec<f32> = vec![0.5, -3.0, 2.0, -0.1, 1.0];
+        sparsify(&mut d, &[5], "w", 0, Sparsifier::Magnitude { density: 0.5 }, false);
+        assert_eq!(d, vec![0.0, -3.0, 2.0, 0.0, 0.0]);
+        let mut d: Vec<f32> = vec![0.5, -3.0, 2.0];
+        sparsify(&mut d, &[3], "w", 0, Sparsifier::Magnitude { density: 0.1 }, false);
+        assert_eq!(d, vec![0.0, -3.0, 0.0]);
+        sparsify(&mut d, &[3], "w", 0, Sparsifier::Magnitude { density: 0.0 }, false);
+        assert_eq!(d, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn random_keeps_about_density_and_depends_on_the_seed() {
+        let run = |seed| {
+            let mut d = vec![1.0f32; 10_000];
+            sparsify(
+                &mut d,
+                &[10_000],
+                "w",
+                0,
+                Sparsifier::Random { density: 0.3, seed },
+                false,
+            );
+            d
+        };
+        let kept = run(1).iter().filter(|x| **x != 0.0).count();
+        assert!((2_800..3_200).contains(&kept), "kept {kept}");
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
     }
 
     #[test]

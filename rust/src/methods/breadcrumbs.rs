@@ -2,9 +2,8 @@
 //! on task vectors that lose their largest outliers (the `gamma` share) and their smallest entries.
 
 use crate::error::Result;
-use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};
-use crate::method::sparsify::Sparsifier;
-use crate::method::{MergeMethod, MethodDef, ParamDef, ParamDefault, ParamKind, Params};
+use crate::method::gta::{DENSITY, GAMMA, Gta, LAMBDA, Thinning, WEIGHTS, normalize, rescale};
+use crate::method::{MergeMethod, MethodDef, Params};
 
 /// The declaration.
 pub(crate) static METHOD: MethodDef = MethodDef {
@@ -23,23 +22,7 @@ fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
     Ok(Box::new(Gta::from_params(
         "breadcrumbs",
         p,
-        breadcrumbs_sparsifier(p)?,
-        false,
+        Thinning::MagnitudeOutliers,
+        None,
     )?))
-}
-
-/// γ: the share of largest-magnitude entries dropped (shared with breadcrumbs_ties).
-pub(crate) const GAMMA: ParamDef = ParamDef {
-    name: "gamma",
-    kind: ParamKind::F64 { min: 0.0, max: 1.0 },
-    default: ParamDefault::Number(0.01),
-    help: "share of the largest-magnitude entries dropped as outliers",
-};
-
-/// Magnitude-with-outliers sparsification from `density` and `gamma`.
-pub(crate) fn breadcrumbs_sparsifier(p: &Params) -> Result<Sparsifier> {
-    Ok(Sparsifier::MagnitudeOutliers {
-        density: p.f64("density")?,
-        gamma: p.f64("gamma")?,
-    })
 }

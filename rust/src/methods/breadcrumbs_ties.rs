@@ -2,9 +2,8 @@
 //! then only entries agreeing with the sign of the weighted sum are added.
 
 use crate::error::Result;
-use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};
+use crate::method::gta::{Consensus, DENSITY, GAMMA, Gta, LAMBDA, Thinning, WEIGHTS, normalize, rescale};
 use crate::method::{MergeMethod, MethodDef, Params};
-use crate::methods::breadcrumbs::{GAMMA, breadcrumbs_sparsifier};
 
 /// The declaration.
 pub(crate) static METHOD: MethodDef = MethodDef {
@@ -23,7 +22,7 @@ fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
     Ok(Box::new(Gta::from_params(
         "breadcrumbs_ties",
         p,
-        breadcrumbs_sparsifier(p)?,
-        true,
+        Thinning::MagnitudeOutliers,
+        Some(Consensus::Sum),
     )?))
 }

@@ -2,9 +2,8 @@
 //! weighted sum.
 
 use crate::error::Result;
-use crate::method::gta::{DENSITY, Gta, LAMBDA, WEIGHTS, normalize, rescale};
+use crate::method::gta::{DENSITY, EPSILON, Gta, LAMBDA, SEED, Thinning, WEIGHTS, normalize, rescale};
 use crate::method::{MergeMethod, MethodDef, Params};
-use crate::methods::della::{EPSILON, SEED, della_sparsifier};
 
 /// The declaration.
 pub(crate) static METHOD: MethodDef = MethodDef {
@@ -20,6 +19,10 @@ pub(crate) static METHOD: MethodDef = MethodDef {
 };
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
-    let sparsifier = della_sparsifier("della_linear", p)?;
-    Ok(Box::new(Gta::from_params("della_linear", p, sparsifier, false)?))
+    Ok(Box::new(Gta::from_params(
+        "della_linear",
+        p,
+        Thinning::DellaMagprune,
+        None,
+    )?))
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::dtype::FloatType;
 use crate::error::MergeError;
+use crate::groups::TensorGroup;
 use crate::merge::MergeRequest;
 use crate::method::{Method, method_table};
 use crate::monitor::Monitor;
@@ -47,6 +48,16 @@ struct RequestJson {
     /// Small text files to put into the output beside the weights.
     #[serde(default)]
     files: Vec<(String, String)>,
+    /// Tensors merged with other parameters of the method.
+    #[serde(default)]
+    groups: Vec<GroupJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupJson {
+    tensors: Vec<String>,
+    parameters: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -85,8 +96,19 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
     let monitor = Monitor::default();
     let build = || -> Result<MergeRequest, MergeError> {
         let r: RequestJson = parse("merge request", request)?;
+        let groups = r
+            .groups
+            .into_iter()
+            .map(|g| {
+                Ok(TensorGroup {
+                    method: Method::new(&r.method, &g.parameters)?,
+                    tensors: g.tensors,
+                })
+            })
+            .collect::<Result<Vec<_>, MergeError>>()?;
         Ok(MergeRequest {
             method: Method::new(&r.method, &r.parameters)?,
+            groups,
             base: r.pretrained,
             models: r.models,
             out: r.out,

@@ -1,0 +1,80 @@
+"""``merge-rs run RECIPE [KEY=VALUE ...]`` (a merge-rs recipe, a mergekit config, or a model card holding
+a recipe) and ``merge-rs recipe-schema``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .app import AS_JSON, QUIET, THREADS, emit_json, fail, logger, main, run
+from .evaluation import EvalSettings, check_report, evaluate, save_report, show_report
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: the recipe's out).")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the plan; read no tensor data.")
+@click.option("--no-model-card", is_flag=True, help="Do not write README.md (the model card) into the output.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing merge-rs output directory.")
+@THREADS
+@click.option("--memory-budget", help="Most memory the whole-tensor methods hold at once [default: 160MiB].")
+@QUIET
+@AS_JSON
+def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_run: bool, no_model_card: bool,
+               overwrite: bool, threads: int, memory_budget: str | None, quiet: bool, as_json: bool) -> None:
+    """Merge as RECIPE says: merge-rs's recipe (method: ...), a mergekit config (merge_method: ...), or a
+    model card with its recipe. KEY=VALUE sets a field first, e.g. parameters.scaling_factor=0.4 or
+    models.0.parameters.weight=0.5."""
+    from ..recipes import describe, execute, load_job, prepare
+
+    log = logger(quiet)
+    job = run(lambda: load_job(recipe, list(overrides)))
+    plan = run(lambda: prepare(job))
+    target = out or (Path(job.out) if job.out else None)
+    if dry_run:
+        click.echo(describe(plan, threads))
+        return
+    for warning in job.warnings:
+        log(f"warning: {warning}")
+    if target is None:
+        fail(click.UsageError("give the output directory with --out (or out: in the recipe)"))
+    settings = _eval_settings(job)
+    inputs: list[Any] = [*plan.models, *([plan.pretrained] if plan.pretrained else []), recipe, target]
+    check_report(settings.report_path if settings else None, inputs)
+    report = run(lambda: execute(plan, target, overwrite=overwrite, threads=threads, memory_budget=memory_budget,
+                                 progress=not quiet, model_card_file=not no_model_card))
+    evaluation = None
+    if settings is not None:
+        clip = plan.pretrained
+        if clip is None:
+            fail(ValueError(f"{recipe}: evaluation needs the pretrained CLIP (pretrained: or pool:)"))
+        evaluation = run(lambda: evaluate(target, clip, job.pool, settings, quiet=quiet, name=job.method))
+        save_report(evaluation, settings.report_path, inputs)
+    if as_json:
+        emit_json({**report.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
+        return
+    groups = f", {len(plan.groups) + 1} parameter groups" if plan.groups else ""
+    click.echo(f"{job.method} ({job.dialect} recipe): {len(report.models)} models, {report.merged_tensors} tensors"
+               f"{groups}, {report.parameters_merged:,} parameters merged in {report.seconds:.2f} s → {report.output}")
+    if evaluation:
+        show_report(evaluation, job.method)
+
+
+def _eval_settings(job: Any) -> EvalSettings | None:
+    e = job.evaluation
+    if e is None:
+        return None
+    return EvalSettings(tasks=tuple(e.tasks), split=e.split, limit=e.limit, batch_size=e.batch_size,
+                        device=e.device, workers=0, report_path=Path(e.report) if e.report else None)
+
+
+@main.command("recipe-schema")
+def recipe_schema() -> None:
+    """Print the JSON Schema of merge-rs recipes (every method's parameters), for editors."""
+    from ..recipes import recipe_json_schema
+
+    click.echo(json.dumps(recipe_json_schema(), indent=2))

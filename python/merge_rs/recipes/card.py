@@ -1,0 +1,68 @@
+"""The model card every output gets (``README.md``, the Hub's format): front matter naming the base models,
+the method with its paper, the resolved parameters, and the recipe that reproduces the merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._core import __version__
+from ..methods import get_method
+
+
+def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | None, models: list[str],
+               recipe: str, groups: list[tuple[list[str], dict[str, Any]]] = (), hf_layout: bool = True,
+               title: str = "merged model") -> str:
+    """The card's text. ``recipe`` is YAML that ``merge-rs run`` accepts (this card file too)."""
+    info = get_method(method)
+    front = {
+        "base_model": [*([pretrained] if pretrained else []), *models],
+        "library_name": "transformers" if hf_layout else "safetensors",
+        "tags": ["merge", "merge-rs"],
+    }
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {title}", "",
+        f"Merged with merge-rs {__version__}.", "",
+        "## Method", "",
+        f"**{info.name}**: {info.summary} ([paper]({info.paper})).", "",
+        *( [f"- Pretrained model: `{pretrained}`"] if pretrained else []),
+        *(f"- Model {i + 1}: `{m}`" for i, m in enumerate(models)), "",
+        "## Parameters", "",
+        "| parameter | value |", "| --- | --- |",
+        *(f"| `{k}` | `{json.dumps(v)}` |" for k, v in sorted(parameters.items())),
+    ]
+    if groups:
+        lines += ["", f"{len(groups)} groups of tensors have other values:", ""]
+        for names, values in groups:
+            changed = {k: v for k, v in values.items() if parameters.get(k) != v}
+            shown = ", ".join(f"`{k}`={json.dumps(v)}" for k, v in sorted(changed.items()))
+            lines.append(f"- {len(names)} tensors (`{names[0]}`{', …' if len(names) > 1 else ''}): {shown}")
+    lines += ["", "## Recipe", "", "Run it again with `merge-rs run README.md --out DIR` (or save the block as a "
+              "`.yml` file):", "", "```yaml", recipe.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def recipe_from_flags(method: str, parameters: dict[str, Any], pretrained: Path | None, models: list[Path],
+                      dtype: str | None, max_shard_size: str | int) -> str:
+    """The recipe equivalent to ``merge-rs merge`` flags (paths made absolute so it runs from anywhere)."""
+    data: dict[str, Any] = {"method": method, "parameters": _plain(parameters)}
+    if pretrained is not None:
+        data["pretrained"] = str(Path(pretrained).resolve())
+    data["models"] = [str(Path(m).resolve()) for m in models]
+    if dtype:
+        data["dtype"] = dtype
+    data["max_shard_size"] = max_shard_size
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

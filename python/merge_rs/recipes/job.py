@@ -1,0 +1,94 @@
+"""A recipe resolved for the engine, whatever its dialect: the merge-rs method, the inputs, and a function
+giving each tensor's parameters. ``plan`` reads the models' headers (never their data) and groups the
+tensors by their parameter values: the most common values are the request's, the others its tensor groups."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..api import inspect
+from ..reports import CheckpointInfo
+from .schema import Evaluation
+from .settings import layer_of, layer_positions
+from .source import RecipeSource
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class MergeJob:
+    """What a recipe asks for, in merge-rs's terms."""
+
+    source: RecipeSource
+    dialect: str
+    method: str
+    models: list[str]
+    parameters_for: Callable[[str, float], dict[str, Any]]
+    pretrained: str | None = None
+    by_layer: bool = False
+    layered: bool = True
+    dtype: str | None = None
+    max_shard_size: int | str = "5GB"
+    out: str | None = None
+    pool: Any = None
+    evaluation: Evaluation | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MergePlan:
+    """The engine request a job becomes, and what a dry run shows."""
+
+    job: MergeJob
+    pretrained: Path | None
+    models: list[Path]
+    parameters: dict[str, Any]
+    groups: list[tuple[list[str], dict[str, Any]]]
+    inputs: list[CheckpointInfo]
+    merged: list[str]
+
+
+def resolve_model(reference: str, source: RecipeSource, loc: tuple[Any, ...]) -> Path:
+    """A model reference as a local path: a path that exists, or a hub id from the local hub cache (or the
+    hub, when online). A missing model is an error naming the field."""
+    path = Path(reference).expanduser()
+    if not path.is_absolute() and not path.exists():
+        beside = source.path.parent / path
+        path = beside if beside.exists() else path
+    if path.exists():
+        return path
+    if _HUB_ID.match(reference):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(reference, allow_patterns=["*.safetensors", "*.json", "*.txt"]))
+        except Exception as e:  # noqa: BLE001 - any hub failure is "not found" for the user
+            raise source.error(loc, f"model '{reference}' is neither a local path nor in the hub cache "
+                                    f"({type(e).__name__})") from None
+    raise source.error(loc, f"model '{reference}' does not exist")
+
+
+def plan(job: MergeJob, pretrained: Path | None, models: list[Path]) -> MergePlan:
+    """Read the headers and give every merged tensor its parameters, grouped."""
+    inputs = [inspect(p) for p in ([pretrained] if pretrained else []) + models]
+    reference = inputs[-len(models)]
+    merged = [t.name for t in reference.tensors if t.dtype in FLOAT_DTYPES]
+    if job.by_layer and not any(layer_of(n) is not None for n in merged):
+        raise job.source.error(("parameters",), f"a layer gradient needs layers, and {reference.path} has no "
+                                               "tensor with a layer index (name.N.…)")
+    positions = layer_positions(merged) if job.layered else dict.fromkeys(merged, 0.0)
+    by_values: dict[str, list[str]] = {}
+    for name in merged:
+        values = job.parameters_for(name, positions[name])
+        by_values.setdefault(json.dumps(values, sort_keys=True), []).append(name)
+    if not by_values:
+        return MergePlan(job, pretrained, models, job.parameters_for("", 0.0), [], inputs, merged)
+    common, _ = Counter({k: len(v) for k, v in by_values.items()}).most_common(1)[0]
+    groups = [(names, json.loads(key)) for key, names in by_values.items() if key != common]
+    return MergePlan(job, pretrained, models, json.loads(common), groups, inputs, merged)

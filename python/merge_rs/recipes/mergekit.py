@@ -1,0 +1,113 @@
+"""mergekit configs as they are, with mergekit's semantics: mergekit-yaml's schema (HF models; gradients over
+the layer index) and mergekit-pytorch's (raw checkpoint files; no layers, so a gradient takes its first
+value). Per-model parameters fall back to the global ones, then to mergekit's defaults; ``ties`` normalises
+by default and ``lambda`` is 1. The task-arithmetic family runs as merge-rs's ``generalized_task_arithmetic``
+with mergekit's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .job import MergeJob
+from .mergekit_methods import GTA, OTHERS, translator
+from .settings import Conditional, Gradient, varies_by_layer
+from .source import RecipeSource
+
+FIELDS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype"}
+UNSUPPORTED = {"slices": "layer slices", "modules": "per-module configs", "tokenizer": "tokenizer surgery"}
+NO_WEIGHTS = {"tokenizer_source", "chat_template"}
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
+          "bf16": "bfloat16"}
+
+
+def is_mergekit(data: dict[str, Any]) -> bool:
+    return "merge_method" in data
+
+
+def job_from_mergekit(source: RecipeSource) -> MergeJob:
+    data = source.data
+    warnings = _check_fields(source)
+    method = data["merge_method"]
+    if method not in GTA and method not in OTHERS:
+        raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}' (it runs: "
+                                              f"{', '.join(sorted([*GTA, *OTHERS]))})")
+    base = _reference(source, data.get("base_model"), ("base_model",)) if data.get("base_model") else None
+    entries = data.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise source.error(("models",), "give the models to merge as a list of {model: ..., parameters: ...}")
+    models, model_settings = [], []
+    for i, entry in enumerate(entries):
+        ref = _reference(source, entry.get("model") if isinstance(entry, dict) else entry, ("models", i, "model"))
+        if isinstance(entry, dict) and set(entry) - {"model", "parameters"}:
+            extra = sorted(set(entry) - {"model", "parameters"})[0]
+            raise source.error(("models", i, extra), "unknown field")
+        if ref != base:
+            models.append(ref)
+            raw = entry.get("parameters") if isinstance(entry, dict) else None
+            model_settings.append(_settings(source, raw, ("models", i, "parameters")))
+    shared = _settings(source, data.get("parameters"), ("parameters",))
+    raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, *([base] if base else [])])
+    translate = translator(source, method, base, models, shared, model_settings)
+    dtype = DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None)
+    if data.get("dtype") not in (None, "float32", "fp32"):
+        warnings.append(f"mergekit computes in {data['dtype']}; merge-rs computes in float32 and writes "
+                        f"{dtype}, so results differ by rounding")
+    settings = [*shared.values(), *(s for m in model_settings for s in m.values())]
+    pretrained, inputs = translate.inputs
+    return MergeJob(source=source, dialect="mergekit-pytorch" if raw_files else "mergekit-yaml",
+                    method=translate.method, models=inputs, parameters_for=translate, pretrained=pretrained,
+                    by_layer=any(varies_by_layer(s) for s in settings), layered=not raw_files, dtype=dtype,
+                    warnings=warnings)
+
+
+def _check_fields(source: RecipeSource) -> list[str]:
+    warnings = []
+    for key in source.data:
+        if key in UNSUPPORTED:
+            raise source.error((key,), f"merge-rs does not support mergekit's {UNSUPPORTED[key]}")
+        if key in NO_WEIGHTS:
+            warnings.append(f"{key} is ignored: it does not change the weights")
+        elif key not in FIELDS:
+            raise source.error((key,), "unknown field in a mergekit config")
+    for key in ("dtype", "out_dtype"):
+        if source.data.get(key) is not None and source.data[key] not in DTYPES:
+            raise source.error((key,), f"unknown dtype '{source.data[key]}' (float32, float16 or bfloat16)")
+    return warnings
+
+
+def _reference(source: RecipeSource, ref: Any, loc: tuple[Any, ...]) -> str:
+    if isinstance(ref, dict) and isinstance(ref.get("path"), str) and set(ref) <= {"path"}:
+        ref = ref["path"]
+    if not isinstance(ref, str) or not ref:
+        raise source.error(loc, "a model is a path or a hub id")
+    if "+" in ref:
+        raise source.error(loc, "merge-rs does not apply LoRA adapters (model+lora)")
+    return ref
+
+
+def _settings(source: RecipeSource, raw: Any, loc: tuple[Any, ...]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise source.error(loc, "parameters are a mapping of name: value")
+    return {name: _setting(source, value, (*loc, name)) for name, value in raw.items()}
+
+
+def _setting(source: RecipeSource, value: Any, loc: tuple[Any, ...]) -> Any:
+    """mergekit's ParameterSetting: a scalar, a gradient (list of scalars), or {value, filter} conditions."""
+    scalar = (bool, int, float, str)
+    if isinstance(value, scalar):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and value and all(isinstance(v, scalar) for v in value):
+        return Gradient(tuple(value))
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        conditions = []
+        for i, cond in enumerate(value):
+            if "value" not in cond or set(cond) - {"value", "filter"}:
+                raise source.error((*loc, i), "a condition is {value: ..., filter: ...}")
+            conditions.append(Conditional(_setting(source, cond["value"], (*loc, i, "value")), cond.get("filter")))
+        return conditions
+    raise source.error(loc, "a value is a number, a list of numbers (a gradient) or {value, filter} conditions")

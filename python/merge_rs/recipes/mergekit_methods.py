@@ -1,0 +1,161 @@
+"""Each mergekit method as a merge-rs method: mergekit's parameters (shared ones, and per-model ones that
+fall back to the shared settings, then to mergekit's defaults) evaluated for one tensor and renamed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .settings import evaluate
+from .source import RecipeSource
+
+# mergekit method → (sparsification, consensus, normalize, rescale) of generalized task arithmetic.
+GTA = {
+    "task_arithmetic": ("none", "none", False, False),
+    "ties": ("magnitude", "sum", True, False),
+    "dare_ties": ("random", "sum", False, True),
+    "dare_linear": ("random", "none", False, True),
+    "breadcrumbs": ("magnitude_outliers", "none", False, False),
+    "breadcrumbs_ties": ("magnitude_outliers", "sum", False, False),
+    "della": ("della_magprune", "sum", True, True),
+    "della_linear": ("della_magprune", "none", False, True),
+}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock"}
+REQUIRED = object()
+
+
+class Translator:
+    """mergekit's parameter specs for one method, and their values for a tensor."""
+
+    method = ""
+    shared_specs: dict[str, Any] = {}
+    model_specs: dict[str, Any] = {}
+
+    def __init__(self, source: RecipeSource, name: str, base: str | None, models: list[str],
+                 shared: dict[str, Any], per_model: list[dict[str, Any]]) -> None:
+        self.source, self.name, self.base, self.models = source, name, base, models
+        self.shared, self.per_model = shared, per_model
+        known = {**self.shared_specs, **self.model_specs}
+        for loc, settings in [(("parameters",), shared), *((("models", i, "parameters"), s)
+                                                           for i, s in enumerate(per_model))]:
+            for key in settings:
+                if key not in known:
+                    raise source.error((*loc, key), f"mergekit's {name} has no parameter '{key}' "
+                                                    f"(its parameters: {', '.join(known) or 'none'})")
+        self.inputs = self.check_inputs()
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        """(pretrained, models) for merge-rs."""
+        if self.base is None:
+            raise self.source.error(("base_model",), f"mergekit's {self.name} needs base_model")
+        return self.base, self.models
+
+    def values(self, tensor: str, t: float) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        shared = {k: self._value(k, [self.shared], d, tensor, t, None) for k, d in self.shared_specs.items()}
+        per_model = {k: [self._value(k, [m, self.shared], d, tensor, t, i) for i, m in enumerate(self.per_model)]
+                     for k, d in self.model_specs.items()}
+        return shared, per_model
+
+    def _value(self, key: str, scopes: list[dict[str, Any]], default: Any, tensor: str, t: float,
+               model: int | None) -> Any:
+        for scope in scopes:
+            if key in scope:
+                value = evaluate(scope[key], tensor, t)
+                if value is not None:
+                    return value
+        if default is REQUIRED:
+            loc = ("models", model, "parameters", key) if model is not None else ("parameters", key)
+            raise self.source.error(loc, f"mergekit's {self.name} needs '{key}' (no value for {tensor})")
+        return default
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class GeneralizedTaskArithmetic(Translator):
+    method = "generalized_task_arithmetic"
+
+    def __init__(self, source: RecipeSource, name: str, *args: Any) -> None:
+        self.sparsification, self.consensus, normalize, rescale = GTA[name]
+        self.shared_specs = {"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False}
+        self.model_specs = {"weight": REQUIRED, "density": 1.0}
+        if self.sparsification == "magnitude_outliers":
+            self.model_specs["gamma"] = 0.01
+        if self.sparsification == "della_magprune":
+            self.model_specs["epsilon"] = 0.15
+        super().__init__(source, name, *args)
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, per_model = self.values(tensor, t)
+        out = {"sparsification": self.sparsification, "consensus": self.consensus, "weights": per_model["weight"],
+               "density": [min(float(d), 1.0) for d in per_model["density"]], "normalize": bool(shared["normalize"]),
+               "rescale": bool(shared["rescale"]), "lambda": shared["lambda"]}
+        if "gamma" in per_model:
+            out["gamma"] = per_model["gamma"]
+        if "epsilon" in per_model:
+            if len(set(per_model["epsilon"])) > 1:
+                raise self.source.error(("models",), "merge-rs takes one epsilon for all models")
+            out["epsilon"] = per_model["epsilon"][0]
+        return out
+
+
+class Linear(Translator):
+    method = "weighted_average"
+    shared_specs = {"normalize": True}
+    model_specs = {"weight": REQUIRED}
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        # mergekit's linear merges base_model too, as one more input weighted by the shared settings.
+        if self.base is not None:
+            self.per_model = [*self.per_model, {}]
+            return None, [*self.models, self.base]
+        return None, self.models
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, per_model = self.values(tensor, t)
+        return {"weights": per_model["weight"], "normalize": bool(shared["normalize"])}
+
+
+class Slerp(Translator):
+    method = "slerp"
+    shared_specs = {"t": REQUIRED}
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        if self.base is None or len(self.models) != 1:
+            raise self.source.error(("models",), "mergekit's slerp takes base_model and exactly one other model")
+        return None, [self.base, self.models[0]]
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, _ = self.values(tensor, t)
+        return {"t": shared["t"]}
+
+
+class Multislerp(Translator):
+    method = "multislerp"
+    shared_specs = {"normalize_weights": True, "eps": 1e-8}
+    model_specs = {"weight": REQUIRED}
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        return self.base, self.models
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, per_model = self.values(tensor, t)
+        if shared["eps"] != 1e-8:
+            raise self.source.error(("parameters", "eps"), "merge-rs's multislerp uses mergekit's default eps 1e-8")
+        return {"weights": per_model["weight"], "normalize_weights": bool(shared["normalize_weights"])}
+
+
+class ModelStock(Translator):
+    method = "model_stock"
+    shared_specs = {"filter_wise": False}
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, _ = self.values(tensor, t)
+        return {"filter_wise": bool(shared["filter_wise"])}
+
+
+def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
+               per_model: list[dict[str, Any]]) -> Translator:
+    kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
+                                          "model_stock": ModelStock}
+    kind = kinds.get(name, GeneralizedTaskArithmetic)
+    return kind(source, name, base, models, shared, per_model)

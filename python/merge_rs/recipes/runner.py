@@ -1,0 +1,131 @@
+"""Running a recipe: load it (either dialect, overrides applied), resolve its models, plan from the headers,
+then show the plan (``--dry-run``) or merge with a model card."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import api
+from ..reports import MergeReport
+from .card import model_card
+from .job import MergeJob, MergePlan, plan, resolve_model
+from .mergekit import is_mergekit, job_from_mergekit
+from .own import job_from_recipe
+from .source import RecipeError, load_source  # noqa: F401 (re-exported)
+
+# Elements per chunk and the whole-tensor budget the engine uses by default.
+CHUNK_BYTES = 4 << 16
+WHOLE_TENSOR_BUDGET = 160 << 20
+WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def load_job(path: Path, overrides: list[str] = []) -> MergeJob:
+    source = load_source(Path(path), overrides)
+    return job_from_mergekit(source) if is_mergekit(source.data) else job_from_recipe(source)
+
+
+def prepare(job: MergeJob) -> MergePlan:
+    """Resolve the models (paths, hub ids or the pool) and plan every tensor's parameters from the headers."""
+    pretrained, models = job.pretrained, list(job.models)
+    if job.pool is not None:
+        from ..cli.evaluation import get_pool
+
+        job.pool = get_pool(job.pool) if isinstance(job.pool, str) else job.pool
+        pretrained = pretrained or str(job.pool.pretrained_path())
+        models = models or [str(p) for p in job.pool.model_paths()]
+    if not models:
+        raise job.source.error(("models",), "no models to merge: give models or a pool")
+    locs = _model_locs(job)
+    resolved = [resolve_model(m, job.source, locs[i] if i < len(locs) else ("models",)) for i, m in enumerate(models)]
+    base = resolve_model(pretrained, job.source, ("pretrained",) if job.dialect == "merge-rs" else ("base_model",)) \
+        if pretrained else None
+    return plan(job, base, resolved)
+
+
+def _model_locs(job: MergeJob) -> list[tuple[Any, ...]]:
+    entries = job.source.data.get("models") or []
+    key = "model" if job.dialect != "merge-rs" else None
+    return [("models", i, key) if key or isinstance(e, dict) else ("models", i) for i, e in enumerate(entries)]
+
+
+def describe(p: MergePlan, threads: int) -> str:
+    """The plan as a dry run prints it: nothing but headers was read."""
+    job = p.job
+    ref = p.inputs[-len(p.models)]
+    out_width = WIDTH.get(job.dtype or "", 0)
+    out_bytes = sum(t.parameters * (out_width or WIDTH.get(t.dtype, 0)) if t.name in set(p.merged) else t.bytes
+                    for t in ref.tensors)
+    streams = (threads or _cores()) * (len(p.models) + 2) * CHUNK_BYTES
+    lines = [f"recipe: {job.source.path} ({job.dialect})", f"method: {job.method}"]
+    for label, info in zip(["pretrained"] * bool(p.pretrained) + [f"model {i + 1}" for i in range(len(p.models))],
+                           p.inputs):
+        lines.append(f"{label}: {info.path} [{info.layout}] {info.tensor_count} tensors, {info.parameters:,} "
+                     f"parameters, {', '.join(f'{k} ×{v}' for k, v in sorted(info.dtypes.items()))}")
+    shapes = {t.name: t.shape for t in ref.tensors}
+    lines.append(f"parameters ({len(p.merged) - sum(len(n) for n, _ in p.groups)} tensors): "
+                 + ", ".join(f"{k}={v}" for k, v in sorted(p.parameters.items())))
+    for names, values in p.groups:
+        changed = {k: v for k, v in values.items() if p.parameters.get(k) != v}
+        lines.append(f"  {len(names)} tensors ({names[0]} {shapes.get(names[0])}{', …' if len(names) > 1 else ''}): "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
+    lines.append(f"output: {len(ref.tensors)} tensors ({len(p.merged)} merged), {out_bytes / 1e6:,.1f} MB"
+                 + (f" as {job.dtype}" if job.dtype else ""))
+    lines.append(f"memory: about {streams / 2**20:.0f} MiB of read buffers on {threads or _cores()} threads; "
+                 f"whole-tensor methods hold at most {WHOLE_TENSOR_BUDGET >> 20} MiB (--memory-budget) or one "
+                 "larger tensor")
+    lines += [f"warning: {w}" for w in job.warnings]
+    return "\n".join(lines)
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 0,
+            memory_budget: str | None = None, progress: bool = False, model_card_file: bool = True) -> MergeReport:
+    """Merge as planned into ``out``, with the model card unless ``model_card_file`` is false."""
+    job = p.job
+    files = {}
+    if model_card_file:
+        files["README.md"] = model_card(
+            method=job.method, parameters=p.parameters, pretrained=str(p.pretrained) if p.pretrained else None,
+            models=[str(m) for m in p.models], recipe=card_recipe(p), groups=p.groups,
+            hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
+    reads = [job.source.path, *(job.pool.input_paths() if job.pool is not None else [])]
+    return api.merge(job.method, p.models, out, pretrained=p.pretrained, dtype=job.dtype,
+                     max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
+                     memory_budget=memory_budget, progress=progress, reads=reads, extra_files=files,
+                     groups=p.groups, **p.parameters)
+
+
+def card_recipe(p: MergePlan) -> str:
+    """The recipe as run, with local model paths made absolute, so the card's copy runs from anywhere."""
+    source = p.job.source
+
+    def local(ref: Any) -> Any:
+        if isinstance(ref, str):
+            for candidate in (Path(ref).expanduser(), source.path.parent / ref):
+                if candidate.exists():
+                    return str(candidate.resolve())
+        return ref
+
+    data = copy.deepcopy(source.data)
+    data.pop("out", None)
+    for key in ("pretrained", "base_model"):
+        if key in data:
+            data[key] = local(data[key])
+    for i, entry in enumerate(data.get("models") or []):
+        if isinstance(entry, dict) and "model" in entry:
+            entry["model"] = local(entry["model"])
+        else:
+            data["models"][i] = local(entry)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+__all__ = ["RecipeError", "load_job", "prepare", "describe", "execute"]

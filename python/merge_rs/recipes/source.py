@@ -1,0 +1,119 @@
+"""Reading a recipe file: YAML (or the recipe block of a model card) with the line of every field, so that
+errors name the file, the line and the field; and ``KEY=VALUE`` overrides applied before anything is checked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..exceptions import InvalidArgumentError
+
+Loc = tuple[Any, ...]
+_CARD_BLOCK = re.compile(r"^```ya?ml\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+class RecipeError(InvalidArgumentError):
+    """A recipe that cannot run, named by file, line and field."""
+
+
+@dataclass
+class RecipeSource:
+    """A recipe's data, where each field was written, and its text as run (overrides applied)."""
+
+    path: Path
+    data: dict[str, Any]
+    text: str
+    lines: dict[Loc, int] = field(default_factory=dict)
+    overridden: set[Loc] = field(default_factory=set)
+
+    def error(self, loc: Loc, message: str) -> RecipeError:
+        """``FILE:LINE: field: message`` for the field at ``loc``."""
+        name = ".".join(str(k) for k in loc)
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.overridden:
+                return RecipeError(f"{self.path}: {name} (set on the command line): {message}")
+            if loc[:end] in self.lines:
+                where = f"{self.path}:{self.lines[loc[:end]]}"
+                return RecipeError(f"{where}: {name}: {message}" if name else f"{where}: {message}")
+        return RecipeError(f"{self.path}: {name}: {message}" if name else f"{self.path}: {message}")
+
+
+def load_source(path: Path, overrides: list[str] = []) -> RecipeSource:
+    """The recipe at ``path`` (a YAML file, or a model card holding one) with ``overrides`` applied."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
+    text, offset = _recipe_text(path, raw)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1 + offset}" if mark is not None else ""
+        raise RecipeError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of fields (method, models, parameters, ...)")
+    source = RecipeSource(path=path, data=data, text=text)
+    _record_lines(node, (), source.lines, offset)
+    for override in overrides:
+        _apply(source, override)
+    if overrides:
+        source.text = yaml.safe_dump(source.data, sort_keys=False)
+    return source
+
+
+def _recipe_text(path: Path, raw: str) -> tuple[str, int]:
+    """The YAML text and the line it starts after: a model card's fenced recipe block, or the whole file."""
+    if path.suffix.lower() != ".md":
+        return raw, 0
+    match = _CARD_BLOCK.search(raw)
+    if match is None:
+        raise RecipeError(f"{path}: no ```yaml recipe block in this model card")
+    return match.group(1), raw[: match.start(1)].count("\n")
+
+
+def _record_lines(node: yaml.Node | None, loc: Loc, lines: dict[Loc, int], offset: int) -> None:
+    if node is None:
+        return
+    lines[loc] = node.start_mark.line + 1 + offset
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = loc + (key.value,)
+            _record_lines(value, child, lines, offset)
+            lines[child] = key.start_mark.line + 1 + offset
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _record_lines(item, loc + (i,), lines, offset)
+
+
+def _apply(source: RecipeSource, override: str) -> None:
+    """``a.b.0.c=VALUE``: set that field (VALUE read as YAML: 0.4, true, [1, 2], text)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override '{override}' is not KEY=VALUE (e.g. parameters.scaling_factor=0.4)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    parts: list[Any] = key.strip().split(".")
+    target: Any = source.data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(target, list):
+            if not part.isdigit() or int(part) >= len(target):
+                raise RecipeError(f"override '{key}': {'.'.join(parts[:depth]) or 'the recipe'} has no item {part}")
+            parts[depth] = int(part)
+        elif not isinstance(target, dict):
+            raise RecipeError(f"override '{key}': {'.'.join(map(str, parts[:depth]))} is not a mapping")
+        elif not last and parts[depth] not in target:
+            target[parts[depth]] = {}
+        if last:
+            target[parts[depth]] = parsed
+        else:
+            target = target[parts[depth]]
+    source.overridden.add(tuple(parts))

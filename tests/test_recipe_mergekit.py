@@ -1,0 +1,150 @@
+"""mergekit configs run as they are: merge-rs and mergekit itself (``mergekit-yaml`` on transformers models,
+``mergekit-pytorch`` on raw files, both installed by the test extra) give the same tensors (≤ 1e-6 relative)
+for every supported method whose result is deterministic, with per-model values, layer gradients and
+filters. The DARE family draws random masks whose seeds cannot match mergekit's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import cli, load
+
+BIN = Path(sys.executable).parent
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def _perturbed(model_cls: Any, config: Any, root: Path, names: list[str]) -> list[Path]:
+    """A pretrained model and fine-tuned copies (the pretrained weights plus noise), saved as HF directories."""
+    import torch
+
+    torch.manual_seed(0)
+    base = model_cls(config)
+    base.save_pretrained(root / names[0])
+    paths = [root / names[0]]
+    for i, name in enumerate(names[1:]):
+        torch.manual_seed(i + 1)
+        model = model_cls(config)
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                if value.is_floating_point():
+                    value.copy_(base.state_dict()[key] + 0.05 * torch.randn_like(value))
+        model.save_pretrained(root / name)
+        paths.append(root / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> list[Path]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    return _perturbed(LlamaForCausalLM, config, tmp_path_factory.mktemp("llama"), ["base", "a", "b", "c"])
+
+
+@pytest.fixture(scope="module")
+def clip_vision(tmp_path_factory) -> list[Path]:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=16, patch_size=8)
+    return _perturbed(CLIPVisionModel, config, tmp_path_factory.mktemp("clip"), ["base", "a", "b"])
+
+
+def run_both(tmp: Path, config: dict[str, Any], tool: str = "mergekit-yaml") -> tuple[dict, dict]:
+    path = tmp / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    cli("run", path, "--out", tmp / "ours", "--quiet")
+    args = [str(BIN / tool), str(path), str(tmp / "theirs")]
+    if tool == "mergekit-yaml":
+        args.append("--no-copy-tokenizer")
+    done = subprocess.run(args, capture_output=True, text=True, env=OFFLINE)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return load(tmp / "ours"), load(tmp / "theirs")
+
+
+def assert_same(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> None:
+    assert sorted(ours) == sorted(theirs)
+    for key, want in theirs.items():
+        error = np.linalg.norm(ours[key] - want) / max(np.linalg.norm(want), 1e-30)
+        assert error <= 1e-6, f"{key}: relative error {error:.2e}"
+
+
+GRADIENT = [0.2, 1.0]
+MLP_DENSITY = [{"filter": "mlp", "value": 0.3}, {"value": 0.8}]
+CASES: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+    # merge_method: (global parameters, per-model parameters for a, b, c)
+    "linear": ({"weight": 0.25}, [{"weight": GRADIENT}, {"weight": 0.5}, {"weight": [{"filter": "self_attn", "value": 2.0},
+                                                                        {"value": 0.1}]}]),
+    "task_arithmetic": ({"lambda": 0.8}, [{"weight": 0.3}, {"weight": [0.5, 0.1, 0.9]}, {"weight": 0.7}]),
+    "ties": ({"lambda": 0.9}, [{"weight": 0.7, "density": 0.5}, {"weight": GRADIENT, "density": MLP_DENSITY},
+                               {"weight": 1.0, "density": 0.2}]),
+    "breadcrumbs": ({"density": 0.6, "gamma": 0.05, "rescale": True}, [{"weight": 1.0}, {"weight": 0.5},
+                                                                         {"weight": GRADIENT}]),
+    "breadcrumbs_ties": ({"normalize": True}, [{"weight": 1.0, "density": 0.5, "gamma": 0.1},
+                                              {"weight": 0.5, "density": MLP_DENSITY, "gamma": 0.05},
+                                              {"weight": 0.8, "density": 0.7, "gamma": 0.0}]),
+    "della_linear": ({"density": 1.0, "epsilon": 0.1, "lambda": 1.5, "normalize": True},
+                     [{"weight": 1.0}, {"weight": GRADIENT}, {"weight": 0.3}]),
+    "model_stock": ({"filter_wise": True}, [{}, {}, {}]),
+    "multislerp": ({}, [{"weight": 1.0}, {"weight": 0.5}, {"weight": 2.0}]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_mergekit_yaml_configs_give_mergekits_tensors_on_llama(method, llama, tmp_path):
+    base, *models = llama
+    shared, per_model = CASES[method]
+    config = {"merge_method": method, "base_model": str(base), "dtype": "float32", "parameters": shared,
+              "models": [{"model": str(m), "parameters": p} for m, p in zip(models, per_model)]}
+    assert_same(*run_both(tmp_path, config))
+
+
+def test_slerp_with_a_layer_gradient_matches_mergekit(llama, tmp_path):
+    base, a, *_ = llama
+    config = {"merge_method": "slerp", "base_model": str(base), "dtype": "float32",
+              "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]}, {"value": 0.5}]},
+              "models": [{"model": str(base)}, {"model": str(a)}]}
+    assert_same(*run_both(tmp_path, config))
+
+
+def test_clip_vision_ties_with_gradients_matches_mergekit(clip_vision, tmp_path):
+    base, a, b = clip_vision
+    config = {"merge_method": "ties", "base_model": str(base), "dtype": "float32",
+              "models": [{"model": str(a), "parameters": {"weight": GRADIENT, "density": 0.5}},
+                         {"model": str(b), "parameters": {"weight": 0.5, "density": MLP_DENSITY}}]}
+    assert_same(*run_both(tmp_path, config))
+
+
+def test_mergekit_pytorch_raw_configs_take_a_gradients_first_value(clip_vision, tmp_path):
+    base, a, b = (p / "model.safetensors" for p in clip_vision)
+    config = {"merge_method": "ties", "base_model": str(base), "parameters": {"density": 0.4, "weight": 1.0},
+              "models": [{"model": str(a), "parameters": {"weight": [0.3, 1.0]}}, {"model": str(b)}]}
+    assert_same(*run_both(tmp_path, config, tool="mergekit-pytorch"))
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_keeps_about_the_density_and_is_reproducible_from_its_seed(method, llama, tmp_path):
+    base, a, b, _ = llama
+    path = tmp_path / "dare.yml"
+    path.write_text(yaml.safe_dump({
+        "merge_method": method, "base_model": str(base), "parameters": {"density": 0.3, "weight": 1.0,
+                                                                         "rescale": False},
+        "models": [{"model": str(a)}]}))
+    cli("run", path, "--out", tmp_path / "one", "--quiet")
+    cli("run", path, "--out", tmp_path / "two", "--quiet")
+    one, two, theta0, theta = load(tmp_path / "one"), load(tmp_path / "two"), load(base), load(a)
+    kept = sum(int(np.count_nonzero(one[k] != theta0[k])) for k in one) / sum(v.size for v in one.values())
+    assert abs(kept - 0.3) < 0.03, kept
+    assert all(np.array_equal(one[k], two[k]) for k in one)
+    changed = np.flatnonzero(one["lm_head.weight"] != theta0["lm_head.weight"])
+    np.testing.assert_allclose(one["lm_head.weight"].ravel()[changed], theta["lm_head.weight"].ravel()[changed],
+                               rtol=1e-6)
