@@ -53,6 +53,7 @@ def merge(
     reads: Sequence[PathLike] = (),
     extra_files: dict[str, str] | None = None,
     groups: Sequence[tuple[Sequence[str], dict[str, Any]]] = (),
+    model_card: bool | str = True,
     **parameters: Any,
 ) -> MergeReport:
     """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
@@ -67,10 +68,16 @@ def merge(
     (the SVD family, SLERP, breadcrumbs, …) hold at once (default 160 MiB; a larger tensor runs alone).
     A parameter that is a Python keyword takes a trailing underscore (``lambda_=0.5`` for ``lambda``).
     ``groups`` ([(tensor names, parameters)]) merges those tensors with their own parameters of ``method``
-    (complete sets: nothing is inherited from ``parameters``).
+    (complete sets: nothing is inherited from ``parameters``). The output gets a model card (``README.md``:
+    method, resolved parameters, and the recipe that reproduces the merge); ``model_card`` is False for none,
+    or the card's text.
     """
     spec = get_method(method)
     _check_threads(threads)
+    files = dict(extra_files or {})
+    if model_card and "README.md" not in files:
+        files["README.md"] = model_card if isinstance(model_card, str) else _card(
+            spec.name, parameters, pretrained, models, dtype, max_shard_size, out)
     request = {
         "method": spec.name,
         "parameters": _engine_parameters(parameters),
@@ -84,7 +91,7 @@ def merge(
         "allow_nonfinite": allow_nonfinite,
         "memory_budget": parse_size(memory_budget) if memory_budget is not None else 0,
         "reads": [_path(p) for p in reads],
-        "files": sorted((extra_files or {}).items()),
+        "files": sorted(files.items()),
         "groups": [{"tensors": list(names), "parameters": _engine_parameters(values)} for names, values in groups],
     }
     callback = progress_callback(progress)
@@ -94,6 +101,20 @@ def merge(
         if isinstance(callback, ProgressBar):
             callback.close()
     return MergeReport.from_json(json.loads(report))
+
+
+def _card(method: str, parameters: dict[str, Any], pretrained: PathLike | None, models: Sequence[PathLike],
+          dtype: str | None, max_shard_size: int | str, out: PathLike) -> str:
+    """The model card of a merge called with these arguments."""
+    from .recipes.card import model_card, recipe_from_flags
+
+    given = {_unkeyword(k): v for k, v in parameters.items() if v is not None}
+    paths = [os.fspath(m) for m in models]
+    base = os.fspath(pretrained) if pretrained is not None else None
+    recipe = recipe_from_flags(method, given, base, paths, dtype, max_shard_size)
+    hf = bool(paths) and os.path.exists(os.path.join(paths[0], "config.json"))
+    return model_card(method=method, parameters=given, pretrained=base, models=paths, recipe=recipe,
+                      hf_layout=hf, title=os.path.basename(os.path.normpath(os.fspath(out))))
 
 
 def _engine_parameters(parameters: dict[str, Any]) -> dict[str, Any]:

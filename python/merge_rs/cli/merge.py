@@ -30,6 +30,7 @@ OPTIONS = [
     click.option("--memory-budget", help="Most memory the whole-tensor methods (SVD family, SLERP, breadcrumbs, "
                                          "…) hold at once, e.g. 512MB [default: 160MiB]; a larger tensor runs alone."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
+    click.option("--no-model-card", is_flag=True, help="Do not write README.md (the model card and its recipe)."),
     click.option("--allow-nonfinite", is_flag=True, help="Merge despite NaN/Inf parameters (with a warning)."),
     click.option("--eval", "run_eval", is_flag=True, help="Evaluate the merged model afterwards (zero-shot, needs "
                                                           "--pool or a full CLIP --pretrained; see merge-rs eval)."),
@@ -40,8 +41,9 @@ OPTIONS = [
 
 
 def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_name: str | None, out: Path,
-          dtype: str | None, max_shard_size: str, threads: int, memory_budget: str | None, overwrite: bool, allow_nonfinite: bool,
-          run_eval: bool, quiet: bool, as_json: bool, **options: Any) -> None:
+          dtype: str | None, max_shard_size: str, threads: int, memory_budget: str | None, overwrite: bool,
+          no_model_card: bool, allow_nonfinite: bool, run_eval: bool, quiet: bool, as_json: bool,
+          **options: Any) -> None:
     """Merge fine-tuned MODELs (or a --pool's) with METHOD into a new model directory."""
     settings = EvalSettings.pop(options)
     given = {k: v for k, v in options.items() if v is not None and v != ()}
@@ -58,7 +60,8 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
     check_report(settings.report_path, report_inputs)
     report = run(lambda: api.merge(
         method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
-        memory_budget=memory_budget, overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet, reads=reads, **given))
+        memory_budget=memory_budget, overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet,
+        reads=reads, model_card=not no_model_card, **given))
     if (report.nonfinite_inputs or report.nonfinite_outputs) and not quiet:
         click.echo(f"warning: {report.nonfinite_inputs} non-finite input values merged, "
                    f"{report.nonfinite_outputs} non-finite values written", err=True)

@@ -75,7 +75,7 @@ def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 
         coefficients = {"coefficients": final.tolist()} if mode == "task" else {"coefficients_file": weights_path}
         files = {"merging_weights.json": weights_path.read_text(), "loss.csv": _losses_csv(losses)}
         merge("task_arithmetic", pool.model_paths(), out, pretrained=pool.pretrained_path(), threads=threads,
-              overwrite=overwrite, reads=pool.input_paths(), extra_files=files, **coefficients)
+              overwrite=overwrite, reads=pool.input_paths(), extra_files=files, model_card=False, **coefficients)
     return LearnedMerge(f"adamerging_{mode}_wise", out, list(pool.tasks), time.perf_counter() - started,
                         peak_rss_mb(), peak_cuda_mb(evaluator.device), losses,
                         {"weights": str(out / "merging_weights.json"), "losses": str(out / "loss.csv")},

@@ -89,7 +89,7 @@ def fisher_merging(pool: ModelPool, out: Path, *, examples: int = 256, batch_siz
             del vision, fisher
         weights = model_coefficients(norms, scaling, normalize, epsilon)
         report = merge("fisher_merging", pool.model_paths(), out, fisher=files, weights=weights, epsilon=epsilon,
-                       threads=threads, overwrite=overwrite, reads=pool.input_paths())
+                       threads=threads, overwrite=overwrite, reads=pool.input_paths(), model_card=False)
     return LearnedMerge("fisher_merging", out, list(pool.tasks), time.perf_counter() - started, peak_rss_mb(),
                         peak_cuda_mb(evaluator.device),
                         files={"fisher": str(fisher_dir)} if fisher_dir else {},

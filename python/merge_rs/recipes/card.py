@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -14,10 +15,14 @@ from ..methods import get_method
 
 
 def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | None, models: list[str],
-               recipe: str, groups: list[tuple[list[str], dict[str, Any]]] = (), hf_layout: bool = True,
+               recipe: str, groups: Sequence[tuple[list[str], dict[str, Any]]] = (), hf_layout: bool = True,
                title: str = "merged model") -> str:
     """The card's text. ``recipe`` is YAML that ``merge-rs run`` accepts (this card file too)."""
     info = get_method(method)
+    parameters = resolved_parameters(method, parameters)
+    groups = [(names, resolved_parameters(method, values)) for names, values in groups]
+    pretrained = _reference(pretrained) if pretrained else None
+    models = [_reference(m) for m in models]
     front = {
         "base_model": [*([pretrained] if pretrained else []), *models],
         "library_name": "transformers" if hf_layout else "safetensors",
@@ -32,30 +37,59 @@ def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | Non
         *(f"- Model {i + 1}: `{m}`" for i, m in enumerate(models)), "",
         "## Parameters", "",
         "| parameter | value |", "| --- | --- |",
-        *(f"| `{k}` | `{json.dumps(v)}` |" for k, v in sorted(parameters.items())),
+        *(f"| `{k}` | `{show(v)}` |" for k, v in sorted(parameters.items())),
     ]
     if groups:
         lines += ["", f"{len(groups)} groups of tensors have other values:", ""]
         for names, values in groups:
             changed = {k: v for k, v in values.items() if parameters.get(k) != v}
-            shown = ", ".join(f"`{k}`={json.dumps(v)}" for k, v in sorted(changed.items()))
+            shown = ", ".join(f"`{k}`={show(v)}" for k, v in sorted(changed.items()))
             lines.append(f"- {len(names)} tensors (`{names[0]}`{', …' if len(names) > 1 else ''}): {shown}")
     lines += ["", "## Recipe", "", "Run it again with `merge-rs run README.md --out DIR` (or save the block as a "
               "`.yml` file):", "", "```yaml", recipe.rstrip(), "```", ""]
     return "\n".join(lines)
 
 
-def recipe_from_flags(method: str, parameters: dict[str, Any], pretrained: Path | None, models: list[Path],
+def show(value: Any) -> str:
+    """A parameter value for people: JSON, with floats to 6 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    return json.dumps(value, default=str)
+
+
+def resolved_parameters(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with the method's defaults filled in."""
+    spec = get_method(method)
+    return {p.name: given.get(p.name, p.default) for p in spec.parameters
+            if p.name in given or p.default is not None}
+
+
+def _reference(ref: str) -> str:
+    """A local model as its absolute path; a hub id as it is."""
+    return str(Path(ref).resolve()) if Path(ref).exists() else ref
+
+
+def recipe_from_flags(method: str, parameters: dict[str, Any], pretrained: str | None, models: list[str],
                       dtype: str | None, max_shard_size: str | int) -> str:
     """The recipe equivalent to ``merge-rs merge`` flags (paths made absolute so it runs from anywhere)."""
-    data: dict[str, Any] = {"method": method, "parameters": _plain(parameters)}
+    paths = {p.name for p in get_method(method).parameters if p.kind in ("path", "path_list")}
+    data: dict[str, Any] = {"method": method, "parameters": {
+        k: _absolute(v) if k in paths else _plain(v) for k, v in parameters.items()}}
     if pretrained is not None:
         data["pretrained"] = str(Path(pretrained).resolve())
     data["models"] = [str(Path(m).resolve()) for m in models]
     if dtype:
         data["dtype"] = dtype
     data["max_shard_size"] = max_shard_size
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _absolute(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_absolute(v) for v in value]
+    return str(Path(value).resolve())
 
 
 def _plain(value: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..methods import METHODS, MethodInfo
+from ..methods.table import Parameter
 from .job import MergeJob
 from .schema import LayerGradient, ModelEntry, Recipe
 from .settings import Gradient, evaluate, varies_by_layer
@@ -17,18 +18,26 @@ PER_MODEL_KINDS = {"float_list", "float_or_list", "path_list"}
 
 
 def validated(source: RecipeSource, model: type[Any]) -> Any:
-    """``source.data`` as ``model``, or the first problem as ``FILE:LINE: field: message``."""
+    """``source.data`` as ``model``, or the deepest problem as ``FILE:LINE: field: message`` (where a value
+    fits none of a union's forms, what each form wanted)."""
     try:
         return model.model_validate(source.data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = tuple(k for k in first["loc"] if not (isinstance(k, str) and k in _UNION_TAGS))
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise source.error(loc, message) from None
+        errors = sorted(e.errors(), key=lambda x: (-len(x["loc"]), x["type"] != "extra_forbidden"))
+        first = errors[0]
+        loc = _field(first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise source.error(loc, "unknown field") from None
+        wanted = list(dict.fromkeys(x["msg"] for x in errors if _field(x["loc"]) == loc))
+        raise source.error(loc, " or ".join(wanted[:3])) from None
 
 
-_UNION_TAGS = {"str", "ModelEntry", "LayerGradient", "bool", "int", "float", "list[union[bool,int,float,str]]",
-               "list[bool]", "list[int]", "list[float]", "list[str]"}
+def _field(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic location without the names of union branches (``str``, ``ModelEntry``, …)."""
+    return tuple(k for k in loc if not (isinstance(k, str) and (k in _UNION_TAGS or k.startswith("list["))))
+
+
+_UNION_TAGS = {"str", "bool", "int", "float", "ModelEntry", "LayerGradient"}
 
 
 def job_from_recipe(source: RecipeSource) -> MergeJob:
@@ -68,10 +77,41 @@ def _setting(value: Any) -> Any:
 
 
 def _check_names(source: RecipeSource, method: MethodInfo, values: dict[str, Any], loc: tuple[Any, ...]) -> None:
-    for name in values:
-        if method.parameter(name) is None:
+    """Every parameter must be the method's, with a value of its kind (each anchor of a gradient too)."""
+    for name, value in values.items():
+        param = method.parameter(name)
+        if param is None:
             known = ", ".join(p.name for p in method.parameters) or "none"
             raise source.error((*loc, name), f"{method.name} has no parameter '{name}' (its parameters: {known})")
+        for v in value.anchors if isinstance(value, Gradient) else (value,):
+            problem = value_problem(param, v)
+            if problem:
+                raise source.error((*loc, name), f"expected {problem}, got {v!r}")
+
+
+def value_problem(param: Parameter, value: Any, *, element: bool = False) -> str | None:
+    """What ``value`` should have been for ``param`` (an element of its list with ``element``), or None."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    kind = {"float_list": "f64", "float_or_list": "f64", "path_list": "path"}.get(param.kind, param.kind) \
+        if element else param.kind
+    if kind in ("f32", "f64"):
+        low, high = param.minimum, param.maximum
+        inside = number and (low is None or value >= low) and (high is None or value <= high)
+        return None if inside else f"a number in [{low}, {high}]" if low is not None else "a number"
+    checks = {
+        "u64": (isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer ≥ 0"),
+        "bool": (isinstance(value, bool), "true or false"),
+        "choice": (isinstance(value, str) and value.replace("-", "_") in [c.replace("-", "_") for c in param.choices],
+                   f"one of {', '.join(param.choices)}"),
+        "float_list": (isinstance(value, list) and all(isinstance(v, (int, float)) for v in value), "a list of numbers"),
+        "float_or_list": (number or isinstance(value, list) and all(isinstance(v, (int, float)) for v in value),
+                          "a number or a list of numbers"),
+        "name_list": (isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of tensor names"),
+        "path": (isinstance(value, str), "a path"),
+        "path_list": (isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of paths"),
+    }
+    ok, wanted = checks.get(kind, (True, ""))
+    return None if ok else wanted
 
 
 def _per_model(source: RecipeSource, method: MethodInfo, models: list[str | ModelEntry],
@@ -92,4 +132,9 @@ def _per_model(source: RecipeSource, method: MethodInfo, models: list[str | Mode
         if name in base:
             raise source.error(("parameters", name), f"'{name}' is also given per model")
         out[name] = [_setting(e[name]) for e in entries]
+        for i, value in enumerate(out[name]):
+            for v in value.anchors if isinstance(value, Gradient) else (value,):
+                problem = value_problem(param, v, element=True)
+                if problem:
+                    raise source.error(("models", i, "parameters", name), f"expected {problem}, got {v!r}")
     return out

@@ -11,7 +11,7 @@ import yaml
 
 from .. import api
 from ..reports import MergeReport
-from .card import model_card
+from .card import model_card, show
 from .job import MergeJob, MergePlan, plan, resolve_model
 from .mergekit import is_mergekit, job_from_mergekit
 from .own import job_from_recipe
@@ -67,11 +67,11 @@ def describe(p: MergePlan, threads: int) -> str:
                      f"parameters, {', '.join(f'{k} ×{v}' for k, v in sorted(info.dtypes.items()))}")
     shapes = {t.name: t.shape for t in ref.tensors}
     lines.append(f"parameters ({len(p.merged) - sum(len(n) for n, _ in p.groups)} tensors): "
-                 + ", ".join(f"{k}={v}" for k, v in sorted(p.parameters.items())))
+                 + ", ".join(f"{k}={show(v)}" for k, v in sorted(p.parameters.items())))
     for names, values in p.groups:
         changed = {k: v for k, v in values.items() if p.parameters.get(k) != v}
         lines.append(f"  {len(names)} tensors ({names[0]} {shapes.get(names[0])}{', …' if len(names) > 1 else ''}): "
-                     + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
+                     + ", ".join(f"{k}={show(v)}" for k, v in sorted(changed.items())))
     lines.append(f"output: {len(ref.tensors)} tensors ({len(p.merged)} merged), {out_bytes / 1e6:,.1f} MB"
                  + (f" as {job.dtype}" if job.dtype else ""))
     lines.append(f"memory: about {streams / 2**20:.0f} MiB of read buffers on {threads or _cores()} threads; "
@@ -91,17 +91,15 @@ def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 
             memory_budget: str | None = None, progress: bool = False, model_card_file: bool = True) -> MergeReport:
     """Merge as planned into ``out``, with the model card unless ``model_card_file`` is false."""
     job = p.job
-    files = {}
-    if model_card_file:
-        files["README.md"] = model_card(
-            method=job.method, parameters=p.parameters, pretrained=str(p.pretrained) if p.pretrained else None,
-            models=[str(m) for m in p.models], recipe=card_recipe(p), groups=p.groups,
-            hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
+    card: bool | str = model_card_file and model_card(
+        method=job.method, parameters=p.parameters, pretrained=str(p.pretrained) if p.pretrained else None,
+        models=[str(m) for m in p.models], recipe=card_recipe(p), groups=p.groups,
+        hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
     reads = [job.source.path, *(job.pool.input_paths() if job.pool is not None else [])]
     return api.merge(job.method, p.models, out, pretrained=p.pretrained, dtype=job.dtype,
                      max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
-                     memory_budget=memory_budget, progress=progress, reads=reads, extra_files=files,
-                     groups=p.groups, **p.parameters)
+                     memory_budget=memory_budget, progress=progress, reads=reads, groups=p.groups,
+                     model_card=card, **p.parameters)
 
 
 def card_recipe(p: MergePlan) -> str:
