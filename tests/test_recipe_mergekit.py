@@ -94,6 +94,7 @@ CASES: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
                                               {"weight": 0.8, "density": 0.7, "gamma": 0.0}]),
     "della_linear": ({"density": 1.0, "epsilon": 0.1, "lambda": 1.5, "normalize": True},
                      [{"weight": 1.0}, {"weight": GRADIENT}, {"weight": 0.3}]),
+    "della": ({"density": 1.0, "rescale": False}, [{"weight": 0.4}, {"weight": 1.0}, {"weight": GRADIENT}]),
     "model_stock": ({"filter_wise": True}, [{}, {}, {}]),
     "multislerp": ({}, [{"weight": 1.0}, {"weight": 0.5}, {"weight": 2.0}]),
 }

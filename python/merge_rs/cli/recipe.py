@@ -17,7 +17,8 @@ from .evaluation import EvalSettings, check_report, evaluate, save_report, show_
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: the recipe's out).")
-@click.option("--dry-run", is_flag=True, help="Check everything and print the plan; read no tensor data.")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the plan (with --json: every tensor's "
+                                             "shape and parameters); read no tensor data.")
 @click.option("--no-model-card", is_flag=True, help="Do not write README.md (the model card) into the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing merge-rs output directory.")
 @THREADS
@@ -30,13 +31,17 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
     model card with its recipe. KEY=VALUE sets a field first, e.g. parameters.scaling_factor=0.4 or
     models.0.parameters.weight=0.5."""
     from ..recipes import describe, execute, load_job, prepare
+    from ..recipes.runner import plan_dict
 
     log = logger(quiet)
     job = run(lambda: load_job(recipe, list(overrides)))
     plan = run(lambda: prepare(job))
     target = out or (Path(job.out) if job.out else None)
     if dry_run:
-        click.echo(describe(plan, threads))
+        if as_json:
+            emit_json(plan_dict(plan, threads))
+        else:
+            click.echo(describe(plan, threads))
         return
     for warning in job.warnings:
         log(f"warning: {warning}")

@@ -81,6 +81,22 @@ def describe(p: MergePlan, threads: int) -> str:
     return "\n".join(lines)
 
 
+def plan_dict(p: MergePlan, threads: int) -> dict[str, Any]:
+    """The plan as JSON (``--dry-run --json``): every input, and every merged tensor with its shape, dtype and
+    parameters."""
+    ref = p.inputs[-len(p.models)]
+    values = {name: p.parameters for name in p.merged}
+    values.update({name: v for names, v in p.groups for name in names})
+    return {
+        "recipe": str(p.job.source.path), "dialect": p.job.dialect, "method": p.job.method,
+        "inputs": [{"path": str(i.path), "layout": i.layout, "tensors": i.tensor_count, "parameters": i.parameters,
+                    "dtypes": i.dtypes} for i in p.inputs],
+        "tensors": [{"name": t.name, "shape": t.shape, "dtype": t.dtype, "parameters": values.get(t.name)}
+                    for t in ref.tensors],
+        "dtype": p.job.dtype, "groups": len(p.groups) + 1, "warnings": p.job.warnings,
+    }
+
+
 def _cores() -> int:
     import os
 
