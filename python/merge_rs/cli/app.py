@@ -4,8 +4,10 @@ stdout, logs on stderr."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
 
 import click
@@ -54,8 +56,14 @@ def run(work: Callable[[], T]) -> T:
         sys.exit(128 + signum)
 
 
+def main_process() -> bool:
+    """False on every rank but 0 of a torch.distributed launch (they print and write nothing)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
+    if main_process():
+        click.echo(json.dumps(data, indent=2))
 
 
 def logger(quiet: bool) -> Callable[[str], None]:
@@ -98,5 +106,7 @@ def apply(command: Callable[..., Any], options: list[Callable[[Any], Any]]) -> C
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress or log lines.")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 THREADS = click.option("--threads", type=click.IntRange(min=0), default=0, help="Worker threads (0: one per core).")
+PLOT = click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also draw the result as a PNG "
+                                                                              "(needs the plot extra: matplotlib).")
 POOL = click.option("--pool", "pool_name", help="Model pool: a preset (zoo, clip-vit-base-patch32_TA8, ...) or a "
                                                 "JSON file.")

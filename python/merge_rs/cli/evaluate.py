@@ -7,17 +7,20 @@ from typing import Any
 
 import click
 
-from .app import AS_JSON, POOL, QUIET, apply, emit_json, main, run
+from ..plots import accuracy_bars, check_plot_path
+from .app import AS_JSON, PLOT, POOL, QUIET, apply, emit_json, main, main_process, run
 from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
 
 
-def eval_command(model: str, pool_name: str | None, clip_ref: str | None, quiet: bool, as_json: bool,
-                 **options: Any) -> None:
+def eval_command(model: str, pool_name: str | None, clip_ref: str | None, plot_path: Path | None, quiet: bool,
+                 as_json: bool, **options: Any) -> None:
     """Zero-shot evaluation of a CLIP vision encoder MODEL (directory or hub id; with --pool also 'pretrained' or
     one of the pool's task names) on image-classification tasks. Prints FusionBench's report."""
     from ..clip.pool import resolve_model
 
     settings = EvalSettings.pop(options)
+    if plot_path is not None:
+        run(lambda: check_plot_path(plot_path))
 
     def work() -> dict[str, Any]:
         pool = get_pool(pool_name)
@@ -32,6 +35,8 @@ def eval_command(model: str, pool_name: str | None, clip_ref: str | None, quiet:
     inputs: list[Path] = []
     report = run(work)
     save_report(report, settings.report_path, inputs)
+    if plot_path is not None and main_process():
+        run(lambda: accuracy_bars(report, f"{model}: zero-shot accuracy", plot_path))
     if as_json:
         emit_json(report)
     else:
@@ -54,6 +59,7 @@ OPTIONS = [
     click.option("--clip", "clip_ref", help="Pretrained CLIP (hub id or directory) for the text heads and projection "
                                             "(default: the pool's pretrained model)."),
     *EVAL_OPTIONS,
+    PLOT,
     QUIET,
     AS_JSON,
 ]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import click
 
 from .. import _core
-from .app import run
+from .app import main_process, run
+
+T = TypeVar("T")
 
 EVAL_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--task", "tasks", multiple=True, metavar="NAME[=DATASET]",
@@ -50,9 +52,13 @@ class EvalSettings:
 def evaluate(model: Path, clip: Path, pool: Any, settings: EvalSettings, *, quiet: bool,
              name: str | None = None) -> dict[str, Any]:
     """Zero-shot evaluation of the vision encoder ``model`` with ``clip``'s text heads; FusionBench's report."""
+    from ..clip import distributed
     from ..clip.evaluate import Evaluator, parse_task_option, prepare_tasks
     from ..clip.models import load_vision_encoder
 
+    distributed.init()
+    if distributed.world() > 1 and distributed.is_main() and not quiet:
+        click.echo(f"evaluating on {distributed.world()} processes", err=True)
     requests = [parse_task_option(t) for t in settings.tasks] or [(t, None) for t in (pool.tasks if pool else [])]
     if not requests:
         raise ValueError("nothing to evaluate on: give --task NAME[=DATASET] or --pool")
@@ -60,6 +66,18 @@ def evaluate(model: Path, clip: Path, pool: Any, settings: EvalSettings, *, quie
     evaluator = Evaluator(clip, prepared, device=settings.device, batch_size=settings.batch_size,
                           workers=settings.workers, progress=not quiet)
     return evaluator.evaluate(load_vision_encoder(model), name=name)
+
+
+def on_main_rank(work: Callable[[], T]) -> T:
+    """``work()`` once: under a torch.distributed launch rank 0 runs it (a merge, say) and the other ranks wait
+    and receive its result; otherwise it simply runs."""
+    from ..clip import distributed
+
+    if not distributed.launched():
+        return work()
+    distributed.init()
+    result = work() if distributed.is_main() else None
+    return distributed.broadcast(result)
 
 
 def get_pool(name: str | None) -> Any:
@@ -78,8 +96,8 @@ def check_report(path: Path | None, inputs: Iterable[Any]) -> None:
 
 
 def save_report(report: dict[str, Any] | None, path: Path | None, inputs: Iterable[Any] = ()) -> None:
-    """Write the report to ``path``, if both are given (never over one of ``inputs``)."""
-    if report is not None and path is not None:
+    """Write the report to ``path``, if both are given (never over one of ``inputs``; rank 0 only)."""
+    if report is not None and path is not None and main_process():
         from ..output import write_report
 
         run(lambda: write_report(path, report, inputs))
@@ -88,6 +106,8 @@ def save_report(report: dict[str, Any] | None, path: Path | None, inputs: Iterab
 def show_report(report: dict[str, Any], title: str) -> None:
     from ..clip.evaluate import format_table
 
+    if not main_process():
+        return
     tasks = [k for k in report if k not in ("model_info", "average")]
     click.echo(title)
     click.echo(format_table({"accuracy (%)": report, "loss": report}, tasks, metrics={"loss": "loss"}))

@@ -9,7 +9,8 @@ import click
 
 from .. import api
 from ..methods import markdown_table
-from .app import AS_JSON, QUIET, THREADS, emit_json, main, run
+from ..plots import check_plot_path, cosine_heatmap
+from .app import AS_JSON, PLOT, POOL, QUIET, THREADS, emit_json, fail, main, run
 from .method_options import method_details
 
 
@@ -42,19 +43,34 @@ def printable(name: str) -> str:
 
 
 @main.command("cos-sim")
-@click.option("--pretrained", required=True, type=click.Path(path_type=Path), help="Pretrained model θ₀.")
-@click.option("--model", "models", multiple=True, required=True, type=click.Path(path_type=Path),
+@click.option("--pretrained", type=click.Path(path_type=Path), help="Pretrained model θ₀.")
+@click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="Fine-tuned model; repeat once per model.")
+@POOL
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the matrix as CSV.")
+@PLOT
 @THREADS
 @QUIET
 @AS_JSON
-def cos_sim(pretrained: Path, models: tuple[Path, ...], csv_path: Path | None, threads: int, quiet: bool,
-            as_json: bool) -> None:
-    """Cosine similarity of the task vectors τᵢ = θᵢ − θ₀ (float64)."""
+def cos_sim(pretrained: Path | None, models: tuple[Path, ...], pool_name: str | None, csv_path: Path | None,
+            plot_path: Path | None, threads: int, quiet: bool, as_json: bool) -> None:
+    """Cosine similarity of the task vectors τᵢ = θᵢ − θ₀ (float64) of --model (or a --pool's models);
+    --plot draws the labelled heatmap."""
+    if plot_path is not None:
+        run(lambda: check_plot_path(plot_path))
+    if pool_name is not None:
+        from .evaluation import get_pool
+
+        pool = run(lambda: get_pool(pool_name))
+        pretrained = pretrained or run(pool.pretrained_path)
+        models = models or tuple(run(pool.model_paths))
+    if pretrained is None or not models:
+        fail(click.UsageError("give --pretrained and --model (repeat it), or --pool"))
     result = run(lambda: api.cosine_similarity(pretrained, models, threads=threads, progress=not quiet))
     if csv_path:
         csv_path.write_text(result.to_csv())
+    if plot_path is not None:
+        run(lambda: cosine_heatmap(result.names, result.matrix, plot_path))
     if as_json:
         emit_json(result.to_dict())
         return

@@ -9,8 +9,9 @@ import click
 
 from .. import api
 from ..methods import METHODS
-from .app import AS_JSON, POOL, QUIET, THREADS, apply, emit_json, fail, main, run
-from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
+from .app import AS_JSON, POOL, QUIET, THREADS, apply, emit_json, fail, main, main_process, run
+from .evaluation import (EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, on_main_rank, save_report,
+                         show_report)
 from .method_options import method_list, parameter_options
 
 OPTIONS = [
@@ -58,11 +59,11 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
     reads = pool.input_paths() if pool is not None else []
     report_inputs = [*models, *([pretrained] if pretrained else []), *reads, out]
     check_report(settings.report_path, report_inputs)
-    report = run(lambda: api.merge(
+    report = run(lambda: on_main_rank(lambda: api.merge(
         method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
         memory_budget=memory_budget, overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet,
-        reads=reads, model_card=not no_model_card, **given))
-    if (report.nonfinite_inputs or report.nonfinite_outputs) and not quiet:
+        reads=reads, model_card=not no_model_card, **given)))
+    if (report.nonfinite_inputs or report.nonfinite_outputs) and not quiet and main_process():
         click.echo(f"warning: {report.nonfinite_inputs} non-finite input values merged, "
                    f"{report.nonfinite_outputs} non-finite values written", err=True)
     evaluation = None
@@ -70,6 +71,8 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         clip = pretrained
         evaluation = run(lambda: evaluate(out, clip, pool, settings, quiet=quiet, name=method))
     save_report(evaluation, settings.report_path, report_inputs)
+    if not main_process():
+        return
     if as_json:
         emit_json({**report.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
         return

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from .app import AS_JSON, QUIET, THREADS, emit_json, fail, logger, main, run
-from .evaluation import EvalSettings, check_report, evaluate, save_report, show_report
+from .app import AS_JSON, QUIET, THREADS, emit_json, fail, logger, main, main_process, run
+from .evaluation import EvalSettings, check_report, evaluate, on_main_rank, save_report, show_report
 
 
 @main.command("run")
@@ -33,7 +33,7 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
     from ..recipes import describe, execute, load_job, prepare
     from ..recipes.runner import plan_dict
 
-    log = logger(quiet)
+    log = logger(quiet or not main_process())
     job = run(lambda: load_job(recipe, list(overrides)))
     plan = run(lambda: prepare(job))
     target = out or (Path(job.out) if job.out else None)
@@ -50,8 +50,9 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
     settings = _eval_settings(job)
     inputs: list[Any] = [*plan.models, *([plan.pretrained] if plan.pretrained else []), recipe, target]
     check_report(settings.report_path if settings else None, inputs)
-    report = run(lambda: execute(plan, target, overwrite=overwrite, threads=threads, memory_budget=memory_budget,
-                                 progress=not quiet, model_card_file=not no_model_card))
+    report = run(lambda: on_main_rank(lambda: execute(plan, target, overwrite=overwrite, threads=threads,
+                                                      memory_budget=memory_budget, progress=not quiet,
+                                                      model_card_file=not no_model_card)))
     evaluation = None
     if settings is not None:
         clip = plan.pretrained
@@ -59,6 +60,8 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
             fail(ValueError(f"{recipe}: evaluation needs the pretrained CLIP (pretrained: or pool:)"))
         evaluation = run(lambda: evaluate(target, clip, job.pool, settings, quiet=quiet, name=job.method))
         save_report(evaluation, settings.report_path, inputs)
+    if not main_process():
+        return
     if as_json:
         emit_json({**report.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
         return

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import distributed
 from .data import LabeledImages, load_split
 from .heads import cached_head, model_fingerprint
 from .pool import ModelPool
@@ -72,10 +73,14 @@ def _with_classnames(task: Task, data: LabeledImages, source: str) -> Task:
 
 
 def pick_device(device: str = "auto") -> str:
+    """The one place a device is chosen: ``auto`` is CUDA when available (this rank's GPU under a launcher),
+    else the CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``meta`` are taken as given."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return f"cuda:{distributed.local_rank()}" if distributed.active() else "cuda"
+        return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' requested but CUDA is not available")
     return device
@@ -118,6 +123,11 @@ class Evaluator:
         } if scores else {}
         return report
 
+    def evaluate_task(self, vision: Any, task: str, name: str | None = None) -> dict[str, float]:
+        """``{accuracy, loss}`` of one encoder on one of the evaluator's tasks."""
+        item = next(t for t in self.tasks if t.task.name == task)
+        return self._evaluate_task(vision.to(self.device).eval(), item, name)
+
     def logits(self, vision: Any, pixel_values: Any, task: str) -> Any:
         import torch.nn.functional as F
 
@@ -130,7 +140,7 @@ class Evaluator:
         import torch.nn.functional as F
         from tqdm import tqdm
 
-        correct, seen, batch_losses = 0, 0, []
+        correct, seen, loss_sum, batches_seen = 0, 0, 0.0, 0
         label = f"{name}: {item.task.name}" if name else item.task.name
         batches = tqdm(self._batches(item), desc=label, total=self._batch_count(item), leave=False,
                        disable=not self.progress, file=sys.stderr)
@@ -138,12 +148,15 @@ class Evaluator:
             for pixels, targets in batches:
                 pixels, targets = pixels.to(self.device, non_blocking=True), targets.to(self.device)
                 logits = self.logits(vision, pixels, item.task.name)
-                batch_losses.append(F.cross_entropy(logits, targets).item())
+                loss_sum += F.cross_entropy(logits, targets).item()
+                batches_seen += 1
                 correct += int((logits.argmax(dim=-1) == targets).sum())
                 seen += len(targets)
-        if seen == 0:
+        total_correct, total_seen, total_loss, total_batches = distributed.sum_across(
+            [correct, seen, loss_sum, batches_seen], self.device)
+        if total_seen == 0:
             raise ValueError(f"task '{item.task.name}': the dataset split is empty")
-        return {"accuracy": correct / seen, "loss": sum(batch_losses) / len(batch_losses)}
+        return {"accuracy": total_correct / total_seen, "loss": total_loss / total_batches}
 
     def _autocast(self):
         import contextlib
@@ -156,7 +169,12 @@ class Evaluator:
         return torch.autocast("cuda", dtype=dtype)
 
     def _batch_count(self, item: TaskData) -> int:
-        return -(-len(item.data) // self.batch_size)
+        return len(self._batch_starts(item))
+
+    def _batch_starts(self, item: TaskData) -> list[int]:
+        """This rank's batches (every ``world``-th, so that the union over ranks is the single-process set)."""
+        starts = range(0, len(item.data), self.batch_size)
+        return list(starts[distributed.rank()::distributed.world()])
 
     def _batches(self, item: TaskData) -> Iterator[tuple[Any, Any]]:
         if self._pixel_cache is not None and item.task.name in self._pixel_cache:
@@ -173,7 +191,13 @@ class Evaluator:
     def _loader(self, item: TaskData):
         from torch.utils.data import DataLoader
 
-        return DataLoader(item.data.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+        from torch.utils.data import Subset
+
+        dataset = item.data.dataset
+        if distributed.world() > 1:
+            n = len(dataset)
+            dataset = Subset(dataset, [i for s in self._batch_starts(item) for i in range(s, min(s + self.batch_size, n))])
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
                           collate_fn=Collate(self.image_processor, item.data.image_column, item.data.label_column),
                           pin_memory=self.device.startswith("cuda"))
 

@@ -29,6 +29,31 @@ class Parameter:
         return cls(name=data["name"], kind=kind["type"], default=data["default"], help=data["help"],
                    required=data["required"], choices=tuple(kind.get("choices", ())), minimum=kind.get("min"), maximum=kind.get("max"))
 
+    def problem(self, value: Any, *, element: bool = False) -> str | None:
+        """What ``value`` should have been (one element of this list parameter with ``element``), or None."""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        numbers = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+        names = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        kind = {"float_list": "f64", "float_or_list": "f64", "path_list": "path"}.get(self.kind, self.kind) \
+            if element else self.kind
+        if kind in ("f32", "f64"):
+            low, high = self.minimum, self.maximum
+            inside = number and (low is None or value >= low) and (high is None or value <= high)
+            return None if inside else f"a number in [{low}, {high}]" if low is not None else "a number"
+        checks = {
+            "u64": (isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer ≥ 0"),
+            "bool": (isinstance(value, bool), "true or false"),
+            "choice": (isinstance(value, str) and value.replace("-", "_") in [c.replace("-", "_") for c in self.choices],
+                       f"one of {', '.join(self.choices)}"),
+            "float_list": (numbers, "a list of numbers"),
+            "float_or_list": (number or numbers, "a number or a list of numbers"),
+            "name_list": (names, "a list of tensor names"),
+            "path": (isinstance(value, str), "a path"),
+            "path_list": (names, "a list of paths"),
+        }
+        ok, wanted = checks.get(kind, (True, ""))
+        return None if ok else wanted
+
     def default_text(self) -> str:
         """The default as a user would write it."""
         if self.required:

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..methods import METHODS, MethodInfo
-from ..methods.table import Parameter
 from .job import MergeJob
 from .schema import LayerGradient, ModelEntry, Recipe
 from .settings import Gradient, evaluate, varies_by_layer
@@ -84,34 +83,9 @@ def _check_names(source: RecipeSource, method: MethodInfo, values: dict[str, Any
             known = ", ".join(p.name for p in method.parameters) or "none"
             raise source.error((*loc, name), f"{method.name} has no parameter '{name}' (its parameters: {known})")
         for v in value.anchors if isinstance(value, Gradient) else (value,):
-            problem = value_problem(param, v)
+            problem = param.problem(v)
             if problem:
                 raise source.error((*loc, name), f"expected {problem}, got {v!r}")
-
-
-def value_problem(param: Parameter, value: Any, *, element: bool = False) -> str | None:
-    """What ``value`` should have been for ``param`` (an element of its list with ``element``), or None."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    kind = {"float_list": "f64", "float_or_list": "f64", "path_list": "path"}.get(param.kind, param.kind) \
-        if element else param.kind
-    if kind in ("f32", "f64"):
-        low, high = param.minimum, param.maximum
-        inside = number and (low is None or value >= low) and (high is None or value <= high)
-        return None if inside else f"a number in [{low}, {high}]" if low is not None else "a number"
-    checks = {
-        "u64": (isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer ≥ 0"),
-        "bool": (isinstance(value, bool), "true or false"),
-        "choice": (isinstance(value, str) and value.replace("-", "_") in [c.replace("-", "_") for c in param.choices],
-                   f"one of {', '.join(param.choices)}"),
-        "float_list": (isinstance(value, list) and all(isinstance(v, (int, float)) for v in value), "a list of numbers"),
-        "float_or_list": (number or isinstance(value, list) and all(isinstance(v, (int, float)) for v in value),
-                          "a number or a list of numbers"),
-        "name_list": (isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of tensor names"),
-        "path": (isinstance(value, str), "a path"),
-        "path_list": (isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of paths"),
-    }
-    ok, wanted = checks.get(kind, (True, ""))
-    return None if ok else wanted
 
 
 def _per_model(source: RecipeSource, method: MethodInfo, models: list[str | ModelEntry],
@@ -134,7 +108,7 @@ def _per_model(source: RecipeSource, method: MethodInfo, models: list[str | Mode
         out[name] = [_setting(e[name]) for e in entries]
         for i, value in enumerate(out[name]):
             for v in value.anchors if isinstance(value, Gradient) else (value,):
-                problem = value_problem(param, v, element=True)
+                problem = param.problem(v, element=True)
                 if problem:
                     raise source.error(("models", i, "parameters", name), f"expected {problem}, got {v!r}")
     return out

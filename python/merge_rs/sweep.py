@@ -1,0 +1,117 @@
+"""Hyperparameter sweeps, without torch: the grid (``name=start:stop:step`` or ``name=a,b,c`` per parameter,
+checked against the method's declarations), the sweep's report file (which a rerun resumes from), and the
+choice of the best point."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .exceptions import InvalidArgumentError
+from .methods import MethodInfo
+
+SWEEPABLE = {"f32", "f64", "u64", "bool", "choice"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept parameter and its values, in order."""
+
+    name: str
+    values: tuple[Any, ...]
+
+
+def parse_axis(text: str, method: MethodInfo) -> Axis:
+    """``name=start:stop:step`` (both ends included) or ``name=a,b,c``, each value checked for ``method``."""
+    name, sep, spec = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name or not spec.strip():
+        raise InvalidArgumentError(f"--param '{text}': expected NAME=START:STOP:STEP or NAME=A,B,C")
+    param = method.parameter(name)
+    if param is None:
+        known = ", ".join(p.name for p in method.parameters if p.kind in SWEEPABLE) or "none"
+        raise InvalidArgumentError(f"--param {name}: {method.name} has no such parameter (it sweeps: {known})")
+    if param.kind not in SWEEPABLE:
+        raise InvalidArgumentError(f"--param {name}: a {param.kind.replace('_', ' ')} parameter cannot be swept")
+    values = _range(name, spec) if ":" in spec else tuple(_scalar(v) for v in spec.split(",") if v.strip())
+    if not values:
+        raise InvalidArgumentError(f"--param {name}: no values in '{spec}'")
+    for value in values:
+        problem = param.problem(value)
+        if problem:
+            raise InvalidArgumentError(f"--param {name}: {value!r} is out of range (expected {problem})")
+    return Axis(name, values)
+
+
+def _range(name: str, spec: str) -> tuple[float, ...]:
+    parts = spec.split(":")
+    try:
+        start, stop, step = (float(p) for p in parts) if len(parts) == 3 else (None, None, None)
+    except ValueError:
+        start = None
+    if start is None or stop is None or step is None:
+        raise InvalidArgumentError(f"--param {name}: a range is START:STOP:STEP with numbers, got '{spec}'")
+    if step <= 0 or stop < start:
+        raise InvalidArgumentError(f"--param {name}: the range {spec} is empty (STEP > 0 and STOP ≥ START)")
+    count = int((stop - start) / step + 1e-9) + 1
+    return tuple(round(start + i * step, 10) for i in range(count))
+
+
+def _scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text.strip())
+    except yaml.YAMLError:
+        return text.strip()
+
+
+def grid(axes: list[Axis]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the first axis varying slowest."""
+    return [dict(zip((a.name for a in axes), combo)) for combo in itertools.product(*(a.values for a in axes))]
+
+
+def best_point(reports: list[dict[str, Any]], select: str) -> int:
+    """The index of the highest accuracy on ``select`` (``average`` or a task); the first on a tie."""
+    if not reports:
+        raise InvalidArgumentError("no sweep point was evaluated")
+    if select not in reports[0]:
+        tasks = [k for k in reports[0] if k != "model_info"]
+        raise InvalidArgumentError(f"--select {select}: not a task of this sweep ({', '.join(tasks)})")
+    scores = [r[select]["accuracy"] for r in reports]
+    return scores.index(max(scores))
+
+
+class SweepLog:
+    """The sweep's report file: what it sweeps, each evaluated point, the reference models and the best
+    point. A rerun with the same method, pool, split and grid resumes where it stopped."""
+
+    def __init__(self, path: Path | None, identity: dict[str, Any]) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {**identity, "points": [], "references": {}, "best": None}
+        if path is not None and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise InvalidArgumentError(f"{path}: cannot resume from it ({e})") from None
+            mismatch = [k for k in identity if saved.get(k) != identity[k]]
+            if mismatch:
+                raise InvalidArgumentError(f"{path} is the report of another sweep (its {mismatch[0]} differs); "
+                                           "give another --report or remove it")
+            self.data = saved
+
+    def report_for(self, parameters: dict[str, Any]) -> dict[str, Any] | None:
+        return next((p["report"] for p in self.data["points"] if p["parameters"] == parameters), None)
+
+    def add(self, parameters: dict[str, Any], report: dict[str, Any]) -> None:
+        self.data["points"].append({"parameters": parameters, "report": report})
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            from .output import write_report
+
+            write_report(self.path, self.data)
