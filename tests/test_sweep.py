@@ -139,3 +139,17 @@ def test_torchrun_sweep_gives_identical_accuracies(tmp_path):
     assert accuracies(distributed) == accuracies(single)
     assert distributed["best"] == single["best"]
     assert (tmp_path / "best/model.safetensors").exists()
+
+
+def test_torchrun_adamerging_learns_the_single_process_weights(tmp_path):
+    args = ["adamerging", "--pool", "zoo", "--mode", "layer", "--steps", "10", "-q"]
+    cli(*args, "--out", tmp_path / "one")
+    launched = torchrun(*args, "--out", tmp_path / "two")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    weights = lambda d: json.loads((d / "merging_weights.json").read_text())["coefficients"]  # noqa: E731
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    flat = lambda w: [v for per_task in w.values() for v in per_task]  # noqa: E731
+    assert max(abs(a - b) for a, b in zip(flat(one), flat(two))) < 1e-4
+    assert max(abs(a - 0.3) for a in flat(one)) > 1e-3  # it learned something
+    losses = lambda d: [float(line.split(",")[1]) for line in (d / "loss.csv").read_text().splitlines()[1:]]  # noqa: E731
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)

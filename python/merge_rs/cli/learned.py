@@ -9,7 +9,7 @@ import click
 
 from ..learned.method import LearnedMethod, Option, RunContext
 from ..learned.registry import LEARNED
-from .app import AS_JSON, QUIET, THREADS, apply, emit_json, float_list, logger, main, run
+from .app import AS_JSON, QUIET, THREADS, apply, emit_json, float_list, logger, main, main_process, run
 from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
 
 COMMON = [
@@ -47,13 +47,15 @@ def _command(method: LearnedMethod) -> click.Command:
         inputs = [*pool.input_paths(), out]
         check_report(settings.report_path, inputs)
         context = RunContext(device=settings.device, threads=threads, overwrite=overwrite, progress=not quiet,
-                             log=logger(quiet))
+                             log=logger(quiet or not main_process()))
         result = run(lambda: method(pool, out, context, **options))
         evaluation = None
         if run_eval:
             evaluation = run(lambda: evaluate(result.output, pool.pretrained_path(), pool, settings, quiet=quiet,
                                               name=result.method))
         save_report(evaluation, settings.report_path, inputs)
+        if not main_process():
+            return
         if as_json:
             emit_json({**result.to_dict(), **({"evaluation": evaluation} if evaluation else {})})
             return

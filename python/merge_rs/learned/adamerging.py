@@ -31,12 +31,14 @@ from .weights_file import load_weights, save_weights
 MODES = ("task", "layer")
 
 
-def entropy(logits: Any, eps: float = 1e-8) -> Any:
-    """Mean Shannon entropy of softmax(logits) over the batch."""
+def entropy(logits: Any, eps: float = 1e-8, total: int | None = None) -> Any:
+    """Mean Shannon entropy of softmax(logits) over the batch (over ``total`` examples when the batch is one
+    rank's share of a larger one)."""
     import torch
 
     probs = torch.softmax(logits, dim=-1)
-    return -(probs * torch.log(probs + eps)).sum(dim=-1).mean()
+    per_example = -(probs * torch.log(probs + eps)).sum(dim=-1)
+    return per_example.mean() if total is None else per_example.sum() / total
 
 
 def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 1000, lr: float = 1e-3,
@@ -45,13 +47,18 @@ def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 
                progress: bool = True, overwrite: bool = False, log: Callable[[str], None] = lambda _: None
                ) -> LearnedMerge:
     """Learn the weights (or start from ``weights``; ``steps=0`` skips learning), merge with the Rust engine
-    into ``out``, and save ``merging_weights.json`` and ``loss.csv`` there."""
+    into ``out``, and save ``merging_weights.json`` and ``loss.csv`` there. Under a torch.distributed launch
+    every rank takes its share of each batch, the gradients are summed across ranks (so every rank takes the
+    single-process step), and rank 0 merges."""
     import torch
+
+    from ..clip import distributed
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} (got '{mode}')")
     started = time.perf_counter()
     check_output(out, pool.input_paths(), overwrite)
+    distributed.init()
     torch.manual_seed(seed)
     tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="test")
     evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)
@@ -74,8 +81,10 @@ def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 
         save_weights(weights_path, pool.tasks, vectors.names, final, "adamerging", {"settings": settings})
         coefficients = {"coefficients": final.tolist()} if mode == "task" else {"coefficients_file": weights_path}
         files = {"merging_weights.json": weights_path.read_text(), "loss.csv": _losses_csv(losses)}
-        merge("task_arithmetic", pool.model_paths(), out, pretrained=pool.pretrained_path(), threads=threads,
-              overwrite=overwrite, reads=pool.input_paths(), extra_files=files, model_card=False, **coefficients)
+        if distributed.is_main():
+            merge("task_arithmetic", pool.model_paths(), out, pretrained=pool.pretrained_path(), threads=threads,
+                  overwrite=overwrite, reads=pool.input_paths(), extra_files=files, model_card=False, **coefficients)
+        distributed.barrier()
     return LearnedMerge(f"adamerging_{mode}_wise", out, list(pool.tasks), time.perf_counter() - started,
                         peak_rss_mb(), peak_cuda_mb(evaluator.device), losses,
                         {"weights": str(out / "merging_weights.json"), "losses": str(out / "loss.csv")},
@@ -90,30 +99,38 @@ def _learn(vectors: TaskVectors, evaluator: Evaluator, tasks, lam, *, steps: int
     from torch.func import functional_call
     from tqdm import tqdm
 
+    from ..clip import distributed
+
     if steps == 0:
         return []
+    rank, world = distributed.rank(), distributed.world()
     streams = {t.task.name: endless_batches(t, evaluator.image_processor, batch_size, seed + i)
                for i, t in enumerate(tasks)}
     optimizer = torch.optim.Adam([lam], lr=lr)
     losses = []
-    bar = tqdm(range(steps), desc="adamerging", disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
+    bar = tqdm(range(steps), desc="adamerging", disable=not (progress and sys.stderr.isatty() and rank == 0),
+               file=sys.stderr)
     for step in bar:
         params = vectors.merged(lam)
 
         def encoder(pixel_values):
             return functional_call(vectors.encoder, params, (), {"pixel_values": pixel_values})
 
-        loss = torch.zeros((), device=lam.device)
+        loss = lam.sum() * 0.0
         for name, stream in streams.items():
-            pixels = next(stream).to(evaluator.device)
-            loss = loss + entropy(evaluator.logits(encoder, pixels, name))
+            batch = next(stream)
+            pixels = batch[rank::world].to(evaluator.device)
+            if len(pixels):
+                loss = loss + entropy(evaluator.logits(encoder, pixels, name), total=len(batch))
         optimizer.zero_grad()
         loss.backward()
+        if world > 1:
+            torch.distributed.all_reduce(lam.grad, op=torch.distributed.ReduceOp.SUM)
         optimizer.step()
         if clamp:
             with torch.no_grad():
                 lam.clamp_(0.0, 1.0)
-        losses.append(loss.item())
+        losses.append(distributed.sum_across([loss.item()], evaluator.device)[0])
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % 100 == 0 or step == steps - 1:
             log(f"adamerging step {step}: entropy loss {losses[-1]:.4f}")
