@@ -65,7 +65,8 @@ def test_the_best_point_is_the_highest_on_the_chosen_score():
 
 def test_the_zoo_has_no_validation_split_and_says_so():
     result = cli("sweep", "task_arithmetic", "--pool", "zoo", "--param", "scaling_factor=0.3", check=False)
-    assert result.returncode == 1 and "no parquet files for split 'validation'" in result.stderr
+    assert result.returncode == 1 and "task 'mnist': " in result.stderr
+    assert "no parquet files for split 'validation'" in result.stderr
     assert "--split test is optimistic" in result.stderr
 
 

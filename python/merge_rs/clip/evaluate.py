@@ -55,7 +55,10 @@ def prepare_tasks(requests: Iterable[tuple[str, str | None]], pool: ModelPool | 
             source = pool.dataset_source(task.name) if pool is not None else task.dataset
         if source is None:
             raise ValueError(f"task '{name}' has no default dataset; give one as --task {name}=PATH")
-        data = load_split(source, split).head(limit)
+        try:
+            data = load_split(source, split).head(limit)
+        except ValueError as e:
+            raise ValueError(f"task '{name}': {e}") from None
         prepared.append(TaskData(_with_classnames(task, data, source), data))
     return prepared
 
