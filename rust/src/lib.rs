@@ -39,7 +39,7 @@ pub use dtype::FloatType;
 pub use error::{MergeError, Result};
 pub use groups::TensorGroup;
 pub use info::{CheckpointInfo, ShardInfo, TensorInfo, inspect};
-pub use merge::{InputInfo, MergeReport, MergeRequest, merge};
+pub use merge::{GroupInfo, InputInfo, MergeReport, MergeRequest, merge};
 pub use method::{Method, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, method_table};
 pub use monitor::{Monitor, Progress};
 pub use synthetic::{SyntheticSpec, write_model_set};

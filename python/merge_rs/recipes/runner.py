@@ -15,7 +15,7 @@ from .card import model_card, show
 from .job import MergeJob, MergePlan, plan, resolve_model
 from .mergekit import is_mergekit, job_from_mergekit
 from .own import job_from_recipe
-from .source import RecipeError, load_source  # noqa: F401 (re-exported)
+from .source import load_source
 
 # Elements per chunk and the whole-tensor budget the engine uses by default.
 CHUNK_BYTES = 4 << 16
@@ -32,24 +32,32 @@ def prepare(job: MergeJob) -> MergePlan:
     """Resolve the models (paths, hub ids or the pool) and plan every tensor's parameters from the headers."""
     pretrained, models = job.pretrained, list(job.models)
     if job.pool is not None:
-        from ..cli.evaluation import get_pool
+        from ..clip.pool import get_pool
 
         job.pool = get_pool(job.pool) if isinstance(job.pool, str) else job.pool
         pretrained = pretrained or str(job.pool.pretrained_path())
         models = models or [str(p) for p in job.pool.model_paths()]
     if not models:
         raise job.source.error(("models",), "no models to merge: give models or a pool")
-    locs = _model_locs(job)
-    resolved = [resolve_model(m, job.source, locs[i] if i < len(locs) else ("models",)) for i, m in enumerate(models)]
-    base = resolve_model(pretrained, job.source, ("pretrained",) if job.dialect == "merge-rs" else ("base_model",)) \
-        if pretrained else None
+    where = _model_locations(job)
+    resolved = [resolve_model(m, job.source, where.get(m, ("models",))) for m in models]
+    base = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
     return plan(job, base, resolved)
 
 
-def _model_locs(job: MergeJob) -> list[tuple[Any, ...]]:
-    entries = job.source.data.get("models") or []
-    key = "model" if job.dialect != "merge-rs" else None
-    return [("models", i, key) if key or isinstance(e, dict) else ("models", i) for i, e in enumerate(entries)]
+def _model_locations(job: MergeJob) -> dict[str, tuple[Any, ...]]:
+    """Where the recipe names each model, for errors."""
+    data = job.source.data
+    where: dict[str, tuple[Any, ...]] = {}
+    for key in ("pretrained", "base_model"):
+        if isinstance(data.get(key), str):
+            where[data[key]] = (key,)
+    for i, entry in enumerate(data.get("models") or []):
+        if isinstance(entry, dict) and isinstance(entry.get("model"), str):
+            where.setdefault(entry["model"], ("models", i, "model"))
+        elif isinstance(entry, str):
+            where.setdefault(entry, ("models", i))
+    return where
 
 
 def describe(p: MergePlan, threads: int) -> str:
@@ -142,4 +150,3 @@ def card_recipe(p: MergePlan) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-__all__ = ["RecipeError", "load_job", "prepare", "describe", "execute"]
