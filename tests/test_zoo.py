@@ -28,18 +28,30 @@ def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
     assert individual > result.rows[PRETRAINED]["average"]["accuracy"]
     assert all(individual >= r["average"]["accuracy"] for r in result.rows.values())
     table = result.table().splitlines()
-    assert table[0].split() == ["mnist", "digits", "fashion_mnist", "emoji", "average"]
-    assert table[2].startswith(FINE_TUNED) and table[-1].startswith(PRETRAINED)
+    assert table[0].split() == ["mnist", "digits", "fashion_mnist", "emoji", "average", "95%", "interval",
+                                "normalized"]
+    assert table[2].startswith(FINE_TUNED) and table[2].endswith("100.0") and table[-1].startswith(PRETRAINED)
+    assert result.test_sizes == dict.fromkeys(result.tasks, 40)
+    for row in result.rows.values():
+        low, high = row["average"]["accuracy_ci95"]
+        assert low <= row["average"]["accuracy"] <= high and high - low > 0.01
 
 
 def test_cli_demo_prints_the_table(tmp_path):
     out = cli("demo", "--limit", "10", "--quiet", "--device", "cpu", "--no-learned", "--report",
-              tmp_path / "demo.json")
+              tmp_path / "demo.json", "--plot", tmp_path / "demo.png")
+    picture = (tmp_path / "demo.png").read_bytes()
+    assert picture[:8] == b"\x89PNG\r\n\x1a\n" and len(picture) > 10_000
     assert "Accuracy (%) on each task's test set:" in out.stdout
     assert out.stdout.count("ties") >= 2 and "merge times (learned methods" in out.stdout
     assert "adamerging" not in out.stdout
     data = json.loads((tmp_path / "demo.json").read_text())
     assert set(data["rows"]) == {FINE_TUNED, *DEMO_MERGES, PRETRAINED}
+    assert data["test_sizes"] == dict.fromkeys(data["tasks"], 10)
+    assert data["normalized_accuracy"][FINE_TUNED] == 1.0
+    for row in data["rows"].values():
+        assert set(row) == {*data["tasks"], "model_info", "average"} or row is data["rows"][FINE_TUNED]
+        assert len(row["average"]["accuracy_ci95"]) == 2
 
 
 def test_shipped_zoo_is_complete():
@@ -126,3 +138,15 @@ def test_split_indices_are_disjoint_and_seeded():
     assert not set(a["test"]) & set(a["train"]) and not set(a["train"]) & set(a["pretrain"])
     small = build.split_indices(90, settings, random.Random(0))  # too few left: pretraining takes from train
     assert len(small["pretrain"]) == 25 and len(small["train"]) == 45
+
+
+def test_the_bootstrap_interval_matches_the_normal_approximation():
+    from merge_rs.clip.statistics import bootstrap_interval, normalized_accuracy
+
+    low, high = bootstrap_interval({"a": [True] * 300 + [False] * 100})
+    half_width = 1.96 * (0.75 * 0.25 / 400) ** 0.5
+    assert low == pytest.approx(0.75 - half_width, abs=0.006) and high == pytest.approx(0.75 + half_width, abs=0.006)
+    two = bootstrap_interval({"a": [True] * 400, "b": [False] * 400})
+    assert two == (0.5, 0.5)
+    row = {"a": {"accuracy": 0.4}, "b": {"accuracy": 0.9}}
+    assert normalized_accuracy(row, {"a": {"accuracy": 0.8}, "b": {"accuracy": 0.9}}, ["a", "b"]) == 0.75

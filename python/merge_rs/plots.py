@@ -98,3 +98,23 @@ def sweep_lines(parameter: str, points: Sequence[float], reports: Sequence[dict[
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def normalized_bars(normalized: dict[str, float], references: dict[str, float], path: Path, title: str) -> None:
+    """One horizontal bar per method: its normalised accuracy (merged over fine-tuned per task, averaged, in %),
+    best at the top, and the reference models as vertical lines."""
+    plt = _pyplot()
+    order = sorted(normalized, key=normalized.get)
+    values = [100 * normalized[m] for m in order]
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.38 * len(order)))
+    bars = ax.barh(order, values, color="tab:blue", alpha=0.85)
+    ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=3)
+    for (name, value), style in zip(references.items(), ["--", ":", "-."]):
+        ax.axvline(100 * value, color="gray", linestyle=style, label=f"{name} ({100 * value:.1f})")
+    low = min(values + [100 * v for v in references.values()])
+    ax.set_xlim(max(0.0, low - 10), max(values + [100.0]) + 6)
+    ax.set_xlabel("normalised accuracy (% of the fine-tuned model's, averaged over tasks)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .app import QUIET, THREADS, logger, main, run
+from ..plots import check_plot_path, normalized_bars
+from .app import PLOT, QUIET, THREADS, logger, main, run
 from .evaluation import check_report, get_pool, save_report
 
 
@@ -20,12 +22,15 @@ from .evaluation import check_report, get_pool, save_report
 @click.option("--adamerging-steps", type=click.IntRange(min=0),
               help="Learning steps of the learned methods that learn by steps (default: the demo's 200).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write every report as JSON.")
+@PLOT
 @QUIET
 def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: bool,
-         adamerging_steps: int | None, report_path: Path | None, quiet: bool) -> None:
+         adamerging_steps: int | None, report_path: Path | None, plot_path: Path | None, quiet: bool) -> None:
     """Merge the offline model zoo with every method and evaluate all models on every task."""
     from ..clip.demo import run_demo
 
+    if plot_path is not None:
+        run(lambda: check_plot_path(plot_path))
     pool = run(lambda: get_pool(pool_name))
     check_report(report_path, pool.input_paths())
     log = logger(quiet)
@@ -33,9 +38,21 @@ def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: 
     result = run(lambda: run_demo(pool, limit=limit, device=device, threads=threads, learned=learned,
                                   adamerging_steps=adamerging_steps, progress=not quiet, log=log))
     save_report(result.to_dict(), report_path, pool.input_paths())
+    if plot_path is not None:
+        run(lambda: plot_demo(result, pool_name, plot_path))
     click.echo("Accuracy (%) on each task's test set:")
     click.echo(result.table())
     click.echo("\nEach fine-tuned model on every task:")
     click.echo(result.transfer_table())
     merges = ", ".join(f"{m} {s:.2f} s" for m, s in result.merge_seconds.items())
     click.echo(f"\nmerge times (learned methods: learning included): {merges}; total {result.seconds:.1f} s")
+
+
+def plot_demo(result: Any, pool_name: str, path: Path) -> None:
+    """Normalised accuracy per method, pretrained and fine-tuned as reference lines."""
+    from ..clip.demo import FINE_TUNED, PRETRAINED
+
+    methods = [r for r in result.rows if r not in (FINE_TUNED, PRETRAINED)]
+    normalized_bars({m: result.normalized(m) for m in methods},
+                    {"fine-tuned": 1.0, "pretrained": result.normalized(PRETRAINED)}, path,
+                    f"merge-rs demo on '{pool_name}': merged models against the fine-tuned ones")

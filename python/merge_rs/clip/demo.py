@@ -16,6 +16,7 @@ from ..learned.registry import LEARNED
 from ..methods import METHODS
 from .evaluate import Evaluator, format_table, prepare_tasks
 from .pool import ModelPool, get_pool
+from .statistics import bootstrap_interval, normalized_accuracy
 
 # Every data-free method of the engine's table, with its defaults (FusionBench's; DARE's seed is 0).
 DEMO_MERGES: list[str] = [name for name, method in METHODS.items() if method.data_free]
@@ -32,15 +33,28 @@ class DemoResult:
     fine_tuned: dict[str, dict[str, Any]]
     merge_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    test_sizes: dict[str, int] = field(default_factory=dict)
+
+    def normalized(self, row: str) -> float:
+        """The row's normalised accuracy (merged over fine-tuned, per task, averaged)."""
+        return normalized_accuracy(self.rows[row], self.rows[FINE_TUNED], self.tasks)
 
     def table(self) -> str:
-        return format_table(self.rows, self.tasks)
+        """FusionBench's table, with each average's 95 % bootstrap interval and the normalised accuracy."""
+        lines = format_table(self.rows, self.tasks).splitlines()
+        extra = [("95% interval", "normalized"), ("-" * 12, "-" * 10)]
+        for row in self.rows:
+            ci = self.rows[row]["average"].get("accuracy_ci95")
+            shown = f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else "—"
+            extra.append((shown, f"{100 * self.normalized(row):.1f}"))
+        return "\n".join(f"{line}  {a:>12}  {b:>10}" for line, (a, b) in zip(lines, extra))
 
     def transfer_table(self) -> str:
         return format_table(self.fine_tuned, self.tasks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "rows": self.rows, "fine_tuned": self.fine_tuned,
+        return {"tasks": self.tasks, "test_sizes": self.test_sizes, "rows": self.rows, "fine_tuned": self.fine_tuned,
+                "normalized_accuracy": {row: self.normalized(row) for row in self.rows},
                 "merge_seconds": self.merge_seconds, "seconds": self.seconds}
 
 
@@ -57,11 +71,20 @@ def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device:
     evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, cache_pixels=True, progress=progress)
     names = [t.task.name for t in tasks]
 
-    fine_tuned = {}
+    def scored(report: dict[str, Any], correct: dict[str, list[bool]]) -> dict[str, Any]:
+        report["average"]["accuracy_ci95"] = list(bootstrap_interval(correct))
+        return report
+
+    def evaluate(vision: Any, name: str) -> dict[str, Any]:
+        report = evaluator.evaluate(vision, name=name)
+        return scored(report, dict(evaluator.correct))
+
+    fine_tuned, own_correct = {}, {}
     for task in pool.tasks:
         log(f"evaluating the {task} model")
         fine_tuned[task] = evaluator.evaluate(pool.load_vision(task), name=task)
-    rows = {FINE_TUNED: _individual(fine_tuned, names)}
+        own_correct[task] = evaluator.correct[task]
+    rows = {FINE_TUNED: scored(_individual(fine_tuned, names), own_correct)}
 
     merge_seconds = {}
     with tempfile.TemporaryDirectory(prefix="merge-rs-demo-") as temp:
@@ -71,17 +94,18 @@ def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device:
                            pretrained=pool.pretrained_path() if METHODS[method].needs_pretrained else None)
             merge_seconds[method] = report.seconds
             log(f"merged with {method} in {report.seconds:.2f} s; evaluating")
-            rows[method] = evaluator.evaluate(load_vision_encoder(out), name=method)
+            rows[method] = evaluate(load_vision_encoder(out), method)
         context = RunContext(device=device, threads=threads, progress=False)
         for row, (method, options) in (learned_rows(adamerging_steps).items() if learned else ()):
             out = Path(temp) / row
             seconds = method(pool, out, context, **options).seconds
             merge_seconds[row] = seconds
             log(f"{row} took {seconds:.1f} s; evaluating")
-            rows[row] = evaluator.evaluate(load_vision_encoder(out), name=row)
+            rows[row] = evaluate(load_vision_encoder(out), row)
     log("evaluating the pretrained model")
-    rows[PRETRAINED] = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()), name=PRETRAINED)
-    return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started)
+    rows[PRETRAINED] = evaluate(load_vision_encoder(pool.pretrained_path()), PRETRAINED)
+    sizes = {t.task.name: len(t.data) for t in tasks}
+    return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started, sizes)
 
 
 def learned_rows(steps: int | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:

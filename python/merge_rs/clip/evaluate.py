@@ -103,6 +103,8 @@ class Evaluator:
         self.workers = workers
         self.progress = progress and sys.stderr.isatty()
         self._pixel_cache: dict[str, list[tuple[Any, Any]]] | None = {} if cache_pixels else None
+        # Per example, whether the last encoder evaluated got it right (one process only): for bootstraps.
+        self.correct: dict[str, list[bool]] = {}
         clip, processor = load_clip(Path(clip_path))
         fingerprint = model_fingerprint(Path(clip_path))
         self.heads = {t.task.name: cached_head(clip, processor.tokenizer, t.task, fingerprint, head_cache).to(self.device)
@@ -144,6 +146,7 @@ class Evaluator:
         from tqdm import tqdm
 
         correct, seen, loss_sum, batches_seen = 0, 0, 0.0, 0
+        hits: list[bool] = []
         label = f"{name}: {item.task.name}" if name else item.task.name
         batches = tqdm(self._batches(item), desc=label, total=self._batch_count(item), leave=False,
                        disable=not self.progress, file=sys.stderr)
@@ -153,8 +156,12 @@ class Evaluator:
                 logits = self.logits(vision, pixels, item.task.name)
                 loss_sum += F.cross_entropy(logits, targets).item()
                 batches_seen += 1
-                correct += int((logits.argmax(dim=-1) == targets).sum())
+                right = logits.argmax(dim=-1) == targets
+                hits.extend(right.tolist())
+                correct += int(right.sum())
                 seen += len(targets)
+        if distributed.world() == 1:
+            self.correct[item.task.name] = hits
         total_correct, total_seen, total_loss, total_batches = distributed.sum_across(
             [correct, seen, loss_sum, batches_seen], self.device)
         if total_seen == 0:
@@ -199,7 +206,8 @@ class Evaluator:
         dataset = item.data.dataset
         if distributed.world() > 1:
             n = len(dataset)
-            dataset = Subset(dataset, [i for s in self._batch_starts(item) for i in range(s, min(s + self.batch_size, n))])
+            mine = [i for s in self._batch_starts(item) for i in range(s, min(s + self.batch_size, n))]
+            dataset = Subset(dataset, mine)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
                           collate_fn=Collate(self.image_processor, item.data.image_column, item.data.label_column),
                           pin_memory=self.device.startswith("cuda"))

@@ -47,7 +47,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
             raw = entry.get("parameters") if isinstance(entry, dict) else None
             model_settings.append(_settings(source, raw, ("models", i, "parameters")))
     shared = _settings(source, data.get("parameters"), ("parameters",))
-    raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, *([base] if base else [])])
+    raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, base] if m)
     translate = translator(source, method, base, models, shared, model_settings)
     dtype = DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None)
     if data.get("dtype") not in (None, "float32", "fp32"):
@@ -57,7 +57,8 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     pretrained, inputs = translate.inputs
     return MergeJob(source=source, dialect="mergekit-pytorch" if raw_files else "mergekit-yaml",
                     method=translate.method, models=inputs, parameters_for=translate, pretrained=pretrained,
-                    by_layer=any(varies_by_layer(s) for s in settings), layered=not raw_files, dtype=dtype,
+                    by_layer=not raw_files and any(varies_by_layer(s) for s in settings), layered=not raw_files,
+                    dtype=dtype,
                     warnings=warnings)
 
 
