@@ -104,7 +104,7 @@ def normalized_bars(normalized: dict[str, float], references: dict[str, float], 
     """One horizontal bar per method: its normalised accuracy (merged over fine-tuned per task, averaged, in %),
     best at the top, and the reference models as vertical lines."""
     plt = _pyplot()
-    order = sorted(normalized, key=normalized.get)
+    order = sorted(normalized, key=lambda m: normalized[m])
     values = [100 * normalized[m] for m in order]
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.38 * len(order)))
     bars = ax.barh(order, values, color="tab:blue", alpha=0.85)
