@@ -129,16 +129,20 @@ def test_torchrun_evaluation_equals_one_process(tmp_path):
             assert distributed[task]["loss"] == pytest.approx(single[task]["loss"], rel=1e-6), task
 
 
-def test_torchrun_sweep_gives_identical_accuracies(tmp_path):
-    args = ["sweep", "task_arithmetic", "--pool", "zoo", "--param", "scaling_factor=0.2,0.5", "--json", *FAST[:-1]]
+@pytest.mark.parametrize("spread", [False, True])
+def test_torchrun_sweep_gives_identical_accuracies(spread, tmp_path):
+    args = ["sweep", "task_arithmetic", "--pool", "zoo", "--param", "scaling_factor=0.2,0.5,0.8", "--json",
+            *FAST[:-1]]
     single = json.loads(cli(*args, "-q").stdout)
-    launched = torchrun(*args, "--out", tmp_path / "best")
+    launched = torchrun(*args, "--out", tmp_path / "best", "--report", tmp_path / "sweep.json",
+                        *(["--spread-grid"] if spread else []))
     assert launched.returncode == 0, launched.stderr[-3000:]
     distributed = json.loads(launched.stdout)
     accuracies = lambda data: [{k: v["accuracy"] for k, v in p["report"].items() if k != "model_info"}  # noqa: E731
                                for p in data["points"]]
     assert accuracies(distributed) == accuracies(single)
     assert distributed["best"] == single["best"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["points"] == distributed["points"]
     assert (tmp_path / "best/model.safetensors").exists()
 
 

@@ -4,6 +4,7 @@ model); the report file records every point, so an interrupted sweep resumes fro
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from .evaluation import check_report, get_pool, on_main_rank
 @click.option("--keep", type=click.Path(path_type=Path), help="Keep every point's merge under this directory.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="The sweep's JSON report (FusionBench's report per point); a rerun resumes from it.")
+@click.option("--spread-grid", is_flag=True, help="Under torchrun: each rank merges and evaluates whole points "
+                                                 "(instead of a share of every evaluation).")
 @PLOT
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N examples of each task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
@@ -38,8 +41,8 @@ from .evaluation import check_report, get_pool, on_main_rank
 @QUIET
 @AS_JSON
 def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, select: str, out: Path | None,
-          keep: Path | None, report_path: Path | None, plot_path: Path | None, limit: int | None, batch_size: int,
-          device: str, threads: int, quiet: bool, as_json: bool) -> None:
+          keep: Path | None, report_path: Path | None, spread_grid: bool, plot_path: Path | None, limit: int | None,
+          batch_size: int, device: str, threads: int, quiet: bool, as_json: bool) -> None:
     """Sweep METHOD's parameters over a grid on a pool: merge, evaluate, choose, plot."""
     log = logger(quiet or not main_process())
     info = get_method(method)
@@ -54,13 +57,13 @@ def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, sele
     check_report(report_path, inputs)
     if split == "test":
         log("warning: choosing on the test split is optimistic (the choice sees the data results are reported on)")
-    evaluator = run(lambda: _evaluator(pool, split, limit, batch_size, device, quiet))
+    evaluator = run(lambda: _evaluator(pool, split, limit, batch_size, device, quiet, shard=not spread_grid))
     identity = {"method": info.name, "pool": pool_name, "split": split, "limit": limit,
                 "grid": {a.name: list(a.values) for a in axes}}
     sweep_log = run(lambda: SweepLog(report_path if main_process() else None, identity))
     points = grid(axes)
-    reports = [run(lambda: _point(sweep_log, info.name, pool, evaluator, point, keep, threads, log))
-               for point in points]
+    evaluate_point = lambda point: _point(info.name, pool, evaluator, point, keep, threads, log)  # noqa: E731
+    reports = run(lambda: _points(points, sweep_log, evaluate_point, spread_grid, log))
     references = run(lambda: _references(sweep_log, pool, evaluator, log))
     best = run(lambda: best_point(reports, select))
     sweep_log.data["best"] = {"index": best, "parameters": points[best], "select": select,
@@ -81,7 +84,8 @@ def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, sele
         _show(points, reports, references, best, select)
 
 
-def _evaluator(pool: Any, split: str, limit: int | None, batch_size: int, device: str, quiet: bool) -> Any:
+def _evaluator(pool: Any, split: str, limit: int | None, batch_size: int, device: str, quiet: bool,
+               shard: bool) -> Any:
     from ..clip import distributed
     from ..clip.evaluate import Evaluator, prepare_tasks
 
@@ -91,29 +95,57 @@ def _evaluator(pool: Any, split: str, limit: int | None, batch_size: int, device
     except ValueError as e:
         raise ValueError(f"{e} (a sweep chooses on --split {split}; --split test is optimistic)") from None
     return Evaluator(pool.pretrained_path(), tasks, device=device, batch_size=batch_size, progress=not quiet,
-                     cache_pixels=True)
+                     cache_pixels=True, shard=shard)
 
 
-def _point(sweep_log: SweepLog, method: str, pool: Any, evaluator: Any, point: dict[str, Any], keep: Path | None,
-           threads: int, log: Any) -> dict[str, Any]:
-    """The point's report: from the log when a previous run evaluated it, else merged and evaluated now."""
+def _points(points: list[dict[str, Any]], sweep_log: SweepLog, evaluate_point: Any, spread: bool,
+            log: Any) -> list[dict[str, Any]]:
+    """Every point's report, in grid order: from the log when a previous run evaluated it, else merged and
+    evaluated now, and logged as soon as it is known. Spread over ranks, rank r takes every world-th point and
+    the reports are gathered after each round."""
+    from ..clip import distributed
+
+    key = lambda point: json.dumps(point, sort_keys=True)  # noqa: E731
+    saved = distributed.broadcast({key(p["parameters"]): p["report"] for p in sweep_log.data["points"]})
+    rank, world = (distributed.rank(), distributed.world()) if spread else (0, 1)
+    reports: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(points), world):
+        batch = points[start:start + world]
+        mine = batch[rank] if rank < len(batch) else None
+        local = None
+        if mine is not None:
+            local = saved.get(key(mine))
+            if local is None:
+                local = evaluate_point(mine)
+            else:
+                log(f"{_shown(mine)}: already in the report")
+        results = distributed.gather(local) if spread else [local]
+        for point, report in zip(batch, results):
+            reports[key(point)] = report
+            if key(point) not in saved:
+                sweep_log.add(point, report)
+    return [reports[key(p)] for p in points]
+
+
+def _shown(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def _point(method: str, pool: Any, evaluator: Any, point: dict[str, Any], keep: Path | None, threads: int,
+           log: Any) -> dict[str, Any]:
+    """Merge ``point`` into a temporary directory (or under ``keep``) and evaluate it."""
     from ..clip import distributed
     from ..clip.models import load_vision_encoder
 
-    done = distributed.broadcast(sweep_log.report_for(point))
-    shown = ", ".join(f"{k}={v}" for k, v in point.items())
-    if done is not None:
-        log(f"{shown}: already in the report")
-        return done
     name = "-".join(f"{k}={v}" for k, v in point.items())
     with tempfile.TemporaryDirectory(prefix="merge-rs-sweep-") as scratch:
-        target = keep / name if keep is not None and distributed.is_main() else Path(scratch) / "merged"
+        target = keep / name if keep is not None and (distributed.is_main() or not evaluator.shard) \
+            else Path(scratch) / "merged"
         api.merge(method, pool.model_paths(), target, pretrained=pool.pretrained_path(), threads=threads,
                   reads=pool.input_paths(), model_card=False, **point)
-        report = evaluator.evaluate(load_vision_encoder(target), name=f"{method}({shown})")
+        report = evaluator.evaluate(load_vision_encoder(target), name=f"{method}({_shown(point)})")
     report["model_info"]["parameters"] = point
-    log(f"{shown}: average accuracy {100 * report['average']['accuracy']:.1f} %")
-    sweep_log.add(point, report)
+    log(f"{_shown(point)}: average accuracy {100 * report['average']['accuracy']:.1f} %")
     return report
 
 
@@ -127,10 +159,17 @@ def _references(sweep_log: SweepLog, pool: Any, evaluator: Any, log: Any) -> dic
     if saved:
         return saved
     log("evaluating the pretrained and fine-tuned models (the reference lines)")
-    pretrained = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()), name="pretrained")
-    tuned: dict[str, Any] = {t: evaluator.evaluate_task(load_vision_encoder(pool.model_path(t)), t) for t in pool.tasks}
-    tuned["average"] = {k: sum(tuned[t][k] for t in pool.tasks) / len(pool.tasks) for k in ("accuracy", "loss")}
-    references = {"pretrained": pretrained, "fine-tuned (individual)": tuned}
+
+    def compute() -> dict[str, dict[str, Any]]:
+        pretrained = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()), name="pretrained")
+        tuned: dict[str, Any] = {t: evaluator.evaluate_task(load_vision_encoder(pool.model_path(t)), t)
+                                 for t in pool.tasks}
+        tuned["average"] = {k: sum(tuned[t][k] for t in pool.tasks) / len(pool.tasks) for k in ("accuracy", "loss")}
+        return {"pretrained": pretrained, "fine-tuned (individual)": tuned}
+
+    # Sharded evaluators evaluate together; whole-model evaluators (a spread grid) leave it to rank 0.
+    alone = not evaluator.shard and distributed.world() > 1
+    references = distributed.broadcast(compute() if distributed.is_main() else None) if alone else compute()
     sweep_log.data["references"] = references
     sweep_log.save()
     return references

@@ -77,6 +77,17 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (``[value]`` in one process)."""
+    if not active():
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def barrier() -> None:
     if active():
         import torch.distributed as dist

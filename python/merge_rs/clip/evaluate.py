@@ -94,11 +94,15 @@ class Evaluator:
     of vision encoders against them."""
 
     def __init__(self, clip_path: Path, tasks: list[TaskData], *, device: str = "auto", batch_size: int = 128,
-                 workers: int = 0, cache_pixels: bool = False, progress: bool = True, head_cache: bool = True):
+                 workers: int = 0, cache_pixels: bool = False, progress: bool = True, head_cache: bool = True,
+                 shard: bool = True):
         from .models import load_clip
 
         self.device = pick_device(device)
         self.tasks = tasks
+        # Under a launcher, whether this evaluator shares each evaluation with the other ranks (or, as when a
+        # sweep spreads its points, evaluates whole models alone).
+        self.shard = shard
         self.batch_size = batch_size
         self.workers = workers
         self.progress = progress and sys.stderr.isatty()
@@ -160,10 +164,12 @@ class Evaluator:
                 hits.extend(right.tolist())
                 correct += int(right.sum())
                 seen += len(targets)
-        if distributed.world() == 1:
+        counts = [correct, seen, loss_sum, batches_seen]
+        if self._world() == 1:
             self.correct[item.task.name] = hits
-        total_correct, total_seen, total_loss, total_batches = distributed.sum_across(
-            [correct, seen, loss_sum, batches_seen], self.device)
+        else:
+            counts = distributed.sum_across(counts, self.device)
+        total_correct, total_seen, total_loss, total_batches = counts
         if total_seen == 0:
             raise ValueError(f"task '{item.task.name}': the dataset split is empty")
         return {"accuracy": total_correct / total_seen, "loss": total_loss / total_batches}
@@ -184,7 +190,11 @@ class Evaluator:
     def _batch_starts(self, item: TaskData) -> list[int]:
         """This rank's batches (every ``world``-th, so that the union over ranks is the single-process set)."""
         starts = range(0, len(item.data), self.batch_size)
-        return list(starts[distributed.rank()::distributed.world()])
+        rank = distributed.rank() if self.shard else 0
+        return list(starts[rank::self._world()])
+
+    def _world(self) -> int:
+        return distributed.world() if self.shard else 1
 
     def _batches(self, item: TaskData) -> Iterator[tuple[Any, Any]]:
         if self._pixel_cache is not None and item.task.name in self._pixel_cache:
@@ -204,7 +214,7 @@ class Evaluator:
         from torch.utils.data import Subset
 
         dataset = item.data.dataset
-        if distributed.world() > 1:
+        if self._world() > 1:
             n = len(dataset)
             mine = [i for s in self._batch_starts(item) for i in range(s, min(s + self.batch_size, n))]
             dataset = Subset(dataset, mine)
