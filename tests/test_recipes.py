@@ -235,3 +235,27 @@ def test_hub_ids_resolve_from_the_local_hub_cache(tmp_path, layered, monkeypatch
     missing = write(tmp_path / "gone.yml", "method: task_arithmetic\npretrained: org/base\nmodels: [org/none]\n")
     result = cli("run", missing, "--out", tmp_path / "x", check=False)
     assert "gone.yml:3: models.0: model 'org/none' is neither a local path nor in the hub cache" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["task", "layer"])
+def test_an_adamerging_output_has_a_card_that_re_runs_its_merge(mode, tmp_path):
+    cli("adamerging", "--pool", "zoo", "--mode", mode, "--steps", "2", "--out", tmp_path / "learned", "-q")
+    card = (tmp_path / "learned/README.md").read_text()
+    assert f"learned by AdaMerging ({mode}-wise, 2 steps)" in card and "method: task_arithmetic" in card
+    cli("run", tmp_path / "learned/README.md", "--out", tmp_path / "again", "-q")
+    learned, again = load(tmp_path / "learned"), load(tmp_path / "again")
+    assert learned.keys() == again.keys() and all(np.array_equal(learned[k], again[k]) for k in learned)
+    if mode == "task":  # layer-wise, the header records where the weights file was when the merge ran
+        assert (tmp_path / "learned/model.safetensors").read_bytes() == \
+            (tmp_path / "again/model.safetensors").read_bytes()
+
+
+def test_a_pool_file_is_found_beside_the_recipe(tmp_path, layered):
+    base, (a, b) = layered
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/pool.json").write_text(json.dumps({"pretrained": str(base), "models": {"a": str(a),
+                                                                                              "b": str(b)}}))
+    path = write(tmp_path / "recipes/r.yml", "method: task_arithmetic\npool: pool.json\n")
+    cli("run", path, "--out", tmp_path / "out", "-q")
+    merge_rs.merge("task_arithmetic", [a, b], tmp_path / "want", pretrained=base)
+    assert (tmp_path / "out/model.safetensors").read_bytes() == (tmp_path / "want/model.safetensors").read_bytes()

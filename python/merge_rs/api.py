@@ -106,15 +106,10 @@ def merge(
 def _card(method: str, parameters: dict[str, Any], pretrained: PathLike | None, models: Sequence[PathLike],
           dtype: str | None, max_shard_size: int | str, out: PathLike) -> str:
     """The model card of a merge called with these arguments."""
-    from .recipes.card import model_card, recipe_from_flags
+    from .recipes.card import card_for_call
 
     given = {_unkeyword(k): v for k, v in parameters.items() if v is not None}
-    paths = [os.fspath(m) for m in models]
-    base = os.fspath(pretrained) if pretrained is not None else None
-    recipe = recipe_from_flags(method, given, base, paths, dtype, max_shard_size)
-    hf = bool(paths) and os.path.exists(os.path.join(paths[0], "config.json"))
-    return model_card(method=method, parameters=given, pretrained=base, models=paths, recipe=recipe,
-                      hf_layout=hf, title=os.path.basename(os.path.normpath(os.fspath(out))))
+    return card_for_call(method, given, pretrained, models, dtype, max_shard_size, out)
 
 
 def _engine_parameters(parameters: dict[str, Any]) -> dict[str, Any]:

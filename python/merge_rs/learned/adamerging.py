@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..api import merge
+from ..api import DEFAULT_MAX_SHARD_SIZE, merge
 from ..clip.evaluate import Evaluator, prepare_tasks
 from ..clip.pool import ModelPool
 from ..output import check_output
+from ..recipes.card import card_for_call
 from .batches import endless_batches
 from .memory import peak_cuda_mb, peak_rss_mb
 from .method import LearnedMethod, Option
@@ -81,9 +82,14 @@ def adamerging(pool: ModelPool, out: Path, *, mode: str = "layer", steps: int = 
         save_weights(weights_path, pool.tasks, vectors.names, final, "adamerging", {"settings": settings})
         coefficients = {"coefficients": final.tolist()} if mode == "task" else {"coefficients_file": weights_path}
         files = {"merging_weights.json": weights_path.read_text(), "loss.csv": _losses_csv(losses)}
+        saved = {"coefficients": final.tolist()} if mode == "task" else {"coefficients_file": out / weights_path.name}
+        card = card_for_call("task_arithmetic", saved, pool.pretrained_path(), pool.model_paths(), None,
+                             DEFAULT_MAX_SHARD_SIZE, out,
+                             note=f"The coefficients were learned by AdaMerging ({mode}-wise, {steps} steps); "
+                                  "`merging_weights.json` and `loss.csv` hold them and the loss curve.")
         if distributed.is_main():
             merge("task_arithmetic", pool.model_paths(), out, pretrained=pool.pretrained_path(), threads=threads,
-                  overwrite=overwrite, reads=pool.input_paths(), extra_files=files, model_card=False, **coefficients)
+                  overwrite=overwrite, reads=pool.input_paths(), extra_files=files, model_card=card, **coefficients)
         distributed.barrier()
     return LearnedMerge(f"adamerging_{mode}_wise", out, list(pool.tasks), time.perf_counter() - started,
                         peak_rss_mb(), peak_cuda_mb(evaluator.device), losses,

@@ -4,6 +4,7 @@ the method with its paper, the resolved parameters, and the recipe that reproduc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from ..methods import get_method
 
 def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | None, models: list[str],
                recipe: str, groups: Sequence[tuple[list[str], dict[str, Any]]] = (), hf_layout: bool = True,
-               title: str = "merged model") -> str:
+               title: str = "merged model", note: str | None = None) -> str:
     """The card's text. ``recipe`` is YAML that ``merge-rs run`` accepts (this card file too)."""
     info = get_method(method)
     parameters = resolved_parameters(method, parameters)
@@ -33,6 +34,7 @@ def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | Non
         f"Merged with merge-rs {__version__}.", "",
         "## Method", "",
         f"**{info.name}**: {info.summary} ([paper]({info.paper})).", "",
+        *([note, ""] if note else []),
         *( [f"- Pretrained model: `{pretrained}`"] if pretrained else []),
         *(f"- Model {i + 1}: `{m}`" for i, m in enumerate(models)), "",
         "## Parameters", "",
@@ -57,6 +59,17 @@ def show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(show(v) for v in value) + "]"
     return json.dumps(value, default=str)
+
+
+def card_for_call(method: str, parameters: dict[str, Any], pretrained: Any, models: Sequence[Any],
+                  dtype: str | None, max_shard_size: int | str, out: Any, note: str | None = None) -> str:
+    """The card of ``merge_rs.merge(method, models, out, pretrained=..., **parameters)``: its recipe is that call."""
+    paths = [os.fspath(m) for m in models]
+    base = os.fspath(pretrained) if pretrained is not None else None
+    recipe = recipe_from_flags(method, parameters, base, paths, dtype, max_shard_size)
+    hf = bool(paths) and os.path.exists(os.path.join(paths[0], "config.json"))
+    return model_card(method=method, parameters=parameters, pretrained=base, models=paths, recipe=recipe,
+                      hf_layout=hf, title=os.path.basename(os.path.normpath(os.fspath(out))), note=note)
 
 
 def resolved_parameters(method: str, given: dict[str, Any]) -> dict[str, Any]:

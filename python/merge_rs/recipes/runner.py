@@ -34,7 +34,9 @@ def prepare(job: MergeJob) -> MergePlan:
     if job.pool is not None:
         from ..clip.pool import get_pool
 
-        job.pool = get_pool(job.pool) if isinstance(job.pool, str) else job.pool
+        if isinstance(job.pool, str):
+            beside = job.source.path.parent / job.pool
+            job.pool = get_pool(str(beside) if job.pool.endswith(".json") and beside.is_file() else job.pool)
         pretrained = pretrained or str(job.pool.pretrained_path())
         models = models or [str(p) for p in job.pool.model_paths()]
     if not models:
