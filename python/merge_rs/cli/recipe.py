@@ -39,7 +39,7 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
     target = out or (Path(job.out) if job.out else None)
     if dry_run:
         if as_json:
-            emit_json(plan_dict(plan, threads))
+            emit_json(plan_dict(plan))
         else:
             click.echo(describe(plan, threads))
         return

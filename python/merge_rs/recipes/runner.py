@@ -91,7 +91,7 @@ def describe(p: MergePlan, threads: int) -> str:
     return "\n".join(lines)
 
 
-def plan_dict(p: MergePlan, threads: int) -> dict[str, Any]:
+def plan_dict(p: MergePlan) -> dict[str, Any]:
     """The plan as JSON (``--dry-run --json``): every input, and every merged tensor with its shape, dtype and
     parameters."""
     ref = p.inputs[-len(p.models)]
