@@ -4,6 +4,8 @@ from typing import final
 
 __all__ = [
     "CheckpointError",
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_MEMORY_BUDGET",
     "IncompatibleModelsError",
     "InternalError",
     "InvalidArgumentError",
@@ -25,6 +27,8 @@ __all__ = [
 ]
 
 __version__: str
+DEFAULT_CHUNK_BYTES: int
+DEFAULT_MEMORY_BUDGET: int
 
 class MergeRsError(Exception): ...
 class CheckpointError(MergeRsError): ...

@@ -106,7 +106,7 @@ def merge(
 def _card(method: str, parameters: dict[str, Any], pretrained: PathLike | None, models: Sequence[PathLike],
           dtype: str | None, max_shard_size: int | str, out: PathLike) -> str:
     """The model card of a merge called with these arguments."""
-    from .recipes.card import card_for_call
+    from .model_card import card_for_call
 
     given = {_unkeyword(k): v for k, v in parameters.items() if v is not None}
     return card_for_call(method, given, pretrained, models, dtype, max_shard_size, out)

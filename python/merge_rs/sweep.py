@@ -47,13 +47,10 @@ def parse_axis(text: str, method: MethodInfo) -> Axis:
 
 
 def _range(name: str, spec: str) -> tuple[float, ...]:
-    parts = spec.split(":")
     try:
-        start, stop, step = (float(p) for p in parts) if len(parts) == 3 else (None, None, None)
+        start, stop, step = (float(p) for p in spec.split(":"))
     except ValueError:
-        start = None
-    if start is None or stop is None or step is None:
-        raise InvalidArgumentError(f"--param {name}: a range is START:STOP:STEP with numbers, got '{spec}'")
+        raise InvalidArgumentError(f"--param {name}: a range is START:STOP:STEP with numbers, got '{spec}'") from None
     if step <= 0 or stop < start:
         raise InvalidArgumentError(f"--param {name}: the range {spec} is empty (STEP > 0 and STOP ≥ START)")
     count = int((stop - start) / step + 1e-9) + 1
@@ -102,9 +99,6 @@ class SweepLog:
                 raise InvalidArgumentError(f"{path} is the report of another sweep (its {mismatch[0]} differs); "
                                            "give another --report or remove it")
             self.data = saved
-
-    def report_for(self, parameters: dict[str, Any]) -> dict[str, Any] | None:
-        return next((p["report"] for p in self.data["points"] if p["parameters"] == parameters), None)
 
     def add(self, parameters: dict[str, Any], report: dict[str, Any]) -> None:
         self.data["points"].append({"parameters": parameters, "report": report})

@@ -94,17 +94,16 @@ mod tests {
     use serde_json::{Map, Value, json};
 
     use super::*;
-    use crate::dtype::FloatType;
     use crate::merge::{MergeRequest, merge};
     use crate::monitor::Monitor;
-    use crate::synthetic::{SyntheticSpec, write_model_set};
+    use crate::test_files::synthetic_models;
 
     fn method(name: &str, params: Value) -> Method {
         let params: Map<String, Value> = params.as_object().cloned().unwrap_or_default();
         Method::new(name, &params).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn tensors(out: &Path) -> Vec<(String, Vec<u8>)> {
+    fn stored(out: &Path) -> Vec<(String, Vec<u8>)> {
         let bytes = std::fs::read(out.join("model.safetensors")).unwrap_or_else(|e| panic!("{e}"));
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
         let mut all: Vec<_> = file
@@ -128,23 +127,12 @@ mod tests {
     #[test]
     fn a_group_gets_exactly_what_a_whole_merge_with_its_parameters_gives() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| MergeError::Internal(e.to_string()))?;
-        let spec = SyntheticSpec {
-            tensors: vec![
-                ("a.weight".into(), vec![12, 9]),
-                ("a.bias".into(), vec![12]),
-                ("b.weight".into(), vec![7, 16]),
-            ],
-            models: 2,
-            dtype: FloatType::F32,
-            seed: 5,
-            max_shard_size: u64::MAX,
-            weight_scale: 0.5,
-            task_scale: 0.1,
-            base_config: None,
-            model_config: None,
-            threads: 1,
-        };
-        let paths = write_model_set(dir.path(), &spec)?;
+        let tensors = [
+            ("a.weight", vec![12, 9]),
+            ("a.bias", vec![12]),
+            ("b.weight", vec![7, 16]),
+        ];
+        let paths = synthetic_models(dir.path(), &tensors, 2, 5);
         for (name, low, high) in [
             (
                 "task_arithmetic",
@@ -165,7 +153,7 @@ mod tests {
                 method: method(name, high),
             };
             run(&paths, &out("mixed"), method(name, low), vec![group])?;
-            let (low, high, mixed) = (tensors(&out("low")), tensors(&out("high")), tensors(&out("mixed")));
+            let (low, high, mixed) = (stored(&out("low")), stored(&out("high")), stored(&out("mixed")));
             for ((l, h), m) in low.iter().zip(&high).zip(&mixed) {
                 let want = if m.0 == "a.weight" { h } else { l };
                 assert_eq!(m, want, "{name}: {}", m.0);

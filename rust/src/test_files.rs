@@ -2,7 +2,10 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::dtype::FloatType;
+use crate::synthetic::{SyntheticSpec, write_model_set};
 
 /// A float32 safetensors file holding `tensors` (1-D), as bytes.
 pub(crate) fn checkpoint_bytes(tensors: &[(&str, &[f32])]) -> Vec<u8> {
@@ -35,4 +38,22 @@ pub(crate) fn put(path: &Path, bytes: &[u8]) {
 /// Write a float32 checkpoint holding `tensors` to `path`.
 pub(crate) fn write_checkpoint(path: &Path, tensors: &[(&str, &[f32])]) {
     put(path, &checkpoint_bytes(tensors));
+}
+
+/// A float32 pretrained model and `models` fine-tuned ones (θ₀ + noise) under `dir`, with `tensors` (name,
+/// shape); the paths, pretrained first.
+pub(crate) fn synthetic_models(dir: &Path, tensors: &[(&str, Vec<usize>)], models: usize, seed: u64) -> Vec<PathBuf> {
+    let spec = SyntheticSpec {
+        tensors: tensors.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
+        models,
+        dtype: FloatType::F32,
+        seed,
+        max_shard_size: u64::MAX,
+        weight_scale: 0.5,
+        task_scale: 0.1,
+        base_config: None,
+        model_config: None,
+        threads: 1,
+    };
+    write_model_set(dir, &spec).unwrap_or_else(|e| panic!("{e}"))
 }

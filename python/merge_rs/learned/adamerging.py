@@ -21,7 +21,7 @@ from ..api import DEFAULT_MAX_SHARD_SIZE, merge
 from ..clip.evaluate import Evaluator, prepare_tasks
 from ..clip.pool import ModelPool
 from ..output import check_output
-from ..recipes.card import card_for_call
+from ..model_card import card_for_call
 from .batches import endless_batches
 from .memory import peak_cuda_mb, peak_rss_mb
 from .method import LearnedMethod, Option

@@ -5,25 +5,23 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from .. import api
+from .. import _core, api
 from ..reports import MergeReport
-from .card import model_card, show
+from ..model_card import model_card, show
 from .job import MergeJob, MergePlan, plan, resolve_model
 from .mergekit import is_mergekit, job_from_mergekit
 from .own import job_from_recipe
 from .source import load_source
 
-# Elements per chunk and the whole-tensor budget the engine uses by default.
-CHUNK_BYTES = 4 << 16
-WHOLE_TENSOR_BUDGET = 160 << 20
-WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "float32": 4, "float16": 2, "bfloat16": 2}
+OUT_WIDTH = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def load_job(path: Path, overrides: list[str] = []) -> MergeJob:
+def load_job(path: Path, overrides: Sequence[str] = ()) -> MergeJob:
     source = load_source(Path(path), overrides)
     return job_from_mergekit(source) if is_mergekit(source.data) else job_from_recipe(source)
 
@@ -66,10 +64,10 @@ def describe(p: MergePlan, threads: int) -> str:
     """The plan as a dry run prints it: nothing but headers was read."""
     job = p.job
     ref = p.inputs[-len(p.models)]
-    out_width = WIDTH.get(job.dtype or "", 0)
-    out_bytes = sum(t.parameters * (out_width or WIDTH.get(t.dtype, 0)) if t.name in set(p.merged) else t.bytes
+    merged = set(p.merged)
+    out_bytes = sum(t.parameters * OUT_WIDTH[job.dtype] if job.dtype and t.name in merged else t.bytes
                     for t in ref.tensors)
-    streams = (threads or _cores()) * (len(p.models) + 2) * CHUNK_BYTES
+    streams = (threads or _cores()) * (len(p.models) + 2) * _core.DEFAULT_CHUNK_BYTES
     lines = [f"recipe: {job.source.path} ({job.dialect})", f"method: {job.method}"]
     for label, info in zip(["pretrained"] * bool(p.pretrained) + [f"model {i + 1}" for i in range(len(p.models))],
                            p.inputs):
@@ -85,7 +83,7 @@ def describe(p: MergePlan, threads: int) -> str:
     lines.append(f"output: {len(ref.tensors)} tensors ({len(p.merged)} merged), {out_bytes / 1e6:,.1f} MB"
                  + (f" as {job.dtype}" if job.dtype else ""))
     lines.append(f"memory: about {streams / 2**20:.0f} MiB of read buffers on {threads or _cores()} threads; "
-                 f"whole-tensor methods hold at most {WHOLE_TENSOR_BUDGET >> 20} MiB (--memory-budget) or one "
+                 f"whole-tensor methods hold at most {_core.DEFAULT_MEMORY_BUDGET >> 20} MiB (--memory-budget) or one "
                  "larger tensor")
     lines += [f"warning: {w}" for w in job.warnings]
     return "\n".join(lines)

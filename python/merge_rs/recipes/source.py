@@ -4,6 +4,7 @@ errors name the file, the line and the field; and ``KEY=VALUE`` overrides applie
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class RecipeSource:
         return RecipeError(f"{self.path}: {name}: {message}" if name else f"{self.path}: {message}")
 
 
-def load_source(path: Path, overrides: list[str] = []) -> RecipeSource:
+def load_source(path: Path, overrides: Sequence[str] = ()) -> RecipeSource:
     """The recipe at ``path`` (a YAML file, or a model card holding one) with ``overrides`` applied."""
     try:
         raw = path.read_text(encoding="utf-8")

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use crate::dtype::FloatType;
 use crate::error::MergeError;
 use crate::merge::{MergeRequest, merge};
 use crate::method::Method;
 use crate::monitor::Monitor;
-use crate::synthetic::{SyntheticSpec, write_model_set};
+use crate::test_files::synthetic_models;
 
 /// A pretrained model and `models` fine-tuned ones with matrices, vectors and a 4-D tensor.
 fn model_set(dir: &Path, models: usize) -> Vec<PathBuf> {
@@ -20,19 +19,7 @@ fn model_set(dir: &Path, models: usize) -> Vec<PathBuf> {
         ("b.weight", vec![7, 16]),
         ("conv", vec![2, 3, 2, 2]),
     ];
-    let spec = SyntheticSpec {
-        tensors: tensors.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
-        models,
-        dtype: FloatType::F32,
-        seed: 3,
-        max_shard_size: u64::MAX,
-        weight_scale: 0.5,
-        task_scale: 0.1,
-        base_config: None,
-        model_config: None,
-        threads: 1,
-    };
-    write_model_set(dir, &spec).unwrap_or_else(|e| panic!("{e}"))
+    synthetic_models(dir, &tensors, models, 3)
 }
 
 fn method(name: &str, params: Value) -> Method {

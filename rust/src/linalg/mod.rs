@@ -173,8 +173,18 @@ pub(crate) fn gram_bytes(m: usize, n: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The first `k` singular values agree to `s_tol` (relative to the largest) and the left vectors to
+    /// `dot_tol` (up to sign).
+    pub(crate) fn assert_same_triplets(got: &Triplets, want: &Triplets, k: usize, s_tol: f64, dot_tol: f64) {
+        for j in 0..k {
+            assert!((got.s[j] - want.s[j]).abs() < s_tol * want.s[0], "value {j}");
+            let dot: f64 = (0..want.u.nrows()).map(|i| got.u[(i, j)] * want.u[(i, j)]).sum();
+            assert!((dot.abs() - 1.0).abs() < dot_tol, "column {j}: {dot}");
+        }
+    }
 
     /// A deterministic m × n row-major matrix.
     fn matrix(m: usize, n: usize) -> Vec<f32> {
@@ -201,11 +211,7 @@ mod tests {
             let a = widen(&matrix(m, n), m, n);
             let svd = thin_svd(a.as_ref()).unwrap_or_else(|e| panic!("{e}"));
             let top = top_triplets(a.as_ref(), 3).unwrap_or_else(|e| panic!("{e}"));
-            for j in 0..3 {
-                assert!((top.s[j] - svd.s[j]).abs() < 1e-12 * svd.s[0]);
-                let dot: f64 = (0..m).map(|i| top.u[(i, j)] * svd.u[(i, j)]).sum();
-                assert!((dot.abs() - 1.0).abs() < 1e-10, "column {j}: {dot}");
-            }
+            assert_same_triplets(&top, &svd, 3, 1e-12, 1e-10);
         }
     }
 

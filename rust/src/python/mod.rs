@@ -204,5 +204,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add(name, class.clone_ref(m.py()))?;
     }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // What the engine holds by default, for plans that estimate memory (merge-rs run --dry-run).
+    m.add("DEFAULT_CHUNK_BYTES", 4 * crate::engine::DEFAULT_CHUNK)?;
+    m.add("DEFAULT_MEMORY_BUDGET", crate::engine::DEFAULT_WHOLE_TENSOR_BUDGET)?;
     Ok(())
 }

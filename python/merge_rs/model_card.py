@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .._core import __version__
-from ..methods import get_method
+from ._core import __version__
+from .methods import get_method
 
 
 def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | None, models: list[str],
