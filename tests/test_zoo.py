@@ -15,21 +15,23 @@ torch = pytest.importorskip("torch")
 from merge_rs.clip.demo import DEMO_MERGES, FINE_TUNED, PRETRAINED, learned_rows, run_demo  # noqa: E402
 from merge_rs.clip.pool import zoo_pool  # noqa: E402
 from tools.zoo import build, tokenizer  # noqa: E402
+from tools.zoo.hashes import fingerprint  # noqa: E402
+
+ZOO_TASKS = ["mnist", "digits", "fashion_mnist", "emoji"]
 
 
 def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("MERGE_RS_CACHE", str(tmp_path))
     result = run_demo("zoo", limit=40, device="cpu", adamerging_steps=3, progress=False)
     assert list(result.rows) == [FINE_TUNED, *DEMO_MERGES, *learned_rows(), PRETRAINED]
-    assert result.tasks == ["mnist", "digits", "fashion_mnist", "emoji"]
+    assert result.tasks == ZOO_TASKS
     for task in result.tasks:
         assert result.rows[FINE_TUNED][task] == result.fine_tuned[task][task]
     individual = result.rows[FINE_TUNED]["average"]["accuracy"]
     assert individual > result.rows[PRETRAINED]["average"]["accuracy"]
     assert all(individual >= r["average"]["accuracy"] for r in result.rows.values())
     table = result.table().splitlines()
-    assert table[0].split() == ["mnist", "digits", "fashion_mnist", "emoji", "average", "95%", "interval",
-                                "normalized"]
+    assert table[0].split() == [*ZOO_TASKS, "average", "95%", "interval", "normalized"]
     assert table[2].startswith(FINE_TUNED) and table[2].endswith("100.0") and table[-1].startswith(PRETRAINED)
     assert result.test_sizes == dict.fromkeys(result.tasks, 40)
     for row in result.rows.values():
@@ -109,16 +111,27 @@ def _stand_in_sources(n=120):
     return {"mnist": make(10, 1, "L"), "emoji": make(9, 2, "RGB")}
 
 
+def _stand_in_corpus(seed):
+    """Two captioned parts standing in for the pretraining corpus (which needs Debian packages)."""
+    images, _ = _stand_in_sources(40)["mnist"]()
+    return {"glyphs": [(im, (f"glyph {i % 7}.", f"a glyph number {i % 7}.")) for i, im in enumerate(images[:20])],
+            "marks": [(im.rotate(90), (f"mark {i}.",)) for i, im in enumerate(images[20:])]}
+
+
 def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "SOURCES", _stand_in_sources())
+    monkeypatch.setattr(build, "pretraining_corpus", _stand_in_corpus)
     monkeypatch.setattr(tokenizer, "bpe_vocabulary_file", lambda: _fake_bpe(tmp_path / "bpe.txt.gz"))
-    settings = build.ZooSettings(tasks=("mnist", "emoji"), train_size=40, test_size=30, pretrain_size=50,
+    settings = build.ZooSettings(tasks=("mnist", "emoji"), train_size=40, test_size=30, validation_size=10,
                                  image_size=16, patch_size=8, hidden=16, layers=1, heads=2, text_layers=1,
                                  bpe_merges=8, max_text_tokens=64, projection_dim=8, pretrain_steps=3, pretrain_batch=8,
                                  finetune_steps=2, finetune_batch=8)
     lines = []
     manifest = build.build_zoo(tmp_path / "zoo", settings, log=lines.append)
-    assert any(line.startswith("mnist: test 30, train 40, pretrain 50") for line in lines)
+    assert "mnist: test 30, validation 10, train 40, extra 40" in lines
+    assert "pretraining corpus: glyphs 20, marks 20" in lines
+    assert manifest["split_sizes"]["emoji"] == {"test": 30, "validation": 10, "train": 40}
+    assert len((tmp_path / "zoo" / manifest["pretraining_hashes"]).read_text().split()) == 40
     pool = zoo_pool(tmp_path / "zoo")
     assert pool.tasks == ["mnist", "emoji"] and manifest["settings"]["seed"] == 0
     assert not (tmp_path / "zoo.building").exists()
@@ -130,14 +143,13 @@ def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
 
 
 def test_split_indices_are_disjoint_and_seeded():
-    settings = build.ZooSettings(train_size=50, test_size=20, pretrain_size=30)
+    settings = build.ZooSettings(train_size=50, test_size=20, validation_size=10)
     a = build.split_indices(200, settings, random.Random(3))
-    b = build.split_indices(200, settings, random.Random(3))
-    assert a == b
-    assert [len(a[k]) for k in ("test", "train", "pretrain")] == [20, 50, 30]
-    assert not set(a["test"]) & set(a["train"]) and not set(a["train"]) & set(a["pretrain"])
-    small = build.split_indices(90, settings, random.Random(0))  # too few left: pretraining takes from train
-    assert len(small["pretrain"]) == 25 and len(small["train"]) == 45
+    assert a == build.split_indices(200, settings, random.Random(3))
+    assert [len(a[k]) for k in build.SPLITS] == [20, 10, 50]
+    assert len(set(a["test"]) | set(a["validation"]) | set(a["train"])) == 80
+    small = build.split_indices(60, settings, random.Random(0))  # at most half for test, an eighth for validation
+    assert [len(small[k]) for k in build.SPLITS] == [20, 7, 33]
 
 
 def test_the_bootstrap_interval_matches_the_normal_approximation():
@@ -150,3 +162,21 @@ def test_the_bootstrap_interval_matches_the_normal_approximation():
     assert two == (0.5, 0.5)
     row = {"a": {"accuracy": 0.4}, "b": {"accuracy": 0.9}}
     assert normalized_accuracy(row, {"a": {"accuracy": 0.8}, "b": {"accuracy": 0.9}}, ["a", "b"]) == 0.75
+
+
+def test_fingerprints_survive_the_parquet_round_trip_and_gimp_patterns_read(tmp_path):
+    import io
+    import struct
+
+    from PIL import Image
+
+    from tools.zoo.artwork import read_pattern
+
+    image = _stand_in_sources(1)["emoji"]()[0][0].resize((32, 32))
+    stored = io.BytesIO()
+    image.save(stored, format="PNG")
+    assert fingerprint(Image.open(stored)) == fingerprint(image) != fingerprint(image.rotate(90))
+    pixels = bytes(range(2 * 3 * 3))
+    (tmp_path / "p.pat").write_bytes(struct.pack(">IIIII4s", 29, 1, 3, 2, 3, b"GPAT") + b"red\0\0" + pixels)
+    pattern = read_pattern(tmp_path / "p.pat")
+    assert pattern.size == (3, 2) and pattern.tobytes() == pixels

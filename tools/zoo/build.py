@@ -1,16 +1,18 @@
 """Build the offline model zoo the way FusionBench's CLIP zoo was built, at toy scale, from real data.
 
-1. Split each task's images (``sources.py``) into disjoint pretrain / train / test sets with a seeded permutation.
-2. "Pretrain" a tiny CLIP (transformers ``CLIPModel``: real CLIP BPE tokenizer, small towers) contrastively on
-   (image, caption) pairs from the pretrain sets of every task; captions are the task's prompt templates filled
-   with the class name. Each batch holds distinct captions, so no pair is a false negative.
+1. Split each of the eight tasks' images (``sources.py``) into disjoint test / validation / train sets with a seeded
+   permutation.
+2. "Pretrain" a tiny CLIP (transformers ``CLIPModel``: real CLIP BPE tokenizer, small towers) contrastively on a
+   captioned corpus that shares no image with any task (``corpus.py``): glyphs of other characters, another artist's
+   icons, black-and-white emoji, serif scripts. Each batch holds distinct captions. The fingerprints of its images
+   are saved, so a test can check that no task image is among them.
 3. Fine-tune only the vision tower per task on its train set (Adam, fixed steps) with the frozen zero-shot head of
    the pretrained model as classifier, as in the task-vector papers.
 4. Save the hub layouts: the pretrained ``CLIPModel`` with tokenizer and image processor, one ``CLIPVisionModel``
-   per task, the train/test sets as parquet, and ``zoo.json`` describing it all.
+   per task, the splits as parquet, and ``zoo.json`` describing it all.
 
 Run ``python -m tools.zoo.build OUT`` (``pip install "merge-rs[zoo]"`` plus the Debian packages named in
-``sources.py``). Deterministic from ``--seed`` on a given machine; about two minutes on two cores.
+``sources.py``, ``make zoo-sources``). Deterministic from ``--seed`` on a given machine.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from merge_rs.clip.tasks import get_task
+from .corpus import pretraining_corpus
+from .hashes import HASH_FILE, fingerprint
 from .sources import SOURCES, Images
+
+SPLITS = ("test", "validation", "train")
 
 
 @dataclass(frozen=True)
@@ -34,21 +40,22 @@ class ZooSettings:
     """Everything that decides the zoo's contents."""
 
     seed: int = 0
-    tasks: tuple[str, ...] = ("mnist", "digits", "fashion_mnist", "emoji")
-    train_size: int = 1000
-    test_size: int = 500
-    pretrain_size: int = 1500  # at most; the rest of a small source
+    tasks: tuple[str, ...] = ("mnist", "digits", "fashion_mnist", "emoji", "icons", "textures", "letters", "scripts")
+    test_size: int = 1000  # at most half of a source
+    validation_size: int = 250  # at most an eighth
+    train_size: int = 1000  # at most the rest; what ships
+    finetune_extra: int = 3000  # images past the shipped train split that fine-tuning also sees (if the source has them)
     image_size: int = 32
     patch_size: int = 8
-    hidden: int = 64
+    hidden: int = 80
     layers: int = 4
     heads: int = 4
     text_layers: int = 2
     bpe_merges: int = 4096
     max_text_tokens: int = 32
     projection_dim: int = 64
-    pretrain_steps: int = 1500
-    pretrain_batch: int = 29
+    pretrain_steps: int = 4000
+    pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
     finetune_steps: int = 600
     finetune_batch: int = 64
@@ -59,13 +66,11 @@ class ZooSettings:
 def split_indices(n: int, settings: ZooSettings, rng: random.Random) -> dict[str, list[int]]:
     order = list(range(n))
     rng.shuffle(order)
-    test = order[: settings.test_size]
-    train = order[settings.test_size: settings.test_size + settings.train_size]
-    rest = order[settings.test_size + settings.train_size:]
-    if len(rest) < 100:  # a small source: give pretraining a share of the train set's budget
-        take = max(0, min(len(train) // 2, settings.pretrain_size) - len(rest))
-        rest, train = rest + train[:take], train[take:]
-    return {"test": test, "train": train, "pretrain": rest[: settings.pretrain_size]}
+    test = min(settings.test_size, n // 2)
+    validation = min(settings.validation_size, n // 8)
+    rest = order[test + validation:]
+    return {"test": order[:test], "validation": order[test:test + validation], "train": rest[:settings.train_size],
+            "extra": rest[settings.train_size:settings.train_size + settings.finetune_extra]}
 
 
 def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> dict[str, Any]:
@@ -87,23 +92,33 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
         parts = split_indices(len(images), settings, rng)
         splits[name] = {k: ([images[i] for i in idx], [labels[i] for i in idx]) for k, idx in parts.items()}
         log(f"{name}: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits[name].items()))
-    pixels = {name: {k: _pixels(processor, v[0]) for k, v in parts.items()} for name, parts in splits.items()}
+    corpus = pretraining_corpus(settings.seed)
+    log("pretraining corpus: " + ", ".join(f"{k} {len(v)}" for k, v in corpus.items()))
+    corpus_pixels = {k: _pixels(processor, [image for image, _ in v]) for k, v in corpus.items()}
+    corpus_captions = {k: [captions for _, captions in v] for k, v in corpus.items()}
+    staging.mkdir(parents=True, exist_ok=True)
+    hashes = sorted({fingerprint(image) for part in corpus.values() for image, _ in part})
+    (staging / HASH_FILE).write_text("\n".join(hashes) + "\n")
 
-    _pretrain(clip, processor.tokenizer, pixels, splits, settings, rng, log)
+    _pretrain(clip, processor.tokenizer, corpus_pixels, corpus_captions, settings, rng, log)
     clip.save_pretrained(staging / "pretrained")
     processor.save_pretrained(staging / "pretrained")
 
     for name in settings.tasks:
-        vision = _finetune(clip, processor.tokenizer, name, pixels[name]["train"], splits[name]["train"][1],
+        train_images, train_labels = (a + b for a, b in zip(splits[name]["train"], splits[name].pop("extra")))
+        vision = _finetune(clip, processor.tokenizer, name, _pixels(processor, train_images), train_labels,
                            settings, log)
         vision.save_pretrained(staging / "models" / name)
         _save_split(staging / "datasets" / name, splits[name], name)
 
     manifest = {
-        "description": "A tiny CLIP pretrained on real images of four tasks and fine-tuned per task (vision tower).",
+        "description": "A tiny CLIP pretrained on a captioned corpus disjoint from its eight tasks and fine-tuned per "
+                       "task (vision tower).",
         "pretrained": "pretrained",
         "models": {name: f"models/{name}" for name in settings.tasks},
         "datasets": {name: f"datasets/{name}" for name in settings.tasks},
+        "pretraining_hashes": HASH_FILE,
+        "split_sizes": {name: {k: len(v[1]) for k, v in parts.items()} for name, parts in splits.items()},
         "settings": asdict(settings),
         "build_seconds": round(time.perf_counter() - started, 1),
     }
@@ -153,29 +168,32 @@ def _image_embeddings(clip, vision, pixel_values):
     return clip.visual_projection(vision(pixel_values=pixel_values).pooler_output)
 
 
-def _pretrain(clip, tokenizer, pixels, splits, settings: ZooSettings, rng: random.Random, log) -> None:
+def _pretrain(clip, tokenizer, pixels, captions, settings: ZooSettings, rng: random.Random, log) -> None:
+    """Contrastive training on the corpus: each step draws a part, then an image and one of its captions, until the
+    batch holds ``pretrain_batch`` distinct captions."""
     import torch
     import torch.nn.functional as F
 
-    # A concept is one caption family: mnist and digits share "the number 3".
-    concepts: dict[tuple, list[tuple[str, int]]] = {}
-    for name in settings.tasks:
-        task = get_task(name)
-        for i, label in enumerate(splits[name]["pretrain"][1]):
-            concepts.setdefault((task.templates, task.classnames[label]), []).append((name, i))
-    keys = sorted(concepts)
+    parts = sorted(pixels)
+    generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=settings.pretrain_lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, settings.pretrain_steps))
     clip.train()
     for step in range(settings.pretrain_steps):
-        batch = rng.sample(keys, min(settings.pretrain_batch, len(keys)))
-        picks = [rng.choice(concepts[k]) for k in batch]
-        images = torch.stack([pixels[name]["pretrain"][i] for name, i in picks])
-        captions = [rng.choice(templates).format(classname) for templates, classname in batch]
-        img = F.normalize(_image_embeddings(clip, clip.vision_model, images), dim=-1)
-        txt = F.normalize(_text_embeddings(clip, tokenizer, captions), dim=-1)
+        texts: list[str] = []
+        images = []
+        while len(texts) < settings.pretrain_batch:
+            part = rng.choice(parts)
+            i = rng.randrange(len(captions[part]))
+            text = rng.choice(captions[part][i])
+            if text not in texts:
+                texts.append(text)
+                images.append(pixels[part][i])
+        batch = _shift(torch.stack(images), settings.finetune_shift, generator)
+        img = F.normalize(_image_embeddings(clip, clip.vision_model, batch), dim=-1)
+        txt = F.normalize(_text_embeddings(clip, tokenizer, texts), dim=-1)
         logits = clip.logit_scale.exp() * img @ txt.T
-        target = torch.arange(len(batch))
+        target = torch.arange(len(texts))
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         optimizer.zero_grad()
         loss.backward()
@@ -183,7 +201,7 @@ def _pretrain(clip, tokenizer, pixels, splits, settings: ZooSettings, rng: rando
         schedule.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
-        if step % 100 == 0 or step == settings.pretrain_steps - 1:
+        if step % 250 == 0 or step == settings.pretrain_steps - 1:
             log(f"pretrain step {step}: contrastive loss {loss.item():.3f}")
     clip.eval()
 
@@ -242,7 +260,7 @@ def _save_split(directory: Path, parts: dict[str, Images], name: str) -> None:
 
     features = Features({"image": Image(), "label": ClassLabel(names=list(get_task(name).classnames))})
     directory.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "test"):
+    for split in SPLITS:
         images, labels = parts[split]
         Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
             directory / f"{split}.parquet")

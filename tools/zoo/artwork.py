@@ -1,0 +1,100 @@
+"""Desktop icons and material textures from Debian's artwork packages.
+
+- ``icons``: Oxygen's 48×48 icons (``oxygen-icon-theme``), labelled by their freedesktop context folder.
+- ``textures``: random crops of GIMP's seamless patterns (``gimp-data``), labelled by the pattern's folder.
+- ``tango_icons``: Tango's 32×32 and GNOME's 48×48 icons (``tango-icon-theme``, ``gnome-icon-theme``), other artists'
+  sets, for the pretraining corpus.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+from PIL import Image
+
+from merge_rs.clip.tasks import ICON_CONTEXTS, TEXTURES
+
+from .missing import SourceMissing, require
+
+OXYGEN = Path("/usr/share/icons/oxygen/base/48x48")
+TANGO = Path("/usr/share/icons/Tango/32x32")
+GNOME = Path("/usr/share/icons/gnome/48x48")
+GIMP_PATTERNS = Path("/usr/share/gimp/2.0/patterns")
+ICON_FOLDERS = ("actions", "apps", "devices", "mimetypes", "places", "status")  # ICON_CONTEXTS, in order
+TEXTURE_FOLDERS = ("Animal", "Fabric", "Food", "Paper", "Plant", "Sky", "Stone", "Water", "Wood")  # TEXTURES
+TEXTURE_CROPS = 580  # per kind
+IMAGE_PIXELS = 32
+
+assert len(ICON_FOLDERS) == len(ICON_CONTEXTS) and len(TEXTURE_FOLDERS) == len(TEXTURES)
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """An icon with transparency composited onto white, as RGB."""
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def _icon_files(root: Path, package: str) -> list[tuple[Path, int]]:
+    require(root, package)
+    return [(path, label) for label, folder in enumerate(ICON_FOLDERS)
+            for path in sorted((root / folder).glob("*.png")) if not path.is_symlink()]
+
+
+def icons() -> tuple[list[Image.Image], list[int]]:
+    images, labels = [], []
+    for path, label in _icon_files(OXYGEN, "oxygen-icon-theme"):
+        with Image.open(path) as image:
+            images.append(on_white(image).resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.LANCZOS))
+        labels.append(label)
+    return images, labels
+
+
+def tango_icons() -> list[tuple[Image.Image, str, int]]:
+    """(image, icon name, context index) for every Tango and GNOME icon in the six contexts."""
+    out = []
+    for path, label in _icon_files(TANGO, "tango-icon-theme") + _icon_files(GNOME, "gnome-icon-theme"):
+        with Image.open(path) as image:
+            out.append((on_white(image), path.stem, label))
+    return out
+
+
+def read_pattern(path: Path) -> Image.Image:
+    """A GIMP ``.pat`` file: a big-endian header (size, version, width, height, bytes per pixel, "GPAT", name),
+    then the pixels, row by row."""
+    raw = path.read_bytes()
+    header_size, _version, width, height, depth, magic = struct.unpack(">IIIII4s", raw[:24])
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(depth)
+    if magic != b"GPAT" or mode is None or len(raw) < header_size + width * height * depth:
+        raise SourceMissing(f"{path}: not a GIMP pattern file this reader knows")
+    image = Image.frombytes(mode, (width, height), raw[header_size: header_size + width * height * depth])
+    return image.convert("RGB")
+
+
+def _crop(pattern: Image.Image, rng: random.Random) -> Image.Image:
+    """A random square crop of the pattern tiled 2×2 (it is seamless), turned and mirrored at random."""
+    width, height = pattern.size
+    tiled = Image.new("RGB", (2 * width, 2 * height))
+    for x in (0, width):
+        for y in (0, height):
+            tiled.paste(pattern, (x, y))
+    side = rng.randint(min(16, width, height), min(width, height))
+    left, top = rng.randrange(width), rng.randrange(height)
+    crop = tiled.crop((left, top, left + side, top + side))
+    crop = crop.rotate(90 * rng.randrange(4))
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop.resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.LANCZOS)
+
+
+def textures() -> tuple[list[Image.Image], list[int]]:
+    rng = random.Random(1)
+    images, labels = [], []
+    for label, folder in enumerate(TEXTURE_FOLDERS):
+        patterns = [read_pattern(p) for p in sorted(require(GIMP_PATTERNS / folder, "gimp-data").glob("*.pat"))]
+        for i in range(TEXTURE_CROPS):
+            images.append(_crop(patterns[i % len(patterns)], rng))
+            labels.append(label)
+    return images, labels
