@@ -12,7 +12,7 @@
    per task, the splits as parquet, and ``zoo.json`` describing it all.
 
 Run ``python -m tools.zoo.build OUT`` (``pip install "merge-rs[zoo]"`` plus the Debian packages named in
-``sources.py``, ``make zoo-sources``). Deterministic from ``--seed`` on a given machine.
+``sources.py``: ``make zoo``). Deterministic from ``--seed`` on a given machine.
 """
 
 from __future__ import annotations
