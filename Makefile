@@ -53,7 +53,7 @@ fuzz-ci: cargo-fuzz
 	for t in $(FUZZ_TARGETS); do scratch=$$(mktemp -d) && ($(FUZZ) $$t $$scratch fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=30 -max_len=4096) && rm -rf $$scratch || exit 1; done
 
 # Rebuild the offline zoo (a development step; CI never does it): the Debian packages its images come from, the
-# zoo extra, then the builder (about 13 minutes on 2 cores). It replaces python/merge_rs/zoo/data.
+# zoo extra, then the builder (9.3 minutes on 2 cores, 2026-11-30). It replaces python/merge_rs/zoo/data.
 ZOO_DEBIAN := dataset-fashion-mnist fonts-noto-color-emoji fonts-symbola unicode-data oxygen-icon-theme \
 	tango-icon-theme gnome-icon-theme gimp-data fonts-noto-core fonts-dejavu-core fonts-liberation fonts-freefont-ttf \
 	fonts-urw-base35 fonts-cantarell

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from merge_rs.clip.tasks import SCRIPTS
+
 from .missing import SourceMissing
 
 FONT_ROOT = Path("/usr/share/fonts")
@@ -26,7 +28,7 @@ GLYPH_PIXELS = 32
 CANVAS = 192
 
 # Writing system → (Unicode block, the Noto family word). Greek and Cyrillic live in the plain Noto Sans/Serif.
-SCRIPTS: dict[str, tuple[tuple[int, int], str]] = {
+SCRIPT_BLOCKS: dict[str, tuple[tuple[int, int], str]] = {
     "arabic": ((0x0600, 0x06FF), "Arabic"),
     "hebrew": ((0x0590, 0x05FF), "Hebrew"),
     "devanagari": ((0x0900, 0x097F), "Devanagari"),
@@ -40,6 +42,7 @@ SCRIPTS: dict[str, tuple[tuple[int, int], str]] = {
     "greek": ((0x0370, 0x03FF), ""),
     "cyrillic": ((0x0400, 0x04FF), ""),
 }
+assert tuple(SCRIPT_BLOCKS) == SCRIPTS, "the task's class order"
 
 
 def latin_fonts() -> list[Path]:
@@ -56,7 +59,7 @@ def latin_fonts() -> list[Path]:
 
 def script_fonts(script: str, style: str) -> list[Path]:
     """The Noto fonts (``style`` "Sans" or "Serif", every weight) that write ``script``."""
-    family = SCRIPTS[script][1]
+    family = SCRIPT_BLOCKS[script][1]
     found = sorted((FONT_ROOT / "truetype/noto").glob(f"Noto{style}{family}-*.ttf"))
     if not found:
         raise SourceMissing(f"no Noto{style}{family} font: install fonts-noto-core")
@@ -74,7 +77,7 @@ def character_map(path: Path) -> frozenset[int]:
 @lru_cache(maxsize=None)
 def script_letters(script: str, path: Path) -> tuple[str, ...]:
     """The letters (Unicode category L*) of ``script``'s block that the font at ``path`` draws."""
-    low, high = SCRIPTS[script][0]
+    low, high = SCRIPT_BLOCKS[script][0]
     have = character_map(path)
     return tuple(chr(c) for c in range(low, high + 1) if c in have and unicodedata.category(chr(c)).startswith("L"))
 
