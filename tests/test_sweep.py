@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
+from merge_rs.clip.pool import zoo_directory
 from merge_rs.exceptions import InvalidArgumentError
 from merge_rs.methods import get_method
 from merge_rs.sweep import best_point, grid, parse_axis
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FAST = ["--split", "test", "--limit", "64", "--batch-size", "16", "-q"]
+FAST = ["--limit", "64", "--batch-size", "16", "-q"]
 
 
 def test_ranges_include_both_ends_and_lists_keep_their_order():
@@ -63,11 +65,20 @@ def test_the_best_point_is_the_highest_on_the_chosen_score():
         best_point(reports, "c")
 
 
-def test_the_zoo_has_no_validation_split_and_says_so():
-    result = cli("sweep", "task_arithmetic", "--pool", "zoo", "--param", "scaling_factor=0.3", check=False)
-    assert result.returncode == 1 and "task 'mnist': " in result.stderr
+def test_a_task_without_a_validation_split_is_named(tmp_path):
+    pool = tmp_path / "zoo"
+    shutil.copytree(zoo_directory(), pool)
+    (pool / "datasets" / "emoji" / "validation.parquet").unlink()
+    result = cli("sweep", "task_arithmetic", "--pool", pool, "--param", "scaling_factor=0.3", check=False)
+    assert result.returncode == 1 and "task 'emoji': " in result.stderr
     assert "no parquet files for split 'validation'" in result.stderr
     assert "--split test is optimistic" in result.stderr
+
+
+def test_choosing_on_the_test_split_warns():
+    result = cli("sweep", "task_arithmetic", "--pool", "zoo", "--param", "scaling_factor=0.3", "--split", "test",
+                 *FAST[:-1])
+    assert "optimistic" in result.stderr
 
 
 def test_a_sweep_resumes_from_its_report_and_writes_the_best_merge(tmp_path):
