@@ -233,3 +233,10 @@ def test_ties_thresholds_are_exact_on_models_large_enough_to_sample(tmp_path, dt
     want = [float(ref.kth_threshold(ref.flatten(m, keys) - b, threshold)) for m in models]
     report = merge_rs.merge("ties", paths, tmp_path / "out", pretrained=base_path, threshold=threshold, threads=2)
     assert report.ties_thresholds == want
+    if dtype == "float32" and threshold == 20.0:  # per tensor: two large tensors by counters, a small one in memory
+        sizes = np.cumsum([0] + [base[k].size for k in keys])
+        groups = [slice(a, c) for a, c in zip(sizes[:-1], sizes[1:])]
+        per_tensor, _ = ref.ties(b, [ref.flatten(m, keys) for m in models], 0.3, threshold, "sum", groups)
+        merge_rs.merge("ties", paths, tmp_path / "per-tensor", pretrained=base_path, threshold=threshold,
+                       trim="per-tensor", threads=2)
+        np.testing.assert_allclose(ref.flatten(load(tmp_path / "per-tensor"), keys), per_tensor, rtol=2e-6, atol=1e-7)

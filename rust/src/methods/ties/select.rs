@@ -3,6 +3,9 @@
 //! the bucket that holds the k-th value, and pass 2 counts the low 16 bits inside that bucket. The result is
 //! the value `torch.kthvalue` returns (1-based k), with 2 × 65 536 counters per task instead of a sort.
 //!
+//! Small selections (at most [`IN_MEMORY_VALUES`] values over all tasks: a small model, or one tensor of a
+//! per-tensor trim) collect the bit patterns of every |value| in one pass and quickselect them instead.
+//!
 //! Large selections save the second full pass: a cheap sample (a short run from every chunk, 1/32 of the
 //! data) predicts a narrow window of top-16-bit buckets around the k-th value, and pass 1 also counts the low
 //! bits of the values that fall in that window. When the true bucket is inside the window (the sample's
@@ -17,6 +20,8 @@ use crate::error::Result;
 const SAMPLE_RUN: usize = 2048;
 /// Fewer chunks than this: the sample would be most of the data, so use the plain two passes.
 const SAMPLE_MIN_JOBS: usize = 64;
+/// Selections of at most this many values (over all tasks) are made in memory: 4 MiB of bit patterns.
+const IN_MEMORY_VALUES: u64 = 1 << 20;
 /// Most window buckets over all tasks (each is 65 536 u32 counters per thread: 256 KiB).
 const WINDOW_BUDGET: u32 = 64;
 
@@ -38,6 +43,10 @@ pub(crate) fn kth_smallest_abs(
     prepare: impl Fn(&mut Chunk<'_>) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
     let tasks = k.len();
+    let values: u64 = jobs.iter().map(|j| j.len as u64).sum::<u64>() * tasks as u64;
+    if values <= IN_MEMORY_VALUES {
+        return kth_in_memory(engine, jobs, k, &prepare);
+    }
     let windows = if sample {
         predict_windows(engine, jobs, k, &prepare)?
     } else {
@@ -98,6 +107,37 @@ pub(crate) fn kth_smallest_abs(
             } else {
                 f32::from_bits(high_bits << 16 | low.unwrap_or(0))
             }
+        })
+        .collect())
+}
+
+/// The exact k-th smallest |value| per task from every value's bit pattern (for non-negative floats the bits
+/// order like the values): one pass collects them, a quickselect finds the k-th.
+fn kth_in_memory(
+    engine: &Engine<'_>,
+    jobs: &[Job],
+    k: &[u64],
+    prepare: &(impl Fn(&mut Chunk<'_>) -> Result<()> + Sync),
+) -> Result<Vec<f32>> {
+    let tasks = k.len();
+    let collect = |_: &mut (), bits: &mut Vec<Vec<u32>>, mut chunk: Chunk<'_>| {
+        prepare(&mut chunk)?;
+        bits.resize_with(tasks, Vec::new);
+        for (task_bits, values) in bits.iter_mut().zip(chunk.models.iter()) {
+            task_bits.extend(values.iter().map(|v| v.abs().to_bits()));
+        }
+        Ok(())
+    };
+    let per_job = engine.pass(select_pass("trim: select"), jobs, || (), collect)?.0;
+    Ok(k.iter()
+        .enumerate()
+        .map(|(t, &kt)| {
+            let mut bits: Vec<u32> = per_job.iter().filter_map(|job| job.get(t)).flatten().copied().collect();
+            if kt == 0 || bits.is_empty() {
+                return 0.0;
+            }
+            let rank = (kt as usize - 1).min(bits.len() - 1);
+            f32::from_bits(*bits.select_nth_unstable(rank).1)
         })
         .collect())
 }
