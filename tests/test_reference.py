@@ -113,16 +113,18 @@ def test_ties_sign_fallback_uses_the_whole_model_majority(tmp_path, majority):
 
 
 def test_ties_fallback_with_more_patches_than_fit_in_memory(tmp_path):
-    """Over a million sign-0 elements: the engine re-runs the merge pass instead of keeping patches."""
-    n = (1 << 20) + 4096
+    """More sign-0 elements (τ_a = −τ_b, all kept) than the engine's 3 · 2^20 patches: it re-runs the merge pass
+    instead of keeping them."""
+    n = (3 << 20) + 8192
     rng = np.random.default_rng(5)
     a = (rng.integers(1, 8, n) / 8).astype(np.float32)
     b = -a
     b[-4096:] = a[-4096:] * np.where(rng.random(4096) < 0.3, 1, -1)  # a few agree: a clear majority
+    assert (a + b == 0).sum() > 3 << 20
     pre = save(tmp_path / "base", {"w": np.zeros(n, np.float32)})
     paths = [save(tmp_path / "a", {"w": a}), save(tmp_path / "b", {"w": b})]
-    want, _ = ref.ties(np.zeros(n, np.float32), [a, b], 0.3, 20, "sum")
-    merge_rs.merge("ties", paths, tmp_path / "out", pretrained=pre, threads=2)
+    want, _ = ref.ties(np.zeros(n, np.float32), [a, b], 0.3, 100, "sum")
+    merge_rs.merge("ties", paths, tmp_path / "out", pretrained=pre, threads=2, threshold=100.0)
     np.testing.assert_array_equal(load(tmp_path / "out")["w"], want)
 
 

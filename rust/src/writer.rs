@@ -79,7 +79,13 @@ impl Writer {
         let (header, offsets) = header_bytes(tensors, group, metadata)?;
         let data_start = header.len() as u64;
         let data_len: u64 = group.iter().map(|&t| tensors[t].nbytes).sum();
-        let file = File::create(&path).map_err(|e| self.output.error(e))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| self.output.error(e))?;
         file.set_len(data_start + data_len).map_err(|e| self.output.error(e))?;
         file.write_all_at(&header, 0).map_err(|e| self.output.error(e))?;
         let shard = self.shards.len();
@@ -99,6 +105,15 @@ impl Writer {
         shard
             .file
             .write_all_at(bytes, start + offset)
+            .map_err(|e| self.output.error(e))
+    }
+
+    /// Read back bytes written at byte `offset` within tensor `tensor`'s data (to patch them).
+    pub(crate) fn read_at(&self, tensor: usize, offset: u64, bytes: &mut [u8]) -> Result<()> {
+        let (shard, start) = self.places[tensor];
+        self.shards[shard]
+            .file
+            .read_exact_at(bytes, start + offset)
             .map_err(|e| self.output.error(e))
     }
 

@@ -29,7 +29,7 @@ use crate::writer::Writer;
 pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
 use read::Scratch;
-pub(crate) use whole::{DEFAULT_WHOLE_TENSOR_BUDGET, TensorFold};
+pub(crate) use whole::{DEFAULT_WHOLE_TENSOR_BUDGET, TensorFold, return_large_frees};
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
 pub(crate) const DEFAULT_CHUNK: usize = 1 << 16;

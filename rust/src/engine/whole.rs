@@ -59,7 +59,7 @@ pub(crate) trait TensorFold: Sync {
 /// Serve large allocations from their own mappings, returned to the system when freed (glibc otherwise
 /// raises its threshold after the first large free and keeps freed buffers in per-thread arenas, which
 /// raised the peak of an 8 × ViT-L/14 Iso-C merge from 348 to 475 MB).
-fn return_large_frees() {
+pub(crate) fn return_large_frees() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static SET: std::sync::Once = std::sync::Once::new();
