@@ -165,7 +165,13 @@ fn resolve_zero_signs(pass: &Pass<'_>, chunk: &Chunk<'_>, signs: &mut [f32], bas
             }
             let func = pass.options.merge_func;
             let value = |s: f32| base[j] + pass.options.scaling_factor * aggregate(&column, s, func);
-            record(pass, patches, chunk.job.tensor, chunk.job.start + j, [value(1.0), value(-1.0)]);
+            record(
+                pass,
+                patches,
+                chunk.job.tensor,
+                chunk.job.start + j,
+                [value(1.0), value(-1.0)],
+            );
         }
     }
     let fallback = pass.majority.unwrap_or(1.0);
@@ -196,9 +202,11 @@ fn apply_patches(engine: &Engine<'_>, writer: &Writer, patches: &[Patches], majo
     let pick = usize::from(majority < 0.0);
     let (mut span, mut encoded) = (Vec::new(), Vec::new());
     for p in patches {
-        let (TensorKind::Merge { out, .. }, Some(&first), Some(&last)) =
-            (&engine.plan.tensors[p.tensor].kind, p.elements.first(), p.elements.last())
-        else {
+        let (TensorKind::Merge { out, .. }, Some(&first), Some(&last)) = (
+            &engine.plan.tensors[p.tensor].kind,
+            p.elements.first(),
+            p.elements.last(),
+        ) else {
             continue;
         };
         let size = out.size();
