@@ -6,6 +6,7 @@ this is a single process and nothing here does anything."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -26,6 +27,16 @@ def init() -> None:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
+    # Leave the group while the interpreter is whole: gloo's worker threads otherwise abort the process at exit
+    # ("terminate called without an active exception", SIGABRT), a crash seen once in CI.
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
