@@ -109,7 +109,7 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
         vision = _finetune(clip, processor.tokenizer, name, _pixels(processor, train_images), train_labels,
                            settings, log)
         vision.save_pretrained(staging / "models" / name)
-        _save_split(staging / "datasets" / name, splits[name], name)
+        save_splits(staging / "datasets" / name, splits[name], name)
 
     manifest = {
         "description": "A tiny CLIP pretrained on a captioned corpus disjoint from its eight tasks and fine-tuned per "
@@ -255,12 +255,13 @@ def _shift(images, pixels: int, generator):
     return torch.stack([p[:, y:y + size, x:x + size] for p, (y, x) in zip(padded, offsets)])
 
 
-def _save_split(directory: Path, parts: dict[str, Images], name: str) -> None:
+def save_splits(directory: Path, parts: dict[str, Images], name: str, splits: tuple[str, ...] = SPLITS) -> None:
+    """Write ``splits`` of task ``name`` (each ``parts[split]``: images and labels) as ``SPLIT.parquet``."""
     from datasets import ClassLabel, Dataset, Features, Image
 
     features = Features({"image": Image(), "label": ClassLabel(names=list(get_task(name).classnames))})
     directory.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    for split in splits:
         images, labels = parts[split]
         Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
             directory / f"{split}.parquet")

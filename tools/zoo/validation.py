@@ -24,6 +24,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from .build import save_splits
 from .hashes import fingerprint
 from .sources import SOURCES, Images
 
@@ -53,18 +54,19 @@ def add_validation_split(zoo: Path, seed: int = 0, unseen: int = 250, carved: in
     if "split_sizes" in manifest:
         raise SystemExit(f"{zoo}: this zoo already has validation splits")
     rng = random.Random(seed)
-    plans = {}
-    for name in LEGACY_TASKS:
-        images, labels = SOURCES[name]()
+    sources, plans = {}, {}
+    for name in LEGACY_TASKS:  # every task is checked before any file changes
+        images, labels = sources[name] = SOURCES[name]()
         parts = legacy_split_indices(len(images), rng)
-        directory = zoo / manifest["datasets"][name]
         for split in ("test", "train"):
-            _check_shipped(Dataset.from_parquet(str(directory / f"{split}.parquet")), images, labels,
-                           parts[split], f"{name}/{split}")
+            shipped = Dataset.from_parquet(str(zoo / manifest["datasets"][name] / f"{split}.parquet"))
+            _check_shipped(shipped, images, labels, parts[split], f"{name}/{split}")
         plans[name] = _plan(parts, unseen, carved)
-        _write(directory, name, plans[name], images, labels)
-        log(f"{name}: validation {len(plans[name]['validation'])} ({plans[name]['origin']}), "
-            f"test {len(plans[name]['test'])}")
+    for name, plan in plans.items():
+        images, labels = sources[name]
+        rows = {split: ([images[i] for i in plan[split]], [labels[i] for i in plan[split]]) for split in plan["write"]}
+        save_splits(zoo / manifest["datasets"][name], rows, name, plan["write"])
+        log(f"{name}: validation {len(plan['validation'])} ({plan['origin']}), test {len(plan['test'])}")
     manifest["split_sizes"] = {name: {s: len(plans[name][s]) for s in ("test", "validation", "train")}
                                for name in LEGACY_TASKS}
     manifest["validation"] = {name: plans[name]["origin"] for name in LEGACY_TASKS}
@@ -81,23 +83,13 @@ def _check_shipped(shipped, images: Images, labels: list[int], indices: list[int
 
 
 def _plan(parts: dict[str, list[int]], unseen: int, carved: int) -> dict[str, Any]:
+    """The splits' indices, the split files to (re)write, and where validation came from."""
     if parts["unseen"]:
         return {"test": parts["test"], "validation": parts["unseen"][:unseen], "train": parts["train"],
-                "shipped_test": parts["test"], "origin": "images neither pretraining nor fine-tuning saw"}
+                "write": ("validation",), "origin": "images neither pretraining nor fine-tuning saw"}
     keep = len(parts["test"]) - carved
     return {"test": parts["test"][:keep], "validation": parts["test"][keep:], "train": parts["train"],
-            "origin": f"the last {carved} images of the former test split"}
-
-
-def _write(directory: Path, name: str, plan: dict[str, Any], images: Images, labels: list[int]) -> None:
-    from datasets import ClassLabel, Dataset, Features, Image
-
-    from merge_rs.clip.tasks import get_task
-
-    features = Features({"image": Image(), "label": ClassLabel(names=list(get_task(name).classnames))})
-    for split in ("test", "validation") if plan["test"] != plan.get("shipped_test") else ("validation",):
-        rows = {"image": [images[i] for i in plan[split]], "label": [labels[i] for i in plan[split]]}
-        Dataset.from_dict(rows, features=features).to_parquet(directory / f"{split}.parquet")
+            "write": ("test", "validation"), "origin": f"the last {carved} images of the former test split"}
 
 
 def main(argv: list[str] | None = None) -> None:

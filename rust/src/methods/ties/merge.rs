@@ -62,7 +62,7 @@ pub(super) fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -
     };
     let (sign_sum, patches) = merge_groups(&first, engine, writer, &groups, &thresholds)?;
     let majority = sign_sum.signum() as f32;
-    if first.overflow.load(Ordering::Relaxed) || (majority == 0.0 && patches.iter().any(|p| !p.elements.is_empty())) {
+    if first.overflow.load(Ordering::Relaxed) || (majority == 0.0 && !patches.is_empty()) {
         let again = Pass {
             majority: Some(majority),
             ..first
