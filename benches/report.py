@@ -34,7 +34,8 @@ def write_report(results: list[Any], machine: str, command: str, seconds: float)
         f"Machine: {machine}.  ",
         f"Command: `{command}` ({seconds / 60:.0f} minutes).  ",
         "Every figure is the median wall time of the runs listed and the largest peak RSS among them "
-        "(`/usr/bin/time`, mapped file pages included), page cache warm, `sync` before each run. "
+        "(`/usr/bin/time`, mapped file pages included), page cache warm, `sync` before each run; merge-rs and "
+        "`cat` get one untimed run first (the peers, at 17–330 s a run, do not). "
         "The floor is reading every input once (`cat` to /dev/null; one reader, and two in parallel).",
         "",
     ]
@@ -44,13 +45,23 @@ def write_report(results: list[Any], machine: str, command: str, seconds: float)
     start = [r for r in results if r.workload == "-" and r.tool == "merge-rs"]
     if start:
         lines += ["", f"CLI start-up: `merge-rs --help` takes {fmt(start[0].wall, ' s', 3)}, {start[0].note}."]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n" + small_machine_section())
     (HERE / "results.json").write_text(json.dumps(
         {"machine": machine, "command": command, "seconds": seconds,
          "results": [asdict(r) | {"wall": r.wall, "rss": r.rss} for r in results]},
         indent=1))
     chart(results, workloads[0])
     print("\n".join(lines))
+
+
+def small_machine_section() -> str:
+    """The small-machine section of the current RESULTS.md (``small_machine.py`` writes it), so that a warm run
+    keeps it."""
+    from small_machine import SECTION
+
+    path = HERE / "RESULTS.md"
+    current = path.read_text() if path.exists() else ""
+    return "\n" + current[current.index(SECTION):] if SECTION in current else ""
 
 
 def workload_table(workload: str, rows: list[Any]) -> list[str]:
