@@ -35,7 +35,7 @@ def write_report(results: list[Any], machine: str, command: str, seconds: float)
         f"Command: `{command}` ({seconds / 60:.0f} minutes).  ",
         "Every figure is the median wall time of the runs listed and the largest peak RSS among them "
         "(`/usr/bin/time`, mapped file pages included), page cache warm, `sync` before each run; merge-rs and "
-        "`cat` get one untimed run first (the peers, at 17–330 s a run, do not). "
+        "`cat` get one untimed run first (the peers, at seconds to minutes a run, do not). "
         "The floor is reading every input once (`cat` to /dev/null; one reader, and two in parallel).",
         "",
     ]

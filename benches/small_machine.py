@@ -2,7 +2,7 @@
 from the cache first (a cold read from disk), on 8 × ViT-L/14 float32 + pretrained (10.9 GB). The floor is ``cat``
 of all inputs in the same cgroup. Writes benches/small_machine.json and its section of benches/RESULTS.md.
 
-    .venv/bin/python benches/small_machine.py                       # 256 MB and 1 GB, 3 runs each (~25 minutes)
+    .venv/bin/python benches/small_machine.py                       # 256 MB and 1 GB, 3 runs each (~15 minutes)
     .venv/bin/python benches/small_machine.py --limits 256M --reps 1 --no-peers
 """
 

@@ -15,9 +15,7 @@ import report  # noqa: E402
 import run  # noqa: E402
 from small_machine import SECTION  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/time").exists(), reason="the benchmark times runs with /usr/bin/time")
-
-
+@pytest.mark.skipif(not Path("/usr/bin/time").exists(), reason="the benchmark times runs with /usr/bin/time")
 def test_a_warm_up_run_is_made_and_not_counted(tmp_path):
     counter = tmp_path / "count"
     cmd = [f'echo x >> {counter}']
