@@ -66,6 +66,7 @@ pub fn cosine_similarity(
     let jobs = engine.all_jobs();
     let spec = PassSpec {
         phase: "cosine similarity",
+        prefetch: 0,
         read_base: true,
         writer: None,
     };

@@ -117,6 +117,17 @@ impl Writer {
             .map_err(|e| self.output.error(e))
     }
 
+    /// An unnamed scratch file beside the output (on its disk, not in memory as /tmp may be); the system
+    /// removes it when it is closed, so it never shows up in the output.
+    pub(crate) fn scratch_file(&self) -> Result<File> {
+        tempfile::tempfile_in(self.output.temp()).map_err(|e| self.output.error(e))
+    }
+
+    /// An I/O error while writing the output (or its scratch file), naming the output.
+    pub(crate) fn error(&self, source: std::io::Error) -> MergeError {
+        self.output.error(source)
+    }
+
     /// Put a file into the output (e.g. `config.json`).
     pub(crate) fn add_file(&self, name: &str, contents: &[u8]) -> Result<()> {
         std::fs::write(self.output.temp().join(name), contents).map_err(|e| self.output.error(e))

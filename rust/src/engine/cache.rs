@@ -20,6 +20,11 @@ pub(crate) fn inputs_exceed_memory(input_bytes: u64) -> bool {
     }
 }
 
+/// Whether the memory this process can fill is under 1/32 of its inputs (a sample's worth of them).
+pub(crate) fn memory_is_scarce(input_bytes: u64) -> bool {
+    memory_available().is_some_and(|available| available < input_bytes / 32)
+}
+
 /// The memory this process can fill: the smaller of `MemAvailable` and its memory cgroup's limit (minus what
 /// the cgroup already uses), over every level of the cgroup hierarchy.
 fn memory_available() -> Option<u64> {

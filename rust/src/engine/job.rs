@@ -52,6 +52,9 @@ impl Chunk<'_> {
 pub(crate) struct PassSpec<'a> {
     /// Progress label.
     pub(crate) phase: &'a str,
+    /// Announce the reads of the job this many ahead (`WILLNEED`; 0: none). Sparse reads, such as a sample of
+    /// every chunk, get no readahead from the kernel and wait for each seek; sequential reads need none.
+    pub(crate) prefetch: usize,
     /// Read θ₀ too.
     pub(crate) read_base: bool,
     /// Write each chunk's output here (after checking it for NaN/Inf). Inputs are always checked.

@@ -11,6 +11,7 @@ mod budget;
 mod cache;
 mod job;
 mod read;
+mod threads;
 mod whole;
 #[cfg(test)]
 pub(crate) mod working_set;
@@ -29,6 +30,7 @@ use crate::writer::Writer;
 pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
 use read::Scratch;
+pub(crate) use threads::check_threads;
 pub(crate) use whole::{DEFAULT_WHOLE_TENSOR_BUDGET, TensorFold, return_large_frees};
 
 /// Elements per chunk (per read): 64 Ki, 256 KiB of f32 per input.
@@ -40,25 +42,6 @@ pub(crate) const BLOCK: usize = 1 << 12;
 fn first_error(failures: Vec<MergeError>) -> Option<MergeError> {
     let (cancelled, other): (Vec<_>, Vec<_>) = failures.into_iter().partition(|e| matches!(e, MergeError::Cancelled));
     other.into_iter().next().or_else(|| cancelled.into_iter().next())
-}
-
-/// Worker threads allowed per core: more only thrash (10⁷ threads would hang the machine).
-const THREADS_PER_CORE: usize = 8;
-
-/// The most worker threads a request may ask for.
-pub(crate) fn max_threads() -> usize {
-    THREADS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// `threads` must be at most [`max_threads`].
-pub(crate) fn check_threads(threads: usize) -> Result<()> {
-    let max = max_threads();
-    if threads > max {
-        return Err(MergeError::arg(format!(
-            "--threads {threads} is more than {THREADS_PER_CORE} per core ({max} here); 0 uses one per core"
-        )));
-    }
-    Ok(())
 }
 
 /// Runs passes over the merged tensors of a plan.
@@ -75,11 +58,12 @@ pub(crate) struct Engine<'a> {
     nonfinite_inputs: AtomicU64,
     nonfinite_outputs: AtomicU64,
     streaming: bool,
+    scarce: bool,
     whole_tensor_budget: usize,
 }
 
 impl<'a> Engine<'a> {
-    /// An engine on `threads` threads (0: one per core; at most [`max_threads`]).
+    /// An engine on `threads` threads (0: one per core; at most eight per core).
     pub(crate) fn new(
         inputs: &'a Inputs,
         plan: &'a MergePlan,
@@ -93,7 +77,9 @@ impl<'a> Engine<'a> {
             .thread_name(|i| format!("merge-rs-{i}"))
             .build()
             .map_err(|e| MergeError::arg(format!("cannot start {threads} threads: {e}")))?;
-        let streaming = cache::inputs_exceed_memory(inputs.all().map(Checkpoint::file_bytes).sum());
+        let input_bytes = inputs.all().map(Checkpoint::file_bytes).sum();
+        let streaming = cache::inputs_exceed_memory(input_bytes);
+        let scarce = cache::memory_is_scarce(input_bytes);
         Ok(Engine {
             inputs,
             plan,
@@ -104,6 +90,7 @@ impl<'a> Engine<'a> {
             nonfinite_inputs: AtomicU64::new(0),
             nonfinite_outputs: AtomicU64::new(0),
             streaming,
+            scarce,
             whole_tensor_budget: DEFAULT_WHOLE_TENSOR_BUDGET,
         })
     }
@@ -118,6 +105,11 @@ impl<'a> Engine<'a> {
     pub(crate) fn with_whole_tensor_budget(mut self, bytes: usize) -> Self {
         self.whole_tensor_budget = bytes;
         self
+    }
+
+    /// Whether memory is under 1/32 of the inputs: every extra read of them is a slow read from disk.
+    pub(crate) fn memory_is_scarce(&self) -> bool {
+        self.scarce
     }
 
     /// Number of worker threads.
@@ -173,6 +165,7 @@ impl<'a> Engine<'a> {
     ) -> Result<MethodStats> {
         let spec = PassSpec {
             phase: "merge",
+            prefetch: 0,
             read_base,
             writer: Some(writer),
         };
@@ -280,6 +273,9 @@ impl<'a> Engine<'a> {
         if self.monitor.is_cancelled() {
             return Err(MergeError::Cancelled);
         }
+        if let Some(ahead) = jobs.get(j + spec.prefetch).filter(|_| spec.prefetch > 0) {
+            self.advise_job(ahead, spec.read_base, libc::POSIX_FADV_WILLNEED);
+        }
         let result = self.run_job(spec, &jobs[j], scratch, state, kernel)?;
         // A writing pass is a method's last over its range; earlier passes (selection) are re-read soon.
         if self.streaming && spec.writer.is_some() {
@@ -345,6 +341,7 @@ mod tests {
     /// A pass that reads the models and writes nothing.
     const READ_MODELS: PassSpec<'static> = PassSpec {
         phase: "test",
+        prefetch: 0,
         read_base: false,
         writer: None,
     };

@@ -1,7 +1,7 @@
 //! The disjoint merge: keep the trimmed task-vector entries that agree with the elected sign and combine
 //! them (sum, mean over the non-zero kept entries, or the largest magnitude with the elected sign).
 
-use super::MergeFunc;
+use super::{MergeFunc, TiesOptions};
 
 /// The disjoint merge of every element at once: out[j] = aggregate(column j, signs[j]).
 pub(super) fn aggregate_into(out: &mut [f32], models: &[&mut [f32]], signs: &[f32], func: MergeFunc) {
@@ -69,6 +69,33 @@ pub(super) fn aggregate(column: &[f32], s: f32, func: MergeFunc) -> f32 {
             sum / count.max(1) as f32
         }
         MergeFunc::Max => kept.fold(0.0f32, |m, t| m.max(t.abs())) * s,
+    }
+}
+
+/// One element by the definition, from its untrimmed task-vector entries `column`: trim each at its task's
+/// threshold, elect the sign of the sum, aggregate, add λ times the result to θ₀. Returns the elected sign
+/// and the value under majority sign +1 and −1 (the same unless the elected sign is 0). `trimmed` is scratch.
+pub(super) fn element_outcome(
+    column: &[f32],
+    base: f32,
+    kth: &[f32],
+    options: &TiesOptions,
+    trimmed: &mut Vec<f32>,
+) -> (f32, [f32; 2]) {
+    trimmed.clear();
+    trimmed.extend(
+        column
+            .iter()
+            .zip(kth)
+            .map(|(&t, &k)| if t.abs() >= k { t } else { 0.0 }),
+    );
+    let elected = sign(trimmed.iter().fold(0.0f32, |acc, &t| acc + t));
+    let value = |s: f32| base + options.scaling_factor * aggregate(trimmed, s, options.merge_func);
+    if elected == 0.0 {
+        (elected, [value(1.0), value(-1.0)])
+    } else {
+        let v = value(elected);
+        (elected, [v, v])
     }
 }
 

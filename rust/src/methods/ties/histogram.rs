@@ -151,19 +151,53 @@ impl WindowCounts {
     }
 }
 
+/// A span of top-16-bit buckets predicted to hold a task's k-th value, and a guess of the value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Window {
+    /// First bucket.
+    pub(crate) lo: u32,
+    /// Number of buckets (0: no window).
+    pub(crate) width: u32,
+    /// The sample's k-th value, interpolated inside its bucket (a value inside the window).
+    pub(crate) estimate: f32,
+}
+
+impl Window {
+    /// No window.
+    pub(crate) const NONE: Window = Window {
+        lo: 0,
+        width: 0,
+        estimate: 0.0,
+    };
+
+    /// Bit patterns `[lo, hi)` of the |values| inside the window.
+    pub(crate) fn bits(&self) -> (u32, u32) {
+        (self.lo << 16, (self.lo + self.width) << 16)
+    }
+}
+
 /// The buckets that hold ranks `k ± margin` of a sampled histogram, at most `cap` of them, centred on the
 /// bucket of rank `k` when the margin spans more.
-pub(super) fn window_around(sample: &Histogram, task: usize, n: u64, k: u64, cap: u32) -> (u32, u32) {
+pub(super) fn window_around(sample: &Histogram, task: usize, n: u64, k: u64, cap: u32) -> Window {
     let margin = ((n as f64 * SAMPLE_MARGIN).ceil() as u64).max(1);
     let (lo, _) = sample.locate(task, k.saturating_sub(margin).max(1));
     let (hi, _) = sample.locate(task, (k + margin).min(n.max(1)));
-    let (mid, _) = sample.locate(task, k.max(1));
-    let width = hi - lo + 1;
-    if width <= cap {
-        return (lo, width);
+    let (mid, rank) = sample.locate(task, k.max(1));
+    let (lo, width) = if hi - lo < cap {
+        (lo, hi - lo + 1)
+    } else {
+        let lo = mid.saturating_sub(cap / 2).max(lo);
+        (lo, cap.min(BUCKETS as u32 - lo))
+    };
+    // Values spread evenly inside a bucket, to a first approximation.
+    let count = sample.counts[task * BUCKETS + mid as usize].max(1);
+    let low = ((rank as f64 - 0.5) / count as f64 * BUCKETS as f64).clamp(0.0, (BUCKETS - 1) as f64) as u32;
+    let (first, end) = (lo << 16, (lo + width) << 16);
+    Window {
+        lo,
+        width,
+        estimate: f32::from_bits((mid << 16 | low).clamp(first, end - 1)),
     }
-    let lo = mid.saturating_sub(cap / 2).max(lo);
-    (lo, cap.min(BUCKETS as u32 - lo))
 }
 
 #[cfg(test)]
@@ -228,7 +262,10 @@ mod tests {
         for percent in [1.0, 20.0, 50.0, 90.0] {
             let k = threshold_rank(values.len() as u64, percent);
             let ks = (k as f64 / 16.0).ceil() as u64;
-            let (lo, width) = window_around(&sample, 0, sampled.len() as u64, ks, 16);
+            let w = window_around(&sample, 0, sampled.len() as u64, ks, 16);
+            let (lo, width) = (w.lo, w.width);
+            let (first, end) = w.bits();
+            assert!((first..end).contains(&w.estimate.to_bits()));
             assert!((1..=16).contains(&width));
             let mut counts = WindowCounts::new(&[(lo, width)]);
             for part in values.chunks(13) {
@@ -256,8 +293,10 @@ mod tests {
         let mut sample = Histogram::new(1);
         sample.add_high(0, &values);
         let (mid, _) = sample.locate(0, 2048);
-        let (lo, width) = window_around(&sample, 0, 4096, 2048, 3);
-        assert_eq!(width, 3);
-        assert!(lo <= mid && mid < lo + width);
+        let w = window_around(&sample, 0, 4096, 2048, 3);
+        assert_eq!(w.width, 3);
+        assert!(w.lo <= mid && mid < w.lo + w.width);
+        // The 2048th of 1..=4096 is 2048; the estimate interpolates inside its bucket.
+        assert!((w.estimate - 2048.0).abs() <= 8.0, "{}", w.estimate);
     }
 }

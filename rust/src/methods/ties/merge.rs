@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::aggregate::{aggregate, aggregate_into, sign};
 use super::select::{kth_smallest_abs, threshold_rank};
-use super::{TiesOptions, Trim};
+use super::{TiesOptions, Trim, fused};
 use crate::engine::{Chunk, Engine, PassSpec, return_large_frees};
 use crate::error::{MergeError, Result};
 use crate::method::{MethodStats, add_scaled_to_base, sum_into};
@@ -20,18 +20,41 @@ const PATCH_BUDGET: usize = 3 << 20;
 
 /// The elements of one job whose values depend on the whole-model majority sign.
 #[derive(Default)]
-struct Patches {
+pub(super) struct Patches {
     tensor: usize,
     elements: Vec<u32>,
     /// The merged value for majority sign +1 and −1.
     values: Vec<[f32; 2]>,
 }
 
-struct Pass<'a> {
-    options: &'a TiesOptions,
+impl Patches {
+    /// Whether there is nothing to patch.
+    pub(super) fn is_empty(&self) -> bool {
+        self.elements.is_empty()
+    }
+
+    /// Order the patches by element (apply_patches rewrites the span from the first to the last).
+    pub(super) fn sort(&mut self) {
+        let mut pairs: Vec<(u32, [f32; 2])> = self.elements.iter().copied().zip(self.values.iter().copied()).collect();
+        pairs.sort_unstable_by_key(|p| p.0);
+        (self.elements, self.values) = pairs.into_iter().unzip();
+    }
+}
+
+/// One merge pass's settings and its patch budget.
+pub(super) struct Pass<'a> {
+    pub(super) options: &'a TiesOptions,
     majority: Option<f32>,
     budget: AtomicUsize,
     overflow: AtomicBool,
+}
+
+impl Pass<'_> {
+    /// Start over: the full budget, no overflow (the patches recorded so far are dropped).
+    pub(super) fn reset(&self) {
+        self.budget.store(PATCH_BUDGET, Ordering::Relaxed);
+        self.overflow.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Run TIES over every merged tensor of the engine's plan.
@@ -46,21 +69,36 @@ pub(super) fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -
         Trim::PerTensor => merged.into_iter().map(|t| vec![t]).collect(),
     };
     let tasks = engine.inputs.models.len();
-    let mut thresholds = Vec::with_capacity(groups.len());
-    for group in &groups {
-        let jobs = engine.jobs(group.iter().copied());
-        let d: u64 = group.iter().map(|&t| engine.plan.tensors[t].numel as u64).sum();
-        let k = vec![threshold_rank(d, options.threshold); tasks];
-        let sample = options.trim == Trim::Global;
-        thresholds.push(kth_smallest_abs(engine, &jobs, &k, sample, |c| options.prepare(c))?);
-    }
+    let ranks: Vec<Vec<u64>> = groups
+        .iter()
+        .map(|group| {
+            let d: u64 = group.iter().map(|&t| engine.plan.tensors[t].numel as u64).sum();
+            vec![threshold_rank(d, options.threshold); tasks]
+        })
+        .collect();
     let first = Pass {
         options,
         majority: None,
         budget: AtomicUsize::new(PATCH_BUDGET),
         overflow: AtomicBool::new(false),
     };
-    let (sign_sum, patches) = merge_groups(&first, engine, writer, &groups, &thresholds)?;
+    let fused = match options.trim {
+        Trim::Global if fused::pays(engine) => fused::merge(&first, engine, writer, &groups[0], &ranks[0])?,
+        _ => None,
+    };
+    let (mut thresholds, sign_sum, patches) = match fused {
+        Some((kth, sign_sum, patches)) => (vec![kth], sign_sum, patches),
+        None => {
+            let mut thresholds = Vec::with_capacity(groups.len());
+            for (group, k) in groups.iter().zip(&ranks) {
+                let jobs = engine.jobs(group.iter().copied());
+                let sample = options.trim == Trim::Global;
+                thresholds.push(kth_smallest_abs(engine, &jobs, k, sample, |c| options.prepare(c))?);
+            }
+            let (sign_sum, patches) = merge_groups(&first, engine, writer, &groups, &thresholds)?;
+            (thresholds, sign_sum, patches)
+        }
+    };
     let majority = sign_sum.signum() as f32;
     if first.overflow.load(Ordering::Relaxed) || (majority == 0.0 && !patches.is_empty()) {
         let again = Pass {
@@ -79,7 +117,8 @@ pub(super) fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -
     })
 }
 
-fn merge_groups(
+/// Merge every group with its thresholds; returns Σ sign(elected) and the patches.
+pub(super) fn merge_groups(
     pass: &Pass<'_>,
     engine: &Engine<'_>,
     writer: &Writer,
@@ -92,6 +131,7 @@ fn merge_groups(
         let jobs = engine.jobs(group.iter().copied());
         let spec = PassSpec {
             phase: "merge",
+            prefetch: 0,
             read_base: true,
             writer: Some(writer),
         };
@@ -106,7 +146,7 @@ fn merge_groups(
         )?;
         for (s, p) in results {
             sign_sum += s;
-            if !p.elements.is_empty() {
+            if !p.is_empty() {
                 patches.push(p);
             }
         }
@@ -114,11 +154,23 @@ fn merge_groups(
     Ok((sign_sum, patches))
 }
 
-/// Merge one block; returns Σ sign(elected) and adds the patches it needs. Loops run over each model's slice
-/// (vectorisable) and add in model order, so results equal the element-by-element definition exactly.
+/// Merge one block; returns Σ sign(elected) and adds the patches it needs.
 fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32], patches: &mut Patches) -> Result<i64> {
+    pass.options.prepare(chunk)?;
+    merge_prepared(pass, chunk, kth, None, patches)
+}
+
+/// Merge one block whose task vectors are prepared; elements marked in `unsettled` get no patch (their
+/// value is settled later). Loops run over each model's slice (vectorisable) and add in model order, so
+/// results equal the element-by-element definition ([`element_outcome`]) exactly.
+pub(super) fn merge_prepared(
+    pass: &Pass<'_>,
+    chunk: &mut Chunk<'_>,
+    kth: &[f32],
+    unsettled: Option<&[bool]>,
+    patches: &mut Patches,
+) -> Result<i64> {
     let options = pass.options;
-    options.prepare(chunk)?;
     for (tau, &k) in chunk.models.iter_mut().zip(kth) {
         trim(tau, k);
     }
@@ -133,7 +185,7 @@ fn merge_chunk(pass: &Pass<'_>, chunk: &mut Chunk<'_>, kth: &[f32], patches: &mu
     // A block holds at most 2^24 elements, so this f32 sum of ±1 and 0 is exact.
     let sign_sum = signs.iter().sum::<f32>() as i64;
     if signs.contains(&0.0) {
-        resolve_zero_signs(pass, chunk, &mut signs, base, patches);
+        resolve_zero_signs(pass, chunk, &mut signs, base, unsettled, patches);
     }
     aggregate_into(chunk.out, chunk.models, &signs, options.merge_func);
     add_scaled_to_base(chunk.out, Some(base), options.scaling_factor);
@@ -150,7 +202,14 @@ fn trim(tau: &mut [f32], k: f32) {
 
 /// Give elements whose elected sign is 0 the majority sign; while it is unknown, use +1 and record the
 /// results under either sign of elements where the choice matters (some non-zero entry).
-fn resolve_zero_signs(pass: &Pass<'_>, chunk: &Chunk<'_>, signs: &mut [f32], base: &[f32], patches: &mut Patches) {
+fn resolve_zero_signs(
+    pass: &Pass<'_>,
+    chunk: &Chunk<'_>,
+    signs: &mut [f32],
+    base: &[f32],
+    unsettled: Option<&[bool]>,
+    patches: &mut Patches,
+) {
     if pass.majority.is_none() {
         let mut nonzero = vec![0u32; signs.len()];
         for tau in chunk.models.iter() {
@@ -159,7 +218,8 @@ fn resolve_zero_signs(pass: &Pass<'_>, chunk: &Chunk<'_>, signs: &mut [f32], bas
             }
         }
         let mut column = vec![0.0f32; chunk.models.len()];
-        for j in (0..signs.len()).filter(|&j| signs[j] == 0.0 && nonzero[j] != 0) {
+        let settled = |j: usize| unsettled.is_none_or(|u| !u[j]);
+        for j in (0..signs.len()).filter(|&j| signs[j] == 0.0 && nonzero[j] != 0 && settled(j)) {
             for (c, tau) in column.iter_mut().zip(chunk.models.iter()) {
                 *c = tau[j];
             }
@@ -181,7 +241,7 @@ fn resolve_zero_signs(pass: &Pass<'_>, chunk: &Chunk<'_>, signs: &mut [f32], bas
 }
 
 /// Keep a patch if the budget allows (and its element index fits 32 bits); otherwise flag the overflow.
-fn record(pass: &Pass<'_>, patches: &mut Patches, tensor: usize, element: usize, values: [f32; 2]) {
+pub(super) fn record(pass: &Pass<'_>, patches: &mut Patches, tensor: usize, element: usize, values: [f32; 2]) {
     let granted = pass
         .budget
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))

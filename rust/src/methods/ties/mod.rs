@@ -4,6 +4,7 @@
 //! aggregate (sum / mean / max) and add λ times the result to θ₀.
 
 mod aggregate;
+mod fused;
 mod histogram;
 mod merge;
 mod select;

@@ -12,12 +12,14 @@
 //! margin makes that the rule) the result is read off directly; otherwise pass 2 runs as before. Either way
 //! the value is exact.
 
-use super::histogram::{Histogram, WindowCounts, window_around};
+use super::histogram::{Histogram, Window, WindowCounts, window_around};
 use crate::engine::{Chunk, Engine, Job, PassSpec};
 use crate::error::Result;
 
 /// Elements read from the start of every chunk for the sample.
 const SAMPLE_RUN: usize = 2048;
+/// Sampled chunks announced ahead of the reader: a cold sample is a seek per run, and this keeps the disk busy.
+const SAMPLE_PREFETCH: usize = 64;
 /// Fewer chunks than this: the sample would be most of the data, so use the plain two passes.
 const SAMPLE_MIN_JOBS: usize = 64;
 /// Selections of at most this many values (over all tasks) are made in memory: 4 MiB of bit patterns.
@@ -50,33 +52,75 @@ pub(crate) fn kth_smallest_abs(
     let windows = if sample {
         predict_windows(engine, jobs, k, &prepare)?
     } else {
-        vec![(0, 0); tasks]
+        vec![Window::NONE; tasks]
     };
-    let counts = WindowCounts::new(&windows);
-    let high_pass = |state: &mut (Histogram, WindowCounts), _: &mut (), mut chunk: Chunk<'_>| {
+    let counters = Counters::new(&windows);
+    let high_pass = |state: &mut Counters, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
-        for (t, values) in chunk.models.iter().enumerate() {
-            state.0.add_high(t, values);
-            state.1.add(t, values);
-        }
+        state.add(&chunk);
         Ok(())
     };
     let states = engine
-        .pass(
-            select_pass("trim: select"),
-            jobs,
-            || (Histogram::new(tasks), counts.clone()),
-            high_pass,
-        )?
+        .pass(select_pass("trim: select"), jobs, || counters.clone(), high_pass)?
         .1;
-    let (high, window) = merged_states(states, tasks, counts);
+    Ok(finish(engine, jobs, k, Counters::merged(states, &windows), &prepare)?.0)
+}
+
+/// The first pass's counters of a large selection: the top 16 bits of every |value|, and the low 16 bits of
+/// those inside each task's predicted window.
+#[derive(Clone)]
+pub(super) struct Counters {
+    high: Histogram,
+    window: WindowCounts,
+}
+
+impl Counters {
+    /// Empty counters for one window per task.
+    pub(super) fn new(windows: &[Window]) -> Self {
+        let spans: Vec<(u32, u32)> = windows.iter().map(|w| (w.lo, w.width)).collect();
+        Counters {
+            high: Histogram::new(windows.len()),
+            window: WindowCounts::new(&spans),
+        }
+    }
+
+    /// Count the values of every task of `chunk` (its `models`, already prepared).
+    pub(super) fn add(&mut self, chunk: &Chunk<'_>) {
+        for (t, values) in chunk.models.iter().enumerate() {
+            self.high.add_high(t, values);
+            self.window.add(t, values);
+        }
+    }
+
+    /// The sum of per-thread counters.
+    pub(super) fn merged(states: Vec<Counters>, windows: &[Window]) -> Counters {
+        states.into_iter().fold(Counters::new(windows), |mut acc, s| {
+            acc.high.merge(&s.high);
+            acc.window.merge(&s.window);
+            acc
+        })
+    }
+}
+
+/// The exact k-th smallest |value| per task from the first pass's `counters`, and whether every one was
+/// read off its window (false: a second pass over `jobs` found the low bits of those outside).
+pub(super) fn finish(
+    engine: &Engine<'_>,
+    jobs: &[Job],
+    k: &[u64],
+    counters: Counters,
+    prepare: &(impl Fn(&mut Chunk<'_>) -> Result<()> + Sync),
+) -> Result<(Vec<f32>, bool)> {
+    let tasks = k.len();
+    let Counters { high, window } = counters;
     let located: Vec<(u32, u64)> = k.iter().enumerate().map(|(t, &kt)| high.locate(t, kt.max(1))).collect();
     let mut low_bits: Vec<Option<u32>> = located
         .iter()
         .enumerate()
         .map(|(t, &(bucket, rank))| window.locate(t, bucket, rank))
         .collect();
-    if low_bits.iter().any(Option::is_none) {
+    let in_windows = low_bits.iter().all(Option::is_some);
+    if !in_windows {
         let low_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
             prepare(&mut chunk)?;
             for (t, values) in chunk.models.iter().enumerate() {
@@ -99,7 +143,8 @@ pub(crate) fn kth_smallest_abs(
             *bits = bits.or(Some(low.locate(t, located[t].1).0));
         }
     }
-    Ok(k.iter()
+    let kth = k
+        .iter()
         .zip(located.iter().zip(low_bits))
         .map(|(&kt, (&(high_bits, _), low))| {
             if kt == 0 {
@@ -108,7 +153,8 @@ pub(crate) fn kth_smallest_abs(
                 f32::from_bits(high_bits << 16 | low.unwrap_or(0))
             }
         })
-        .collect())
+        .collect();
+    Ok((kth, in_windows))
 }
 
 /// The exact k-th smallest |value| per task from every value's bit pattern (for non-negative floats the bits
@@ -145,23 +191,26 @@ fn kth_in_memory(
 fn select_pass(phase: &'static str) -> PassSpec<'static> {
     PassSpec {
         phase,
+        prefetch: 0,
         read_base: true,
         writer: None,
     }
 }
 
 /// Windows of buckets around each task's k-th value, predicted from a sample of the values; none (width 0)
-/// when there are too few chunks to sample, too many values for u32 counters, or nothing to select.
-fn predict_windows(
+/// when the selection is small enough to make in memory, there are too few chunks to sample, too many values
+/// for u32 counters, or nothing to select.
+pub(super) fn predict_windows(
     engine: &Engine<'_>,
     jobs: &[Job],
     k: &[u64],
     prepare: &(impl Fn(&mut Chunk<'_>) -> Result<()> + Sync),
-) -> Result<Vec<(u32, u32)>> {
+) -> Result<Vec<Window>> {
     let tasks = k.len();
     let total: u64 = jobs.iter().map(|j| j.len as u64).sum();
-    if jobs.len() < SAMPLE_MIN_JOBS || total >= u64::from(u32::MAX) || tasks == 0 {
-        return Ok(vec![(0, 0); tasks]);
+    let small = total * tasks as u64 <= IN_MEMORY_VALUES;
+    if small || jobs.len() < SAMPLE_MIN_JOBS || total >= u64::from(u32::MAX) || tasks == 0 {
+        return Ok(vec![Window::NONE; tasks]);
     }
     let sample: Vec<Job> = jobs
         .iter()
@@ -181,7 +230,10 @@ fn predict_windows(
     let hist = merged(
         engine
             .pass(
-                select_pass("trim: sample"),
+                PassSpec {
+                    prefetch: SAMPLE_PREFETCH,
+                    ..select_pass("trim: sample")
+                },
                 &sample,
                 || Histogram::new(tasks),
                 sample_pass,
@@ -194,26 +246,12 @@ fn predict_windows(
         .enumerate()
         .map(|(t, &kt)| {
             if kt == 0 {
-                return (0, 0);
+                return Window::NONE;
             }
             let ks = ((kt as f64 / total as f64) * n as f64).ceil() as u64;
             window_around(&hist, t, n, ks.clamp(1, n), cap)
         })
         .collect())
-}
-
-fn merged_states(
-    states: Vec<(Histogram, WindowCounts)>,
-    tasks: usize,
-    empty: WindowCounts,
-) -> (Histogram, WindowCounts) {
-    states
-        .into_iter()
-        .fold((Histogram::new(tasks), empty), |(mut h, mut w), (sh, sw)| {
-            h.merge(&sh);
-            w.merge(&sw);
-            (h, w)
-        })
 }
 
 fn merged(states: Vec<Histogram>, tasks: usize) -> Histogram {
