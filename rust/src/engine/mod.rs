@@ -112,6 +112,11 @@ impl<'a> Engine<'a> {
         self.scarce
     }
 
+    /// Run `op` on the engine's threads (for a method's own parallel work between passes).
+    pub(crate) fn install<R: Send>(&self, op: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(op)
+    }
+
     /// Number of worker threads.
     pub(crate) fn threads(&self) -> usize {
         self.pool.current_num_threads()

@@ -4,22 +4,24 @@
 //! A sample (1/32 of the data) predicts, per task, a window of buckets that holds its k-th |τ| and a guess of
 //! the value inside it. Whatever the exact threshold inside the window, an entry above the window is kept and
 //! one below it is trimmed. Only elements with some entry inside a window are unsettled (about 5 % of them):
-//! they are merged with the guessed thresholds, and their untrimmed columns go to a scratch file. Once the
-//! pass has located every k-th value inside its window, each unsettled element is merged again with the exact
-//! thresholds, and those whose value changed (a small fraction) are patched, like the elements that wait for
-//! the majority sign. If a k-th value fell outside its window, the selection finishes with a second pass and
-//! the merge runs again: exact either way.
+//! they are merged with the guessed thresholds, and θ₀ with their entries that are not certainly trimmed go
+//! to a scratch file. Once the pass has located every k-th value inside its window, each unsettled element is
+//! merged again with the exact thresholds, and those whose value changed (a small fraction) are patched, like
+//! the elements that wait for the majority sign. If a k-th value fell outside its window, the selection
+//! finishes with a second pass and the merge runs again: exact either way.
 //!
 //! It pays only where memory is scarce. Measured on 8 × ViT-L/14 fp32 (10.9 GB, 2 cores, inputs evicted,
-//! benches/small_machine.py's cgroups, two runs each side by side): in 256 MB, 15.8 s against 24.0 s for the
-//! two passes; in 1 GB, 20.4 s against 16.5 s; with a warm cache, 7.3 s against 4.8 s. The one pass's extra
-//! work (the scratch file, about 5 % of the elements at 40 bytes each, and merging them again) costs more
-//! than a second read that the cache or a roomier limit makes cheap. So it runs when memory is under 1/32
-//! of the inputs, a switch set between the two measured limits.
+//! benches/small_machine.py's cgroups, two runs each side by side; the scratch file then held whole columns):
+//! in 256 MB, 15.8 s against 24.0 s for the two passes; in 1 GB, 20.4 s against 16.5 s; with a warm cache,
+//! 7.3 s against 4.8 s. The one pass's extra work (the scratch file and merging its elements again) costs more
+//! than a second read that the cache or a roomier limit makes cheap. So it runs when memory is under 1/32 of
+//! the inputs, a switch set between the two measured limits.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
 
 use super::aggregate::element_outcome;
 use super::merge::{Pass, Patches, merge_groups, merge_prepared, record};
@@ -45,7 +47,7 @@ pub(super) fn pays(engine: &Engine<'_>) -> bool {
 /// predicted (a small model, or too few chunks to sample), so the two-pass merge should run.
 pub(super) type Merged = Option<(Vec<f32>, i64, Vec<Patches>)>;
 
-/// Bytes of the columns of one block's unsettled elements: (element − block start: u32, θ₀, τ₁ … τₙ).
+/// The scratch file of unsettled elements, appended to by every worker.
 struct Spill {
     file: File,
     len: AtomicU64,
@@ -60,13 +62,12 @@ impl Spill {
     }
 }
 
-/// Where one block's unsettled columns are: byte offset, number of elements, the block's tensor and first
-/// element.
+/// Where one block's unsettled elements are: byte offset and length, the block's tensor and first element.
 #[derive(Clone, Copy)]
 struct Segment {
     offset: u64,
+    len: usize,
     tensor: usize,
-    count: usize,
     first: usize,
 }
 
@@ -122,7 +123,7 @@ pub(super) fn merge(
         prepare(&mut chunk)?;
         w.counters.add(&chunk);
         mark_unsettled(&chunk, &spans, &mut w.unsettled);
-        if let Some(segment) = save_unsettled(&chunk, &w.unsettled, &mut w.bytes, &spill, writer)? {
+        if let Some(segment) = save_unsettled(&chunk, w, &spans, &spill, writer)? {
             result.segments.push(segment);
         }
         result.sign_sum += merge_prepared(pass, &mut chunk, &guesses, Some(&w.unsettled), &mut result.patches)?;
@@ -138,7 +139,7 @@ pub(super) fn merge(
         let (sign_sum, patches) = merge_groups(pass, engine, writer, &[group.to_vec()], std::slice::from_ref(&kth))?;
         return Ok(Some((kth, sign_sum, patches)));
     }
-    let (sign_sum, patches) = settle(pass, &spill, results, &guesses, &kth, writer)?;
+    let (sign_sum, patches) = settle(engine, pass, &spill, results, (&guesses, &kth), writer)?;
     Ok(Some((kth, sign_sum, patches)))
 }
 
@@ -154,83 +155,129 @@ fn mark_unsettled(chunk: &Chunk<'_>, spans: &[(u32, u32)], unsettled: &mut Vec<b
     }
 }
 
-/// Write the untrimmed columns of the block's unsettled elements to the spill.
+/// Write the block's unsettled elements to the spill. Each is its place in the block (u16), a bit per task
+/// whose entry is not certainly trimmed, θ₀, then those tasks' entries: a certainly trimmed entry is 0
+/// whatever the exact threshold, so it need not be kept (this halves the scratch file).
 fn save_unsettled(
     chunk: &Chunk<'_>,
-    unsettled: &[bool],
-    bytes: &mut Vec<u8>,
+    w: &mut Worker,
+    spans: &[(u32, u32)],
     spill: &Spill,
     writer: &Writer,
 ) -> Result<Option<Segment>> {
     let base = chunk
         .base
         .ok_or_else(|| MergeError::Internal("TIES needs the pretrained model".into()))?;
-    bytes.clear();
-    let mut count = 0;
-    for j in (0..unsettled.len()).filter(|&j| unsettled[j]) {
-        bytes.extend_from_slice(&(j as u32).to_le_bytes());
-        bytes.extend_from_slice(&base[j].to_le_bytes());
-        for tau in chunk.models.iter() {
-            bytes.extend_from_slice(&tau[j].to_le_bytes());
+    let mask_bytes = chunk.models.len().div_ceil(8);
+    w.bytes.clear();
+    for j in (0..w.unsettled.len()).filter(|&j| w.unsettled[j]) {
+        let place = u16::try_from(j).map_err(|_| MergeError::Internal("a block is longer than 2^16".into()))?;
+        w.bytes.extend_from_slice(&place.to_le_bytes());
+        let mask = w.bytes.len();
+        w.bytes.resize(mask + mask_bytes, 0);
+        w.bytes.extend_from_slice(&base[j].to_le_bytes());
+        for (t, (tau, &(lo, _))) in chunk.models.iter().zip(spans).enumerate() {
+            if tau[j].abs().to_bits() >= lo {
+                w.bytes[mask + t / 8] |= 1 << (t % 8);
+                w.bytes.extend_from_slice(&tau[j].to_le_bytes());
+            }
         }
-        count += 1;
     }
-    if count == 0 {
+    if w.bytes.is_empty() {
         return Ok(None);
     }
-    let offset = spill.append(bytes).map_err(|e| writer.error(e))?;
+    let offset = spill.append(&w.bytes).map_err(|e| writer.error(e))?;
     Ok(Some(Segment {
         offset,
+        len: w.bytes.len(),
         tensor: chunk.job.tensor,
-        count,
         first: chunk.job.start,
     }))
 }
 
-/// Merge every unsettled element again with the exact thresholds: correct Σ sign(elected) and patch the
-/// elements whose value changed (or that wait for the majority sign). Returns the sum and every job's patches.
+/// Merge every unsettled element again with the exact thresholds, job by job in parallel: correct
+/// Σ sign(elected) and patch the elements whose value changed (or that wait for the majority sign). Returns
+/// the sum and every job's patches.
 fn settle(
+    engine: &Engine<'_>,
     pass: &Pass<'_>,
     spill: &Spill,
     results: Vec<JobResult>,
-    guesses: &[f32],
-    kth: &[f32],
+    thresholds: (&[f32], &[f32]),
     writer: &Writer,
 ) -> Result<(i64, Vec<Patches>)> {
+    let settled: Vec<(i64, Patches)> = engine.install(|| {
+        results
+            .into_par_iter()
+            .map(|job| settle_job(pass, spill, job, thresholds, writer))
+            .collect::<Result<_>>()
+    })?;
+    let sign_sum = settled.iter().map(|(s, _)| s).sum();
+    Ok((
+        sign_sum,
+        settled.into_iter().map(|(_, p)| p).filter(|p| !p.is_empty()).collect(),
+    ))
+}
+
+/// [`settle`] for one job; `(guesses, kth)` are the thresholds the pass used and the exact ones.
+fn settle_job(
+    pass: &Pass<'_>,
+    spill: &Spill,
+    mut job: JobResult,
+    (guesses, kth): (&[f32], &[f32]),
+    writer: &Writer,
+) -> Result<(i64, Patches)> {
     let tasks = kth.len();
-    let record_size = 4 * (tasks + 2);
     let (mut bytes, mut column, mut trimmed) = (Vec::new(), vec![0.0f32; tasks], Vec::new());
-    let mut sign_sum = 0i64;
-    let mut all = Vec::new();
-    for mut job in results {
-        sign_sum += job.sign_sum;
-        for segment in &job.segments {
-            bytes.resize(segment.count * record_size, 0);
-            spill
-                .file
-                .read_exact_at(&mut bytes, segment.offset)
-                .map_err(|e| writer.error(e))?;
-            for rec in bytes.chunks_exact(record_size) {
-                let word = |i: usize| [rec[4 * i], rec[4 * i + 1], rec[4 * i + 2], rec[4 * i + 3]];
-                let element = segment.first + u32::from_le_bytes(word(0)) as usize;
-                let base = f32::from_le_bytes(word(1));
-                for (t, c) in column.iter_mut().enumerate() {
-                    *c = f32::from_le_bytes(word(t + 2));
-                }
-                let (guessed, [written, _]) = element_outcome(&column, base, guesses, pass.options, &mut trimmed);
-                let (elected, values) = element_outcome(&column, base, kth, pass.options, &mut trimmed);
-                sign_sum += elected as i64 - guessed as i64;
-                if values.iter().any(|v| v.to_bits() != written.to_bits()) {
-                    record(pass, &mut job.patches, segment.tensor, element, values);
-                }
+    let mut sign_sum = job.sign_sum;
+    for segment in &job.segments {
+        bytes.resize(segment.len, 0);
+        spill
+            .file
+            .read_exact_at(&mut bytes, segment.offset)
+            .map_err(|e| writer.error(e))?;
+        let mut reader = Reader { bytes: &bytes, at: 0 };
+        while reader.at < bytes.len() {
+            let element = segment.first + usize::from(u16::from_le_bytes(reader.take()?));
+            let mask_at = reader.at;
+            reader.at += tasks.div_ceil(8);
+            let base = f32::from_le_bytes(reader.take()?);
+            for (t, c) in column.iter_mut().enumerate() {
+                let stored = bytes.get(mask_at + t / 8).is_some_and(|m| m & (1 << (t % 8)) != 0);
+                *c = if stored {
+                    f32::from_le_bytes(reader.take()?)
+                } else {
+                    0.0
+                };
+            }
+            let (guessed, [written, _]) = element_outcome(&column, base, guesses, pass.options, &mut trimmed);
+            let (elected, values) = element_outcome(&column, base, kth, pass.options, &mut trimmed);
+            sign_sum += elected as i64 - guessed as i64;
+            if values.iter().any(|v| v.to_bits() != written.to_bits()) {
+                record(pass, &mut job.patches, segment.tensor, element, values);
             }
         }
-        if !job.patches.is_empty() {
-            job.patches.sort();
-            all.push(job.patches);
-        }
     }
-    Ok((sign_sum, all))
+    job.patches.sort();
+    Ok((sign_sum, job.patches))
+}
+
+/// Reads fixed-size fields off a spilled segment.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let field = self
+            .bytes
+            .get(self.at..self.at + N)
+            .and_then(|b| <[u8; N]>::try_from(b).ok())
+            .ok_or_else(|| MergeError::Internal("a TIES scratch record is cut short".into()))?;
+        self.at += N;
+        Ok(field)
+    }
 }
 
 #[cfg(test)]

@@ -82,13 +82,13 @@ fn reference(base: &[f32], taus: &[Vec<f32>], threshold: f64, func: &str, lambda
 }
 
 /// Merge with merge-rs; the output and the last phase the monitor saw.
-fn run_ties(dir: &Path, set: &(PathBuf, Vec<PathBuf>), params: Value, name: &str) -> (Vec<f32>, String) {
+fn run_ties(dir: &Path, set: &(PathBuf, Vec<PathBuf>), params: Value, name: &str, chunk: usize) -> (Vec<f32>, String) {
     let params: Map<String, Value> = params.as_object().cloned().unwrap_or_default();
     let method = Method::new("ties", &params).unwrap_or_else(|e| panic!("{e}"));
     let request = MergeRequest {
         base: Some(set.0.clone()),
         threads: 2,
-        chunk: CHUNK,
+        chunk,
         ..MergeRequest::new(method, set.1.clone(), dir.join(name))
     };
     let monitor = Monitor::default();
@@ -126,11 +126,11 @@ fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
 
 /// Heavy-tailed task vectors whose scale changes along the tensor, on a coarse grid every third model (many
 /// ties), and every tenth element where models 0 and 1 cancel exactly and the others are 0 (sign 0).
-fn varied_taus(seed: u64) -> Vec<Vec<f32>> {
-    let mut taus: Vec<Vec<f32>> = (0..MODELS)
+fn varied_taus(seed: u64, models: usize, n: usize) -> Vec<Vec<f32>> {
+    let mut taus: Vec<Vec<f32>> = (0..models)
         .map(|i| {
             let s = rng::stream(seed, "fused", i as u64);
-            (0..N)
+            (0..n)
                 .map(|j| {
                     let u = rng::uniform(s, j as u64) as f32 - 0.5;
                     let scale = 0.01 * (1.0 + (j / 20_000) as f32) * (1.0 + i as f32);
@@ -140,7 +140,7 @@ fn varied_taus(seed: u64) -> Vec<Vec<f32>> {
                 .collect()
         })
         .collect();
-    for j in (0..N).step_by(10) {
+    for j in (0..n).step_by(10) {
         taus[1][j] = -taus[0][j];
         for tau in taus.iter_mut().skip(2) {
             tau[j] = 0.0;
@@ -153,10 +153,10 @@ fn varied_taus(seed: u64) -> Vec<Vec<f32>> {
 fn one_pass_equals_the_definition_for_every_aggregation() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let base: Vec<f32> = (0..N).map(|j| ((j % 97) as f32 - 48.0) / 64.0).collect();
-    let (set, taus) = write_set(dir.path(), &base, &varied_taus(3));
+    let (set, taus) = write_set(dir.path(), &base, &varied_taus(3, MODELS, N));
     for (func, threshold) in [("sum", 20.0), ("mean", 20.0), ("max", 20.0), ("sum", 60.0)] {
         let params = json!({"threshold": threshold, "merge_func": func, "scaling_factor": 0.3});
-        let (got, phase) = run_ties(dir.path(), &set, params, &format!("{func}{threshold}"));
+        let (got, phase) = run_ties(dir.path(), &set, params, &format!("{func}{threshold}"), CHUNK);
         assert_eq!(
             phase, "trim + merge",
             "{func}: the sampled windows held, so one pass merged"
@@ -183,10 +183,21 @@ fn a_misleading_sample_ends_in_a_second_pass_and_the_same_result() {
         })
         .collect();
     let (set, taus) = write_set(dir.path(), &base, &taus);
-    let (got, phase) = run_ties(dir.path(), &set, json!({"threshold": 20.0}), "out");
+    let (got, phase) = run_ties(dir.path(), &set, json!({"threshold": 20.0}), "out", CHUNK);
     assert_eq!(
         phase, "merge",
         "the windows missed: the selection's second pass, then the merge again"
     );
     assert_bits_equal(&got, &reference(&base, &taus, 20.0, "sum", 0.3), "misleading sample");
+}
+
+#[test]
+fn more_than_eight_tasks_are_settled_exactly_too() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let n = 120_000;
+    let base: Vec<f32> = (0..n).map(|j| ((j % 13) as f32 - 6.0) / 8.0).collect();
+    let (set, taus) = write_set(dir.path(), &base, &varied_taus(5, 11, n));
+    let (got, phase) = run_ties(dir.path(), &set, json!({"threshold": 20.0}), "out", 1024);
+    assert_eq!(phase, "trim + merge");
+    assert_bits_equal(&got, &reference(&base, &taus, 20.0, "sum", 0.3), "eleven tasks");
 }
