@@ -12,17 +12,21 @@
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-/// Whether to stream the inputs through the page cache rather than keep them.
-pub(crate) fn inputs_exceed_memory(input_bytes: u64) -> bool {
-    match memory_available() {
-        Some(available) => input_bytes > available / 2,
-        None => false,
-    }
+/// How the inputs fit the memory this process can fill (read once, when an engine starts).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MemoryFit {
+    /// The inputs exceed half of it: stream them through the page cache rather than keep them.
+    pub(crate) streaming: bool,
+    /// It is under 1/32 of the inputs (a sample's worth of them): every extra read comes from the disk.
+    pub(crate) scarce: bool,
 }
 
-/// Whether the memory this process can fill is under 1/32 of its inputs (a sample's worth of them).
-pub(crate) fn memory_is_scarce(input_bytes: u64) -> bool {
-    memory_available().is_some_and(|available| available < input_bytes / 32)
+/// How `input_bytes` of inputs fit this process's memory (neither flag when it cannot be read).
+pub(crate) fn memory_fit(input_bytes: u64) -> MemoryFit {
+    memory_available().map_or_else(MemoryFit::default, |available| MemoryFit {
+        streaming: input_bytes > available / 2,
+        scarce: available < input_bytes / 32,
+    })
 }
 
 /// The memory this process can fill: the smaller of `MemAvailable` and its memory cgroup's limit (minus what
@@ -92,7 +96,9 @@ mod tests {
     #[test]
     fn small_inputs_stay_cached_and_memory_is_known_here() {
         assert!(memory_available().is_some_and(|m| m > 0));
-        assert!(!inputs_exceed_memory(1 << 20));
-        assert!(inputs_exceed_memory(u64::MAX / 4));
+        assert!(!memory_fit(1 << 20).streaming);
+        assert!(memory_fit(u64::MAX / 4).streaming);
+        assert!(!memory_fit(1 << 20).scarce);
+        assert!(memory_fit(u64::MAX / 4).scarce);
     }
 }

@@ -77,9 +77,7 @@ impl<'a> Engine<'a> {
             .thread_name(|i| format!("merge-rs-{i}"))
             .build()
             .map_err(|e| MergeError::arg(format!("cannot start {threads} threads: {e}")))?;
-        let input_bytes = inputs.all().map(Checkpoint::file_bytes).sum();
-        let streaming = cache::inputs_exceed_memory(input_bytes);
-        let scarce = cache::memory_is_scarce(input_bytes);
+        let fit = cache::memory_fit(inputs.all().map(Checkpoint::file_bytes).sum());
         Ok(Engine {
             inputs,
             plan,
@@ -89,8 +87,8 @@ impl<'a> Engine<'a> {
             allow_nonfinite,
             nonfinite_inputs: AtomicU64::new(0),
             nonfinite_outputs: AtomicU64::new(0),
-            streaming,
-            scarce,
+            streaming: fit.streaming,
+            scarce: fit.scarce,
             whole_tensor_budget: DEFAULT_WHOLE_TENSOR_BUDGET,
         })
     }

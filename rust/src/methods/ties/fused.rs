@@ -157,7 +157,7 @@ fn mark_unsettled(chunk: &Chunk<'_>, spans: &[(u32, u32)], unsettled: &mut Vec<b
 
 /// Write the block's unsettled elements to the spill. Each is its place in the block (u16), a bit per task
 /// whose entry is not certainly trimmed, θ₀, then those tasks' entries: a certainly trimmed entry is 0
-/// whatever the exact threshold, so it need not be kept (this halves the scratch file).
+/// whatever the exact threshold, so it need not be kept.
 fn save_unsettled(
     chunk: &Chunk<'_>,
     w: &mut Worker,
