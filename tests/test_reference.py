@@ -91,9 +91,11 @@ def test_ties_per_tensor_trim_matches_reference(tmp_path):
     np.testing.assert_allclose(ref.flatten(load(tmp_path / "out"), keys), want, rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("majority", [1, -1, 0])
-def test_ties_sign_fallback_uses_the_whole_model_majority(tmp_path, majority):
-    """Cancelling task vectors elect sign 0; the fallback is the sign of the sum of all elected signs."""
+def test_ties_sign_fallback_uses_the_whole_model_majority(tmp_path, majority, dtype):
+    """Cancelling task vectors elect sign 0; the fallback is the sign of the sum of all elected signs. The
+    elements waiting for it keep their values in the output's type (2 bytes each in 16-bit types)."""
     n = 4096
     base = {"w": np.zeros(n, np.float32)}
     a = np.full(n, 0.5, np.float32)
@@ -102,13 +104,13 @@ def test_ties_sign_fallback_uses_the_whole_model_majority(tmp_path, majority):
     tail = {1: [0.25] * 8, -1: [-0.25] * 8, 0: [0.25] * 4 + [-0.25] * 4}[majority]
     a[-8:] = tail
     b[-8:] = tail
-    paths = [save(tmp_path / "a", {"w": a}), save(tmp_path / "b", {"w": b})]
-    pre = save(tmp_path / "base", base)
+    paths = [save(tmp_path / "a", {"w": a}, dtype), save(tmp_path / "b", {"w": b}, dtype)]
+    pre = save(tmp_path / "base", base, dtype)
     for func in ("sum", "mean", "max"):
         want, _ = ref.ties(base["w"], [a, b], 1.0, 100.0, func)
         report = merge_rs.merge("ties", paths, tmp_path / func, pretrained=pre, threshold=100, scaling_factor=1.0,
                                 merge_func=func)
-        np.testing.assert_array_equal(load(tmp_path / func)["w"], want)
+        np.testing.assert_array_equal(load(tmp_path / func)["w"], quantize(want, dtype))
         assert report.ties_majority_sign == majority
 
 

@@ -85,6 +85,11 @@ impl FloatType {
     /// Encode `values` into little-endian bytes, rounding to nearest even; `raw` is resized to fit.
     pub fn encode(self, values: &[f32], raw: &mut Vec<u8>) {
         raw.resize(values.len() * self.size(), 0);
+        self.encode_into(values, raw);
+    }
+
+    /// Encode `values` into `raw`, exactly `values.len() × size` bytes long.
+    pub(crate) fn encode_into(self, values: &[f32], raw: &mut [u8]) {
         match self {
             FloatType::F32 => raw.copy_from_slice(bytemuck::cast_slice(values)),
             FloatType::F16 => encode_halves::<f16>(values, raw),

@@ -24,8 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use super::aggregate::element_outcome;
-use super::merge::{Pass, Patches, merge_groups, merge_prepared, record};
+use super::histogram::Window;
+use super::merge::{Pass, Patches, merge_groups, merge_prepared, output_type, record};
 use super::select::{Counters, finish, predict_windows};
+use crate::dtype::FloatType;
 use crate::engine::{Chunk, Engine, PassSpec};
 use crate::error::{MergeError, Result};
 use crate::writer::Writer;
@@ -68,6 +70,8 @@ struct Segment {
     offset: u64,
     len: usize,
     tensor: usize,
+    /// The type the tensor is stored in.
+    out: FloatType,
     first: usize,
 }
 
@@ -80,11 +84,21 @@ struct JobResult {
 }
 
 /// One worker's state.
-#[derive(Clone)]
 struct Worker {
     counters: Counters,
     unsettled: Vec<bool>,
     bytes: Vec<u8>,
+}
+
+impl Worker {
+    /// Fresh counters (allocated, not copied: pages no value reaches are never touched).
+    fn new(windows: &[Window]) -> Self {
+        Worker {
+            counters: Counters::new(windows),
+            unsettled: Vec::new(),
+            bytes: Vec::new(),
+        }
+    }
 }
 
 /// Select and merge the merged tensors `group` in one pass (see the module's text).
@@ -114,11 +128,6 @@ pub(super) fn merge(
         read_base: true,
         writer: Some(writer),
     };
-    let worker = Worker {
-        counters: Counters::new(&windows),
-        unsettled: Vec::new(),
-        bytes: Vec::new(),
-    };
     let kernel = |w: &mut Worker, result: &mut JobResult, mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
         w.counters.add(&chunk);
@@ -129,7 +138,7 @@ pub(super) fn merge(
         result.sign_sum += merge_prepared(pass, &mut chunk, &guesses, Some(&w.unsettled), &mut result.patches)?;
         Ok(())
     };
-    let (results, states) = engine.pass(spec, &jobs, || worker.clone(), kernel)?;
+    let (results, states) = engine.pass(spec, &jobs, || Worker::new(&windows), kernel)?;
     let counters = Counters::merged(states.into_iter().map(|w| w.counters).collect(), &windows);
     let (kth, in_windows) = finish(engine, &jobs, k, counters, &prepare)?;
     if !in_windows {
@@ -191,6 +200,7 @@ fn save_unsettled(
         offset,
         len: w.bytes.len(),
         tensor: chunk.job.tensor,
+        out: output_type(chunk.tensor),
         first: chunk.job.start,
     }))
 }
@@ -254,7 +264,7 @@ fn settle_job(
             let (elected, values) = element_outcome(&column, base, kth, pass.options, &mut trimmed);
             sign_sum += elected as i64 - guessed as i64;
             if values.iter().any(|v| v.to_bits() != written.to_bits()) {
-                record(pass, &mut job.patches, segment.tensor, element, values);
+                record(pass, &mut job.patches, (segment.tensor, element), segment.out, values);
             }
         }
     }

@@ -1,21 +1,22 @@
 //! The TIES merge passes. The fallback sign is a whole-model quantity known only after the merge pass, so
 //! elements that need it (elected sign 0 but some non-zero entry) are recorded with their values for either
-//! sign (12 bytes each) and patched at the end. Coarse types make them common (exact cancellations: over a
-//! million in 8 × ViT-L/14 bfloat16). If there are too many to keep, or the majority is itself 0, the merge pass
-//! runs again with the sign known.
+//! sign, encoded as the output stores them (12 bytes each in float32, 8 in 16-bit types), and patched at the
+//! end. Coarse types make them common (exact cancellations: 2.0 million in 8 × ViT-L/14 bfloat16). If there
+//! are too many to keep, or the majority is itself 0, the merge pass runs again with the sign known.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::aggregate::{aggregate, aggregate_into, sign};
 use super::select::{kth_smallest_abs, threshold_rank};
 use super::{TiesOptions, Trim, fused};
+use crate::dtype::FloatType;
 use crate::engine::{Chunk, Engine, PassSpec, return_large_frees};
 use crate::error::{MergeError, Result};
 use crate::method::{MethodStats, add_scaled_to_base, sum_into};
-use crate::plan::TensorKind;
+use crate::plan::{PlanTensor, TensorKind};
 use crate::writer::Writer;
 
-/// Patches kept in memory before falling back to a second merge pass (12 bytes each: 36 MiB).
+/// Patches kept in memory before falling back to a second merge pass (8–12 bytes each: at most 36 MiB).
 const PATCH_BUDGET: usize = 3 << 20;
 
 /// The elements of one job whose values depend on the whole-model majority sign.
@@ -23,8 +24,8 @@ const PATCH_BUDGET: usize = 3 << 20;
 pub(super) struct Patches {
     tensor: usize,
     elements: Vec<u32>,
-    /// The merged value for majority sign +1 and −1.
-    values: Vec<[f32; 2]>,
+    /// Per element, its merged value for majority sign +1 then −1, as the output stores them.
+    values: Vec<u8>,
 }
 
 impl Patches {
@@ -35,9 +36,15 @@ impl Patches {
 
     /// Order the patches by element (apply_patches rewrites the span from the first to the last).
     pub(super) fn sort(&mut self) {
-        let mut pairs: Vec<(u32, [f32; 2])> = self.elements.iter().copied().zip(self.values.iter().copied()).collect();
-        pairs.sort_unstable_by_key(|p| p.0);
-        (self.elements, self.values) = pairs.into_iter().unzip();
+        let width = self.values.len() / self.elements.len().max(1);
+        let mut order: Vec<usize> = (0..self.elements.len()).collect();
+        order.sort_unstable_by_key(|&i| self.elements[i]);
+        self.elements = order.iter().map(|&i| self.elements[i]).collect();
+        self.values = order
+            .iter()
+            .flat_map(|&i| &self.values[i * width..(i + 1) * width])
+            .copied()
+            .collect();
     }
 }
 
@@ -225,11 +232,12 @@ fn resolve_zero_signs(
             }
             let func = pass.options.merge_func;
             let value = |s: f32| base[j] + pass.options.scaling_factor * aggregate(&column, s, func);
+            let element = (chunk.job.tensor, chunk.job.start + j);
             record(
                 pass,
                 patches,
-                chunk.job.tensor,
-                chunk.job.start + j,
+                element,
+                output_type(chunk.tensor),
                 [value(1.0), value(-1.0)],
             );
         }
@@ -240,8 +248,23 @@ fn resolve_zero_signs(
     }
 }
 
-/// Keep a patch if the budget allows (and its element index fits 32 bits); otherwise flag the overflow.
-pub(super) fn record(pass: &Pass<'_>, patches: &mut Patches, tensor: usize, element: usize, values: [f32; 2]) {
+/// The type a merged tensor is stored in.
+pub(super) fn output_type(tensor: &PlanTensor) -> FloatType {
+    match &tensor.kind {
+        TensorKind::Merge { out, .. } => *out,
+        TensorKind::Copy { .. } | TensorKind::Elsewhere { .. } => FloatType::F32,
+    }
+}
+
+/// Keep a patch of element `(tensor, element)`, stored as `ty`, if the budget allows (and its index fits 32
+/// bits); otherwise flag the overflow.
+pub(super) fn record(
+    pass: &Pass<'_>,
+    patches: &mut Patches,
+    (tensor, element): (usize, usize),
+    ty: FloatType,
+    values: [f32; 2],
+) {
     let granted = pass
         .budget
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
@@ -250,7 +273,9 @@ pub(super) fn record(pass: &Pass<'_>, patches: &mut Patches, tensor: usize, elem
         Ok(element) if granted => {
             patches.tensor = tensor;
             patches.elements.push(element);
-            patches.values.push(values);
+            let at = patches.values.len();
+            patches.values.resize(at + 2 * ty.size(), 0);
+            ty.encode_into(&values, &mut patches.values[at..]);
         }
         _ => pass.overflow.store(true, Ordering::Relaxed),
     }
@@ -260,22 +285,17 @@ pub(super) fn record(pass: &Pass<'_>, patches: &mut Patches, tensor: usize, elem
 /// read back, patched and written once.
 fn apply_patches(engine: &Engine<'_>, writer: &Writer, patches: &[Patches], majority: f32) -> Result<()> {
     let pick = usize::from(majority < 0.0);
-    let (mut span, mut encoded) = (Vec::new(), Vec::new());
+    let mut span = Vec::new();
     for p in patches {
-        let (TensorKind::Merge { out, .. }, Some(&first), Some(&last)) = (
-            &engine.plan.tensors[p.tensor].kind,
-            p.elements.first(),
-            p.elements.last(),
-        ) else {
+        let (Some(&first), Some(&last)) = (p.elements.first(), p.elements.last()) else {
             continue;
         };
-        let size = out.size();
+        let size = output_type(&engine.plan.tensors[p.tensor]).size();
         span.resize((last - first) as usize * size + size, 0);
         writer.read_at(p.tensor, u64::from(first) * size as u64, &mut span)?;
-        for (&element, values) in p.elements.iter().zip(&p.values) {
-            out.encode(&[values[pick]], &mut encoded);
+        for (&element, values) in p.elements.iter().zip(p.values.chunks_exact(2 * size)) {
             let at = (element - first) as usize * size;
-            span[at..at + size].copy_from_slice(&encoded);
+            span[at..at + size].copy_from_slice(&values[pick * size..(pick + 1) * size]);
         }
         writer.write_at(p.tensor, u64::from(first) * size as u64, &span)?;
     }

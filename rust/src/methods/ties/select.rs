@@ -54,21 +54,19 @@ pub(crate) fn kth_smallest_abs(
     } else {
         vec![Window::NONE; tasks]
     };
-    let counters = Counters::new(&windows);
     let high_pass = |state: &mut Counters, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
         state.add(&chunk);
         Ok(())
     };
     let states = engine
-        .pass(select_pass("trim: select"), jobs, || counters.clone(), high_pass)?
+        .pass(select_pass("trim: select"), jobs, || Counters::new(&windows), high_pass)?
         .1;
     Ok(finish(engine, jobs, k, Counters::merged(states, &windows), &prepare)?.0)
 }
 
 /// The first pass's counters of a large selection: the top 16 bits of every |value|, and the low 16 bits of
 /// those inside each task's predicted window.
-#[derive(Clone)]
 pub(super) struct Counters {
     high: Histogram,
     window: WindowCounts,
@@ -92,9 +90,11 @@ impl Counters {
         }
     }
 
-    /// The sum of per-thread counters.
+    /// The sum of per-thread counters, added into the first thread's (no new counters: they are MiBs).
     pub(super) fn merged(states: Vec<Counters>, windows: &[Window]) -> Counters {
-        states.into_iter().fold(Counters::new(windows), |mut acc, s| {
+        let mut states = states.into_iter();
+        let first = states.next().unwrap_or_else(|| Counters::new(windows));
+        states.fold(first, |mut acc, s| {
             acc.high.merge(&s.high);
             acc.window.merge(&s.window);
             acc
