@@ -114,6 +114,29 @@ def test_ties_sign_fallback_uses_the_whole_model_majority(tmp_path, majority, dt
         assert report.ties_majority_sign == majority
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ties_patches_scattered_through_a_job(tmp_path, dtype):
+    """Sign-0 elements 1,500 apart, each with its own value, in tensors longer and shorter than a job, take the
+    majority sign: every patch lands on its own element."""
+    out = {}
+    for name, n in (("big", 200_000), ("small", 3_001)):
+        a = np.full(n, 0.25, np.float32)
+        b = a.copy()
+        a[::1500] = 1 + np.arange(len(a[::1500])) % 7 / 8  # exact in bfloat16, and told apart
+        b[::1500] = -a[::1500]
+        out[name] = (a, b)
+    paths = [save(tmp_path / "a", {k: v[0] for k, v in out.items()}, dtype),
+             save(tmp_path / "b", {k: v[1] for k, v in out.items()}, dtype)]
+    zeros = {k: np.zeros_like(v[0]) for k, v in out.items()}
+    pre = save(tmp_path / "base", zeros, dtype)
+    keys = sorted(out)
+    want, _ = ref.ties(ref.flatten(zeros, keys), [ref.flatten({k: v[i] for k, v in out.items()}, keys) for i in (0, 1)],
+                       1.0, 100.0, "sum")
+    report = merge_rs.merge("ties", paths, tmp_path / "out", pretrained=pre, threshold=100, scaling_factor=1.0)
+    assert report.ties_majority_sign == 1
+    np.testing.assert_array_equal(ref.flatten(load(tmp_path / "out"), keys), quantize(want, dtype))
+
+
 def test_ties_fallback_with_more_patches_than_fit_in_memory(tmp_path):
     """More sign-0 elements (τ_a = −τ_b, all kept) than the engine's 3 · 2^20 patches: it re-runs the merge pass
     instead of keeping them."""
