@@ -282,7 +282,8 @@ pub(super) fn record(
 }
 
 /// Write the value each patched element takes under the (non-zero) majority sign: each job's patched span is
-/// read back, patched and written once.
+/// read back, patched and written once. (Runs of nearby patches instead of whole spans read less, but in 4 KiB
+/// pieces at random: in a 256 MB cgroup, one-pass TIES on 8 × ViT-L/14 took 20.7 s against 18.9 s.)
 fn apply_patches(engine: &Engine<'_>, writer: &Writer, patches: &[Patches], majority: f32) -> Result<()> {
     let pick = usize::from(majority < 0.0);
     let mut span = Vec::new();
