@@ -46,17 +46,17 @@ FUZZ := cd rust && RUSTC_BOOTSTRAP=1 cargo fuzz run -O
 cargo-fuzz:
 	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
-fuzz: cargo-fuzz
-	for t in $(FUZZ_TARGETS); do tmp=$$(mktemp -d) && \
-		(export TMPDIR=$$tmp && $(FUZZ) $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096); \
-		status=$$?; rm -rf $$tmp; [ $$status -eq 0 ] || exit 1; done
+# Each target runs with a TMPDIR of its own (where it writes its model directories, and fuzz-ci the inputs it
+# finds), removed after it. $(1): the corpus directories, new inputs going to the first; $(2): seconds.
+fuzz_each = for t in $(FUZZ_TARGETS); do tmp=$$(mktemp -d) && mkdir $$tmp/found && \
+	(export TMPDIR=$$tmp && $(FUZZ) $$t $(1) -- -max_total_time=$(2) -max_len=4096); \
+	status=$$?; rm -rf $$tmp; [ $$status -eq 0 ] || exit 1; done
 
-# The targets write their model directories under TMPDIR, one per fuzzing process: each run gets its own, removed
-# after it.
+fuzz: cargo-fuzz
+	$(call fuzz_each,fuzz/corpus/$$t fuzz/seeds/$$t,$(FUZZ_SECONDS))
+
 fuzz-ci: cargo-fuzz
-	for t in $(FUZZ_TARGETS); do scratch=$$(mktemp -d) && tmp=$$(mktemp -d) && \
-		(export TMPDIR=$$tmp && $(FUZZ) $$t $$scratch fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=30 -max_len=4096); \
-		status=$$?; rm -rf $$scratch $$tmp; [ $$status -eq 0 ] || exit 1; done
+	$(call fuzz_each,$$tmp/found fuzz/corpus/$$t fuzz/seeds/$$t,30)
 
 # Rebuild the offline zoo (a development step; CI never does it): the Debian packages its images come from, the
 # zoo extra, then the builder (9.3 minutes on 2 cores, 2026-11-30). It replaces python/merge_rs/zoo/data.

@@ -10,8 +10,9 @@
 //! reading every file as one sequential stream (the engine's ordered job queue).
 //!
 //! What is left at 256 MB is readahead evicted before use: task arithmetic reads 1.20–1.30× its inputs from
-//! the disk there (`/proc/diskstats`), against 1.00–1.07× at 1 GB and 1.00× for `cat`. Nine streams with
-//! this disk's 8 MiB readahead windows keep ~144 MiB in flight. Turning readahead off (`RANDOM`) and
+//! the disk there (`/proc/diskstats`), against 1.00–1.07× at 1 GB and 1.00× for `cat`. This disk reads
+//! ahead up to 8 MiB per stream (`read_ahead_kb`), so nine streams may hold over 100 MiB read but not yet
+//! used (an estimate, not measured). Turning readahead off (`RANDOM`) and
 //! announcing 4 MiB windows per file (`WILLNEED`) removes the re-reads (1.01×) but took 21–26 s against
 //! 11.5–14 s; dropping the output's pages behind the writer changed nothing.
 

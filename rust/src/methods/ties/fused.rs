@@ -27,7 +27,6 @@ use super::aggregate::element_outcome;
 use super::histogram::Window;
 use super::merge::{Pass, Patches, merge_groups, merge_prepared, output_type, record};
 use super::select::{Counters, finish, predict_windows};
-use crate::dtype::FloatType;
 use crate::engine::{Chunk, Engine, PassSpec};
 use crate::error::{MergeError, Result};
 use crate::writer::Writer;
@@ -70,8 +69,6 @@ struct Segment {
     offset: u64,
     len: usize,
     tensor: usize,
-    /// The type the tensor is stored in.
-    out: FloatType,
     first: usize,
 }
 
@@ -200,7 +197,6 @@ fn save_unsettled(
         offset,
         len: w.bytes.len(),
         tensor: chunk.job.tensor,
-        out: output_type(chunk.tensor),
         first: chunk.job.start,
     }))
 }
@@ -219,7 +215,7 @@ fn settle(
     let settled: Vec<(i64, Patches)> = engine.install(|| {
         results
             .into_par_iter()
-            .map(|job| settle_job(pass, spill, job, thresholds, writer))
+            .map(|job| settle_job(engine, pass, spill, job, thresholds, writer))
             .collect::<Result<_>>()
     })?;
     let sign_sum = settled.iter().map(|(s, _)| s).sum();
@@ -231,6 +227,7 @@ fn settle(
 
 /// [`settle`] for one job; `(guesses, kth)` are the thresholds the pass used and the exact ones.
 fn settle_job(
+    engine: &Engine<'_>,
     pass: &Pass<'_>,
     spill: &Spill,
     mut job: JobResult,
@@ -246,14 +243,14 @@ fn settle_job(
             .file
             .read_exact_at(&mut bytes, segment.offset)
             .map_err(|e| writer.error(e))?;
+        let out = output_type(&engine.plan.tensors[segment.tensor]);
         let mut reader = Reader { bytes: &bytes, at: 0 };
         while reader.at < bytes.len() {
             let element = segment.first + usize::from(u16::from_le_bytes(reader.take()?));
-            let mask_at = reader.at;
-            reader.at += tasks.div_ceil(8);
+            let mask = reader.slice(tasks.div_ceil(8))?;
             let base = f32::from_le_bytes(reader.take()?);
             for (t, c) in column.iter_mut().enumerate() {
-                let stored = bytes.get(mask_at + t / 8).is_some_and(|m| m & (1 << (t % 8)) != 0);
+                let stored = mask[t / 8] & (1 << (t % 8)) != 0;
                 *c = if stored {
                     f32::from_le_bytes(reader.take()?)
                 } else {
@@ -264,7 +261,7 @@ fn settle_job(
             let (elected, values) = element_outcome(&column, base, kth, pass.options, &mut trimmed);
             sign_sum += elected as i64 - guessed as i64;
             if values.iter().any(|v| v.to_bits() != written.to_bits()) {
-                record(pass, &mut job.patches, (segment.tensor, element), segment.out, values);
+                record(pass, &mut job.patches, (segment.tensor, element), out, values);
             }
         }
     }
@@ -278,15 +275,21 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+impl<'a> Reader<'a> {
+    /// The next `len` bytes.
+    fn slice(&mut self, len: usize) -> Result<&'a [u8]> {
         let field = self
             .bytes
-            .get(self.at..self.at + N)
-            .and_then(|b| <[u8; N]>::try_from(b).ok())
+            .get(self.at..self.at + len)
             .ok_or_else(|| MergeError::Internal("a TIES scratch record is cut short".into()))?;
-        self.at += N;
+        self.at += len;
         Ok(field)
+    }
+
+    /// The next `N` bytes, as an array.
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let field = self.slice(N)?;
+        <[u8; N]>::try_from(field).map_err(|_| MergeError::Internal("a TIES scratch field".into()))
     }
 }
 
