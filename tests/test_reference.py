@@ -267,3 +267,25 @@ def test_ties_thresholds_are_exact_on_models_large_enough_to_sample(tmp_path, dt
         merge_rs.merge("ties", paths, tmp_path / "per-tensor", pretrained=base_path, threshold=threshold,
                        trim="per-tensor", threads=2)
         np.testing.assert_allclose(ref.flatten(load(tmp_path / "per-tensor"), keys), per_tensor, rtol=2e-6, atol=1e-7)
+
+
+def test_ties_thresholds_are_exact_when_the_sample_misleads(tmp_path):
+    """The sample reads the first 2,048 elements of every 64 Ki chunk. There the task vectors are 100 times
+    larger, so the predicted windows miss the k-th values: the selection counts the top bits, then the low
+    bits, and the thresholds and the merge are still exact."""
+    rng = np.random.default_rng(5)
+    n = 64 * 65536
+    base = {"w": rng.normal(0, 0.5, n).astype(np.float32)}
+    sampled = (np.arange(n) % 65536) < 2048
+    models = []
+    for i in range(3):
+        tau = rng.normal(0, 0.01 * (1 + i), n).astype(np.float32)
+        models.append({"w": base["w"] + np.where(sampled, tau * 100, tau).astype(np.float32)})
+    base_path = save(tmp_path / "base", base, "float32")
+    paths = [save(tmp_path / f"m{i}", m, "float32") for i, m in enumerate(models)]
+    taus = [m["w"] - base["w"] for m in models]
+    want = [float(ref.kth_threshold(t, 20.0)) for t in taus]
+    report = merge_rs.merge("ties", paths, tmp_path / "out", pretrained=base_path, threshold=20.0, threads=2)
+    assert report.ties_thresholds == want
+    merged, _ = ref.ties(base["w"], [m["w"] for m in models], 0.3, 20.0, "sum")
+    np.testing.assert_allclose(load(tmp_path / "out")["w"], merged, rtol=2e-6, atol=1e-7)

@@ -179,9 +179,16 @@ impl FloatType {
 
 /// Count the non-finite values (NaN, ±Inf) in `values`.
 pub(crate) fn count_nonfinite(values: &[f32]) -> u64 {
+    // u32 counts over parts (twice the lanes of u64 ones), summed as u64.
     values
-        .iter()
-        .map(|v| u64::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+        .chunks(1 << 24)
+        .map(|part| {
+            let count: u32 = part
+                .iter()
+                .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+                .sum();
+            u64::from(count)
+        })
         .sum()
 }
 

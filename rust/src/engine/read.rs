@@ -1,6 +1,7 @@
-//! Running one job: read its chunk of every input into per-thread buffers and check them for NaN/Inf (every
-//! pass, whatever the kernel then does with them), run the kernel block by block, then check the output as it
-//! will be stored (an overflow to ±Inf in float16 counts) and write it at its offset.
+//! Running one job: read its chunk of every input into per-thread buffers, run the kernel block by block,
+//! checking each block of every input for NaN/Inf just before (every pass, whatever the kernel then does with
+//! them), then check the output as it will be stored (an overflow to ±Inf in float16 counts) and write it at
+//! its offset.
 
 use super::{BLOCK, Chunk, Engine, Job, PassSpec};
 use crate::checkpoint::Checkpoint;
@@ -53,20 +54,14 @@ impl Engine<'_> {
             (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
             (false, _, _) => false,
         };
-        let bad_inputs = self.check_inputs(
-            tensor,
-            &scratch.models,
-            &scratch.extra,
-            read_base.then_some(scratch.base.as_slice()),
-        )?;
-        if spec.writer.is_some() {
-            self.nonfinite_inputs.fetch_add(bad_inputs, Ordering::Relaxed);
-        }
         scratch.out.resize(job.len, 0.0);
         let mut result = T::default();
+        let mut bad_inputs = 0;
         let mut start = 0;
         while start < job.len {
             let range = start..(start + BLOCK).min(job.len);
+            let base = read_base.then_some(scratch.base.as_slice());
+            bad_inputs += self.check_inputs(tensor, &scratch.models, &scratch.extra, base, range.clone())?;
             let mut models: Vec<&mut [f32]> = scratch.models.iter_mut().map(|m| &mut m[range.clone()]).collect();
             let extra: Vec<&mut [f32]> = scratch.extra.iter_mut().map(|m| &mut m[range.clone()]).collect();
             let block = Chunk {
@@ -83,6 +78,9 @@ impl Engine<'_> {
             };
             kernel(state, &mut result, block)?;
             start = range.end;
+        }
+        if spec.writer.is_some() {
+            self.nonfinite_inputs.fetch_add(bad_inputs, Ordering::Relaxed);
         }
         if let Some(writer) = spec.writer {
             self.write_output(writer, job.tensor, job.start, &scratch.out, &mut scratch.encoded)?;
@@ -137,7 +135,8 @@ impl Engine<'_> {
         writer.write_at(t, offset, bytes)
     }
 
-    /// The number of NaN/Inf input values; an error naming the first input holding one unless
+    /// The number of NaN/Inf input values in `range` of the buffers (one block, checked just before the
+    /// kernel reads it, while it is in cache); an error naming the first input holding one unless
     /// `allow_nonfinite`.
     fn check_inputs(
         &self,
@@ -145,12 +144,13 @@ impl Engine<'_> {
         models: &[Vec<f32>],
         extra: &[Vec<f32>],
         base: Option<&[f32]>,
+        range: std::ops::Range<usize>,
     ) -> Result<u64> {
         let named = self.inputs.models.iter().zip(models.iter().map(Vec::as_slice));
         let extra = self.inputs.extra.iter().zip(extra.iter().map(Vec::as_slice));
         let mut total = 0;
         for (ckpt, values) in named.chain(extra).chain(self.inputs.base.iter().zip(base)) {
-            let count = count_nonfinite(values);
+            let count = count_nonfinite(&values[range.clone()]);
             if count > 0 && !self.allow_nonfinite {
                 return Err(MergeError::NonFinite {
                     model: ckpt.name.clone(),

@@ -8,7 +8,7 @@
 //! to a scratch file. Once the pass has located every k-th value inside its window, each unsettled element is
 //! merged again with the exact thresholds, and those whose value changed (a small fraction) are patched, like
 //! the elements that wait for the majority sign. If a k-th value fell outside its window, the selection
-//! finishes with a second pass and the merge runs again: exact either way.
+//! finishes with two more passes and the merge runs again: exact either way.
 //!
 //! It pays only where memory is scarce. Measured on 8 × ViT-L/14 fp32 (10.9 GB, 2 cores, inputs evicted,
 //! benches/small_machine.py's cgroups, two runs each side by side; the scratch file then held whole columns):
@@ -89,9 +89,9 @@ struct Worker {
 
 impl Worker {
     /// Fresh counters (allocated, not copied: pages no value reaches are never touched).
-    fn new(windows: &[Window]) -> Self {
+    fn new(windows: &[Window], k: &[u64]) -> Self {
         Worker {
-            counters: Counters::new(windows),
+            counters: Counters::new(windows, k),
             unsettled: Vec::new(),
             bytes: Vec::new(),
         }
@@ -135,8 +135,8 @@ pub(super) fn merge(
         result.sign_sum += merge_prepared(pass, &mut chunk, &guesses, Some(&w.unsettled), &mut result.patches)?;
         Ok(())
     };
-    let (results, states) = engine.pass(spec, &jobs, || Worker::new(&windows), kernel)?;
-    let counters = Counters::merged(states.into_iter().map(|w| w.counters).collect(), &windows);
+    let (results, states) = engine.pass(spec, &jobs, || Worker::new(&windows, k), kernel)?;
+    let counters = Counters::merged(states.into_iter().map(|w| w.counters).collect(), &windows, k);
     let (kth, in_windows) = finish(engine, &jobs, k, counters, &prepare)?;
     if !in_windows {
         // Entries outside a window were classified against a wrong bucket: merge again with the exact values.

@@ -1,5 +1,5 @@
 //! The one-pass global TIES against the definition, element by element, bit for bit: when the sample
-//! predicts the thresholds' windows, when it misleads (the second pass and the merge again), with cancelling
+//! predicts the thresholds' windows, when it misleads (more selection passes and the merge again), with cancelling
 //! entries that wait for the majority sign, and for every aggregation.
 
 use std::path::{Path, PathBuf};
@@ -186,7 +186,7 @@ fn a_misleading_sample_ends_in_a_second_pass_and_the_same_result() {
     let (got, phase) = run_ties(dir.path(), &set, json!({"threshold": 20.0}), "out", CHUNK);
     assert_eq!(
         phase, "merge",
-        "the windows missed: the selection's second pass, then the merge again"
+        "the windows missed: the selection's own passes, then the merge again"
     );
     assert_bits_equal(&got, &reference(&base, &taus, 20.0, "sum", 0.3), "misleading sample");
 }

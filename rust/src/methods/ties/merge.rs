@@ -186,12 +186,13 @@ pub(super) fn merge_prepared(
         .ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
     let mut signs = vec![0.0f32; chunk.out.len()];
     sum_into(&mut signs, chunk.models);
+    // Summed as integers, which vectorise (an f32 sum runs element by element).
+    let mut sign_sum = 0i64;
     for s in signs.iter_mut() {
         *s = sign(*s);
+        sign_sum += *s as i64;
     }
-    // A block holds at most 2^24 elements, so this f32 sum of ±1 and 0 is exact.
-    let sign_sum = signs.iter().sum::<f32>() as i64;
-    if signs.contains(&0.0) {
+    if signs.iter().fold(false, |zero, &s| zero | (s == 0.0)) {
         resolve_zero_signs(pass, chunk, &mut signs, base, unsettled, patches);
     }
     aggregate_into(chunk.out, chunk.models, &signs, options.merge_func);
@@ -217,16 +218,15 @@ fn resolve_zero_signs(
     unsettled: Option<&[bool]>,
     patches: &mut Patches,
 ) {
-    if pass.majority.is_none() {
-        let mut nonzero = vec![0u32; signs.len()];
-        for tau in chunk.models.iter() {
-            for (n, t) in nonzero.iter_mut().zip(tau.iter()) {
-                *n |= u32::from(*t != 0.0);
-            }
-        }
+    // With the majority known, every zero sign simply takes it.
+    let open = match pass.majority {
+        None => open_elements(chunk.models, signs),
+        Some(_) => None,
+    };
+    if let Some(open) = open {
         let mut column = vec![0.0f32; chunk.models.len()];
         let settled = |j: usize| unsettled.is_none_or(|u| !u[j]);
-        for j in (0..signs.len()).filter(|&j| signs[j] == 0.0 && nonzero[j] != 0 && settled(j)) {
+        for j in (0..signs.len()).filter(|&j| open[j] != 0 && settled(j)) {
             for (c, tau) in column.iter_mut().zip(chunk.models.iter()) {
                 *c = tau[j];
             }
@@ -246,6 +246,21 @@ fn resolve_zero_signs(
     for s in signs.iter_mut() {
         *s = if *s == 0.0 { fallback } else { *s };
     }
+}
+
+/// Per element, 1 where the elected sign is 0 but some entry is not, so that the value depends on the
+/// majority sign; `None` when no element is (most blocks). Found vectorised, not element by element.
+fn open_elements(models: &[&mut [f32]], signs: &[f32]) -> Option<Vec<u32>> {
+    let mut open = vec![0u32; signs.len()];
+    for tau in models {
+        for (o, t) in open.iter_mut().zip(tau.iter()) {
+            *o |= u32::from(*t != 0.0);
+        }
+    }
+    for (o, s) in open.iter_mut().zip(signs) {
+        *o &= u32::from(*s == 0.0);
+    }
+    (open.iter().fold(0, |any, &o| any | o) != 0).then_some(open)
 }
 
 /// The type a merged tensor is stored in.

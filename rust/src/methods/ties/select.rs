@@ -7,10 +7,11 @@
 //! per-tensor trim) collect the bit patterns of every |value| in one pass and quickselect them instead.
 //!
 //! Large selections save the second full pass: a cheap sample (a short run from every chunk, 1/32 of the
-//! data) predicts a narrow window of top-16-bit buckets around the k-th value, and pass 1 also counts the low
-//! bits of the values that fall in that window. When the true bucket is inside the window (the sample's
-//! margin makes that the rule) the result is read off directly; otherwise pass 2 runs as before. Either way
-//! the value is exact.
+//! data) predicts a narrow window of top-16-bit buckets around the k-th value, and pass 1 counts only the
+//! values below that window and the low bits of those inside it (a full top-bit histogram, a scattered
+//! increment per value, cost more than the rest of the pass). When the k-th value is inside the window (the
+//! sample's margin makes that the rule) it is read off directly; otherwise one pass counts the top bits and
+//! another the low bits, as above. Either way the value is exact.
 
 use super::histogram::{Histogram, Window, WindowCounts, window_around};
 use crate::engine::{Chunk, Engine, Job, PassSpec};
@@ -54,56 +55,70 @@ pub(crate) fn kth_smallest_abs(
     } else {
         vec![Window::NONE; tasks]
     };
-    let high_pass = |state: &mut Counters, _: &mut (), mut chunk: Chunk<'_>| {
+    let count_pass = |state: &mut Counters, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
         state.add(&chunk);
         Ok(())
     };
     let states = engine
-        .pass(select_pass("trim: select"), jobs, || Counters::new(&windows), high_pass)?
+        .pass(
+            select_pass("trim: select"),
+            jobs,
+            || Counters::new(&windows, k),
+            count_pass,
+        )?
         .1;
-    Ok(finish(engine, jobs, k, Counters::merged(states, &windows), &prepare)?.0)
+    Ok(finish(engine, jobs, k, Counters::merged(states, &windows, k), &prepare)?.0)
 }
 
-/// The first pass's counters of a large selection: the top 16 bits of every |value|, and the low 16 bits of
-/// those inside each task's predicted window.
+/// The first pass's counters of a large selection: per task with a predicted window, the values below it
+/// and the low 16 bits of those inside; per task without one, the top 16 bits of every |value|.
 pub(super) struct Counters {
-    high: Histogram,
     window: WindowCounts,
+    /// Top-16-bit counts, when some task with something to select has no window.
+    high: Option<Histogram>,
+    /// Per task: counted in `high`.
+    counted_high: Vec<bool>,
 }
 
 impl Counters {
-    /// Empty counters for one window per task.
-    pub(super) fn new(windows: &[Window]) -> Self {
+    /// Empty counters for one window per task and the ranks `k` to select.
+    pub(super) fn new(windows: &[Window], k: &[u64]) -> Self {
         let spans: Vec<(u32, u32)> = windows.iter().map(|w| (w.lo, w.width)).collect();
+        let counted_high: Vec<bool> = windows.iter().zip(k).map(|(w, &kt)| w.width == 0 && kt > 0).collect();
         Counters {
-            high: Histogram::new(windows.len()),
             window: WindowCounts::new(&spans),
+            high: counted_high.contains(&true).then(|| Histogram::new(windows.len())),
+            counted_high,
         }
     }
 
     /// Count the values of every task of `chunk` (its `models`, already prepared).
     pub(super) fn add(&mut self, chunk: &Chunk<'_>) {
         for (t, values) in chunk.models.iter().enumerate() {
-            self.high.add_high(t, values);
-            self.window.add(t, values);
+            match &mut self.high {
+                Some(high) if self.counted_high[t] => high.add_high(t, values),
+                _ => self.window.add(t, values),
+            }
         }
     }
 
     /// The sum of per-thread counters, added into the first thread's (no new counters: they are MiBs).
-    pub(super) fn merged(states: Vec<Counters>, windows: &[Window]) -> Counters {
+    pub(super) fn merged(states: Vec<Counters>, windows: &[Window], k: &[u64]) -> Counters {
         let mut states = states.into_iter();
-        let first = states.next().unwrap_or_else(|| Counters::new(windows));
+        let first = states.next().unwrap_or_else(|| Counters::new(windows, k));
         states.fold(first, |mut acc, s| {
-            acc.high.merge(&s.high);
             acc.window.merge(&s.window);
+            if let (Some(a), Some(b)) = (&mut acc.high, &s.high) {
+                a.merge(b);
+            }
             acc
         })
     }
 }
 
 /// The exact k-th smallest |value| per task from the first pass's `counters`, and whether every one was
-/// read off its window (false: a second pass over `jobs` found the low bits of those outside).
+/// read off its window (false: more passes over `jobs` found the others).
 pub(super) fn finish(
     engine: &Engine<'_>,
     jobs: &[Job],
@@ -111,50 +126,78 @@ pub(super) fn finish(
     counters: Counters,
     prepare: &(impl Fn(&mut Chunk<'_>) -> Result<()> + Sync),
 ) -> Result<(Vec<f32>, bool)> {
-    let tasks = k.len();
-    let Counters { high, window } = counters;
-    let located: Vec<(u32, u64)> = k.iter().enumerate().map(|(t, &kt)| high.locate(t, kt.max(1))).collect();
-    let mut low_bits: Vec<Option<u32>> = located
+    let mut bits: Vec<Option<u32>> = k
         .iter()
         .enumerate()
-        .map(|(t, &(bucket, rank))| window.locate(t, bucket, rank))
+        .map(|(t, &kt)| if kt == 0 { Some(0) } else { counters.window.kth(t, kt) })
         .collect();
-    let in_windows = low_bits.iter().all(Option::is_some);
+    let in_windows = bits.iter().all(Option::is_some);
     if !in_windows {
-        let low_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
+        select_outside_windows(engine, jobs, k, counters, &mut bits, prepare)?;
+    }
+    let kth = bits.into_iter().map(|b| f32::from_bits(b.unwrap_or(0))).collect();
+    Ok((kth, in_windows))
+}
+
+/// Fill in the k-th values that no window held, by the two-level select: a pass counts the top 16 bits of
+/// the tasks the first pass did not count them for, and another counts the low bits inside each task's bucket.
+fn select_outside_windows(
+    engine: &Engine<'_>,
+    jobs: &[Job],
+    k: &[u64],
+    counters: Counters,
+    bits: &mut [Option<u32>],
+    prepare: &(impl Fn(&mut Chunk<'_>) -> Result<()> + Sync),
+) -> Result<()> {
+    let tasks = k.len();
+    let missing: Vec<bool> = bits.iter().map(Option::is_none).collect();
+    let uncounted: Vec<bool> = missing
+        .iter()
+        .zip(&counters.counted_high)
+        .map(|(&m, &c)| m && !c)
+        .collect();
+    let mut high = counters.high.unwrap_or_else(|| Histogram::new(tasks));
+    if uncounted.contains(&true) {
+        let high_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
             prepare(&mut chunk)?;
-            for (t, values) in chunk.models.iter().enumerate() {
-                state.add_low(t, values, located[t].0);
+            for (t, values) in chunk.models.iter().enumerate().filter(|&(t, _)| uncounted[t]) {
+                state.add_high(t, values);
             }
             Ok(())
         };
-        let low = merged(
-            engine
-                .pass(
-                    select_pass("trim: select 2/2"),
-                    jobs,
-                    || Histogram::new(tasks),
-                    low_pass,
-                )?
-                .1,
-            tasks,
-        );
-        for (t, bits) in low_bits.iter_mut().enumerate() {
-            *bits = bits.or(Some(low.locate(t, located[t].1).0));
+        let states = engine
+            .pass(
+                select_pass("trim: select top bits"),
+                jobs,
+                || Histogram::new(tasks),
+                high_pass,
+            )?
+            .1;
+        for state in &states {
+            high.merge(state);
         }
     }
-    let kth = k
-        .iter()
-        .zip(located.iter().zip(low_bits))
-        .map(|(&kt, (&(high_bits, _), low))| {
-            if kt == 0 {
-                0.0
-            } else {
-                f32::from_bits(high_bits << 16 | low.unwrap_or(0))
-            }
-        })
-        .collect();
-    Ok((kth, in_windows))
+    let located: Vec<(u32, u64)> = k.iter().enumerate().map(|(t, &kt)| high.locate(t, kt.max(1))).collect();
+    let low_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
+        prepare(&mut chunk)?;
+        for (t, values) in chunk.models.iter().enumerate().filter(|&(t, _)| missing[t]) {
+            state.add_low(t, values, located[t].0);
+        }
+        Ok(())
+    };
+    let states = engine
+        .pass(
+            select_pass("trim: select low bits"),
+            jobs,
+            || Histogram::new(tasks),
+            low_pass,
+        )?
+        .1;
+    let low = merged(states, tasks);
+    for (t, b) in bits.iter_mut().enumerate().filter(|(t, _)| missing[*t]) {
+        *b = Some(located[t].0 << 16 | low.locate(t, located[t].1).0);
+    }
+    Ok(())
 }
 
 /// The exact k-th smallest |value| per task from every value's bit pattern (for non-negative floats the bits
