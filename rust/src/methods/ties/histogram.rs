@@ -1,12 +1,14 @@
 //! Counters of a two-level radix select on float bits. For non-negative floats the bit pattern orders like
 //! the value, so a [`Histogram`] of the top 16 bits finds the bucket that holds the k-th value and one of the
-//! low 16 bits inside that bucket finds the value itself. [`WindowCounts`] counts, in one pass, the values
-//! below a few predicted buckets and the low bits of those inside them, which is usually all it takes.
+//! low 16 bits inside that bucket finds the value itself. A sample's histogram predicts a [`Window`] of a few
+//! buckets that holds it, which [`super::window_counts::WindowCounts`] counts in a single pass.
 
 /// Buckets of 16 bits.
-const BUCKETS: usize = 1 << 16;
+pub(super) const BUCKETS: usize = 1 << 16;
 /// Rank margin either side of a sampled rank, as a fraction of the sample.
 const SAMPLE_MARGIN: f64 = 0.002;
+/// Rank margin either side of a sampled rank, at least, in standard deviations of that rank.
+const SAMPLE_SIGMAS: f64 = 6.0;
 
 /// Counters for one pass of a radix select over `tasks` independent value sets.
 #[derive(Debug, Clone)]
@@ -30,26 +32,6 @@ impl Histogram {
         }
     }
 
-    /// Count the low 16 bits of |v| for the `values` of task `task` whose top bits equal `high`. Few values
-    /// match, so groups of eight are tested at once (vectorised) and only matching groups are counted.
-    pub(crate) fn add_low(&mut self, task: usize, values: &[f32], high: u32) {
-        let counts = &mut self.counts[task * BUCKETS..(task + 1) * BUCKETS];
-        let hit = |v: &f32| v.abs().to_bits() >> 16 == high;
-        let mut count = |group: &[f32]| {
-            for bits in group.iter().filter(|v| hit(v)).map(|v| v.abs().to_bits()) {
-                counts[(bits & 0xffff) as usize] += 1;
-            }
-        };
-        let groups = values.chunks_exact(8);
-        let tail = groups.remainder();
-        for group in groups {
-            if group.iter().fold(0u32, |any, v| any | u32::from(hit(v))) != 0 {
-                count(group);
-            }
-        }
-        count(tail);
-    }
-
     /// Add another histogram's counts.
     pub(crate) fn merge(&mut self, other: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
@@ -68,97 +50,6 @@ impl Histogram {
             below += c;
         }
         (BUCKETS as u32 - 1, 1)
-    }
-}
-
-/// Counters for a window of top-16-bit buckets per task: the low 16 bits of the values inside it, and how many
-/// values lie below it, which together give the exact rank of every value inside (u32 counters: the caller
-/// keeps every task under 2³² values).
-#[derive(Debug, Clone)]
-pub(crate) struct WindowCounts {
-    /// Per task: first bucket, number of buckets, offset of its counters.
-    windows: Vec<(u32, u32, usize)>,
-    /// Per task: values below its window.
-    below: Vec<u64>,
-    counts: Vec<u32>,
-}
-
-impl WindowCounts {
-    /// Counters for the windows `(first bucket, buckets)`, one per task (0 buckets: none).
-    pub(crate) fn new(windows: &[(u32, u32)]) -> Self {
-        let mut offset = 0;
-        let windows: Vec<(u32, u32, usize)> = windows
-            .iter()
-            .map(|&(lo, width)| {
-                let w = (lo, width, offset);
-                offset += width as usize * BUCKETS;
-                w
-            })
-            .collect();
-        WindowCounts {
-            below: vec![0; windows.len()],
-            windows,
-            counts: vec![0; offset],
-        }
-    }
-
-    /// Count the `values` of task `task`: those below its window, and the low 16 bits of those inside it.
-    /// Few values fall inside, so groups of 32 are tested at once (vectorised) into a bit mask, and only its
-    /// set bits are counted (4× faster than counting inside the first loop, measured on |τ| near the 80th
-    /// percentile).
-    pub(crate) fn add(&mut self, task: usize, values: &[f32]) {
-        let (lo, width, offset) = self.windows[task];
-        if width == 0 {
-            return;
-        }
-        let (first, span) = (lo << 16, width << 16);
-        let counts = &mut self.counts[offset..offset + span as usize];
-        let at = |v: &f32| v.abs().to_bits().wrapping_sub(first);
-        let mut count = |group: &[f32]| {
-            let (mut inside, mut below) = (0u32, 0u32);
-            for (i, v) in group.iter().enumerate() {
-                below += u32::from(v.abs().to_bits() < first);
-                inside |= u32::from(at(v) < span) << i;
-            }
-            while inside != 0 {
-                counts[at(&group[inside.trailing_zeros() as usize]) as usize] += 1;
-                inside &= inside - 1;
-            }
-            u64::from(below)
-        };
-        let groups = values.chunks_exact(32);
-        let mut below = count(groups.remainder());
-        for group in groups {
-            below += count(group);
-        }
-        self.below[task] += below;
-    }
-
-    /// Add another set of counters for the same windows.
-    pub(crate) fn merge(&mut self, other: &WindowCounts) {
-        for (a, b) in self.below.iter_mut().zip(&other.below) {
-            *a += *b;
-        }
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += *b;
-        }
-    }
-
-    /// The bit pattern of task `task`'s `k`-th smallest |value| (1-based), if it lies inside the window.
-    pub(crate) fn kth(&self, task: usize, k: u64) -> Option<u32> {
-        let (lo, width, offset) = self.windows[task];
-        let mut rank = self.below[task];
-        if k <= rank {
-            return None;
-        }
-        let counts = &self.counts[offset..offset + width as usize * BUCKETS];
-        for (at, &c) in counts.iter().enumerate() {
-            rank += u64::from(c);
-            if rank >= k {
-                return Some((lo << 16) + at as u32);
-            }
-        }
-        None
     }
 }
 
@@ -190,7 +81,11 @@ impl Window {
 /// The buckets that hold ranks `k ± margin` of a sampled histogram, at most `cap` of them, centred on the
 /// bucket of rank `k` when the margin spans more.
 pub(super) fn window_around(sample: &Histogram, task: usize, n: u64, k: u64, cap: u32) -> Window {
-    let margin = ((n as f64 * SAMPLE_MARGIN).ceil() as u64).max(1);
+    // The sample's k-th rank varies by √(n·q(1−q)): the margin covers six of those, and at least a fixed
+    // share of the sample.
+    let q = k as f64 / n.max(1) as f64;
+    let spread = SAMPLE_SIGMAS * (n as f64 * q * (1.0 - q)).sqrt();
+    let margin = ((n as f64 * SAMPLE_MARGIN).max(spread).ceil() as u64).max(1);
     let (lo, _) = sample.locate(task, k.saturating_sub(margin).max(1));
     let (hi, _) = sample.locate(task, (k + margin).min(n.max(1)));
     let (mid, rank) = sample.locate(task, k.max(1));
@@ -215,6 +110,7 @@ pub(super) fn window_around(sample: &Histogram, task: usize, n: u64, k: u64, cap
 mod tests {
     use super::*;
     use crate::methods::ties::select::threshold_rank;
+    use crate::methods::ties::window_counts::WindowCounts;
     use crate::rng;
 
     fn kth_by_radix(values: &[f32], k: u64) -> f32 {
@@ -222,11 +118,9 @@ mod tests {
         for part in values.chunks(7) {
             high.add_high(0, part);
         }
-        let (h, rank) = high.locate(0, k);
-        let mut low = Histogram::new(1);
-        low.add_low(0, values, h);
-        let (l, _) = low.locate(0, rank);
-        f32::from_bits(h << 16 | l)
+        let mut low = WindowCounts::new(&[(high.locate(0, k).0, 1)]);
+        low.add(0, values);
+        f32::from_bits(low.kth(0, k).unwrap_or_else(|| panic!("the k-th value is in its bucket")))
     }
 
     #[test]

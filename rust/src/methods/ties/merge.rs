@@ -99,8 +99,7 @@ pub(super) fn run(options: &TiesOptions, engine: &Engine<'_>, writer: &Writer) -
             let mut thresholds = Vec::with_capacity(groups.len());
             for (group, k) in groups.iter().zip(&ranks) {
                 let jobs = engine.jobs(group.iter().copied());
-                let sample = options.trim == Trim::Global;
-                thresholds.push(kth_smallest_abs(engine, &jobs, k, sample, |c| options.prepare(c))?);
+                thresholds.push(kth_smallest_abs(engine, &jobs, k, |c| options.prepare(c))?);
             }
             let (sign_sum, patches) = merge_groups(&first, engine, writer, &groups, &thresholds)?;
             (thresholds, sign_sum, patches)

@@ -8,6 +8,7 @@ mod fused;
 mod histogram;
 mod merge;
 mod select;
+mod window_counts;
 
 use crate::engine::{Chunk, Engine};
 use crate::error::Result;

@@ -6,23 +6,27 @@
 //! Small selections (at most [`IN_MEMORY_VALUES`] values over all tasks: a small model, or one tensor of a
 //! per-tensor trim) collect the bit patterns of every |value| in one pass and quickselect them instead.
 //!
-//! Large selections save the second full pass: a cheap sample (a short run from every chunk, 1/32 of the
-//! data) predicts a narrow window of top-16-bit buckets around the k-th value, and pass 1 counts only the
+//! Large selections save the second full pass: a cheap sample (a run from the start of every chunk: 1/32 of a
+//! whole model, up to a quarter of one tensor) predicts a narrow window of top-16-bit buckets around the k-th value, and pass 1 counts only the
 //! values below that window and the low bits of those inside it (a full top-bit histogram, a scattered
 //! increment per value, cost more than the rest of the pass). When the k-th value is inside the window (the
 //! sample's margin makes that the rule) it is read off directly; otherwise one pass counts the top bits and
 //! another the low bits, as above. Either way the value is exact.
 
-use super::histogram::{Histogram, Window, WindowCounts, window_around};
+use super::histogram::{Histogram, Window, window_around};
+use super::window_counts::WindowCounts;
 use crate::engine::{Chunk, Engine, Job, PassSpec};
-use crate::error::Result;
+use crate::error::{MergeError, Result};
 
-/// Elements read from the start of every chunk for the sample.
+/// Elements read at least from the start of every chunk for the sample.
 const SAMPLE_RUN: usize = 2048;
+/// Sampled values per task aimed at: fewer chunks get longer runs (up to a quarter of each), so that the
+/// sample of one tensor of a per-tensor trim predicts its window as surely as 1/32 of a whole model does.
+const SAMPLE_TARGET: usize = 1 << 19;
 /// Sampled chunks announced ahead of the reader: a cold sample is a seek per run, and this keeps the disk busy.
 const SAMPLE_PREFETCH: usize = 64;
-/// Fewer chunks than this: the sample would be most of the data, so use the plain two passes.
-const SAMPLE_MIN_JOBS: usize = 64;
+/// Fewer chunks than this: too few runs to sample, so use the plain two passes.
+const SAMPLE_MIN_JOBS: usize = 4;
 /// Selections of at most this many values (over all tasks) are made in memory: 4 MiB of bit patterns.
 const IN_MEMORY_VALUES: u64 = 1 << 20;
 /// Most window buckets over all tasks (each is 65 536 u32 counters per thread: 256 KiB).
@@ -36,25 +40,19 @@ pub(crate) fn threshold_rank(d: u64, percent: f64) -> u64 {
 }
 
 /// Exact k-th smallest |value| per task over `jobs`, where `prepare` turns each chunk's `models` buffers into
-/// the values (e.g. task vectors). `k[i] == 0` means "keep everything" and yields 0. With `sample`, a large
-/// selection first predicts the threshold's buckets from a sample (worth it once per model, not per tensor).
+/// the values (e.g. task vectors). `k[i] == 0` means "keep everything" and yields 0. A large selection first
+/// predicts the threshold's buckets from a sample.
 pub(crate) fn kth_smallest_abs(
     engine: &Engine<'_>,
     jobs: &[Job],
     k: &[u64],
-    sample: bool,
     prepare: impl Fn(&mut Chunk<'_>) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
-    let tasks = k.len();
-    let values: u64 = jobs.iter().map(|j| j.len as u64).sum::<u64>() * tasks as u64;
+    let values: u64 = jobs.iter().map(|j| j.len as u64).sum::<u64>() * k.len() as u64;
     if values <= IN_MEMORY_VALUES {
         return kth_in_memory(engine, jobs, k, &prepare);
     }
-    let windows = if sample {
-        predict_windows(engine, jobs, k, &prepare)?
-    } else {
-        vec![Window::NONE; tasks]
-    };
+    let windows = predict_windows(engine, jobs, k, &prepare)?;
     let count_pass = |state: &mut Counters, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
         state.add(&chunk);
@@ -108,7 +106,7 @@ impl Counters {
         let mut states = states.into_iter();
         let first = states.next().unwrap_or_else(|| Counters::new(windows, k));
         states.fold(first, |mut acc, s| {
-            acc.window.merge(&s.window);
+            acc.window.merge(s.window);
             if let (Some(a), Some(b)) = (&mut acc.high, &s.high) {
                 a.merge(b);
             }
@@ -123,7 +121,7 @@ pub(super) fn finish(
     engine: &Engine<'_>,
     jobs: &[Job],
     k: &[u64],
-    counters: Counters,
+    mut counters: Counters,
     prepare: &(impl Fn(&mut Chunk<'_>) -> Result<()> + Sync),
 ) -> Result<(Vec<f32>, bool)> {
     let mut bits: Vec<Option<u32>> = k
@@ -177,11 +175,14 @@ fn select_outside_windows(
             high.merge(state);
         }
     }
-    let located: Vec<(u32, u64)> = k.iter().enumerate().map(|(t, &kt)| high.locate(t, kt.max(1))).collect();
-    let low_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
+    // A window of the one bucket that holds each missing k-th value.
+    let buckets: Vec<(u32, u32)> = (0..tasks)
+        .map(|t| if missing[t] { (high.locate(t, k[t]).0, 1) } else { (0, 0) })
+        .collect();
+    let low_pass = |state: &mut WindowCounts, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
-        for (t, values) in chunk.models.iter().enumerate().filter(|&(t, _)| missing[t]) {
-            state.add_low(t, values, located[t].0);
+        for (t, values) in chunk.models.iter().enumerate() {
+            state.add(t, values);
         }
         Ok(())
     };
@@ -189,13 +190,19 @@ fn select_outside_windows(
         .pass(
             select_pass("trim: select low bits"),
             jobs,
-            || Histogram::new(tasks),
+            || WindowCounts::new(&buckets),
             low_pass,
         )?
         .1;
-    let low = merged(states, tasks);
+    let mut low = states.into_iter().reduce(|mut acc, s| {
+        acc.merge(s);
+        acc
+    });
     for (t, b) in bits.iter_mut().enumerate().filter(|(t, _)| missing[*t]) {
-        *b = Some(located[t].0 << 16 | low.locate(t, located[t].1).0);
+        *b = low.as_mut().and_then(|low| low.kth(t, k[t]));
+        if b.is_none() {
+            return Err(MergeError::Internal("the k-th value is not in its bucket".into()));
+        }
     }
     Ok(())
 }
@@ -255,13 +262,9 @@ pub(super) fn predict_windows(
     if small || jobs.len() < SAMPLE_MIN_JOBS || total >= u64::from(u32::MAX) || tasks == 0 {
         return Ok(vec![Window::NONE; tasks]);
     }
-    let sample: Vec<Job> = jobs
-        .iter()
-        .map(|j| Job {
-            len: j.len.min(SAMPLE_RUN),
-            ..*j
-        })
-        .collect();
+    let longest = jobs.iter().map(|j| j.len).max().unwrap_or(0);
+    let run = (SAMPLE_TARGET / jobs.len()).min(longest / 4).max(SAMPLE_RUN);
+    let sample: Vec<Job> = jobs.iter().map(|j| Job { len: j.len.min(run), ..*j }).collect();
     let n: u64 = sample.iter().map(|j| j.len as u64).sum();
     let sample_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
@@ -297,11 +300,12 @@ pub(super) fn predict_windows(
         .collect())
 }
 
+/// The sum of per-thread histograms, added into the first (no new counters: they are MiBs).
 fn merged(states: Vec<Histogram>, tasks: usize) -> Histogram {
-    states.iter().fold(Histogram::new(tasks), |mut acc, h| {
-        acc.merge(h);
+    states.into_iter().reduce(|mut acc, h| {
+        acc.merge(&h);
         acc
-    })
+    }).unwrap_or_else(|| Histogram::new(tasks))
 }
 
 #[cfg(test)]
