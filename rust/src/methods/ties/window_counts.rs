@@ -26,6 +26,28 @@ impl Inside {
     }
 }
 
+/// Count the values of `group` (at most 32) inside the window of bit patterns `[first, first + span)` into
+/// `inside`; returns how many lie below it. The test runs vectorised into a bit mask, and only its set bits
+/// are counted (4× faster than counting inside the first loop, measured on |τ| near the 80th percentile).
+#[inline(always)]
+fn count_group(group: &[f32], first: u32, span: u32, inside: &mut Inside) -> u32 {
+    let at = |v: &f32| v.abs().to_bits().wrapping_sub(first);
+    let (mut hits, mut below) = (0u32, 0u32);
+    for (i, v) in group.iter().enumerate() {
+        below += u32::from(v.abs().to_bits() < first);
+        hits |= u32::from(at(v) < span) << i;
+    }
+    while hits != 0 {
+        let offset = at(&group[hits.trailing_zeros() as usize]);
+        match inside {
+            Inside::Offsets(offsets) => offsets.push(offset),
+            Inside::Counts(counts) => counts[offset as usize] += 1,
+        }
+        hits &= hits - 1;
+    }
+    below
+}
+
 /// Per task: a window, the values below it and those inside it (u32 counters: the caller keeps every task
 /// under 2³² values).
 #[derive(Debug, Clone)]
@@ -52,37 +74,18 @@ impl WindowCounts {
         self.windows[task].1 as usize * BUCKETS
     }
 
-    /// Count the `values` of task `task`. Few values fall inside the window, so groups of 32 are tested at
-    /// once (vectorised) into a bit mask, and only its set bits are counted (4× faster than counting inside
-    /// the first loop, measured on |τ| near the 80th percentile).
+    /// Count the `values` of task `task`, in groups of 32: few fall inside the window.
     pub(crate) fn add(&mut self, task: usize, values: &[f32]) {
         let (lo, width) = self.windows[task];
         if width == 0 {
             return;
         }
         let (first, span) = (lo << 16, width << 16);
-        let at = |v: &f32| v.abs().to_bits().wrapping_sub(first);
         let inside = &mut self.inside[task];
-        let mut count = |group: &[f32]| {
-            let (mut hits, mut below) = (0u32, 0u32);
-            for (i, v) in group.iter().enumerate() {
-                below += u32::from(v.abs().to_bits() < first);
-                hits |= u32::from(at(v) < span) << i;
-            }
-            while hits != 0 {
-                let offset = at(&group[hits.trailing_zeros() as usize]);
-                match inside {
-                    Inside::Offsets(offsets) => offsets.push(offset),
-                    Inside::Counts(counts) => counts[offset as usize] += 1,
-                }
-                hits &= hits - 1;
-            }
-            u64::from(below)
-        };
         let groups = values.chunks_exact(32);
-        let mut below = count(groups.remainder());
+        let mut below = u64::from(count_group(groups.remainder(), first, span, inside));
         for group in groups {
-            below += count(group);
+            below += u64::from(count_group(group, first, span, inside));
         }
         self.below[task] += below;
         if matches!(inside, Inside::Offsets(o) if o.len() > span as usize / 2) {
