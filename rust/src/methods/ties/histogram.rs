@@ -120,7 +120,10 @@ mod tests {
         }
         let mut low = WindowCounts::new(&[(high.locate(0, k).0, 1)]);
         low.add(0, values);
-        f32::from_bits(low.kth(0, k).unwrap_or_else(|| panic!("the k-th value is in its bucket")))
+        f32::from_bits(
+            low.kth(0, k)
+                .unwrap_or_else(|| panic!("the k-th value is in its bucket")),
+        )
     }
 
     #[test]

@@ -177,7 +177,13 @@ fn select_outside_windows(
     }
     // A window of the one bucket that holds each missing k-th value.
     let buckets: Vec<(u32, u32)> = (0..tasks)
-        .map(|t| if missing[t] { (high.locate(t, k[t]).0, 1) } else { (0, 0) })
+        .map(|t| {
+            if missing[t] {
+                (high.locate(t, k[t]).0, 1)
+            } else {
+                (0, 0)
+            }
+        })
         .collect();
     let low_pass = |state: &mut WindowCounts, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
@@ -264,7 +270,13 @@ pub(super) fn predict_windows(
     }
     let longest = jobs.iter().map(|j| j.len).max().unwrap_or(0);
     let run = (SAMPLE_TARGET / jobs.len()).min(longest / 4).max(SAMPLE_RUN);
-    let sample: Vec<Job> = jobs.iter().map(|j| Job { len: j.len.min(run), ..*j }).collect();
+    let sample: Vec<Job> = jobs
+        .iter()
+        .map(|j| Job {
+            len: j.len.min(run),
+            ..*j
+        })
+        .collect();
     let n: u64 = sample.iter().map(|j| j.len as u64).sum();
     let sample_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
         prepare(&mut chunk)?;
@@ -302,10 +314,13 @@ pub(super) fn predict_windows(
 
 /// The sum of per-thread histograms, added into the first (no new counters: they are MiBs).
 fn merged(states: Vec<Histogram>, tasks: usize) -> Histogram {
-    states.into_iter().reduce(|mut acc, h| {
-        acc.merge(&h);
-        acc
-    }).unwrap_or_else(|| Histogram::new(tasks))
+    states
+        .into_iter()
+        .reduce(|mut acc, h| {
+            acc.merge(&h);
+            acc
+        })
+        .unwrap_or_else(|| Histogram::new(tasks))
 }
 
 #[cfg(test)]

@@ -127,11 +127,13 @@ impl WindowCounts {
             }
             Inside::Counts(counts) => {
                 let mut seen = 0u64;
-                counts.iter().position(|&c| {
-                    seen += u64::from(c);
-                    seen >= rank
-                })
-                .map(|at| first + at as u32)
+                counts
+                    .iter()
+                    .position(|&c| {
+                        seen += u64::from(c);
+                        seen >= rank
+                    })
+                    .map(|at| first + at as u32)
             }
         }
     }
