@@ -185,12 +185,14 @@ pub(super) fn merge_prepared(
         .ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
     let mut signs = vec![0.0f32; chunk.out.len()];
     sum_into(&mut signs, chunk.models);
-    // Summed as integers, which vectorise (an f32 sum runs element by element).
-    let mut sign_sum = 0i64;
+    // Summed as i32 (a block is at most 2^24 elements), which vectorises: an f32 sum runs element by element
+    // and an i64 conversion does not vectorise.
+    let mut sign_sum = 0i32;
     for s in signs.iter_mut() {
         *s = sign(*s);
-        sign_sum += *s as i64;
+        sign_sum += *s as i32;
     }
+    let sign_sum = i64::from(sign_sum);
     if signs.iter().fold(false, |zero, &s| zero | (s == 0.0)) {
         resolve_zero_signs(pass, chunk, &mut signs, base, unsettled, patches);
     }
@@ -225,7 +227,7 @@ fn resolve_zero_signs(
     if let Some(open) = open {
         let mut column = vec![0.0f32; chunk.models.len()];
         let settled = |j: usize| unsettled.is_none_or(|u| !u[j]);
-        for j in (0..signs.len()).filter(|&j| open[j] != 0 && settled(j)) {
+        for j in set_positions(&open).filter(|&j| settled(j)) {
             for (c, tau) in column.iter_mut().zip(chunk.models.iter()) {
                 *c = tau[j];
             }
@@ -260,6 +262,22 @@ fn open_elements(models: &[&mut [f32]], signs: &[f32]) -> Option<Vec<u32>> {
         *o &= u32::from(*s == 0.0);
     }
     (open.iter().fold(0, |any, &o| any | o) != 0).then_some(open)
+}
+
+/// The positions of the non-zero entries of `flags`, found 32 at a time through a bit mask (vectorised): in
+/// 16-bit types most blocks have a few.
+fn set_positions(flags: &[u32]) -> impl Iterator<Item = usize> + '_ {
+    flags.chunks(32).enumerate().flat_map(|(g, group)| {
+        let mut bits = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |m, (i, &f)| m | (u32::from(f != 0) << i));
+        std::iter::from_fn(move || {
+            let i = (bits != 0).then(|| bits.trailing_zeros() as usize)?;
+            bits &= bits - 1;
+            Some(g * 32 + i)
+        })
+    })
 }
 
 /// The type a merged tensor is stored in.
