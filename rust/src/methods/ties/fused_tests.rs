@@ -1,6 +1,6 @@
 //! The one-pass global TIES against the definition, element by element, bit for bit: when the sample
-//! predicts the thresholds' windows, when it misleads (more selection passes and the merge again), with cancelling
-//! entries that wait for the majority sign, and for every aggregation.
+//! predicts the thresholds' windows, when it misleads (more selection passes and the merge again), with
+//! cancelling entries that wait for the majority sign, and for every aggregation.
 
 use std::path::{Path, PathBuf};
 

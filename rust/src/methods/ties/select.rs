@@ -7,11 +7,11 @@
 //! per-tensor trim) collect the bit patterns of every |value| in one pass and quickselect them instead.
 //!
 //! Large selections save the second full pass: a cheap sample (a run from the start of every chunk: 1/32 of a
-//! whole model, up to a quarter of one tensor) predicts a narrow window of top-16-bit buckets around the k-th value, and pass 1 counts only the
-//! values below that window and the low bits of those inside it (a full top-bit histogram, a scattered
-//! increment per value, cost more than the rest of the pass). When the k-th value is inside the window (the
-//! sample's margin makes that the rule) it is read off directly; otherwise one pass counts the top bits and
-//! another the low bits, as above. Either way the value is exact.
+//! whole model, up to a quarter of one tensor) predicts a narrow window of top-16-bit buckets around the k-th
+//! value, and pass 1 counts only the values below that window and the low bits of those inside it (a full
+//! top-bit histogram, a scattered increment per value, cost more than the rest of the pass). When the k-th
+//! value is inside the window (the sample's margin makes that the rule) it is read off directly; otherwise
+//! one pass counts the top bits and another the low bits, as above. Either way the value is exact.
 
 use super::histogram::{Histogram, Window, window_around};
 use super::window_counts::WindowCounts;
