@@ -31,14 +31,17 @@ use crate::engine::{Chunk, Engine, PassSpec};
 use crate::error::{MergeError, Result};
 use crate::writer::Writer;
 
-/// Tests set this to take the one pass whatever the memory.
 #[cfg(test)]
-pub(super) static ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    /// A test sets this on its own thread to take the one pass whatever the memory (a merge decides on the
+    /// thread that calls it, so tests running beside it keep the two passes).
+    pub(super) static ALWAYS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Whether to select and merge in one pass (see the module's text).
 pub(super) fn pays(engine: &Engine<'_>) -> bool {
     #[cfg(test)]
-    if ALWAYS.load(Ordering::Relaxed) {
+    if ALWAYS.with(std::cell::Cell::get) {
         return true;
     }
     engine.memory_is_scarce()

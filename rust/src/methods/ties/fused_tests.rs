@@ -92,7 +92,7 @@ fn run_ties(dir: &Path, set: &(PathBuf, Vec<PathBuf>), params: Value, name: &str
         ..MergeRequest::new(method, set.1.clone(), dir.join(name))
     };
     let monitor = Monitor::default();
-    super::ALWAYS.store(true, std::sync::atomic::Ordering::Relaxed);
+    super::ALWAYS.with(|always| always.set(true));
     merge(&request, &monitor).unwrap_or_else(|e| panic!("{e}"));
     let bytes = std::fs::read(request.out.join("model.safetensors")).unwrap_or_else(|e| panic!("{e}"));
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
