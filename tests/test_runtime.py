@@ -30,8 +30,8 @@ def large_set(tmp_path_factory):
     return make_model_set(tmp_path_factory.mktemp("large"), "vit-b-32", 2)
 
 
-def test_gil_is_released_during_a_merge(small_set, tmp_path):
-    pretrained, models = small_set
+def test_gil_is_released_during_a_merge(large_set, tmp_path):
+    pretrained, models = large_set
     done = threading.Event()
     ticks = 0
 
