@@ -29,7 +29,7 @@ const SAMPLE_PREFETCH: usize = 64;
 const SAMPLE_MIN_JOBS: usize = 4;
 /// Selections of at most this many values (over all tasks) are made in memory: 4 MiB of bit patterns.
 const IN_MEMORY_VALUES: u64 = 1 << 20;
-/// Most window buckets over all tasks (each is 65 536 u32 counters per thread: 256 KiB).
+/// Most window buckets over all tasks (each, once its counts are dense, 65 536 u32 counters per thread: 256 KiB).
 const WINDOW_BUDGET: u32 = 64;
 
 /// The number of values kept by a top-`percent` trim of `d` values, as FusionBench computes it:
@@ -53,19 +53,15 @@ pub(crate) fn kth_smallest_abs(
         return kth_in_memory(engine, jobs, k, &prepare);
     }
     let windows = predict_windows(engine, jobs, k, &prepare)?;
-    let count_pass = |state: &mut Counters, _: &mut (), mut chunk: Chunk<'_>| {
-        prepare(&mut chunk)?;
-        state.add(&chunk);
-        Ok(())
-    };
-    let states = engine
-        .pass(
-            select_pass("trim: select"),
-            jobs,
-            || Counters::new(&windows, k),
-            count_pass,
-        )?
-        .1;
+    let init = || Counters::new(&windows, k);
+    let states = count_values(
+        engine,
+        select_pass("trim: select"),
+        jobs,
+        &prepare,
+        init,
+        Counters::add_task,
+    )?;
     Ok(finish(engine, jobs, k, Counters::merged(states, &windows, k), &prepare)?.0)
 }
 
@@ -94,10 +90,15 @@ impl Counters {
     /// Count the values of every task of `chunk` (its `models`, already prepared).
     pub(super) fn add(&mut self, chunk: &Chunk<'_>) {
         for (t, values) in chunk.models.iter().enumerate() {
-            match &mut self.high {
-                Some(high) if self.counted_high[t] => high.add_high(t, values),
-                _ => self.window.add(t, values),
-            }
+            self.add_task(t, values);
+        }
+    }
+
+    /// Count `values` of task `task`.
+    fn add_task(&mut self, task: usize, values: &[f32]) {
+        match &mut self.high {
+            Some(high) if self.counted_high[task] => high.add_high(task, values),
+            _ => self.window.add(task, values),
         }
     }
 
@@ -156,21 +157,18 @@ fn select_outside_windows(
         .collect();
     let mut high = counters.high.unwrap_or_else(|| Histogram::new(tasks));
     if uncounted.contains(&true) {
-        let high_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
-            prepare(&mut chunk)?;
-            for (t, values) in chunk.models.iter().enumerate().filter(|&(t, _)| uncounted[t]) {
-                state.add_high(t, values);
-            }
-            Ok(())
-        };
-        let states = engine
-            .pass(
-                select_pass("trim: select top bits"),
-                jobs,
-                || Histogram::new(tasks),
-                high_pass,
-            )?
-            .1;
+        let states = count_values(
+            engine,
+            select_pass("trim: select top bits"),
+            jobs,
+            prepare,
+            || Histogram::new(tasks),
+            |state, t, values| {
+                if uncounted[t] {
+                    state.add_high(t, values);
+                }
+            },
+        )?;
         for state in &states {
             high.merge(state);
         }
@@ -185,21 +183,14 @@ fn select_outside_windows(
             }
         })
         .collect();
-    let low_pass = |state: &mut WindowCounts, _: &mut (), mut chunk: Chunk<'_>| {
-        prepare(&mut chunk)?;
-        for (t, values) in chunk.models.iter().enumerate() {
-            state.add(t, values);
-        }
-        Ok(())
-    };
-    let states = engine
-        .pass(
-            select_pass("trim: select low bits"),
-            jobs,
-            || WindowCounts::new(&buckets),
-            low_pass,
-        )?
-        .1;
+    let states = count_values(
+        engine,
+        select_pass("trim: select low bits"),
+        jobs,
+        prepare,
+        || WindowCounts::new(&buckets),
+        WindowCounts::add,
+    )?;
     let mut low = states.into_iter().reduce(|mut acc, s| {
         acc.merge(s);
         acc
@@ -244,6 +235,26 @@ fn kth_in_memory(
         .collect())
 }
 
+/// A pass of `spec` over `jobs` that prepares every chunk and hands each task's values to `add(state, task,
+/// values)`; returns the per-thread states.
+fn count_values<S: Send>(
+    engine: &Engine<'_>,
+    spec: PassSpec<'_>,
+    jobs: &[Job],
+    prepare: &(impl Fn(&mut Chunk<'_>) -> Result<()> + Sync),
+    init: impl Fn() -> S + Sync,
+    add: impl Fn(&mut S, usize, &[f32]) + Sync,
+) -> Result<Vec<S>> {
+    let kernel = |state: &mut S, _: &mut (), mut chunk: Chunk<'_>| {
+        prepare(&mut chunk)?;
+        for (t, values) in chunk.models.iter().enumerate() {
+            add(state, t, values);
+        }
+        Ok(())
+    };
+    Ok(engine.pass(spec, jobs, init, kernel)?.1)
+}
+
 fn select_pass(phase: &'static str) -> PassSpec<'static> {
     PassSpec {
         phase,
@@ -278,27 +289,19 @@ pub(super) fn predict_windows(
         })
         .collect();
     let n: u64 = sample.iter().map(|j| j.len as u64).sum();
-    let sample_pass = |state: &mut Histogram, _: &mut (), mut chunk: Chunk<'_>| {
-        prepare(&mut chunk)?;
-        for (t, values) in chunk.models.iter().enumerate() {
-            state.add_high(t, values);
-        }
-        Ok(())
+    let spec = PassSpec {
+        prefetch: SAMPLE_PREFETCH,
+        ..select_pass("trim: sample")
     };
-    let hist = merged(
-        engine
-            .pass(
-                PassSpec {
-                    prefetch: SAMPLE_PREFETCH,
-                    ..select_pass("trim: sample")
-                },
-                &sample,
-                || Histogram::new(tasks),
-                sample_pass,
-            )?
-            .1,
-        tasks,
-    );
+    let states = count_values(
+        engine,
+        spec,
+        &sample,
+        prepare,
+        || Histogram::new(tasks),
+        Histogram::add_high,
+    )?;
+    let hist = merged(states, tasks);
     let cap = (WINDOW_BUDGET / tasks as u32).max(1);
     Ok(k.iter()
         .enumerate()
