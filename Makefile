@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-rust test-python lint cargo-fuzz fuzz fuzz-ci bench zoo clean
+.PHONY: install demo test test-rust test-python lint cargo-fuzz fuzz fuzz-ci bench zoo zoo-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,14 +59,17 @@ fuzz-ci: cargo-fuzz
 	$(call fuzz_each,$$tmp/found fuzz/corpus/$$t fuzz/seeds/$$t,30)
 
 # Rebuild the offline zoo (a development step; CI never does it): the Debian packages its images come from, the
-# zoo extra, then the builder (9.3 minutes on 2 cores, 2026-11-30). It replaces python/merge_rs/zoo/data.
+# zoo extra (`make zoo-deps`, which the experiments in tools/zoo/experiment also need), then the builder (9.3
+# minutes on 2 cores, 2026-11-30). It replaces python/merge_rs/zoo/data.
 ZOO_DEBIAN := dataset-fashion-mnist fonts-noto-color-emoji fonts-symbola unicode-data oxygen-icon-theme \
 	tango-icon-theme gnome-icon-theme gimp-data fonts-noto-core fonts-dejavu-core fonts-liberation fonts-freefont-ttf \
 	fonts-urw-base35 fonts-cantarell
-zoo: $(PY)
+zoo-deps: $(PY)
 	apt-get install -y --no-install-recommends $(ZOO_DEBIAN)
 	rm -f python/merge_rs/*.so
 	$(PY) -m pip install --quiet ".[zoo]"
+
+zoo: zoo-deps
 	$(PY) -m tools.zoo.build python/merge_rs/zoo/data
 
 # The speed and memory benchmark (opt-in: ~30 minutes, up to ~30 GB of generated checkpoints in benches/.data).

@@ -19,59 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from merge_rs.clip.heads import compute_head
 from merge_rs.clip.tasks import get_task
 from .corpus import pretraining_corpus
 from .hashes import HASH_FILE, fingerprint
+from .model import new_clip
+from .settings import ZooSettings
+from .slices import slice_captions, without_split_images
+from .splits import SPLITS, split_indices
+from .training import finetune, pretrain, tokenize_captions
 from .sources import SOURCES, Images
-
-SPLITS = ("test", "validation", "train")
-
-
-@dataclass(frozen=True)
-class ZooSettings:
-    """Everything that decides the zoo's contents."""
-
-    seed: int = 0
-    tasks: tuple[str, ...] = ("mnist", "digits", "fashion_mnist", "emoji", "icons", "textures", "letters", "scripts")
-    test_size: int = 1000  # at most half of a source
-    validation_size: int = 250  # at most an eighth
-    train_size: int = 1000  # at most the rest; what ships
-    finetune_extra: int = 3000  # images past the shipped train split that fine-tuning also sees (if the source has them)
-    image_size: int = 32
-    patch_size: int = 8
-    hidden: int = 80
-    layers: int = 4
-    heads: int = 4
-    text_layers: int = 2
-    bpe_merges: int = 4096
-    max_text_tokens: int = 32
-    projection_dim: int = 64
-    pretrain_steps: int = 4000
-    pretrain_batch: int = 64
-    pretrain_lr: float = 1e-3
-    finetune_steps: int = 600
-    finetune_batch: int = 64
-    finetune_lr: float = 1e-4
-    finetune_shift: int = 2
-
-
-def split_indices(n: int, settings: ZooSettings, rng: random.Random) -> dict[str, list[int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    test = min(settings.test_size, n // 2)
-    validation = min(settings.validation_size, n // 8)
-    rest = order[test + validation:]
-    return {"test": order[:test], "validation": order[test:test + validation], "train": rest[:settings.train_size],
-            "extra": rest[settings.train_size:settings.train_size + settings.finetune_extra]}
-
 
 def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> dict[str, Any]:
     import torch
@@ -93,6 +57,14 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
         splits[name] = {k: ([images[i] for i in idx], [labels[i] for i in idx]) for k, idx in parts.items()}
         log(f"{name}: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits[name].items()))
     corpus = pretraining_corpus(settings.seed)
+    split_prints = {fingerprint(image) for parts in splits.values() for part, (images, _) in parts.items()
+                    for image in images if part != "slice"}
+    for name in settings.tasks:
+        if "slice" in splits[name]:
+            images, labels = without_split_images(*splits[name].pop("slice"), split_prints)
+            prompts = [tuple(get_task(name).prompts(c)) for c in get_task(name).classnames]
+            captions = slice_captions(name, labels, prompts, settings.class_caption_share, settings.seed)
+            corpus[f"slice_{name}"] = list(zip(images, captions))
     log("pretraining corpus: " + ", ".join(f"{k} {len(v)}" for k, v in corpus.items()))
     corpus_pixels = {k: _pixels(processor, [image for image, _ in v]) for k, v in corpus.items()}
     corpus_captions = {k: [captions for _, captions in v] for k, v in corpus.items()}
@@ -100,14 +72,17 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
     hashes = sorted({fingerprint(image) for part in corpus.values() for image, _ in part})
     (staging / HASH_FILE).write_text("\n".join(hashes) + "\n")
 
-    _pretrain(clip, processor.tokenizer, corpus_pixels, corpus_captions, settings, rng, log)
+    token_ids, attention_mask, rows = tokenize_captions(processor.tokenizer, corpus_captions)
+    pretrain(clip, corpus_pixels, rows, token_ids, attention_mask, settings, rng, log)
     clip.save_pretrained(staging / "pretrained")
     processor.save_pretrained(staging / "pretrained")
 
     for name in settings.tasks:
         train_images, train_labels = (a + b for a, b in zip(splits[name]["train"], splits[name].pop("extra")))
-        vision = _finetune(clip, processor.tokenizer, name, _pixels(processor, train_images), train_labels,
-                           settings, log)
+        with torch.no_grad():
+            head = compute_head(clip, processor.tokenizer, get_task(name))
+        vision = finetune(clip, head, _pixels(processor, train_images), torch.tensor(train_labels), settings, name,
+                          log)
         vision.save_pretrained(staging / "models" / name)
         save_splits(staging / "datasets" / name, splits[name], name)
 
@@ -129,7 +104,7 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
 
 
 def _new_clip(staging: Path, settings: ZooSettings):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
     from .tokenizer import write_clip_tokenizer_files
 
@@ -141,118 +116,11 @@ def _new_clip(staging: Path, settings: ZooSettings):
         size={"shortest_edge": settings.image_size},
         crop_size={"height": settings.image_size, "width": settings.image_size},
     )
-    tower = dict(hidden_size=settings.hidden, intermediate_size=4 * settings.hidden,
-                 num_attention_heads=settings.heads)
-    config = CLIPConfig(
-        text_config=dict(tower, vocab_size=vocab, num_hidden_layers=settings.text_layers,
-                         max_position_embeddings=settings.max_text_tokens, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(tower, num_hidden_layers=settings.layers, image_size=settings.image_size,
-                           patch_size=settings.patch_size),
-        projection_dim=settings.projection_dim,
-    )
-    return CLIPModel(config), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return new_clip(settings, tokenizer, vocab), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def _pixels(processor, images):
     return processor.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-
-
-def _text_embeddings(clip, tokenizer, texts: list[str]):
-    tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    out = clip.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-    return clip.text_projection(out.pooler_output)
-
-
-def _image_embeddings(clip, vision, pixel_values):
-    return clip.visual_projection(vision(pixel_values=pixel_values).pooler_output)
-
-
-def _pretrain(clip, tokenizer, pixels, captions, settings: ZooSettings, rng: random.Random, log) -> None:
-    """Contrastive training on the corpus: each step draws a part, then an image and one of its captions, until the
-    batch holds ``pretrain_batch`` distinct captions."""
-    import torch
-    import torch.nn.functional as F
-
-    parts = sorted(pixels)
-    generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=settings.pretrain_lr, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, settings.pretrain_steps))
-    clip.train()
-    for step in range(settings.pretrain_steps):
-        texts: list[str] = []
-        images = []
-        while len(texts) < settings.pretrain_batch:
-            part = rng.choice(parts)
-            i = rng.randrange(len(captions[part]))
-            text = rng.choice(captions[part][i])
-            if text not in texts:
-                texts.append(text)
-                images.append(pixels[part][i])
-        batch = _shift(torch.stack(images), settings.finetune_shift, generator)
-        img = F.normalize(_image_embeddings(clip, clip.vision_model, batch), dim=-1)
-        txt = F.normalize(_text_embeddings(clip, tokenizer, texts), dim=-1)
-        logits = clip.logit_scale.exp() * img @ txt.T
-        target = torch.arange(len(texts))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            clip.logit_scale.clamp_(0, math.log(100))
-        if step % 250 == 0 or step == settings.pretrain_steps - 1:
-            log(f"pretrain step {step}: contrastive loss {loss.item():.3f}")
-    clip.eval()
-
-
-def _cosine(step: int, total: int, warmup: int = 20) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _finetune(clip, tokenizer, name: str, pixel_values, labels: list[int], settings: ZooSettings, log):
-    import copy
-
-    import torch
-    import torch.nn.functional as F
-
-    from merge_rs.clip.heads import compute_head
-
-    with torch.no_grad():
-        head = compute_head(clip, tokenizer, get_task(name))
-        scale = clip.logit_scale.exp()
-    vision = copy.deepcopy(clip.vision_model)
-    vision.train()
-    optimizer = torch.optim.Adam(vision.parameters(), lr=settings.finetune_lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, settings.finetune_steps))
-    target_all = torch.tensor(labels)
-    generator = torch.Generator().manual_seed(settings.seed)
-    for step in range(settings.finetune_steps):
-        idx = torch.randint(len(labels), (settings.finetune_batch,), generator=generator)
-        images = _shift(pixel_values[idx], settings.finetune_shift, generator)
-        emb = F.normalize(_image_embeddings(clip, vision, images), dim=-1)
-        loss = F.cross_entropy(scale * emb @ head.T, target_all[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    log(f"fine-tuned {name}: final loss {loss.item():.3f}")
-    return vision.eval()
-
-
-def _shift(images, pixels: int, generator):
-    """Random translations by up to ``pixels`` in each direction (edge padding), one per image."""
-    import torch
-    import torch.nn.functional as F
-
-    if pixels == 0:
-        return images
-    padded = F.pad(images, (pixels,) * 4, mode="replicate")
-    size = images.shape[-1]
-    offsets = torch.randint(2 * pixels + 1, (len(images), 2), generator=generator).tolist()
-    return torch.stack([p[:, y:y + size, x:x + size] for p, (y, x) in zip(padded, offsets)])
 
 
 def save_splits(directory: Path, parts: dict[str, Images], name: str, splits: tuple[str, ...] = SPLITS) -> None:

@@ -1,0 +1,57 @@
+"""Everything that decides the zoo's contents, in one frozen dataclass shared by the builder and the experiments.
+
+It imports nothing heavy, so the experiment harness can run where merge-rs itself is not installed (a GPU machine
+with torch and transformers alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ZooSettings:
+    """Everything that decides the zoo's contents."""
+
+    seed: int = 0
+    tasks: tuple[str, ...] = ("mnist", "digits", "fashion_mnist", "emoji", "icons", "textures", "letters", "scripts")
+    test_size: int = 1000  # at most half of a source (a quarter with pretraining slices)
+    validation_size: int = 250  # at most an eighth
+    train_size: int = 1000  # at most the rest; what ships
+    finetune_extra: int = 3000  # images past the shipped train split that fine-tuning also sees (if the source has them)
+    pretrain_slice: int = 0  # per task: images of its own source, in no split, added to the pretraining corpus
+    class_caption_share: float = 0.3  # share of slice images captioned with their class's prompts (else the domain)
+    image_size: int = 32
+    patch_size: int = 8
+    hidden: int = 80
+    layers: int = 4
+    heads: int = 4
+    text_hidden: int = 0  # 0: the vision tower's width
+    text_layers: int = 2
+    bpe_merges: int = 4096
+    max_text_tokens: int = 32
+    projection_dim: int = 64
+    pretrain_steps: int = 4000
+    pretrain_batch: int = 64
+    pretrain_lr: float = 1e-3
+    finetune_steps: int = 600
+    finetune_batch: int = 64
+    finetune_lr: float = 1e-4
+    finetune_decay_to_base: float = 0.0  # decoupled weight decay toward θ₀ while fine-tuning (per step: lr × this)
+    finetune_shift: int = 2
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "ZooSettings":
+        """A copy with ``overrides`` (field name → value, strings converted to the field's type)."""
+        kinds = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        unknown = sorted(set(overrides) - set(kinds))
+        if unknown:
+            raise ValueError(f"unknown zoo setting(s): {', '.join(unknown)} (known: {', '.join(sorted(kinds))})")
+        converted = {}
+        for name, value in overrides.items():
+            kind = kinds[name]
+            if kind is tuple:
+                converted[name] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+            else:
+                converted[name] = kind(value)
+        return replace(self, **converted)
