@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
+import merge_rs
 from merge_rs.clip.pool import zoo_directory
 from merge_rs.exceptions import InvalidArgumentError
 from merge_rs.methods import get_method
@@ -91,7 +92,9 @@ def test_a_sweep_resumes_from_its_report_and_writes_the_best_merge(tmp_path):
     assert set(first["references"]) == {"pretrained", "fine-tuned (individual)"}
     assert (tmp_path / "best/model.safetensors").exists() and (tmp_path / "best/README.md").exists()
     # An interrupted sweep: the report holds the first point only; the rerun evaluates just the second.
-    cut = {**first, "points": first["points"][:1], "best": None}
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["generator"] == f"merge-rs {merge_rs.__version__}" and saved["points"] == first["points"]
+    cut = {**saved, "points": saved["points"][:1], "best": None}
     (tmp_path / "sweep.json").write_text(json.dumps(cut))
     rerun = subprocess.run([sys.executable, "-m", "merge_rs.cli", *map(str, args[:-1]), "--json"],
                            capture_output=True, text=True)

@@ -1,23 +1,24 @@
 """Pictures where people would rather look than read: the task vectors' cosine-similarity heatmap, per-task
 accuracy bars, and a sweep's accuracy against its parameter. matplotlib (the ``plot`` extra) is imported only
-when a picture is drawn, with the Agg backend, and every file is written through a temporary sibling."""
+when a picture is drawn, with the Agg backend, and every file is written under merge-rs's output policy
+(``output.write_file_output``), tagged with merge-rs as its PNG ``Software``."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .exceptions import InvalidArgumentError
+from .output import check_file_output, generator, write_file_output
 
 
-def check_plot_path(path: Path) -> None:
-    """Fail before any work if ``path`` cannot be a PNG file or matplotlib is missing."""
+def check_plot_path(path: Path, inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
+    """Fail before any work if ``path`` cannot be a PNG file that merge-rs may write (``output.check_file_output``)
+    or matplotlib is missing."""
     if path.suffix.lower() != ".png":
         raise InvalidArgumentError(f"{path}: plots are PNG files (name it *.png)")
-    if path.is_dir():
-        raise InvalidArgumentError(f"{path}: the plot must be a file")
+    check_file_output(path, inputs, overwrite)
     _pyplot()
 
 
@@ -32,18 +33,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.merge-rs-{os.getpid()}.png")
+def _save(fig: Any, path: Path, inputs: Iterable[Any], overwrite: bool) -> None:
     try:
-        fig.savefig(temp, dpi=130, bbox_inches="tight")
-        os.replace(temp, path)
+        write_file_output(path, lambda temp: fig.savefig(temp, dpi=130, bbox_inches="tight", format="png",
+                                                         metadata={"Software": generator()}), inputs, overwrite)
     finally:
-        temp.unlink(missing_ok=True)
         _pyplot().close(fig)
 
 
-def cosine_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float | None]], path: Path) -> None:
+def cosine_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float | None]], path: Path, *,
+        inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
     """A labelled heatmap of the task vectors' cosine similarities, each cell annotated."""
     plt = _pyplot()
     n = len(names)
@@ -58,10 +57,11 @@ def cosine_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float | None]
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if v != v or v < 0.6 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
     ax.set_title("Task vectors: cosine similarity")
-    _save(fig, path)
+    _save(fig, path, inputs, overwrite)
 
 
-def accuracy_bars(report: dict[str, Any], title: str, path: Path) -> None:
+def accuracy_bars(report: dict[str, Any], title: str, path: Path, *,
+        inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
     """Per-task accuracy of one evaluation report (FusionBench's shape), with the average."""
     plt = _pyplot()
     tasks = [k for k in report if k not in ("model_info", "average")]
@@ -74,11 +74,12 @@ def accuracy_bars(report: dict[str, Any], title: str, path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
-    _save(fig, path)
+    _save(fig, path, inputs, overwrite)
 
 
 def sweep_lines(parameter: str, points: Sequence[float], reports: Sequence[dict[str, Any]], best: int,
-                references: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+                references: dict[str, dict[str, Any]], path: Path, title: str, *,
+        inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
     """Accuracy per task (thin) and on average (thick) against a swept parameter, the best point marked, and
     reference models (pretrained, fine-tuned) as horizontal lines of the average."""
     plt = _pyplot()
@@ -97,10 +98,11 @@ def sweep_lines(parameter: str, points: Sequence[float], reports: Sequence[dict[
     ax.set_title(title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    _save(fig, path, inputs, overwrite)
 
 
-def normalized_bars(normalized: dict[str, float], references: dict[str, float], path: Path, title: str) -> None:
+def normalized_bars(normalized: dict[str, float], references: dict[str, float], path: Path, title: str, *,
+        inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
     """One horizontal bar per method: its normalised accuracy (merged over fine-tuned per task, averaged, in %),
     best at the top, and the reference models as vertical lines."""
     plt = _pyplot()
@@ -117,4 +119,4 @@ def normalized_bars(normalized: dict[str, float], references: dict[str, float], 
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    _save(fig, path, inputs, overwrite)

@@ -132,11 +132,12 @@ class CosineSimilarity:
     def from_json(cls, data: dict[str, Any]) -> CosineSimilarity:
         return _build(cls, data, paths=[Path(p) for p in data["paths"]])
 
-    def to_csv(self) -> str:
-        """The matrix as CSV with model names on both axes (FusionBench's layout; ``nan`` where undefined)."""
+    def to_csv(self, corner: str = "") -> str:
+        """The matrix as CSV with model names on both axes (FusionBench's layout; ``nan`` where undefined);
+        ``corner`` fills the top-left cell (the CLI writes merge-rs's mark there)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["", *self.names])
+        writer.writerow([corner, *self.names])
         for name, row in zip(self.names, self.matrix):
             writer.writerow([name, *("nan" if v is None else repr(float(v)) for v in row)])
         return out.getvalue()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from .exceptions import InvalidArgumentError
 from .methods import MethodInfo
 
 SWEEPABLE = {"f32", "f64", "u64", "bool", "choice"}
+MAX_POINTS = 10_000  # merges a sweep may make by default (--max-points)
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Axis:
     values: tuple[Any, ...]
 
 
-def parse_axis(text: str, method: MethodInfo) -> Axis:
+def parse_axis(text: str, method: MethodInfo, max_points: int = MAX_POINTS) -> Axis:
     """``name=start:stop:step`` (both ends included) or ``name=a,b,c``, each value checked for ``method``."""
     name, sep, spec = text.partition("=")
     name = name.strip().replace("-", "_")
@@ -36,7 +38,9 @@ def parse_axis(text: str, method: MethodInfo) -> Axis:
         raise InvalidArgumentError(f"--param {name}: {method.name} has no such parameter (it sweeps: {known})")
     if param.kind not in SWEEPABLE:
         raise InvalidArgumentError(f"--param {name}: a {param.kind.replace('_', ' ')} parameter cannot be swept")
-    values = _range(name, spec) if ":" in spec else tuple(_scalar(v) for v in spec.split(",") if v.strip())
+    values = _range(name, spec, max_points) if ":" in spec else tuple(_scalar(v) for v in spec.split(",") if v.strip())
+    if param.kind == "u64":  # 0:3:1 is 0, 1, 2, 3 for an integer parameter, not 0.0, 1.0, ...
+        values = tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values)
     if not values:
         raise InvalidArgumentError(f"--param {name}: no values in '{spec}'")
     for value in values:
@@ -46,15 +50,29 @@ def parse_axis(text: str, method: MethodInfo) -> Axis:
     return Axis(name, values)
 
 
-def _range(name: str, spec: str) -> tuple[float, ...]:
+def _range(name: str, spec: str, max_points: int) -> tuple[float, ...]:
     try:
         start, stop, step = (float(p) for p in spec.split(":"))
     except ValueError:
         raise InvalidArgumentError(f"--param {name}: a range is START:STOP:STEP with numbers, got '{spec}'") from None
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise InvalidArgumentError(f"--param {name}: START, STOP and STEP must be finite numbers, got '{spec}'")
     if step <= 0 or stop < start:
         raise InvalidArgumentError(f"--param {name}: the range {spec} is empty (STEP > 0 and STOP ≥ START)")
-    count = int((stop - start) / step + 1e-9) + 1
+    count = int((stop - start) / step + 1e-9) + 1  # counted before anything is built
+    if count > max_points:
+        raise InvalidArgumentError(f"--param {name}: the range {spec} has {count:,} values; a sweep takes at most "
+                                   f"{max_points:,} points (raise it with --max-points)")
     return tuple(round(start + i * step, 10) for i in range(count))
+
+
+def check_grid_size(axes: list[Axis], max_points: int = MAX_POINTS) -> int:
+    """The number of grid points, refused over ``max_points`` before the grid is built."""
+    count = math.prod(len(a.values) for a in axes)
+    if count > max_points:
+        raise InvalidArgumentError(f"the grid has {count:,} points (" + " × ".join(str(len(a.values)) for a in axes)
+                                   + f"); a sweep takes at most {max_points:,} (raise it with --max-points)")
+    return count
 
 
 def _scalar(text: str) -> Any:
@@ -86,10 +104,13 @@ class SweepLog:
     """The sweep's report file: what it sweeps, each evaluated point, the reference models and the best
     point. A rerun with the same method, pool, split and grid resumes where it stopped."""
 
-    def __init__(self, path: Path | None, identity: dict[str, Any]) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, identity: dict[str, Any], inputs: list[Any] | None = None,
+                 overwrite: bool = False) -> None:
+        from .output import written_by_merge_rs
+
+        self.path, self.inputs, self.overwrite = path, list(inputs or []), overwrite
         self.data: dict[str, Any] = {**identity, "points": [], "references": {}, "best": None}
-        if path is not None and path.exists():
+        if path is not None and path.exists() and written_by_merge_rs(path):  # another file is replaced whole
             try:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError) as e:
@@ -108,4 +129,4 @@ class SweepLog:
         if self.path is not None:
             from .output import write_report
 
-            write_report(self.path, self.data)
+            write_report(self.path, self.data, self.inputs, self.overwrite)

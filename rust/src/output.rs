@@ -191,6 +191,13 @@ fn check_replaceable(target: &Path, overwrite: bool) -> Result<()> {
                 name.to_string_lossy()
             )));
         }
+        // merge-rs writes plain files only: a listed name that is now a directory or a link holds someone's data
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            return Err(refuse(format!(
+                "'{}' is no longer the file merge-rs wrote there",
+                name.to_string_lossy()
+            )));
+        }
     }
     Ok(())
 }
@@ -294,6 +301,27 @@ mod tests {
         let err = prepare(&target, true).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("'precious.txt', which merge-rs did not write"), "{err}");
         assert!(target.join("precious.txt").exists());
+    }
+
+    #[test]
+    fn a_listed_name_turned_into_a_directory_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let target = dir.path().join("out");
+        prepare(&target, false)
+            .and_then(|o| {
+                std::fs::write(o.temp().join("config.json"), "{}").map_err(|e| o.error(e))?;
+                o.commit()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_file(target.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(target.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(target.join("config.json").join("mine.txt"), "x").unwrap_or_else(|e| panic!("{e}"));
+        let err = prepare(&target, true).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("'config.json' is no longer the file merge-rs wrote"),
+            "{err}"
+        );
+        assert!(target.join("config.json").join("mine.txt").exists());
     }
 
     #[test]

@@ -103,10 +103,14 @@ def apply(command: Callable[..., Any], options: list[Callable[[Any], Any]]) -> C
     return command
 
 
+# Every option that names something merge-rs writes takes this type (tests find the outputs by it).
+OUTPUT_PATH = click.Path(path_type=Path, writable=True)
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress or log lines.")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 THREADS = click.option("--threads", type=click.IntRange(min=0), default=0, help="Worker threads (0: one per core).")
-PLOT = click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also draw the result as a PNG "
+PLOT = click.option("--plot", "plot_path", type=OUTPUT_PATH, help="Also draw the result as a PNG "
                                                                               "(needs the plot extra: matplotlib).")
+OVERWRITE_FILES = click.option("--overwrite", is_flag=True, help="Replace existing report, plot or CSV files even "
+                                                                 "if merge-rs did not write them.")
 POOL = click.option("--pool", "pool_name", help="Model pool: a preset (zoo, clip-vit-base-patch32_TA8, ...) or a "
                                                 "JSON file.")

@@ -8,19 +8,19 @@ from typing import Any
 import click
 
 from ..plots import accuracy_bars, check_plot_path
-from .app import AS_JSON, PLOT, POOL, QUIET, apply, emit_json, main, main_process, run
+from .app import AS_JSON, OVERWRITE_FILES, PLOT, POOL, QUIET, apply, emit_json, main, main_process, run
 from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
 
 
-def eval_command(model: str, pool_name: str | None, clip_ref: str | None, plot_path: Path | None, quiet: bool,
-                 as_json: bool, **options: Any) -> None:
+def eval_command(model: str, pool_name: str | None, clip_ref: str | None, plot_path: Path | None, overwrite: bool,
+                 quiet: bool, as_json: bool, **options: Any) -> None:
     """Zero-shot evaluation of a CLIP vision encoder MODEL (directory or hub id; with --pool also 'pretrained' or
     one of the pool's task names) on image-classification tasks. Prints FusionBench's report."""
     from ..clip.pool import resolve_model
 
     settings = EvalSettings.pop(options)
     if plot_path is not None:
-        run(lambda: check_plot_path(plot_path))
+        run(lambda: check_plot_path(plot_path, overwrite=overwrite))
 
     def work() -> dict[str, Any]:
         pool = get_pool(pool_name)
@@ -29,14 +29,17 @@ def eval_command(model: str, pool_name: str | None, clip_ref: str | None, plot_p
         clip = resolve_model(clip_ref) if clip_ref else pool.pretrained_path()
         path = _pool_member(pool, model) or resolve_model(model)
         inputs.extend([path, clip, *(pool.input_paths() if pool else [])])
-        check_report(settings.report_path, inputs)
+        check_report(settings.report_path, inputs, overwrite)
+        if plot_path is not None:
+            check_plot_path(plot_path, inputs, overwrite)
         return evaluate(path, clip, pool, settings, quiet=quiet, name=model)
 
     inputs: list[Path] = []
     report = run(work)
-    save_report(report, settings.report_path, inputs)
+    save_report(report, settings.report_path, inputs, overwrite)
     if plot_path is not None and main_process():
-        run(lambda: accuracy_bars(report, f"{model}: zero-shot accuracy", plot_path))
+        run(lambda: accuracy_bars(report, f"{model}: zero-shot accuracy", plot_path, inputs=inputs,
+                                  overwrite=overwrite))
     if as_json:
         emit_json(report)
     else:
@@ -60,6 +63,7 @@ OPTIONS = [
                                             "(default: the pool's pretrained model)."),
     *EVAL_OPTIONS,
     PLOT,
+    OVERWRITE_FILES,
     QUIET,
     AS_JSON,
 ]

@@ -10,8 +10,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from .. import _core
-from .app import main_process, run
+from .app import OUTPUT_PATH, main_process, run
 
 T = TypeVar("T")
 
@@ -25,7 +24,7 @@ EVAL_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                  help="DataLoader worker processes for image preprocessing."),
-    click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON."),
+    click.option("--report", "report_path", type=OUTPUT_PATH, help="Write the report as JSON."),
 ]
 
 
@@ -89,18 +88,21 @@ def get_pool(name: str | None) -> Any:
     return load(name)
 
 
-def check_report(path: Path | None, inputs: Iterable[Any]) -> None:
-    """Before any work: the report must not be (or be inside) one of ``inputs``."""
+def check_report(path: Path | None, inputs: Iterable[Any], overwrite: bool = False) -> None:
+    """Before any work: merge-rs may write the report there (``output.check_file_output``)."""
     if path is not None:
-        run(lambda: _core.check_not_input(str(path), [str(p) for p in inputs]))
+        from ..output import check_file_output
+
+        run(lambda: check_file_output(path, inputs, overwrite))
 
 
-def save_report(report: dict[str, Any] | None, path: Path | None, inputs: Iterable[Any] = ()) -> None:
-    """Write the report to ``path``, if both are given (never over one of ``inputs``; rank 0 only)."""
+def save_report(report: dict[str, Any] | None, path: Path | None, inputs: Iterable[Any] = (),
+                overwrite: bool = False) -> None:
+    """Write the report to ``path``, if both are given (under the output policy; rank 0 only)."""
     if report is not None and path is not None and main_process():
         from ..output import write_report
 
-        run(lambda: write_report(path, report, inputs))
+        run(lambda: write_report(path, report, inputs, overwrite))
 
 
 def show_report(report: dict[str, Any], title: str) -> None:

@@ -9,8 +9,9 @@ import click
 
 from .. import api
 from ..methods import markdown_table
+from ..output import check_file_output, generator, write_file_output
 from ..plots import check_plot_path, cosine_heatmap
-from .app import AS_JSON, PLOT, POOL, QUIET, THREADS, emit_json, fail, main, run
+from .app import AS_JSON, OUTPUT_PATH, OVERWRITE_FILES, PLOT, POOL, QUIET, THREADS, emit_json, fail, main, run
 from .method_options import method_details
 
 
@@ -47,30 +48,37 @@ def printable(name: str) -> str:
 @click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="Fine-tuned model; repeat once per model.")
 @POOL
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the matrix as CSV.")
+@click.option("--csv", "csv_path", type=OUTPUT_PATH, help="Also write the matrix as CSV.")
 @PLOT
+@OVERWRITE_FILES
 @THREADS
 @QUIET
 @AS_JSON
 def cos_sim(pretrained: Path | None, models: tuple[Path, ...], pool_name: str | None, csv_path: Path | None,
-            plot_path: Path | None, threads: int, quiet: bool, as_json: bool) -> None:
+            plot_path: Path | None, overwrite: bool, threads: int, quiet: bool, as_json: bool) -> None:
     """Cosine similarity of the task vectors τᵢ = θᵢ − θ₀ (float64) of --model (or a --pool's models);
     --plot draws the labelled heatmap."""
-    if plot_path is not None:
-        run(lambda: check_plot_path(plot_path))
+    inputs: list[Path] = []
     if pool_name is not None:
         from .evaluation import get_pool
 
         pool = run(lambda: get_pool(pool_name))
         pretrained = pretrained or run(pool.pretrained_path)
         models = models or tuple(run(pool.model_paths))
+        inputs += run(pool.input_paths)
     if pretrained is None or not models:
         fail(click.UsageError("give --pretrained and --model (repeat it), or --pool"))
-    result = run(lambda: api.cosine_similarity(pretrained, models, threads=threads, progress=not quiet))
-    if csv_path:
-        csv_path.write_text(result.to_csv())
+    inputs += [pretrained, *models]
+    if csv_path is not None:
+        run(lambda: check_file_output(csv_path, inputs, overwrite))
     if plot_path is not None:
-        run(lambda: cosine_heatmap(result.names, result.matrix, plot_path))
+        run(lambda: check_plot_path(plot_path, inputs, overwrite))
+    result = run(lambda: api.cosine_similarity(pretrained, models, threads=threads, progress=not quiet))
+    if csv_path is not None:
+        text = result.to_csv(corner=generator())
+        run(lambda: write_file_output(csv_path, text.encode(), inputs, overwrite))
+    if plot_path is not None:
+        run(lambda: cosine_heatmap(result.names, result.matrix, plot_path, inputs=inputs, overwrite=overwrite))
     if as_json:
         emit_json(result.to_dict())
         return

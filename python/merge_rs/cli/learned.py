@@ -9,13 +9,13 @@ import click
 
 from ..learned.method import LearnedMethod, Option, RunContext
 from ..learned.registry import LEARNED
-from .app import AS_JSON, QUIET, THREADS, apply, emit_json, float_list, logger, main, main_process, run
+from .app import AS_JSON, OUTPUT_PATH, QUIET, THREADS, apply, emit_json, float_list, logger, main, main_process, run
 from .evaluation import EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, save_report, show_report
 
 COMMON = [
     click.option("--pool", "pool_name", required=True,
                  help="Model pool: a preset (zoo, clip-vit-base-patch32_TA8, ...) or a JSON file."),
-    click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory."),
+    click.option("--out", required=True, type=OUTPUT_PATH, help="Output directory."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
     click.option("--eval", "run_eval", is_flag=True, help="Evaluate the merged model on the pool's tasks afterwards."),
 ]
@@ -33,6 +33,7 @@ def _option(o: Option) -> Callable[[Any], Any]:
         "float": {"type": click.FloatRange(min=o.minimum, max=o.maximum) if o.minimum is not None else float},
         "choice": {"type": click.Choice(list(o.choices))},
         "path": {"type": click.Path(path_type=Path)},
+        "output": {"type": OUTPUT_PATH},
         "floats": {"callback": float_list},
     }
     return click.option(o.cli_flag, o.name, default=o.default, show_default=o.default is not None,
@@ -45,7 +46,7 @@ def _command(method: LearnedMethod) -> click.Command:
         settings = EvalSettings.pop(options)
         pool = run(lambda: get_pool(pool_name))
         inputs = [*pool.input_paths(), out]
-        check_report(settings.report_path, inputs)
+        check_report(settings.report_path, inputs, overwrite)
         context = RunContext(device=settings.device, threads=threads, overwrite=overwrite, progress=not quiet,
                              log=logger(quiet or not main_process()))
         result = run(lambda: method(pool, out, context, **options))
@@ -53,7 +54,7 @@ def _command(method: LearnedMethod) -> click.Command:
         if run_eval:
             evaluation = run(lambda: evaluate(result.output, pool.pretrained_path(), pool, settings, quiet=quiet,
                                               name=result.method))
-        save_report(evaluation, settings.report_path, inputs)
+        save_report(evaluation, settings.report_path, inputs, overwrite)
         if not main_process():
             return
         if as_json:

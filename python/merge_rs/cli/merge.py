@@ -9,7 +9,7 @@ import click
 
 from .. import api
 from ..methods import METHODS
-from .app import AS_JSON, POOL, QUIET, THREADS, apply, emit_json, fail, main, main_process, run
+from .app import AS_JSON, OUTPUT_PATH, POOL, QUIET, THREADS, apply, emit_json, fail, main, main_process, run
 from .evaluation import (EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, on_main_rank, save_report,
                          show_report)
 from .method_options import method_list, parameter_options
@@ -21,7 +21,7 @@ OPTIONS = [
     click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
                  help="Fine-tuned model; repeat once per model, in task order."),
     POOL,
-    click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (must not exist)."),
+    click.option("--out", required=True, type=OUTPUT_PATH, help="Output directory (must not exist)."),
     *parameter_options(),
     click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
                  help="Output dtype (default: the inputs')."),
@@ -58,7 +58,7 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
     reads = pool.input_paths() if pool is not None else []
     report_inputs = [*models, *([pretrained] if pretrained else []), *reads, out]
-    check_report(settings.report_path, report_inputs)
+    check_report(settings.report_path, report_inputs, overwrite)
     report = run(lambda: on_main_rank(lambda: api.merge(
         method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
         memory_budget=memory_budget, overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet,
@@ -70,7 +70,7 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
     if run_eval and pretrained is not None:
         clip = pretrained
         evaluation = run(lambda: evaluate(out, clip, pool, settings, quiet=quiet, name=method))
-    save_report(evaluation, settings.report_path, report_inputs)
+    save_report(evaluation, settings.report_path, report_inputs, overwrite)
     if not main_process():
         return
     if as_json:

@@ -9,18 +9,19 @@ from typing import Any
 
 import click
 
-from .app import AS_JSON, QUIET, THREADS, emit_json, fail, logger, main, main_process, run
+from .app import AS_JSON, OUTPUT_PATH, QUIET, THREADS, emit_json, fail, logger, main, main_process, run
 from .evaluation import EvalSettings, check_report, evaluate, on_main_rank, save_report, show_report
 
 
 @main.command("run")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: the recipe's out).")
+@click.option("--out", type=OUTPUT_PATH, help="Output directory (default: the recipe's out).")
 @click.option("--dry-run", is_flag=True, help="Check everything and print the plan (with --json: every tensor's "
                                              "shape and parameters); read no tensor data.")
 @click.option("--no-model-card", is_flag=True, help="Do not write README.md (the model card) into the output.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing merge-rs output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing merge-rs output directory (and a report file "
+                                               "merge-rs did not write).")
 @THREADS
 @click.option("--memory-budget", help="Most memory the whole-tensor methods hold at once [default: 160MiB].")
 @QUIET
@@ -49,7 +50,7 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
         fail(click.UsageError("give the output directory with --out (or out: in the recipe)"))
     settings = _eval_settings(job)
     inputs: list[Any] = [*plan.models, *([plan.pretrained] if plan.pretrained else []), recipe, target]
-    check_report(settings.report_path if settings else None, inputs)
+    check_report(settings.report_path if settings else None, inputs, overwrite)
     report = run(lambda: on_main_rank(lambda: execute(plan, target, overwrite=overwrite, threads=threads,
                                                       memory_budget=memory_budget, progress=not quiet,
                                                       model_card_file=not no_model_card)))
@@ -59,7 +60,7 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
         if clip is None:
             fail(ValueError(f"{recipe}: evaluation needs the pretrained CLIP (pretrained: or pool:)"))
         evaluation = run(lambda: evaluate(target, clip, job.pool, settings, quiet=quiet, name=job.method))
-        save_report(evaluation, settings.report_path, inputs)
+        save_report(evaluation, settings.report_path, inputs, overwrite)
     if not main_process():
         return
     if as_json:

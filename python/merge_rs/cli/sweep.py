@@ -14,8 +14,9 @@ import click
 from .. import api
 from ..methods import METHODS, get_method
 from ..plots import check_plot_path, sweep_lines
-from ..sweep import SweepLog, best_point, grid, parse_axis
-from .app import AS_JSON, PLOT, QUIET, THREADS, emit_json, fail, logger, main, main_process, run
+from ..sweep import MAX_POINTS, SweepLog, best_point, check_grid_size, grid, parse_axis
+from .app import (AS_JSON, OUTPUT_PATH, OVERWRITE_FILES, PLOT, QUIET, THREADS, emit_json, fail, logger, main,
+                   main_process, run)
 from .evaluation import check_report, get_pool, on_main_rank
 
 
@@ -27,13 +28,16 @@ from .evaluation import check_report, get_pool, on_main_rank
 @click.option("--split", default="validation", show_default=True,
               help="Dataset split to choose on (test is optimistic: it is the split results are reported on).")
 @click.option("--select", default="average", show_default=True, help="Choose by: average or a task's accuracy.")
-@click.option("--out", type=click.Path(path_type=Path), help="Write the best point's merge here (with its card).")
-@click.option("--keep", type=click.Path(path_type=Path), help="Keep every point's merge under this directory.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path),
+@click.option("--out", type=OUTPUT_PATH, help="Write the best point's merge here (with its card).")
+@click.option("--keep", type=OUTPUT_PATH, help="Keep every point's merge under this directory.")
+@click.option("--report", "report_path", type=OUTPUT_PATH,
               help="The sweep's JSON report (FusionBench's report per point); a rerun resumes from it.")
+@click.option("--max-points", type=click.IntRange(min=1), default=MAX_POINTS, show_default=True,
+              help="Refuse a grid with more points than this (counted before anything is built).")
 @click.option("--spread-grid", is_flag=True, help="Under torchrun: each rank merges and evaluates whole points "
                                                  "(instead of a share of every evaluation).")
 @PLOT
+@OVERWRITE_FILES
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N examples of each task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N.")
@@ -41,26 +45,28 @@ from .evaluation import check_report, get_pool, on_main_rank
 @QUIET
 @AS_JSON
 def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, select: str, out: Path | None,
-          keep: Path | None, report_path: Path | None, spread_grid: bool, plot_path: Path | None, limit: int | None,
-          batch_size: int, device: str, threads: int, quiet: bool, as_json: bool) -> None:
+          keep: Path | None, report_path: Path | None, max_points: int, spread_grid: bool, plot_path: Path | None,
+          overwrite: bool, limit: int | None, batch_size: int, device: str, threads: int, quiet: bool,
+          as_json: bool) -> None:
     """Sweep METHOD's parameters over a grid on a pool: merge, evaluate, choose, plot."""
     log = logger(quiet or not main_process())
     info = get_method(method)
     if info.extra_inputs is not None or any(p.required for p in info.parameters):
         fail(ValueError(f"{info.name} is not data-free (it needs {info.extra_inputs or 'required parameters'}); "
                         "sweep takes data-free methods"))
-    axes = [run(lambda: parse_axis(p, info)) for p in params]
-    if plot_path is not None:
-        run(lambda: check_plot_path(plot_path))
+    axes = [run(lambda: parse_axis(p, info, max_points)) for p in params]
+    run(lambda: check_grid_size(axes, max_points))
     pool = run(lambda: get_pool(pool_name))
     inputs = [*pool.input_paths(), *(p for p in (out, keep) if p)]
-    check_report(report_path, inputs)
+    if plot_path is not None:
+        run(lambda: check_plot_path(plot_path, inputs, overwrite))
+    check_report(report_path, inputs, overwrite)
     if split == "test":
         log("warning: choosing on the test split is optimistic (the choice sees the data results are reported on)")
     evaluator = run(lambda: _evaluator(pool, split, limit, batch_size, device, quiet, shard=not spread_grid))
     identity = {"method": info.name, "pool": pool_name, "split": split, "limit": limit,
                 "grid": {a.name: list(a.values) for a in axes}}
-    sweep_log = run(lambda: SweepLog(report_path if main_process() else None, identity))
+    sweep_log = run(lambda: SweepLog(report_path if main_process() else None, identity, inputs, overwrite))
     points = grid(axes)
     evaluate_point = lambda point: _point(info.name, pool, evaluator, point, keep, threads, log)  # noqa: E731
     reports = run(lambda: _points(points, sweep_log, evaluate_point, spread_grid, log))
@@ -77,7 +83,7 @@ def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, sele
         x = [p[axes[0].name] for p in points] if len(axes) == 1 else list(range(len(points)))
         label = axes[0].name if len(axes) == 1 else "point (see the report)"
         run(lambda: sweep_lines(label, x, reports, best, references, plot_path,
-                                f"{info.name} on {pool_name} ({split} split)"))
+                                f"{info.name} on {pool_name} ({split} split)", inputs=inputs, overwrite=overwrite))
     if as_json:
         emit_json(sweep_log.data)
     elif main_process():

@@ -109,7 +109,7 @@ METHOD = LearnedMethod(
         Option("normalize", "bool", True, "Weight each model by the inverse of its Fisher's global L2 norm."),
         Option("epsilon", "float", 1e-6, "Added to every Fisher value."),
         Option("scaling", "floats", None, "Per-model scaling coefficients (comma-separated; default 1)."),
-        Option("fisher_dir", "path", None, "Keep the Fisher safetensors here."),
+        Option("fisher_dir", "output", None, "Keep the Fisher safetensors here (a new directory)."),
     ),
     run=lambda pool, out, ctx, **o: fisher_merging(pool, out, device=ctx.device, threads=ctx.threads,
                                                    overwrite=ctx.overwrite, log=ctx.log, **o),

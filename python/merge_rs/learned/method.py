@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Option:
-    """One option of a learned method: ``name`` is its keyword; ``kind`` is float, int, bool, choice, path or
-    floats (comma-separated on the command line)."""
+    """One option of a learned method: ``name`` is its keyword; ``kind`` is float, int, bool, choice, path,
+    output (a path merge-rs writes) or floats (comma-separated on the command line)."""
 
     name: str
     kind: str

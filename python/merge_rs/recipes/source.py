@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from ..exceptions import InvalidArgumentError
+from .bounded_yaml import compose, read_recipe_text, safe_load
 
 Loc = tuple[Any, ...]
 _CARD_BLOCK = re.compile(r"^```ya?ml\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -46,13 +47,15 @@ class RecipeSource:
 def load_source(path: Path, overrides: Sequence[str] = ()) -> RecipeSource:
     """The recipe at ``path`` (a YAML file, or a model card holding one) with ``overrides`` applied."""
     try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
+        raw = read_recipe_text(path)
+    except InvalidArgumentError as e:
+        raise RecipeError(str(e)) from None
     text, offset = _recipe_text(path, raw)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = compose(text, str(path))
+        data = None if node is None else yaml.SafeLoader(text).construct_document(node)
+    except InvalidArgumentError as e:
+        raise RecipeError(str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1 + offset}" if mark is not None else ""
@@ -70,7 +73,7 @@ def load_source(path: Path, overrides: Sequence[str] = ()) -> RecipeSource:
 
 def _recipe_text(path: Path, raw: str) -> tuple[str, int]:
     """The YAML text and the line it starts after: a model card's fenced recipe block, or the whole file."""
-    if path.suffix.lower() != ".md":
+    if path.suffix.lower() not in (".md", ".markdown"):
         return raw, 0
     match = _CARD_BLOCK.search(raw)
     if match is None:
@@ -98,7 +101,7 @@ def _apply(source: RecipeSource, override: str) -> None:
     if not sep or not key.strip():
         raise RecipeError(f"override '{override}' is not KEY=VALUE (e.g. parameters.scaling_factor=0.4)")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_load(value, f"override '{key.strip()}'") if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     parts: list[Any] = key.strip().split(".")
