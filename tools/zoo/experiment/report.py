@@ -102,7 +102,10 @@ def plot_scale(results: list[dict[str, Any]], path: Path) -> None:
         ys = [normalised(r["pretrained"] if key == "pretrained" else
                          r["task_arithmetic"][best_lambda(r) if key == "best" else key], r["finetuned"]) for r in done]
         ax.scatter(xs, ys, marker=marker, label=text)
-    for r in done:
+    for r in done:  # a thin line from the pretrained model to the best merge: what task arithmetic added
+        ax.plot([r["vision_parameters"]] * 2, [normalised(r["pretrained"], r["finetuned"]),
+                                              normalised(r["task_arithmetic"][best_lambda(r)], r["finetuned"])],
+                color="grey", lw=0.7, zorder=0)
         ax.annotate(r["label"], (r["vision_parameters"], normalised(r["task_arithmetic"][best_lambda(r)],
                                                                      r["finetuned"])), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
