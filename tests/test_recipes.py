@@ -214,7 +214,7 @@ def test_the_example_recipe_merges_the_zoo_and_evaluates_it(tmp_path):
     report = json.loads(cli("run", example, "--out", tmp_path / "zt", "--json", "-q").stdout)
     assert report["method"] == "ties" and len(report["tensor_groups"]) == 7
     assert {"mnist", "digits", "fashion_mnist", "emoji", "average"} <= set(report["evaluation"])
-    assert "```yaml\nmethod: ties\npool: zoo\n" in (tmp_path / "zt/README.md").read_text()
+    assert "```yaml merge-rs-recipe\nmethod: ties\npool: zoo\n" in (tmp_path / "zt/README.md").read_text()
 
 
 def test_hub_ids_resolve_from_the_local_hub_cache(tmp_path, layered, monkeypatch):

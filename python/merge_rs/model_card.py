@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,26 +31,57 @@ def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | Non
         "tags": ["merge", "merge-rs"],
     }
     lines = [
-        "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {title}", "",
+        "---", _dump(front).rstrip(), "---", "", f"# {_flat(title)}", "",
         f"Merged with merge-rs {__version__}.", "",
         "## Method", "",
         f"**{info.name}**: {info.summary} ([paper]({info.paper})).", "",
         *([note, ""] if note else []),
-        *( [f"- Pretrained model: `{pretrained}`"] if pretrained else []),
-        *(f"- Model {i + 1}: `{m}`" for i, m in enumerate(models)), "",
+        *([f"- Pretrained model: {code(pretrained)}"] if pretrained else []),
+        *(f"- Model {i + 1}: {code(m)}" for i, m in enumerate(models)), "",
         "## Parameters", "",
         "| parameter | value |", "| --- | --- |",
-        *(f"| `{k}` | `{show(v)}` |" for k, v in sorted(parameters.items())),
+        *(f"| {code(k)} | {code(show(v))} |" for k, v in sorted(parameters.items())),
     ]
     if groups:
         lines += ["", f"{len(groups)} groups of tensors have other values:", ""]
         for names, values in groups:
             changed = {k: v for k, v in values.items() if parameters.get(k) != v}
-            shown = ", ".join(f"`{k}`={show(v)}" for k, v in sorted(changed.items()))
-            lines.append(f"- {len(names)} tensors (`{names[0]}`{', …' if len(names) > 1 else ''}): {shown}")
+            shown = ", ".join(f"{code(k)}={code(show(v))}" for k, v in sorted(changed.items()))
+            lines.append(f"- {len(names)} tensors ({code(names[0])}{', …' if len(names) > 1 else ''}): {shown}")
     lines += ["", "## Recipe", "", "Run it again with `merge-rs run README.md --out DIR` (or save the block as a "
-              "`.yml` file):", "", "```yaml", recipe.rstrip(), "```", ""]
+              "`.yml` file):", "", RECIPE_FENCE, _fenced(recipe).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+# The one fenced block of a card that holds its recipe: ``merge-rs run CARD`` reads this block and no other.
+RECIPE_FENCE = "```yaml merge-rs-recipe"
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
+
+
+def _flat(text: str) -> str:
+    """``text`` on one line: control characters (newlines, ESC, ...) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def code(text: Any) -> str:
+    """``text`` (a name or path that came from an input) as one Markdown code span that nothing in it can end."""
+    flat = _flat(text)
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+def _dump(data: Any) -> str:
+    """YAML for the front matter: every string double-quoted (so no line of it can read as ``---``)."""
+    return yaml.safe_dump(data, sort_keys=False, default_style='"', allow_unicode=True)
+
+
+def _fenced(recipe: str) -> str:
+    """The recipe as the block's content; re-dumped with every string quoted if a line could close the fence."""
+    if not _FENCE_LINE.search(recipe):
+        return recipe
+    return yaml.safe_dump(yaml.safe_load(recipe), sort_keys=False, default_style='"', allow_unicode=True)
 
 
 def show(value: Any) -> str:

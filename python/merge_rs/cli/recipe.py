@@ -4,6 +4,7 @@ a recipe) and ``merge-rs recipe-schema``."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,20 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
     model card with its recipe. KEY=VALUE sets a field first, e.g. parameters.scaling_factor=0.4 or
     models.0.parameters.weight=0.5."""
     from ..recipes import describe, execute, load_job, prepare
+    from ..recipes.source import is_card
     from ..recipes.runner import plan_dict
 
     log = logger(quiet or not main_process())
     job = run(lambda: load_job(recipe, list(overrides)))
     plan = run(lambda: prepare(job))
+    settings = _eval_settings(job)
+    if is_card(recipe):  # a card may come from anywhere: it does not choose where files go
+        if job.out:
+            log(f"note: {recipe} is a model card; its out: ({job.out}) is not used, --out is")
+        if settings is not None and settings.report_path is not None:
+            log(f"note: {recipe} is a model card; its evaluation.report ({settings.report_path}) is not written")
+            settings = replace(settings, report_path=None)
+        job.out = None
     target = out or (Path(job.out) if job.out else None)
     if dry_run:
         if as_json:
@@ -48,7 +58,6 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
         log(f"warning: {warning}")
     if target is None:
         fail(click.UsageError("give the output directory with --out (or out: in the recipe)"))
-    settings = _eval_settings(job)
     inputs: list[Any] = [*plan.models, *([plan.pretrained] if plan.pretrained else []), recipe, target]
     check_report(settings.report_path if settings else None, inputs, overwrite)
     report = run(lambda: on_main_rank(lambda: execute(plan, target, overwrite=overwrite, threads=threads,

@@ -15,7 +15,8 @@ from ..exceptions import InvalidArgumentError
 from .bounded_yaml import compose, read_recipe_text, safe_load
 
 Loc = tuple[Any, ...]
-_CARD_BLOCK = re.compile(r"^```ya?ml\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_CARD_BLOCK = re.compile(r"^```ya?ml[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_MARKED_BLOCK = re.compile(r"^```ya?ml merge-rs-recipe[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 class RecipeError(InvalidArgumentError):
@@ -71,14 +72,25 @@ def load_source(path: Path, overrides: Sequence[str] = ()) -> RecipeSource:
     return source
 
 
+def is_card(path: Path) -> bool:
+    return path.suffix.lower() in (".md", ".markdown")
+
+
 def _recipe_text(path: Path, raw: str) -> tuple[str, int]:
-    """The YAML text and the line it starts after: a model card's fenced recipe block, or the whole file."""
-    if path.suffix.lower() not in (".md", ".markdown"):
+    """The YAML text and the line it starts after: a model card's one recipe block, or the whole file. A card
+    written by merge-rs marks its block (```yaml merge-rs-recipe); a card without a marked block may hold one
+    plain ```yaml block. A card with more than one candidate is refused: which one runs must not be a guess."""
+    if not is_card(path):
         return raw, 0
-    match = _CARD_BLOCK.search(raw)
-    if match is None:
+    marked = list(_MARKED_BLOCK.finditer(raw))
+    blocks = marked or list(_CARD_BLOCK.finditer(raw))
+    if not blocks:
         raise RecipeError(f"{path}: no ```yaml recipe block in this model card")
-    return match.group(1), raw[: match.start(1)].count("\n")
+    if len(blocks) > 1:
+        lines = ", ".join(str(raw[: m.start(1)].count("\n")) for m in blocks)
+        raise RecipeError(f"{path}: the card holds {len(blocks)} recipe blocks (before lines {lines}); a card "
+                          "must hold exactly one")
+    return blocks[0].group(1), raw[: blocks[0].start(1)].count("\n")
 
 
 def _record_lines(node: yaml.Node | None, loc: Loc, lines: dict[Loc, int], offset: int) -> None:
