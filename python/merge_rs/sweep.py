@@ -100,6 +100,22 @@ def best_point(reports: list[dict[str, Any]], select: str) -> int:
     return scores.index(max(scores))
 
 
+def _resume_problem(saved: Any) -> str | None:
+    """What makes ``saved`` unusable as a sweep report (None if nothing)."""
+    if not isinstance(saved, dict):
+        return "it is not a JSON object"
+    points = saved.get("points")
+    if not isinstance(points, list):
+        return "its 'points' is not a list"
+    for i, point in enumerate(points):
+        if not (isinstance(point, dict) and isinstance(point.get("parameters"), dict)
+                and isinstance(point.get("report"), dict)):
+            return f"point {i} lacks its parameters or report"
+    if not isinstance(saved.get("references", {}), dict):
+        return "its 'references' is not an object"
+    return None
+
+
 class SweepLog:
     """The sweep's report file: what it sweeps, each evaluated point, the reference models and the best
     point. A rerun with the same method, pool, split and grid resumes where it stopped."""
@@ -115,6 +131,12 @@ class SweepLog:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError) as e:
                 raise InvalidArgumentError(f"{path}: cannot resume from it ({e})") from None
+            problem = _resume_problem(saved)
+            if problem and overwrite:
+                return  # started again from nothing; the file is replaced at the first save
+            if problem:
+                raise InvalidArgumentError(f"{path}: cannot resume from it ({problem}); give another --report or "
+                                           "pass --overwrite to start it again")
             mismatch = [k for k in identity if saved.get(k) != identity[k]]
             if mismatch:
                 raise InvalidArgumentError(f"{path} is the report of another sweep (its {mismatch[0]} differs); "

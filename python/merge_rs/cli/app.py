@@ -63,7 +63,17 @@ def main_process() -> bool:
 
 def emit_json(data: Any) -> None:
     if main_process():
-        click.echo(json.dumps(data, indent=2))
+        emit(json.dumps(data, indent=2))
+
+
+def emit(text: str) -> None:
+    """Print ``text`` on stdout; a stdout that cannot take it (a full disk, a closed pipe) is a one-line error."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        fail(OSError(f"cannot write to standard output: {e.strerror or e}"))
 
 
 def logger(quiet: bool) -> Callable[[str], None]:

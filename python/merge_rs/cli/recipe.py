@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .app import AS_JSON, OUTPUT_PATH, QUIET, THREADS, emit_json, fail, logger, main, main_process, run
+from .app import AS_JSON, OUTPUT_PATH, QUIET, THREADS, emit, emit_json, fail, logger, main, main_process, run
 from .evaluation import EvalSettings, check_report, evaluate, on_main_rank, save_report, show_report
 
 
@@ -95,4 +95,4 @@ def recipe_schema() -> None:
     """Print the JSON Schema of merge-rs recipes (every method's parameters), for editors."""
     from ..recipes import recipe_json_schema
 
-    click.echo(json.dumps(recipe_json_schema(), indent=2))
+    emit(json.dumps(recipe_json_schema(), indent=2))

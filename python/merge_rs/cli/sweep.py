@@ -15,7 +15,7 @@ from .. import api
 from ..methods import METHODS, get_method
 from ..plots import check_plot_path, sweep_lines
 from ..sweep import MAX_POINTS, SweepLog, best_point, check_grid_size, grid, parse_axis
-from .app import (AS_JSON, OUTPUT_PATH, OVERWRITE_FILES, PLOT, QUIET, THREADS, emit_json, fail, logger, main,
+from .app import (AS_JSON, OUTPUT_PATH, PLOT, QUIET, THREADS, emit_json, fail, logger, main,
                    main_process, run)
 from .evaluation import check_report, get_pool, on_main_rank
 
@@ -37,7 +37,8 @@ from .evaluation import check_report, get_pool, on_main_rank
 @click.option("--spread-grid", is_flag=True, help="Under torchrun: each rank merges and evaluates whole points "
                                                  "(instead of a share of every evaluation).")
 @PLOT
-@OVERWRITE_FILES
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out that merge-rs wrote, and --report or "
+                                               "--plot files even if merge-rs did not write them.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N examples of each task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N.")
@@ -61,13 +62,14 @@ def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, sele
     if plot_path is not None:
         run(lambda: check_plot_path(plot_path, inputs, overwrite))
     check_report(report_path, inputs, overwrite)
-    if split == "test":
-        log("warning: choosing on the test split is optimistic (the choice sees the data results are reported on)")
-    evaluator = run(lambda: _evaluator(pool, split, limit, batch_size, device, quiet, shard=not spread_grid))
     identity = {"method": info.name, "pool": pool_name, "split": split, "limit": limit,
                 "grid": {a.name: list(a.values) for a in axes}}
     sweep_log = run(lambda: SweepLog(report_path if main_process() else None, identity, inputs, overwrite))
     points = grid(axes)
+    run(lambda: _check_before_work(pool, select, out, keep, points, sweep_log, overwrite))
+    if split == "test":
+        log("warning: choosing on the test split is optimistic (the choice sees the data results are reported on)")
+    evaluator = run(lambda: _evaluator(pool, split, limit, batch_size, device, quiet, shard=not spread_grid))
     evaluate_point = lambda point: _point(info.name, pool, evaluator, point, keep, threads, log)  # noqa: E731
     reports = run(lambda: _points(points, sweep_log, evaluate_point, spread_grid, log))
     references = run(lambda: _references(sweep_log, pool, evaluator, log))
@@ -77,7 +79,8 @@ def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, sele
     run(sweep_log.save)
     if out is not None:
         run(lambda: on_main_rank(lambda: api.merge(info.name, pool.model_paths(), out, threads=threads,
-                                                   pretrained=pool.pretrained_path(), reads=pool.input_paths(),
+                                                   overwrite=overwrite, pretrained=pool.pretrained_path(),
+                                                   reads=pool.input_paths(),
                                                    **points[best])))
     if plot_path is not None and main_process():
         x = [p[axes[0].name] for p in points] if len(axes) == 1 else list(range(len(points)))
@@ -88,6 +91,26 @@ def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, sele
         emit_json(sweep_log.data)
     elif main_process():
         _show(points, reports, references, best, select)
+
+
+def _check_before_work(pool: Any, select: str, out: Path | None, keep: Path | None, points: list[dict[str, Any]],
+                       sweep_log: SweepLog, overwrite: bool) -> None:
+    """What would otherwise fail only after every point is merged and evaluated."""
+    from ..output import check_output
+
+    if select != "average" and select not in pool.tasks:
+        raise ValueError(f"--select {select}: not a task of this pool (average, {', '.join(pool.tasks)})")
+    if out is not None:
+        check_output(out, pool.input_paths(), overwrite)
+    if keep is not None:
+        done = {json.dumps(p["parameters"], sort_keys=True) for p in sweep_log.data["points"]}
+        for point in points:
+            if json.dumps(point, sort_keys=True) not in done:
+                check_output(keep / _point_name(point), pool.input_paths(), False)
+
+
+def _point_name(point: dict[str, Any]) -> str:
+    return "-".join(f"{k}={v}" for k, v in point.items())
 
 
 def _evaluator(pool: Any, split: str, limit: int | None, batch_size: int, device: str, quiet: bool,
@@ -143,7 +166,7 @@ def _point(method: str, pool: Any, evaluator: Any, point: dict[str, Any], keep: 
     from ..clip import distributed
     from ..clip.models import load_vision_encoder
 
-    name = "-".join(f"{k}={v}" for k, v in point.items())
+    name = _point_name(point)
     with tempfile.TemporaryDirectory(prefix="merge-rs-sweep-") as scratch:
         target = keep / name if keep is not None and (distributed.is_main() or not evaluator.shard) \
             else Path(scratch) / "merged"

@@ -149,8 +149,21 @@ def get_pool(name: str | Path) -> ModelPool:
 def _pool_from_file(path: Path) -> ModelPool:
     try:
         spec: dict[str, Any] = json.loads(path.read_text())
+        _check_pool_types(path, spec)
         return ModelPool(spec.get("name", path.stem), spec["pretrained"], dict(spec["models"]),
                          dict(spec.get("datasets", {})), path.parent, source=path)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a pool file ({type(e).__name__}: {e}); it needs 'pretrained' and "
                          f"'models': {{task: model}}") from None
+
+
+def _check_pool_types(path: Path, spec: Any) -> None:
+    """A pool file's fields have the types they are used as (a wrong one is a one-line error, not a traceback)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a pool file is a JSON object with 'pretrained' and 'models'")
+    if not isinstance(spec.get("pretrained"), str):
+        raise ValueError(f"{path}: 'pretrained' must be a path or hub id (a string)")
+    for key in ("models", "datasets"):
+        value = spec.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ValueError(f"{path}: '{key}' must map task names to paths or hub ids ({{\"task\": \"path\"}})")

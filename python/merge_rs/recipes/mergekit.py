@@ -6,6 +6,7 @@ with mergekit's settings."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,10 @@ def _check_fields(source: RecipeSource) -> list[str]:
             warnings.append(f"{key} is ignored: it does not change the weights")
         elif key not in FIELDS:
             raise source.error((key,), "unknown field in a mergekit config")
+    for key in ("merge_method", "dtype", "out_dtype", "tokenizer_source"):
+        value = source.data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise source.error((key,), f"expected a name, not {type(value).__name__} {json.dumps(value)[:40]}")
     for key in ("dtype", "out_dtype"):
         if source.data.get(key) is not None and source.data[key] not in DTYPES:
             raise source.error((key,), f"unknown dtype '{source.data[key]}' (float32, float16 or bfloat16)")

@@ -1,0 +1,66 @@
+"""User errors are one line and a non-zero exit, never a traceback, and a sweep's mistakes are found before it
+merges anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import cli
+
+SWEEP = ["sweep", "task_arithmetic", "--pool", "zoo", "--param", "scaling_factor=0.3", "--limit", "2", "--quiet"]
+
+
+def _one_line(result) -> str:
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("config,field", [("merge_method: [ties]\nmodels:\n  - model: a\n", "merge_method"),
+                                          ("merge_method: linear\ndtype: [a]\nmodels:\n  - model: a\n", "dtype")])
+def test_mergekit_fields_of_the_wrong_type(tmp_path, config, field):
+    path = tmp_path / "config.yml"
+    path.write_text(config)
+    assert f"{field}: expected a name" in _one_line(cli("run", path, "--out", tmp_path / "out", check=False))
+
+
+@pytest.mark.parametrize("spec,message", [({"pretrained": 5, "models": {"a": "b"}}, "'pretrained' must be"),
+                                          ({"pretrained": "x", "models": {"a": 3}}, "'models' must map"),
+                                          ([], "a JSON object")])
+def test_pool_files_of_the_wrong_shape(tmp_path, spec, message):
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(spec))
+    assert message in _one_line(cli("merge", "task_arithmetic", "--pool", pool, "--out", tmp_path / "o", check=False))
+
+
+@pytest.mark.parametrize("saved,message", [({"points": "abc"}, "'points' is not a list"),
+                                           ({"points": [{"parameters": {}}]}, "point 0 lacks")])
+def test_malformed_resume_reports(tmp_path, saved, message):
+    report = tmp_path / "sweep.json"
+    report.write_text(json.dumps({"generator": "merge-rs 0", **saved}))
+    assert message in _one_line(cli(*SWEEP, "--report", report, check=False))
+    assert json.loads(report.read_text())["points"] == saved["points"]  # left as it was
+
+
+def test_sweep_mistakes_are_found_before_any_merge(tmp_path):
+    # An unusable device fails when the evaluator is built, before any merge: a check that comes first wins.
+    early = [*SWEEP, "--device", "cuda:99"]
+    assert "cuda" in _one_line(cli(*early, check=False)).lower()
+    assert "--select mnistt: not a task" in _one_line(cli(*early, "--select", "mnistt", check=False))
+    (tmp_path / "out").mkdir()
+    assert "already exists" in _one_line(cli(*early, "--out", tmp_path / "out", check=False))
+    (tmp_path / "keep" / "scaling_factor=0.3").mkdir(parents=True)
+    assert "already exists" in _one_line(cli(*early, "--keep", tmp_path / "keep", check=False))
+
+
+def test_a_full_standard_output_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "merge_rs.cli", "recipe-schema"], stdout=full,
+                                stderr=subprocess.PIPE, text=True)
+    assert "cannot write to standard output" in _one_line(result)
