@@ -64,3 +64,28 @@ def test_a_full_standard_output_is_one_line(tmp_path):
         result = subprocess.run([sys.executable, "-m", "merge_rs.cli", "recipe-schema"], stdout=full,
                                 stderr=subprocess.PIPE, text=True)
     assert "cannot write to standard output" in _one_line(result)
+
+
+def test_a_killed_sweep_s_scratch_is_removed_by_the_next_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from merge_rs.sweep import SCRATCH_PREFIX, remove_stale_scratch
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f"{SCRATCH_PREFIX}{dead}-abc"
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{SCRATCH_PREFIX}notapid-x"
+    for d in (stale, live, other):
+        (d / "merged").mkdir(parents=True)
+    assert remove_stale_scratch(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    (stale / "merged").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-m", "merge_rs.cli", *SWEEP[:-1]], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"removed {stale}" in result.stderr and not stale.exists() and live.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f"{SCRATCH_PREFIX}{dead}")]

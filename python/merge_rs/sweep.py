@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,38 @@ class SweepLog:
             from .output import write_report
 
             write_report(self.path, self.data, self.inputs, self.overwrite)
+
+
+SCRATCH_PREFIX = "merge-rs-sweep-"
+
+
+def scratch_prefix() -> str:
+    """The prefix of this process's scratch directories (each point's merge when --keep is not given)."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+
+
+def remove_stale_scratch(directory: Path | None = None) -> list[Path]:
+    """Remove the scratch directories of sweeps whose process is gone (a SIGKILL leaves a whole merged model
+    behind); those of running processes, and anything not named by a sweep, are left alone."""
+    import shutil
+    import tempfile
+
+    removed = []
+    root = Path(directory or tempfile.gettempdir())
+    for path in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

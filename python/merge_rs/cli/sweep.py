@@ -14,7 +14,8 @@ import click
 from .. import api
 from ..methods import METHODS, get_method
 from ..plots import check_plot_path, sweep_lines
-from ..sweep import MAX_POINTS, SweepLog, best_point, check_grid_size, grid, parse_axis
+from ..sweep import (MAX_POINTS, SweepLog, best_point, check_grid_size, grid, parse_axis, remove_stale_scratch,
+                     scratch_prefix)
 from .app import (AS_JSON, OUTPUT_PATH, PLOT, QUIET, THREADS, emit_json, fail, logger, main,
                    main_process, run)
 from .evaluation import check_report, get_pool, on_main_rank
@@ -67,6 +68,8 @@ def sweep(method: str, pool_name: str, params: tuple[str, ...], split: str, sele
     sweep_log = run(lambda: SweepLog(report_path if main_process() else None, identity, inputs, overwrite))
     points = grid(axes)
     run(lambda: _check_before_work(pool, select, out, keep, points, sweep_log, overwrite))
+    for stale in remove_stale_scratch():
+        log(f"removed {stale}, left by a sweep that was killed")
     if split == "test":
         log("warning: choosing on the test split is optimistic (the choice sees the data results are reported on)")
     evaluator = run(lambda: _evaluator(pool, split, limit, batch_size, device, quiet, shard=not spread_grid))
@@ -167,7 +170,7 @@ def _point(method: str, pool: Any, evaluator: Any, point: dict[str, Any], keep: 
     from ..clip.models import load_vision_encoder
 
     name = _point_name(point)
-    with tempfile.TemporaryDirectory(prefix="merge-rs-sweep-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix()) as scratch:
         target = keep / name if keep is not None and (distributed.is_main() or not evaluator.shard) \
             else Path(scratch) / "merged"
         api.merge(method, pool.model_paths(), target, pretrained=pool.pretrained_path(), threads=threads,
