@@ -89,3 +89,21 @@ def test_a_killed_sweep_s_scratch_is_removed_by_the_next_one(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"removed {stale}" in result.stderr and not stale.exists() and live.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(f"{SCRATCH_PREFIX}{dead}")]
+
+
+def test_control_characters_from_the_command_line_are_escaped_in_errors(tmp_path):
+    recipe = tmp_path / "r.yml"
+    recipe.write_text("method: task_arithmetic\npool: zoo\n")
+    line = _one_line(cli("run", recipe, "--out", tmp_path / "o", "param\x1b[31m\nx.y=1", check=False))
+    assert "\x1b" not in line and "param\\x1b[31m\\nx" in line
+
+
+@pytest.mark.parametrize("size,message", [("1e23", "cannot read size"), ("-1", "must be positive"),
+                                          ("0", "must be positive")])
+def test_a_dry_run_refuses_what_the_merge_would_refuse(tmp_path, size, message):
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"method: task_arithmetic\npool: zoo\nmax_shard_size: {size}\n")
+    for extra in (["--dry-run"], []):
+        line = _one_line(cli("run", recipe, "--out", tmp_path / "o", *extra, check=False))
+        assert f"{recipe}:3: max_shard_size: " in line and message in line
+    assert not (tmp_path / "o").exists()

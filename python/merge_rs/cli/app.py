@@ -38,8 +38,10 @@ def main() -> None:
 
 
 def fail(error: BaseException) -> NoReturn:
-    """Print ``error`` as one line and exit with 1."""
-    click.echo(f"error: {str(error) or type(error).__name__}", err=True)
+    """Print ``error`` as one line (control characters from user input, such as a newline or ESC, escaped) and
+    exit with 1."""
+    text = str(error) or type(error).__name__
+    click.echo("error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text), err=True)
     sys.exit(1)
 
 

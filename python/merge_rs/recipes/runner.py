@@ -39,10 +39,21 @@ def prepare(job: MergeJob) -> MergePlan:
         models = models or [str(p) for p in job.pool.model_paths()]
     if not models:
         raise job.source.error(("models",), "no models to merge: give models or a pool")
+    _check_shard_size(job)
     where = _model_locations(job)
     resolved = [resolve_model(m, job.source, where.get(m, ("models",))) for m in models]
     base = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
     return plan(job, base, resolved)
+
+
+def _check_shard_size(job: MergeJob) -> None:
+    """The check the merge would make, made before it (a dry run makes it too), with the field's location."""
+    from ..api import parse_size
+
+    try:
+        parse_size(job.max_shard_size)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise job.source.error(("max_shard_size",), str(e)) from None
 
 
 def _model_locations(job: MergeJob) -> dict[str, tuple[Any, ...]]:
