@@ -107,3 +107,14 @@ def test_a_dry_run_refuses_what_the_merge_would_refuse(tmp_path, size, message):
         line = _one_line(cli("run", recipe, "--out", tmp_path / "o", *extra, check=False))
         assert f"{recipe}:3: max_shard_size: " in line and message in line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("evaluation,message", [("{tasks: [nosuchtask]}", "unknown task 'nosuchtask'"),
+                                                ("{split: nosplit}", "no parquet files for split 'nosplit'"),
+                                                ("{device: 'cuda:3'}", "CUDA is not available")])
+def test_a_recipe_s_evaluation_is_checked_before_the_merge(tmp_path, evaluation, message):
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"method: task_arithmetic\npool: zoo\nevaluation: {evaluation}\n")
+    for extra in (["--dry-run"], []):
+        assert message in _one_line(cli("run", recipe, "--out", tmp_path / "o", *extra, check=False))
+    assert not (tmp_path / "o").exists()  # nothing merged, so the next run does not find an output in the way

@@ -67,6 +67,22 @@ def evaluate(model: Path, clip: Path, pool: Any, settings: EvalSettings, *, quie
     return evaluator.evaluate(load_vision_encoder(model), name=name)
 
 
+def check_evaluation(clip: Any, pool: Any, settings: EvalSettings) -> None:
+    """Before the merge: what ``evaluate`` would refuse after it (unknown task or split, no such device, a
+    vision-only pretrained model). The tasks' splits are opened, one example each."""
+    from ..clip.evaluate import parse_task_option, pick_device, prepare_tasks
+    from ..clip.models import model_type
+
+    pick_device(settings.device)
+    if clip is not None and Path(clip).is_dir() and model_type(Path(clip)) != "clip":
+        raise ValueError(f"{clip}: evaluation needs a full CLIP model (model_type 'clip', with its text tower) for "
+                         "the zero-shot heads")
+    requests = [parse_task_option(t) for t in settings.tasks] or [(t, None) for t in (pool.tasks if pool else [])]
+    if not requests:
+        raise ValueError("nothing to evaluate on: give --task NAME[=DATASET] or --pool")
+    prepare_tasks(requests, pool, split=settings.split, limit=1)
+
+
 def on_main_rank(work: Callable[[], T]) -> T:
     """``work()`` once: under a torch.distributed launch rank 0 runs it (a merge, say) and the other ranks wait
     and receive its result; otherwise it simply runs."""

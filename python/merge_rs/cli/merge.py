@@ -10,8 +10,8 @@ import click
 from .. import api
 from ..methods import METHODS
 from .app import AS_JSON, OUTPUT_PATH, POOL, QUIET, THREADS, apply, emit_json, fail, main, main_process, run
-from .evaluation import (EVAL_OPTIONS, EvalSettings, check_report, evaluate, get_pool, on_main_rank, save_report,
-                         show_report)
+from .evaluation import (EVAL_OPTIONS, EvalSettings, check_evaluation, check_report, evaluate, get_pool,
+                         on_main_rank, save_report, show_report)
 from .method_options import method_list, parameter_options
 
 OPTIONS = [
@@ -59,6 +59,8 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
     reads = pool.input_paths() if pool is not None else []
     report_inputs = [*models, *([pretrained] if pretrained else []), *reads, out]
     check_report(settings.report_path, report_inputs, overwrite)
+    if run_eval:
+        run(lambda: check_evaluation(pretrained, pool, settings))
     report = run(lambda: on_main_rank(lambda: api.merge(
         method, models, out, pretrained=pretrained, dtype=dtype, max_shard_size=max_shard_size, threads=threads,
         memory_budget=memory_budget, overwrite=overwrite, allow_nonfinite=allow_nonfinite, progress=not quiet,

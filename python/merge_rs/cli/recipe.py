@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from .app import AS_JSON, OUTPUT_PATH, QUIET, THREADS, emit, emit_json, fail, logger, main, main_process, run
-from .evaluation import EvalSettings, check_report, evaluate, on_main_rank, save_report, show_report
+from .evaluation import (EvalSettings, check_evaluation, check_report, evaluate, on_main_rank, save_report,
+                         show_report)
 
 
 @main.command("run")
@@ -48,6 +49,14 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
             settings = replace(settings, report_path=None)
         job.out = None
     target = out or (Path(job.out) if job.out else None)
+    # every check the merge and the evaluation would make, short of reading tensor data (a dry run makes them too)
+    inputs: list[Any] = [*plan.models, *([plan.pretrained] if plan.pretrained else []), recipe,
+                         *([target] if target else [])]
+    check_report(settings.report_path if settings else None, inputs, overwrite)
+    if settings is not None:
+        if plan.pretrained is None:
+            fail(ValueError(f"{recipe}: evaluation needs the pretrained CLIP (pretrained: or pool:)"))
+        run(lambda: check_evaluation(plan.pretrained, job.pool, settings))
     if dry_run:
         if as_json:
             emit_json(plan_dict(plan))
@@ -58,16 +67,12 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, dry_r
         log(f"warning: {warning}")
     if target is None:
         fail(click.UsageError("give the output directory with --out (or out: in the recipe)"))
-    inputs: list[Any] = [*plan.models, *([plan.pretrained] if plan.pretrained else []), recipe, target]
-    check_report(settings.report_path if settings else None, inputs, overwrite)
     report = run(lambda: on_main_rank(lambda: execute(plan, target, overwrite=overwrite, threads=threads,
                                                       memory_budget=memory_budget, progress=not quiet,
                                                       model_card_file=not no_model_card)))
     evaluation = None
     if settings is not None:
         clip = plan.pretrained
-        if clip is None:
-            fail(ValueError(f"{recipe}: evaluation needs the pretrained CLIP (pretrained: or pool:)"))
         evaluation = run(lambda: evaluate(target, clip, job.pool, settings, quiet=quiet, name=job.method))
         save_report(evaluation, settings.report_path, inputs, overwrite)
     if not main_process():

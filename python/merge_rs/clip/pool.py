@@ -161,6 +161,10 @@ def _check_pool_types(path: Path, spec: Any) -> None:
     """A pool file's fields have the types they are used as (a wrong one is a one-line error, not a traceback)."""
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: a pool file is a JSON object with 'pretrained' and 'models'")
+    missing = [key for key in ("pretrained", "models") if key not in spec]
+    if missing:
+        raise ValueError(f"{path}: not a pool file (no '{missing[0]}'); it needs 'pretrained' and "
+                         "'models': {task: model}")
     if not isinstance(spec.get("pretrained"), str):
         raise ValueError(f"{path}: 'pretrained' must be a path or hub id (a string)")
     for key in ("models", "datasets"):
