@@ -118,3 +118,22 @@ def test_a_recipe_s_evaluation_is_checked_before_the_merge(tmp_path, evaluation,
     for extra in (["--dry-run"], []):
         assert message in _one_line(cli("run", recipe, "--out", tmp_path / "o", *extra, check=False))
     assert not (tmp_path / "o").exists()  # nothing merged, so the next run does not find an output in the way
+
+
+def test_two_sweeps_never_write_one_report(tmp_path):
+    import subprocess
+    import sys
+
+    report = tmp_path / "sweep.json"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from merge_rs.sweep import SweepLog; "
+                               "SweepLog(Path(sys.argv[1]), {}); print('locked', flush=True); time.sleep(60)",
+                               str(report)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = _one_line(cli(*SWEEP, "--report", report, check=False))
+        assert "another sweep is writing this report" in line and not report.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli(*SWEEP, "--report", report).returncode == 0 and report.exists()  # free again once it is gone

@@ -117,6 +117,23 @@ def _resume_problem(saved: Any) -> str | None:
     return None
 
 
+def _lock(report: Path) -> int:
+    """Hold an exclusive lock on the report for this process's life (a hidden ``.NAME.merge-rs-lock`` beside
+    it), so that two sweeps never write one report and lose each other's points."""
+    import fcntl
+
+    path = report.with_name(f".{report.name}.merge-rs-lock")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InvalidArgumentError(f"{report}: another sweep is writing this report; wait for it or give another "
+                                   "--report") from None
+    return fd
+
+
 class SweepLog:
     """The sweep's report file: what it sweeps, each evaluated point, the reference models and the best
     point. A rerun with the same method, pool, split and grid resumes where it stopped."""
@@ -127,6 +144,7 @@ class SweepLog:
 
         self.path, self.inputs, self.overwrite = path, list(inputs or []), overwrite
         self.data: dict[str, Any] = {**identity, "points": [], "references": {}, "best": None}
+        self._lock = _lock(path) if path is not None else None
         if path is not None and path.exists() and written_by_merge_rs(path):  # another file is replaced whole
             try:
                 saved = json.loads(path.read_text())
