@@ -57,8 +57,9 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
         splits[name] = {k: ([images[i] for i in idx], [labels[i] for i in idx]) for k, idx in parts.items()}
         log(f"{name}: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits[name].items()))
     corpus = pretraining_corpus(settings.seed)
+    with_slices = any("slice" in parts for parts in splits.values())
     split_prints = {fingerprint(image) for parts in splits.values() for part, (images, _) in parts.items()
-                    for image in images if part != "slice"}
+                    for image in images if part != "slice"} if with_slices else set()
     for name in settings.tasks:
         if "slice" in splits[name]:
             images, labels = without_split_images(*splits[name].pop("slice"), split_prints)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ TA_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CURVE_LAMBDAS = (0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0)
 CROSS_LAMBDA = 0.3
 TIES_KEEP = 0.2
-ADAMERGING = {"steps": int(os.environ.get("ZOO_ADAMERGING_STEPS", 200)), "lr": 1e-3, "batch": 16, "init": 0.3}
+ADAMERGING = {"steps": 200, "lr": 1e-3, "batch": 16, "init": 0.3}
 EVAL_BATCH = 1000
 
 
