@@ -137,3 +137,18 @@ def test_two_sweeps_never_write_one_report(tmp_path):
         holder.kill()
         holder.wait()
     assert cli(*SWEEP, "--report", report).returncode == 0 and report.exists()  # free again once it is gone
+
+
+@pytest.mark.parametrize("weights", [".nan, 1", ".inf, 1"])
+def test_a_dry_run_refuses_non_finite_weights_in_a_mergekit_config(tmp_path, weights):
+    from merge_rs.clip.pool import zoo_directory
+
+    a, b = (zoo_directory() / "models" / t for t in ("mnist", "digits"))
+    first, second = (w.strip() for w in weights.split(","))
+    config = tmp_path / "config.yml"
+    config.write_text(f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: {first}}}\n"
+                      f"  - model: {b}\n    parameters: {{weight: {second}}}\n")
+    for extra in (["--dry-run"], []):
+        line = _one_line(cli("run", config, "--out", tmp_path / "o", *extra, check=False))
+        assert "finite" in line, line
+    assert not (tmp_path / "o").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,9 @@ class Parameter:
 
     def problem(self, value: Any, *, element: bool = False) -> str | None:
         """What ``value`` should have been (one element of this list parameter with ``element``), or None."""
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        numbers = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  and math.isfinite(v) for v in value)
         names = isinstance(value, list) and all(isinstance(v, str) for v in value)
         kind = {"float_list": "f64", "float_or_list": "f64", "path_list": "path"}.get(self.kind, self.kind) \
             if element else self.kind
@@ -45,8 +47,8 @@ class Parameter:
             "bool": (isinstance(value, bool), "true or false"),
             "choice": (isinstance(value, str) and value.replace("-", "_") in [c.replace("-", "_") for c in self.choices],
                        f"one of {', '.join(self.choices)}"),
-            "float_list": (numbers, "a list of numbers"),
-            "float_or_list": (number or numbers, "a number or a list of numbers"),
+            "float_list": (numbers, "a list of finite numbers"),
+            "float_or_list": (number or numbers, "a finite number or a list of finite numbers"),
             "name_list": (names, "a list of tensor names"),
             "path": (isinstance(value, str), "a path"),
             "path_list": (names, "a list of paths"),

@@ -87,8 +87,23 @@ def plan(job: MergeJob, pretrained: Path | None, models: list[Path]) -> MergePla
     for name in merged:
         values = job.parameters_for(name, positions[name])
         by_values.setdefault(json.dumps(values, sort_keys=True), []).append(name)
+    _check_values(job, [json.loads(key) for key in by_values] or [job.parameters_for("", 0.0)])
     if not by_values:
         return MergePlan(job, pretrained, models, job.parameters_for("", 0.0), [], inputs, merged)
     common, _ = Counter({k: len(v) for k, v in by_values.items()}).most_common(1)[0]
     groups = [(names, json.loads(key)) for key, names in by_values.items() if key != common]
     return MergePlan(job, pretrained, models, json.loads(common), groups, inputs, merged)
+
+
+def _check_values(job: MergeJob, value_sets: list[dict[str, Any]]) -> None:
+    """Each parameter value against the method's declaration (finite numbers, ranges, kinds), as the engine will
+    check it: a dry run refuses what the merge would."""
+    from ..methods import get_method
+
+    method = get_method(job.method)
+    for values in value_sets:
+        for name, value in values.items():
+            param = method.parameter(name)
+            problem = param.problem(value) if param is not None else None
+            if problem:
+                raise job.source.error(("parameters", name), f"expected {problem}, got {json.dumps(value)}")
