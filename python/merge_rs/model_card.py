@@ -14,6 +14,7 @@ import yaml
 
 from ._core import __version__
 from .methods import get_method
+from .text import printable
 
 
 def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | None, models: list[str],
@@ -31,7 +32,7 @@ def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | Non
         "tags": ["merge", "merge-rs"],
     }
     lines = [
-        "---", _dump(front).rstrip(), "---", "", f"# {_flat(title)}", "",
+        "---", _dump(front).rstrip(), "---", "", f"# {printable(title)}", "",
         f"Merged with merge-rs {__version__}.", "",
         "## Method", "",
         f"**{info.name}**: {info.summary} ([paper]({info.paper})).", "",
@@ -58,14 +59,9 @@ RECIPE_FENCE = "```yaml merge-rs-recipe"
 _FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
 
 
-def _flat(text: str) -> str:
-    """``text`` on one line: control characters (newlines, ESC, ...) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
 def code(text: Any) -> str:
     """``text`` (a name or path that came from an input) as one Markdown code span that nothing in it can end."""
-    flat = _flat(text)
+    flat = printable(text)
     longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if flat.startswith("`") or flat.endswith("`") else ""

@@ -62,7 +62,7 @@ def written_by_merge_rs(path: Path) -> bool:
         return b"tEXtSoftware\x00" + mark in head
     if head.lstrip().startswith(b"{"):
         return re.match(rb'\s*\{\s*"generator":\s*"' + mark, head) is not None
-    return head.startswith(b'"' + mark) or head.startswith(mark)  # CSV: the corner cell
+    return head.startswith(mark)  # CSV: the corner cell
 
 
 def check_file_output(path: PathLike, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> None:

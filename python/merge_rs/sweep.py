@@ -90,6 +90,11 @@ def grid(axes: list[Axis]) -> list[dict[str, Any]]:
     return [dict(zip((a.name for a in axes), combo)) for combo in itertools.product(*(a.values for a in axes))]
 
 
+def point_key(point: dict[str, Any]) -> str:
+    """A grid point as the key that finds it in a report."""
+    return json.dumps(point, sort_keys=True)
+
+
 def best_point(reports: list[dict[str, Any]], select: str) -> int:
     """The index of the highest accuracy on ``select`` (``average`` or a task); the first on a tie."""
     if not reports:
@@ -200,9 +205,9 @@ def remove_stale_scratch(directory: Path | None = None) -> list[Path]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, someone else's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True

@@ -13,6 +13,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 import click
 
 from ..exceptions import MergeRsError
+from ..text import printable
 
 T = TypeVar("T")
 
@@ -40,8 +41,7 @@ def main() -> None:
 def fail(error: BaseException) -> NoReturn:
     """Print ``error`` as one line (control characters from user input, such as a newline or ESC, escaped) and
     exit with 1."""
-    text = str(error) or type(error).__name__
-    click.echo("error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text), err=True)
+    click.echo("error: " + printable(str(error) or type(error).__name__), err=True)
     sys.exit(1)
 
 

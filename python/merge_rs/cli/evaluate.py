@@ -19,8 +19,6 @@ def eval_command(model: str, pool_name: str | None, clip_ref: str | None, plot_p
     from ..clip.pool import resolve_model
 
     settings = EvalSettings.pop(options)
-    if plot_path is not None:
-        run(lambda: check_plot_path(plot_path, overwrite=overwrite))
 
     def work() -> dict[str, Any]:
         pool = get_pool(pool_name)

@@ -52,16 +52,13 @@ def evaluate(model: Path, clip: Path, pool: Any, settings: EvalSettings, *, quie
              name: str | None = None) -> dict[str, Any]:
     """Zero-shot evaluation of the vision encoder ``model`` with ``clip``'s text heads; FusionBench's report."""
     from ..clip import distributed
-    from ..clip.evaluate import Evaluator, parse_task_option, prepare_tasks
+    from ..clip.evaluate import Evaluator, prepare_tasks
     from ..clip.models import load_vision_encoder
 
     distributed.init()
     if distributed.world() > 1 and distributed.is_main() and not quiet:
         click.echo(f"evaluating on {distributed.world()} processes", err=True)
-    requests = [parse_task_option(t) for t in settings.tasks] or [(t, None) for t in (pool.tasks if pool else [])]
-    if not requests:
-        raise ValueError("nothing to evaluate on: give --task NAME[=DATASET] or --pool")
-    prepared = prepare_tasks(requests, pool, split=settings.split, limit=settings.limit)
+    prepared = prepare_tasks(_requests(settings, pool), pool, split=settings.split, limit=settings.limit)
     evaluator = Evaluator(clip, prepared, device=settings.device, batch_size=settings.batch_size,
                           workers=settings.workers, progress=not quiet)
     return evaluator.evaluate(load_vision_encoder(model), name=name)
@@ -70,17 +67,24 @@ def evaluate(model: Path, clip: Path, pool: Any, settings: EvalSettings, *, quie
 def check_evaluation(clip: Any, pool: Any, settings: EvalSettings) -> None:
     """Before the merge: what ``evaluate`` would refuse after it (unknown task or split, no such device, a
     vision-only pretrained model). The tasks' splits are opened, one example each."""
-    from ..clip.evaluate import parse_task_option, pick_device, prepare_tasks
+    from ..clip.evaluate import pick_device, prepare_tasks
     from ..clip.models import model_type
 
     pick_device(settings.device)
     if clip is not None and Path(clip).is_dir() and model_type(Path(clip)) != "clip":
         raise ValueError(f"{clip}: evaluation needs a full CLIP model (model_type 'clip', with its text tower) for "
                          "the zero-shot heads")
+    prepare_tasks(_requests(settings, pool), pool, split=settings.split, limit=1)
+
+
+def _requests(settings: EvalSettings, pool: Any) -> list[tuple[str, str | None]]:
+    """The (task, dataset) pairs to evaluate on: the --task options, else every task of the pool."""
+    from ..clip.evaluate import parse_task_option
+
     requests = [parse_task_option(t) for t in settings.tasks] or [(t, None) for t in (pool.tasks if pool else [])]
     if not requests:
         raise ValueError("nothing to evaluate on: give --task NAME[=DATASET] or --pool")
-    prepare_tasks(requests, pool, split=settings.split, limit=1)
+    return requests
 
 
 def on_main_rank(work: Callable[[], T]) -> T:

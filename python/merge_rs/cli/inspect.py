@@ -11,6 +11,7 @@ from .. import api
 from ..methods import markdown_table
 from ..output import check_file_output, generator, write_file_output
 from ..plots import check_plot_path, cosine_heatmap
+from ..text import printable
 from .app import AS_JSON, OUTPUT_PATH, OVERWRITE_FILES, PLOT, POOL, QUIET, THREADS, emit_json, fail, main, run
 from .method_options import method_details
 
@@ -36,11 +37,6 @@ def info(path: Path, show_tensors: bool, as_json: bool) -> None:
     if show_tensors:
         for t in ckpt.tensors:
             click.echo(f"  {printable(t.name)}  {t.dtype}  {list(t.shape)}")
-
-
-def printable(name: str) -> str:
-    """A tensor name with control characters (newlines...) escaped, so that one tensor stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 @main.command("cos-sim")

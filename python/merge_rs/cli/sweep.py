@@ -4,7 +4,6 @@ model); the report file records every point, so an interrupted sweep resumes fro
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,8 @@ import click
 from .. import api
 from ..methods import METHODS, get_method
 from ..plots import check_plot_path, sweep_lines
-from ..sweep import (MAX_POINTS, SweepLog, best_point, check_grid_size, grid, parse_axis, remove_stale_scratch,
-                     scratch_prefix)
+from ..sweep import (MAX_POINTS, SweepLog, best_point, check_grid_size, grid, parse_axis, point_key,
+                     remove_stale_scratch, scratch_prefix)
 from .app import (AS_JSON, OUTPUT_PATH, PLOT, QUIET, THREADS, emit_json, fail, logger, main,
                    main_process, run)
 from .evaluation import check_report, get_pool, on_main_rank
@@ -106,9 +105,9 @@ def _check_before_work(pool: Any, select: str, out: Path | None, keep: Path | No
     if out is not None:
         check_output(out, pool.input_paths(), overwrite)
     if keep is not None:
-        done = {json.dumps(p["parameters"], sort_keys=True) for p in sweep_log.data["points"]}
+        done = {point_key(p["parameters"]) for p in sweep_log.data["points"]}
         for point in points:
-            if json.dumps(point, sort_keys=True) not in done:
+            if point_key(point) not in done:
                 check_output(keep / _point_name(point), pool.input_paths(), False)
 
 
@@ -137,8 +136,7 @@ def _points(points: list[dict[str, Any]], sweep_log: SweepLog, evaluate_point: A
     the reports are gathered after each round."""
     from ..clip import distributed
 
-    key = lambda point: json.dumps(point, sort_keys=True)  # noqa: E731
-    saved = distributed.broadcast({key(p["parameters"]): p["report"] for p in sweep_log.data["points"]})
+    saved = distributed.broadcast({point_key(p["parameters"]): p["report"] for p in sweep_log.data["points"]})
     rank, world = (distributed.rank(), distributed.world()) if spread else (0, 1)
     reports: dict[str, dict[str, Any]] = {}
     for start in range(0, len(points), world):
@@ -146,17 +144,17 @@ def _points(points: list[dict[str, Any]], sweep_log: SweepLog, evaluate_point: A
         mine = batch[rank] if rank < len(batch) else None
         local = None
         if mine is not None:
-            local = saved.get(key(mine))
+            local = saved.get(point_key(mine))
             if local is None:
                 local = evaluate_point(mine)
             else:
                 log(f"{_shown(mine)}: already in the report")
         results = distributed.gather(local) if spread else [local]
         for point, report in zip(batch, results):
-            reports[key(point)] = report
-            if key(point) not in saved:
+            reports[point_key(point)] = report
+            if point_key(point) not in saved:
                 sweep_log.add(point, report)
-    return [reports[key(p)] for p in points]
+    return [reports[point_key(p)] for p in points]
 
 
 def _shown(point: dict[str, Any]) -> str:

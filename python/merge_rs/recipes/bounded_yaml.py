@@ -47,10 +47,15 @@ def compose(text: str, where: str) -> yaml.Node | None:
     return node
 
 
+def load(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """The node graph (for line numbers) and the data of ``text``, within the bounds."""
+    node = compose(text, where)
+    return node, None if node is None else yaml.SafeLoader(text).construct_document(node)
+
+
 def safe_load(text: str, where: str) -> Any:
     """``yaml.safe_load`` of ``text``, within the bounds (``where`` names the source in errors)."""
-    node = compose(text, where)
-    return None if node is None else yaml.SafeLoader(text).construct_document(node)
+    return load(text, where)[1]
 
 
 def _check_size(root: yaml.Node | None, where: str) -> None:

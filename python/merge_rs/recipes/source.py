@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from ..exceptions import InvalidArgumentError
-from .bounded_yaml import compose, read_recipe_text, safe_load
+from .bounded_yaml import load, read_recipe_text, safe_load
 
 Loc = tuple[Any, ...]
 _CARD_BLOCK = re.compile(r"^```ya?ml[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -53,8 +53,7 @@ def load_source(path: Path, overrides: Sequence[str] = ()) -> RecipeSource:
         raise RecipeError(str(e)) from None
     text, offset = _recipe_text(path, raw)
     try:
-        node = compose(text, str(path))
-        data = None if node is None else yaml.SafeLoader(text).construct_document(node)
+        node, data = load(text, str(path))
     except InvalidArgumentError as e:
         raise RecipeError(str(e)) from None
     except yaml.YAMLError as e:

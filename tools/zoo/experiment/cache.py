@@ -25,7 +25,8 @@ def _uint8(processor: Any, images: list) -> Any:
     import numpy as np
 
     if not images:
-        return np.zeros((0, 3, 32, 32), dtype=np.uint8)
+        size = processor.crop_size["height"]
+        return np.zeros((0, 3, size, size), dtype=np.uint8)
     out = processor(images=[im.convert("RGB") for im in images], do_rescale=False, do_normalize=False,
                     return_tensors="np")["pixel_values"]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

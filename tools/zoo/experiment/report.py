@@ -106,9 +106,8 @@ def plot_scale(results: list[dict[str, Any]], path: Path) -> None:
         ax.plot([r["vision_parameters"]] * 2, [normalised(r["pretrained"], r["finetuned"]),
                                               normalised(r["task_arithmetic"][best_lambda(r)], r["finetuned"])],
                 color="grey", lw=0.7, zorder=0)
-        ax.annotate(r["label"], (r["vision_parameters"], normalised(r["task_arithmetic"][best_lambda(r)],
-                                                                     r["finetuned"])), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    _label(ax, [(r["vision_parameters"], normalised(r["task_arithmetic"][best_lambda(r)], r["finetuned"]),
+                 r["label"]) for r in done])
     ax.set_xscale("log")
     ax.set_xlabel("vision tower parameters")
     ax.set_ylabel("normalised accuracy, 8 tasks (% of fine-tuned)")
@@ -116,6 +115,17 @@ def plot_scale(results: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def _label(ax: Any, points: list[tuple[float, float, str]], gap: float = 1.4) -> None:
+    """Name each point beside it; labels of points at about the same x are pushed apart vertically."""
+    placed: list[tuple[float, float]] = []
+    for x, y, text in sorted(points, key=lambda p: -p[1]):
+        near = [ly for lx, ly in placed if abs(lx / x - 1) < 0.15]
+        ly = min([y, *(v - gap for v in near if v - gap < y + gap)]) if near else y
+        placed.append((x, ly))
+        ax.annotate(text, (x, y), xytext=(x * 1.03, ly), fontsize=7, va="center",
+                    arrowprops={"arrowstyle": "-", "color": "lightgrey", "lw": 0.5} if abs(ly - y) > 0.3 else None)
 
 
 def plot_cross(result: dict[str, Any], path: Path) -> None:
