@@ -119,6 +119,8 @@ def test_a_run_measures_every_stage_and_reuses_its_pretraining(tmp_path, monkeyp
 
     text = report.write_report([tmp_path], tmp_path / "table.md", tmp_path / "plots", detail="tiny (cpu)")
     assert "| tiny (cpu) | " in text and "sum of the other seven" in text
+    one = report.write_report([tmp_path / "longer.json"], None, None)  # a result file works as well as a directory
+    assert "| longer (cpu) | " in one and "| tiny (cpu) | " not in one
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"zoo-regime-scale.png", "zoo-regime-cross.png",
                                                                "zoo-regime-curves.png"}
 

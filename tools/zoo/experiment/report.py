@@ -11,11 +11,14 @@ from typing import Any
 from .measure import CROSS_LAMBDA
 
 
-def load_results(directories: list[Path]) -> list[dict[str, Any]]:
-    """Every result, labelled ``name (device)``; of two with one label, the one that measured more stages."""
+def load_results(places: list[Path]) -> list[dict[str, Any]]:
+    """Every result in ``places`` (result files, or directories of them), labelled ``name (device)``; of two with
+    one label, the one that measured more stages."""
     best: dict[str, dict[str, Any]] = {}
-    for directory in directories:
-        for path in sorted(directory.glob("*.json")):
+    for place in places:
+        if not place.exists():
+            raise FileNotFoundError(f"{place}: no such result file or directory")
+        for path in sorted(place.glob("*.json")) if place.is_dir() else [place]:
             result = json.loads(path.read_text())
             result["label"] = f"{result['name']} ({result['device'].split(':')[0]})"
             if len(result["seconds"]) >= len(best.get(result["label"], {}).get("seconds", {})):
