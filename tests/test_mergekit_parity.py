@@ -16,6 +16,8 @@ import pytest
 import merge_rs
 from conftest import load, save
 
+pytestmark = pytest.mark.slow  # each case runs mergekit
+
 MERGEKIT = Path(sys.executable).parent / "mergekit-pytorch"
 WEIGHTS = [0.7, 1.2, 0.4]
 

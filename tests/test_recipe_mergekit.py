@@ -17,6 +17,8 @@ import yaml
 
 from conftest import cli, load
 
+pytestmark = pytest.mark.slow  # each case runs mergekit-yaml
+
 BIN = Path(sys.executable).parent
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -149,3 +151,40 @@ def test_dare_keeps_about_the_density_and_is_reproducible_from_its_seed(method, 
     changed = np.flatnonzero(one["lm_head.weight"] != theta0["lm_head.weight"])
     np.testing.assert_allclose(one["lm_head.weight"].ravel()[changed], theta["lm_head.weight"].ravel()[changed],
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [{"weight": 0.5}, {}])
+def test_linear_with_the_base_also_listed_weights_it_by_its_own_entry(shared, llama, tmp_path):
+    """mergekit weights base_model by its own entry under models when it has one, not by the global weight."""
+    base, a, *_ = llama
+    config = {"merge_method": "linear", "base_model": str(base), "dtype": "float32", "parameters": shared,
+              "models": [{"model": str(base), "parameters": {"weight": 0.9}},
+                         {"model": str(a), "parameters": {"weight": 0.1}}]}
+    assert_same(*run_both(tmp_path, config))
+
+
+def test_a_missing_weight_is_named_at_its_own_entry(llama, tmp_path):
+    base, a, b, _ = llama
+    config = {"merge_method": "linear", "base_model": str(base), "dtype": "float32",
+              "models": [{"model": str(base), "parameters": {"weight": 0.9}}, {"model": str(a)},
+                         {"model": str(b), "parameters": {"weight": 0.1}}]}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    error = cli("run", tmp_path / "config.yml", "--out", tmp_path / "o", "--dry-run", check=False).stderr
+    assert "models.1.parameters.weight" in error and "needs 'weight'" in error, error
+
+
+@pytest.mark.parametrize("method", ["slerp", "model_stock"])
+def test_a_weight_the_method_does_not_use_is_ignored_with_a_warning(method, llama, tmp_path):
+    """As in mergekit's own tests: slerp and model_stock configs may give models a weight, which mergekit ignores."""
+    base, a, b, _ = llama
+    others = [a] if method == "slerp" else [a, b]
+    config = {"merge_method": method, "base_model": str(base), "dtype": "float32",
+              "parameters": {"t": 0.3} if method == "slerp" else {},
+              "models": [{"model": str(m), "parameters": {"weight": 1.0}} for m in others]}
+    assert_same(*run_both(tmp_path, config))
+    (tmp_path / "typo.yml").write_text(yaml.safe_dump({**config, "parameters": {**config["parameters"], "wieght": 1}}))
+    refused = cli("run", tmp_path / "typo.yml", "--out", tmp_path / "o", "--dry-run", check=False).stderr
+    assert "has no parameter 'wieght'" in refused, refused
+    done = cli("run", tmp_path / "config.yml", "--out", tmp_path / "o2", "--dry-run")
+    plan = done.stdout + done.stderr
+    assert f"models.0.parameters.weight: mergekit's {method} does not use 'weight'" in plan, plan

@@ -37,19 +37,23 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     entries = data.get("models")
     if not isinstance(entries, list) or not entries:
         raise source.error(("models",), "give the models to merge as a list of {model: ..., parameters: ...}")
-    models, model_settings = [], []
+    models, model_settings, positions, base_entry = [], [], [], None
     for i, entry in enumerate(entries):
         ref = _reference(source, entry.get("model") if isinstance(entry, dict) else entry, ("models", i, "model"))
         if isinstance(entry, dict) and set(entry) - {"model", "parameters"}:
             extra = sorted(set(entry) - {"model", "parameters"})[0]
             raise source.error(("models", i, extra), "unknown field")
-        if ref != base:
+        raw = entry.get("parameters") if isinstance(entry, dict) else None
+        settings = _settings(source, raw, ("models", i, "parameters"))
+        if ref == base:
+            base_entry = (i, settings)
+        else:
             models.append(ref)
-            raw = entry.get("parameters") if isinstance(entry, dict) else None
-            model_settings.append(_settings(source, raw, ("models", i, "parameters")))
+            model_settings.append(settings)
+            positions.append(i)
     shared = _settings(source, data.get("parameters"), ("parameters",))
     raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, base] if m)
-    translate = translator(source, method, base, models, shared, model_settings)
+    translate = translator(source, method, base, models, shared, model_settings, positions, base_entry)
     dtype = DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None)
     if data.get("dtype") not in (None, "float32", "fp32"):
         warnings.append(f"mergekit computes in {data['dtype']}; merge-rs computes in float32 and writes "
@@ -60,7 +64,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
                     method=translate.method, models=inputs, parameters_for=translate, pretrained=pretrained,
                     by_layer=not raw_files and any(varies_by_layer(s) for s in settings), layered=not raw_files,
                     dtype=dtype,
-                    warnings=warnings)
+                    warnings=[*warnings, *translate.warnings])
 
 
 def _check_fields(source: RecipeSource) -> list[str]:

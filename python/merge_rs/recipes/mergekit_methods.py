@@ -31,16 +31,24 @@ class Translator:
     model_specs: dict[str, Any] = {}
 
     def __init__(self, source: RecipeSource, name: str, base: str | None, models: list[str],
-                 shared: dict[str, Any], per_model: list[dict[str, Any]]) -> None:
+                 shared: dict[str, Any], per_model: list[dict[str, Any]], positions: list[int] | None = None,
+                 base_entry: tuple[int, dict[str, Any]] | None = None) -> None:
+        """``positions``: each model's index under ``models:`` in the config; ``base_entry``: the index and
+        parameters of base_model's own entry there, if the config lists it among the models too."""
         self.source, self.name, self.base, self.models = source, name, base, models
         self.shared, self.per_model = shared, per_model
+        self.positions: list[int | None] = list(positions if positions is not None else range(len(per_model)))
+        self.base_entry = base_entry
+        self.warnings: list[str] = []
         known = {**self.shared_specs, **self.model_specs}
-        for loc, settings in [(("parameters",), shared), *((("models", i, "parameters"), s)
-                                                           for i, s in enumerate(per_model))]:
-            for key in settings:
-                if key not in known:
+        entries = [*zip(self.positions, per_model), *([base_entry] if base_entry else [])]
+        for loc, settings in [(("parameters",), shared), *((("models", i, "parameters"), s) for i, s in entries)]:
+            for key in [k for k in settings if k not in known]:
+                if key not in ANY_METHODS_PARAMETER:  # a typo, not another method's parameter
                     raise source.error((*loc, key), f"mergekit's {name} has no parameter '{key}' "
                                                     f"(its parameters: {', '.join(known) or 'none'})")
+                self.warnings.append(f"{'.'.join(map(str, (*loc, key)))}: mergekit's {name} does not use '{key}', "
+                                     "so merge-rs ignores it too")
         self.inputs = self.check_inputs()
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
@@ -63,7 +71,9 @@ class Translator:
                 if value is not None:
                     return value
         if default is REQUIRED:
-            loc = ("models", model, "parameters", key) if model is not None else ("parameters", key)
+            position = self.positions[model] if model is not None else None
+            loc = (("models", position, "parameters", key) if position is not None else
+                   ("base_model",) if model is not None else ("parameters", key))
             raise self.source.error(loc, f"mergekit's {self.name} needs '{key}' (no value for {tensor})")
         return default
 
@@ -104,9 +114,11 @@ class Linear(Translator):
     model_specs = {"weight": REQUIRED}
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
-        # mergekit's linear merges base_model too, as one more input weighted by the shared settings.
+        # mergekit's linear merges base_model too, as one more input: weighted by its own entry's parameters
+        # when the config lists it among the models, else by the shared ones.
         if self.base is not None:
-            self.per_model = [*self.per_model, {}]
+            position, settings = self.base_entry or (None, {})
+            self.per_model, self.positions = [*self.per_model, settings], [*self.positions, position]
             return None, [*self.models, self.base]
         return None, self.models
 
@@ -153,9 +165,16 @@ class ModelStock(Translator):
         return {"filter_wise": bool(shared["filter_wise"])}
 
 
+# Every parameter some mergekit method reads: one of these on a method that does not read it is ignored, as mergekit
+# ignores it (its own tests give slerp and model_stock a weight); any other name is a mistake.
+ANY_METHODS_PARAMETER = {"weight", "density", "gamma", "epsilon", "lambda", "normalize", "rescale", "int8_mask", "t",
+                         "normalize_weights", "eps", "filter_wise"}
+
+
 def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
-               per_model: list[dict[str, Any]]) -> Translator:
+               per_model: list[dict[str, Any]], positions: list[int],
+               base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
                                           "model_stock": ModelStock}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
-    return kind(source, name, base, models, shared, per_model)
+    return kind(source, name, base, models, shared, per_model, positions, base_entry)
