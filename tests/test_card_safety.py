@@ -7,6 +7,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from conftest import cli, save
 
@@ -21,7 +22,9 @@ def _models(tmp_path, name: str):
     return pre, a, b
 
 
-def test_a_path_with_a_fence_in_it_cannot_add_a_recipe_to_the_card(tmp_path):
+@pytest.mark.parametrize("parent", ["", "a-directory-name-long-enough-to-make-yaml-fold-the-line/" * 2])
+def test_a_path_with_a_fence_in_it_cannot_add_a_recipe_to_the_card(tmp_path, parent):
+    tmp_path = tmp_path / parent
     pre, a, b = _models(tmp_path, "evil" + INJECTED)
     cli("merge", "task_arithmetic", "--pretrained", pre, "--model", a, "--model", b, "--out", tmp_path / "out",
         "--quiet")
@@ -53,3 +56,21 @@ def test_a_card_does_not_choose_where_files_go(tmp_path):
     done = cli("run", card, "--out", tmp_path / "mine")
     assert "its out:" in done.stderr and "is not used" in done.stderr
     assert (tmp_path / "mine" / "model.safetensors").exists() and not elsewhere.exists()
+
+
+def test_a_tensor_name_with_a_fence_in_it_cannot_add_a_recipe_to_the_card(tmp_path):
+    """Tensor names come from checkpoints, which may be untrusted: they reach the card (a group's tensors) escaped."""
+    import merge_rs
+
+    name = "a.0.w" + INJECTED
+    base = {name: np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+    pre = save(tmp_path / "pre", base)
+    models = [save(tmp_path / f"m{i}", {k: v + i + 1 for k, v in base.items()}) for i in range(2)]
+    merge_rs.merge("task_arithmetic", models, tmp_path / "out", pretrained=pre,
+                   groups=[([name], {"scaling_factor": 0.5})])
+    card = (tmp_path / "out" / "README.md").read_text()
+    fences = [line for line in card.splitlines() if re.match(r" {0,3}(```|~~~)", line)]
+    assert fences == ["```yaml merge-rs-recipe", "```"], fences
+    plan = json.loads(cli("run", tmp_path / "out" / "README.md", "--out", tmp_path / "again", "--dry-run",
+                          "--json").stdout)
+    assert plan["method"] == "task_arithmetic"

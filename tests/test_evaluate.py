@@ -142,6 +142,7 @@ def test_heads_are_cached_on_disk_and_reused(zoo, clip, tmp_path):
     assert len(list((tmp_path / "cache" / "heads").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_cli_eval_with_limit_and_report(zoo, tmp_path):
     report_file = tmp_path / "r" / "report.json"
     out = cli("eval", "emoji", "--pool", "zoo", "--task", "emoji", "--task", "mnist", "--limit", "7",
@@ -162,6 +163,7 @@ def test_cli_eval_with_limit_and_report(zoo, tmp_path):
     assert "digits" in table and "accuracy (%)" in table and "loss" in table
 
 
+@pytest.mark.slow
 def test_cli_eval_errors_are_one_line(zoo, tmp_path):
     no_heads = cli("eval", zoo.model_path("mnist"), "--task", "mnist", check=False)
     assert no_heads.returncode == 1 and "give --pool or --clip" in no_heads.stderr
@@ -175,6 +177,7 @@ def test_cli_eval_errors_are_one_line(zoo, tmp_path):
     assert len(unknown.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_merge_then_eval_in_one_go(tmp_path):
     out = cli("merge", "task_arithmetic", "--pool", "zoo", "--out", tmp_path / "ta", "--eval", "--limit", "20",
               "--json", "--quiet")

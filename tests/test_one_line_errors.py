@@ -45,6 +45,7 @@ def test_malformed_resume_reports(tmp_path, saved, message):
     assert json.loads(report.read_text())["points"] == saved["points"]  # left as it was
 
 
+@pytest.mark.slow
 def test_sweep_mistakes_are_found_before_any_merge(tmp_path):
     # An unusable device fails when the evaluator is built, before any merge: a check that comes first wins.
     early = [*SWEEP, "--device", "cuda:99"]
@@ -66,6 +67,7 @@ def test_a_full_standard_output_is_one_line(tmp_path):
     assert "cannot write to standard output" in _one_line(result)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_s_scratch_is_removed_by_the_next_one(tmp_path):
     import os
     import subprocess
@@ -112,6 +114,7 @@ def test_a_dry_run_refuses_what_the_merge_would_refuse(tmp_path, size, message):
 @pytest.mark.parametrize("evaluation,message", [("{tasks: [nosuchtask]}", "unknown task 'nosuchtask'"),
                                                 ("{split: nosplit}", "no parquet files for split 'nosplit'"),
                                                 ("{device: 'cuda:3'}", "CUDA is not available")])
+@pytest.mark.slow
 def test_a_recipe_s_evaluation_is_checked_before_the_merge(tmp_path, evaluation, message):
     recipe = tmp_path / "r.yml"
     recipe.write_text(f"method: task_arithmetic\npool: zoo\nevaluation: {evaluation}\n")
@@ -120,6 +123,7 @@ def test_a_recipe_s_evaluation_is_checked_before_the_merge(tmp_path, evaluation,
     assert not (tmp_path / "o").exists()  # nothing merged, so the next run does not find an output in the way
 
 
+@pytest.mark.slow
 def test_two_sweeps_never_write_one_report(tmp_path):
     import subprocess
     import sys
@@ -137,6 +141,7 @@ def test_two_sweeps_never_write_one_report(tmp_path):
         holder.kill()
         holder.wait()
     assert cli(*SWEEP, "--report", report).returncode == 0 and report.exists()  # free again once it is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"], "the sweep left its lock file behind"
 
 
 @pytest.mark.parametrize("weights", [".nan, 1", ".inf, 1"])
@@ -151,4 +156,18 @@ def test_a_dry_run_refuses_non_finite_weights_in_a_mergekit_config(tmp_path, wei
     for extra in (["--dry-run"], []):
         line = _one_line(cli("run", config, "--out", tmp_path / "o", *extra, check=False))
         assert "finite" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dry_run_refuses_weights_that_cannot_be_normalised(tmp_path):
+    """The method's own checks (here: weights summing to 0 under normalisation) run in a dry run too."""
+    from merge_rs.clip.pool import zoo_directory
+
+    a, b = (zoo_directory() / "models" / t for t in ("mnist", "digits"))
+    config = tmp_path / "config.yml"
+    config.write_text(f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 1.0}}\n"
+                      f"  - model: {b}\n    parameters: {{weight: -1.0}}\n")
+    for extra in (["--dry-run"], []):
+        line = _one_line(cli("run", config, "--out", tmp_path / "o", *extra, check=False))
+        assert "sum to 0" in line and "config.yml" in line, line
     assert not (tmp_path / "o").exists()

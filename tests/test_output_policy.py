@@ -51,7 +51,7 @@ def _path_params():
 
 
 CASES = [(name, p.opts[0] if isinstance(p, click.Option) else p.name, bool(p.type.writable), target)
-         for name, p in _path_params() for target in ("input", "zoo", "user")]
+         for name, p in _path_params() for target in ("input", "zoo", "user", "under-a-file")]
 
 
 def test_every_command_with_a_path_option_has_a_base_invocation():
@@ -103,7 +103,8 @@ def test_no_path_option_touches_an_input_the_zoo_or_a_user_file(world, command, 
     user.write_bytes(b"precious\n")
     pool_command = "{pre}" not in " ".join(BASES.get(command, []))
     value = {"input": str(zoo / "models" / "mnist" / "config.json") if pool_command else
-             str(Path(world["a"]) / "model.safetensors"), "zoo": str(zoo / "zoo.json"), "user": str(user)}[target]
+             str(Path(world["a"]) / "model.safetensors"), "zoo": str(zoo / "zoo.json"), "user": str(user),
+             "under-a-file": str(user / "sub" / f"out{SUFFIX.get(option, '')}")}[target]
     if not Path(value).exists():
         value = str(next(p for p in (zoo / "models").rglob("*.json")))
     before = _snapshot(tmp, zoo)
@@ -148,3 +149,17 @@ def test_reports_are_marked_and_only_merge_rs_reports_are_replaced(tmp_path):
         write_report(tmp_path / "theirs.json", {})
     with pytest.raises(OutputIsInputError):
         write_report(zoo_directory() / "report.json", {})
+
+
+def test_a_file_output_where_none_can_be_created_is_refused_before_any_work(tmp_path, monkeypatch):
+    import merge_rs.output as output
+    from merge_rs.exceptions import InvalidArgumentError
+
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InvalidArgumentError, match="[Nn]ot a directory"):
+        output.check_file_output(tmp_path / "notes.txt" / "deeper" / "plot.png")
+    output.check_file_output(tmp_path / "new" / "deeper" / "plot.png")  # directories still to be made are fine
+    # A directory this user may not write to (simulated: the tests run as root, whom permissions do not stop).
+    monkeypatch.setattr(output.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(InvalidArgumentError, match=f"{tmp_path} is not writable"):
+        output.check_file_output(tmp_path / "new" / "deeper" / "plot.png")

@@ -209,6 +209,7 @@ def test_parameter_values_are_checked_against_their_declarations(field, value, m
     assert result.returncode == 1 and f"r{''}ecipe.yml:7: parameters.{field}: {message}" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_the_example_recipe_merges_the_zoo_and_evaluates_it(tmp_path):
     example = Path(__file__).parent.parent / "examples" / "zoo-ties.yml"
     report = json.loads(cli("run", example, "--out", tmp_path / "zt", "--json", "-q").stdout)
@@ -237,6 +238,7 @@ def test_hub_ids_resolve_from_the_local_hub_cache(tmp_path, layered, monkeypatch
     assert "gone.yml:3: models.0: model 'org/none' is neither a local path nor in the hub cache" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["task", "layer"])
 def test_an_adamerging_output_has_a_card_that_re_runs_its_merge(mode, tmp_path):
     cli("adamerging", "--pool", "zoo", "--mode", mode, "--steps", "2", "--out", tmp_path / "learned", "-q")

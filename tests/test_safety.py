@@ -48,6 +48,7 @@ def zoo_copy(tmp_path):
     ["fisher", "--device", "cpu"],
     ["adamerging", "--device", "cpu", "--steps", "0"],
 ])
+@pytest.mark.slow
 def test_learned_commands_never_write_over_their_pool(zoo_copy, command):
     before = snapshot(zoo_copy)
     for out in (zoo_copy, zoo_copy / "models"):
@@ -68,6 +69,7 @@ def test_reports_never_replace_an_input(zoo_copy):
 
 
 # 2. A target that appears while a merge runs is never replaced; of concurrent writers, one fails.
+@pytest.mark.slow
 def test_concurrent_writers_to_one_output_do_not_both_succeed(tmp_path):
     from merge_rs.synthetic import make_model_set
 

@@ -19,6 +19,8 @@ from merge_rs.exceptions import InvalidArgumentError
 from merge_rs.methods import get_method
 from merge_rs.sweep import best_point, grid, parse_axis
 
+pytestmark = pytest.mark.slow  # sweeps merge and evaluate many points; torchrun
+
 PNG = b"\x89PNG\r\n\x1a\n"
 FAST = ["--limit", "64", "--batch-size", "16", "-q"]
 

@@ -32,7 +32,7 @@ def model_card(*, method: str, parameters: dict[str, Any], pretrained: str | Non
         "tags": ["merge", "merge-rs"],
     }
     lines = [
-        "---", _dump(front).rstrip(), "---", "", f"# {printable(title)}", "",
+        "---", card_yaml(front, quoted=True).rstrip(), "---", "", f"# {printable(title)}", "",
         f"Merged with merge-rs {__version__}.", "",
         "## Method", "",
         f"**{info.name}**: {info.summary} ([paper]({info.paper})).", "",
@@ -68,16 +68,18 @@ def code(text: Any) -> str:
     return f"{fence}{pad}{flat}{pad}{fence}"
 
 
-def _dump(data: Any) -> str:
-    """YAML for the front matter: every string double-quoted (so no line of it can read as ``---``)."""
-    return yaml.safe_dump(data, sort_keys=False, default_style='"', allow_unicode=True)
+def card_yaml(data: Any, quoted: bool = False) -> str:
+    """YAML for a card: one line per value (a long string folded onto an indented line could read as a fence),
+    every string double-quoted if ``quoted`` (so no line of the front matter can read as ``---``)."""
+    return yaml.safe_dump(data, sort_keys=False, default_style='"' if quoted else None, allow_unicode=True,
+                          width=float("inf"))
 
 
 def _fenced(recipe: str) -> str:
     """The recipe as the block's content; re-dumped with every string quoted if a line could close the fence."""
     if not _FENCE_LINE.search(recipe):
         return recipe
-    return yaml.safe_dump(yaml.safe_load(recipe), sort_keys=False, default_style='"', allow_unicode=True)
+    return card_yaml(yaml.safe_load(recipe), quoted=True)
 
 
 def show(value: Any) -> str:
@@ -124,7 +126,7 @@ def recipe_from_flags(method: str, parameters: dict[str, Any], pretrained: str |
     if dtype:
         data["dtype"] = dtype
     data["max_shard_size"] = max_shard_size
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return card_yaml(data)
 
 
 def _absolute(value: Any) -> Any:

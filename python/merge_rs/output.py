@@ -75,6 +75,7 @@ def check_file_output(path: PathLike, inputs: Iterable[PathLike] = (), overwrite
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
+        _check_can_create(path)
         return
     except OSError as e:
         raise InvalidArgumentError(f"{path}: {e.strerror}") from None
@@ -84,6 +85,19 @@ def check_file_output(path: PathLike, inputs: Iterable[PathLike] = (), overwrite
     if not overwrite and not written_by_merge_rs(path):
         raise OutputExistsError(f"{path} exists and merge-rs did not write it; remove it, choose another path, "
                                 "or pass --overwrite to replace it")
+
+
+def _check_can_create(path: Path) -> None:
+    """The nearest existing directory above ``path`` is one where this process may create entries."""
+    from .exceptions import InvalidArgumentError
+
+    parent = path.absolute().parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidArgumentError(f"{path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{path}: {parent} is not writable")
 
 
 def write_file_output(path: PathLike, payload: bytes | Callable[[Path], None], inputs: Iterable[PathLike] = (),

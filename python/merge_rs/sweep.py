@@ -124,19 +124,36 @@ def _resume_problem(saved: Any) -> str | None:
 
 def _lock(report: Path) -> int:
     """Hold an exclusive lock on the report for this process's life (a hidden ``.NAME.merge-rs-lock`` beside
-    it), so that two sweeps never write one report and lose each other's points."""
+    it, removed when the process exits), so that two sweeps never write one report and lose each other's points."""
+    import atexit
     import fcntl
 
     path = report.with_name(f".{report.name}.merge-rs-lock")
     report.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InvalidArgumentError(f"{report}: another sweep is writing this report; wait for it or give "
+                                       "another --report") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # the file still bears the name: no sweep removed it between our open and our lock
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise InvalidArgumentError(f"{report}: another sweep is writing this report; wait for it or give another "
-                                   "--report") from None
+    atexit.register(_unlock, path, fd)
     return fd
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Remove the lock file while holding it (a sweep that opened it meanwhile sees it gone and opens anew)."""
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 class SweepLog:

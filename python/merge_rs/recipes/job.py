@@ -87,7 +87,7 @@ def plan(job: MergeJob, pretrained: Path | None, models: list[Path]) -> MergePla
     for name in merged:
         values = job.parameters_for(name, positions[name])
         by_values.setdefault(json.dumps(values, sort_keys=True), []).append(name)
-    _check_values(job, [json.loads(key) for key in by_values] or [job.parameters_for("", 0.0)])
+    _check_values(job, [json.loads(key) for key in by_values] or [job.parameters_for("", 0.0)], len(models))
     if not by_values:
         return MergePlan(job, pretrained, models, job.parameters_for("", 0.0), [], inputs, merged)
     common, _ = Counter({k: len(v) for k, v in by_values.items()}).most_common(1)[0]
@@ -95,9 +95,11 @@ def plan(job: MergeJob, pretrained: Path | None, models: list[Path]) -> MergePla
     return MergePlan(job, pretrained, models, json.loads(common), groups, inputs, merged)
 
 
-def _check_values(job: MergeJob, value_sets: list[dict[str, Any]]) -> None:
-    """Each parameter value against the method's declaration (finite numbers, ranges, kinds), as the engine will
-    check it: a dry run refuses what the merge would."""
+def _check_values(job: MergeJob, value_sets: list[dict[str, Any]], models: int) -> None:
+    """Each parameter value against the method's declaration (finite numbers, ranges, kinds), then each set
+    through the engine's own checks for this many models: a dry run refuses what the merge would."""
+    from .. import _core
+    from ..exceptions import InvalidArgumentError
     from ..methods import get_method
 
     method = get_method(job.method)
@@ -107,3 +109,7 @@ def _check_values(job: MergeJob, value_sets: list[dict[str, Any]]) -> None:
             problem = param.problem(value) if param is not None else None
             if problem:
                 raise job.source.error(("parameters", name), f"expected {problem}, got {json.dumps(value)}")
+        try:
+            _core.check_method(job.method, json.dumps(values), models)
+        except InvalidArgumentError as e:
+            raise job.source.error(("parameters",), str(e)) from None

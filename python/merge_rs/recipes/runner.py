@@ -8,11 +8,9 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from .. import _core, api
 from ..reports import MergeReport
-from ..model_card import model_card, show
+from ..model_card import card_yaml, model_card, show
 from .job import MergeJob, MergePlan, plan, resolve_model
 from .mergekit import is_mergekit, job_from_mergekit
 from .own import job_from_recipe
@@ -158,6 +156,6 @@ def card_recipe(p: MergePlan) -> str:
             entry["model"] = local(entry["model"])
         else:
             data["models"][i] = local(entry)
-    return yaml.safe_dump(data, sort_keys=False)
+    return card_yaml(data)
 
 

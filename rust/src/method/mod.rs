@@ -145,8 +145,9 @@ impl Method {
             .collect()
     }
 
-    /// Check the request's shape against the declaration and the parameters, before anything is read.
-    pub(crate) fn validate(&self, models: usize) -> Result<()> {
+    /// Check the request's shape against the declaration and the parameters, before anything is read (a dry run
+    /// calls it too).
+    pub fn validate(&self, models: usize) -> Result<()> {
         let def = self.def;
         if models < def.min_models {
             return Err(MergeError::arg(format!(

@@ -140,6 +140,17 @@ fn method_table_json(py: Python<'_>) -> PyResult<String> {
     to_json(&method_table()).map_err(|e| errors::to_py(py, e))
 }
 
+/// Check `method` with `parameters` (a JSON object) for `models` fine-tuned models, as a merge would before
+/// reading anything (declared ranges and the method's own checks, such as weights that cannot be normalised).
+#[pyfunction]
+fn check_method(py: Python<'_>, method: &str, parameters: &str, models: usize) -> PyResult<()> {
+    let check = || -> Result<(), MergeError> {
+        let parameters: serde_json::Map<String, serde_json::Value> = parse("method parameters", parameters)?;
+        Method::new(method, &parameters)?.validate(models)
+    };
+    check().map_err(|e| errors::to_py(py, e))
+}
+
 /// Describe a checkpoint from its headers; returns JSON.
 #[pyfunction]
 fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
@@ -197,6 +208,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cosine_similarity, m)?)?;
     m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
     m.add_function(wrap_pyfunction!(method_table_json, m)?)?;
+    m.add_function(wrap_pyfunction!(check_method, m)?)?;
     m.add_function(wrap_pyfunction!(output::check_not_input, m)?)?;
     m.add_function(wrap_pyfunction!(output::check_output, m)?)?;
     m.add_class::<output::PyOutputDir>()?;
