@@ -7,20 +7,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-rust test-python lint cargo-fuzz fuzz fuzz-ci bench zoo zoo-deps clean
+.PHONY: install demo test check test-rust test-python lint cargo-fuzz fuzz fuzz-ci wheel bench zoo zoo-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-install: $(PY)
+# The engine is built once, as the wheel that ships (`make wheel`), and .venv gets that wheel with the test extra.
+install: wheel
 	rm -f python/merge_rs/*.so
-	$(PY) -m pip install --quiet ".[test]"
+	$(PY) -m pip uninstall --quiet --yes merge-rs
+	$(PY) -m pip install --quiet "$$(ls target/wheels/merge_rs-*-manylinux_2_28_x86_64.whl)[test]"
 
 demo: install
 	$(VENV)/bin/merge-rs demo
 
 test: install lint fuzz-ci test-rust test-python
+
+# The contributor's loop: lint, the Rust unit tests, and the Python tests not marked slow.
+check: install lint
+	cargo nextest run --workspace --lib
+	$(PYTEST) -m "not slow"
 
 # The method modules are found by build.rs, not by `mod` lines, so rustfmt is pointed at them too.
 lint:
@@ -32,8 +39,11 @@ lint:
 test-rust:
 	cargo nextest run --workspace --no-fail-fast
 
+# Two pytest processes, one torch thread each: two torch processes with two threads each spin against each other
+# on two cores.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
 test-python:
-	$(PY) -m pytest --durations=5
+	$(PYTEST) --durations=10
 
 # Coverage-guided fuzzing of header/index parsing and of merges of mutated inputs (cargo-fuzz, libFuzzer with
 # AddressSanitizer; RUSTC_BOOTSTRAP lets the stable toolchain take the sanitizer flags). `make fuzz` grows the
@@ -46,11 +56,13 @@ FUZZ := cd rust && RUSTC_BOOTSTRAP=1 cargo fuzz run -O
 cargo-fuzz:
 	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
-# Each target runs with a TMPDIR of its own (where it writes its model directories, and fuzz-ci the inputs it
-# finds), removed after it. $(1): the corpus directories, new inputs going to the first; $(2): seconds.
-fuzz_each = for t in $(FUZZ_TARGETS); do tmp=$$(mktemp -d) && mkdir $$tmp/found && \
-	(export TMPDIR=$$tmp && $(FUZZ) $$t $(1) -- -max_total_time=$(2) -max_len=4096); \
-	status=$$?; rm -rf $$tmp; [ $$status -eq 0 ] || exit 1; done
+# The targets are built once, then run side by side, each with a TMPDIR of its own (where it writes its model
+# directories, and fuzz-ci the inputs it finds), removed after it. $(1): the corpus directories, new inputs going to
+# the first; $(2): seconds.
+fuzz_each = (cd rust && RUSTC_BOOTSTRAP=1 cargo fuzz build -O) && pids= && for t in $(FUZZ_TARGETS); do \
+	(tmp=$$(mktemp -d) && mkdir $$tmp/found && export TMPDIR=$$tmp && \
+	 $(FUZZ) $$t $(1) -- -max_total_time=$(2) -max_len=4096; status=$$?; rm -rf $$tmp; exit $$status) & \
+	pids="$$pids $$!"; done; status=0; for p in $$pids; do wait $$p || status=1; done; exit $$status
 
 fuzz: cargo-fuzz
 	$(call fuzz_each,fuzz/corpus/$$t fuzz/seeds/$$t,$(FUZZ_SECONDS))
@@ -71,6 +83,15 @@ zoo-deps: $(PY)
 
 zoo: zoo-deps
 	$(PY) -m tools.zoo.build python/merge_rs/zoo/data
+
+# An abi3 wheel for any x86-64 Linux with glibc >= 2.28 (manylinux_2_28): the x86-64 baseline instead of this
+# machine's CPU (.cargo/config.toml), linked against an old glibc by zig, in a target directory of its own.
+WHEEL_TOOLS := "maturin>=1.9,<2" "ziglang>=0.13,<1"
+wheel: $(PY)
+	$(PY) -m pip install --quiet $(WHEEL_TOOLS)
+	rm -f target/wheels/merge_rs-*.whl
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" RUSTFLAGS="-C target-cpu=x86-64" CARGO_TARGET_DIR=target/portable \
+		$(VENV)/bin/maturin build --quiet --release --zig --compatibility manylinux_2_28 --out target/wheels
 
 # The speed and memory benchmark (opt-in: ~30 minutes, up to ~30 GB of generated checkpoints in benches/.data).
 bench: $(PY)

@@ -21,6 +21,8 @@ from merge_rs.learned.weights_file import load_weights, save_weights  # noqa: E4
 from merge_rs.clip.models import load_clip, load_vision_encoder  # noqa: E402
 from merge_rs.clip.pool import get_pool, zoo_pool  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the learned methods train
+
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):

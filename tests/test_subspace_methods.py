@@ -72,6 +72,7 @@ PARAMETERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(REFERENCES))
 def test_matches_the_in_memory_torch_version(method, eight_tasks, tmp_path):
     pretrained, models = eight_tasks

@@ -20,6 +20,7 @@ from tools.zoo.hashes import fingerprint  # noqa: E402
 ZOO_TASKS = ["mnist", "digits", "fashion_mnist", "emoji"]
 
 
+@pytest.mark.slow
 def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("MERGE_RS_CACHE", str(tmp_path))
     result = run_demo("zoo", limit=40, device="cpu", adamerging_steps=3, progress=False)
@@ -39,6 +40,7 @@ def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
         assert low <= row["average"]["accuracy"] <= high and high - low > 0.01
 
 
+@pytest.mark.slow
 def test_cli_demo_prints_the_table(tmp_path):
     out = cli("demo", "--limit", "10", "--quiet", "--device", "cpu", "--no-learned", "--report",
               tmp_path / "demo.json", "--plot", tmp_path / "demo.png")

@@ -5,6 +5,8 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use safetensors::Dtype;
 
+use crate::simd::dispatched;
+
 #[cfg(not(target_endian = "little"))]
 compile_error!("merge-rs reads safetensors (little-endian) data in place and needs a little-endian target");
 
@@ -161,12 +163,19 @@ pub(crate) fn storage_of(dtype: Dtype) -> Option<Storage> {
 impl FloatType {
     /// Count the non-finite values in `raw`, encoded in this dtype (exponent bits all ones).
     pub(crate) fn count_nonfinite_encoded(self, raw: &[u8]) -> u64 {
+        count_nonfinite_encoded(self, raw)
+    }
+}
+
+dispatched! {
+    /// What `FloatType::count_nonfinite_encoded` counts, compiled for the vector units the CPU has.
+    fn count_nonfinite_encoded(dtype: FloatType, raw: &[u8]) -> u64 {
         let halves = |mask: u16| -> u64 {
             raw.chunks_exact(2)
                 .map(|b| u64::from(u16::from_le_bytes([b[0], b[1]]) & mask == mask))
                 .sum()
         };
-        match self {
+        match dtype {
             FloatType::F32 => raw
                 .chunks_exact(4)
                 .map(|b| u64::from(!f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()))
@@ -177,19 +186,22 @@ impl FloatType {
     }
 }
 
-/// Count the non-finite values (NaN, ±Inf) in `values`.
-pub(crate) fn count_nonfinite(values: &[f32]) -> u64 {
-    // u32 counts over parts (twice the lanes of u64 ones), summed as u64.
-    values
-        .chunks(1 << 24)
-        .map(|part| {
-            let count: u32 = part
-                .iter()
-                .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
-                .sum();
-            u64::from(count)
-        })
-        .sum()
+dispatched! {
+    /// Count the non-finite values (NaN, ±Inf) in `values`, compiled for the vector units the CPU has (chosen at run
+    /// time).
+    pub(crate) fn count_nonfinite(values: &[f32]) -> u64 {
+        // u32 counts over parts (twice the lanes of u64 ones), summed as u64.
+        values
+            .chunks(1 << 24)
+            .map(|part| {
+                let count: u32 = part
+                    .iter()
+                    .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+                    .sum();
+                u64::from(count)
+            })
+            .sum()
+    }
 }
 
 #[cfg(test)]

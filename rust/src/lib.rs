@@ -26,6 +26,7 @@ mod output;
 mod peak_alloc;
 mod plan;
 mod rng;
+mod simd;
 mod synthetic;
 #[cfg(test)]
 mod test_files;

@@ -1,20 +1,26 @@
 //! Vector steps that several methods' kernels share.
 
-/// Σᵢ models[i] into `out`, in model order.
-pub(crate) fn sum_into(out: &mut [f32], models: &[&mut [f32]]) {
-    out.fill(0.0);
-    for m in models {
-        for (o, x) in out.iter_mut().zip(m.iter()) {
-            *o += *x;
+use crate::simd::dispatched;
+
+dispatched! {
+    /// Σᵢ models[i] into `out`, in model order.
+    pub(crate) fn sum_into(out: &mut [f32], models: &[&mut [f32]]) {
+        out.fill(0.0);
+        for m in models {
+            for (o, x) in out.iter_mut().zip(m.iter()) {
+                *o += *x;
+            }
         }
     }
 }
 
-/// out = θ₀ + λ·out (the final step of every task-vector method, in FusionBench's order).
-pub(crate) fn add_scaled_to_base(out: &mut [f32], base: Option<&[f32]>, lambda: f32) {
-    if let Some(base) = base {
-        for (o, b) in out.iter_mut().zip(base) {
-            *o = *b + lambda * *o;
+dispatched! {
+    /// out = θ₀ + λ·out (the final step of every task-vector method, in FusionBench's order).
+    pub(crate) fn add_scaled_to_base(out: &mut [f32], base: Option<&[f32]>, lambda: f32) {
+        if let Some(base) = base {
+            for (o, b) in out.iter_mut().zip(base) {
+                *o = *b + lambda * *o;
+            }
         }
     }
 }

@@ -2,46 +2,49 @@
 //! them (sum, mean over the non-zero kept entries, or the largest magnitude with the elected sign).
 
 use super::{MergeFunc, TiesOptions};
+use crate::simd::dispatched;
 
-/// The disjoint merge of every element at once: out[j] = aggregate(column j, signs[j]).
-pub(super) fn aggregate_into(out: &mut [f32], models: &[&mut [f32]], signs: &[f32], func: MergeFunc) {
-    let kept = |t: f32, s: f32| {
-        if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) {
-            t
-        } else {
-            0.0
-        }
-    };
-    out.fill(0.0);
-    match func {
-        MergeFunc::Sum => {
-            for tau in models {
-                for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
-                    *o += kept(t, s);
+dispatched! {
+    /// The disjoint merge of every element at once: out[j] = aggregate(column j, signs[j]).
+    pub(super) fn aggregate_into(out: &mut [f32], models: &[&mut [f32]], signs: &[f32], func: MergeFunc) {
+        let kept = |t: f32, s: f32| {
+            if (s > 0.0 && t > 0.0) || (s <= 0.0 && t < 0.0) {
+                t
+            } else {
+                0.0
+            }
+        };
+        out.fill(0.0);
+        match func {
+            MergeFunc::Sum => {
+                for tau in models {
+                    for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
+                        *o += kept(t, s);
+                    }
                 }
             }
-        }
-        MergeFunc::Mean => {
-            let mut counts = vec![0.0f32; out.len()];
-            for tau in models {
-                for (((o, c), &t), &s) in out.iter_mut().zip(counts.iter_mut()).zip(tau.iter()).zip(signs) {
-                    let k = kept(t, s);
-                    *o += k;
-                    *c += if k != 0.0 { 1.0 } else { 0.0 };
+            MergeFunc::Mean => {
+                let mut counts = vec![0.0f32; out.len()];
+                for tau in models {
+                    for (((o, c), &t), &s) in out.iter_mut().zip(counts.iter_mut()).zip(tau.iter()).zip(signs) {
+                        let k = kept(t, s);
+                        *o += k;
+                        *c += if k != 0.0 { 1.0 } else { 0.0 };
+                    }
+                }
+                for (o, c) in out.iter_mut().zip(&counts) {
+                    *o /= c.max(1.0);
                 }
             }
-            for (o, c) in out.iter_mut().zip(&counts) {
-                *o /= c.max(1.0);
-            }
-        }
-        MergeFunc::Max => {
-            for tau in models {
-                for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
-                    *o = o.max(kept(t, s).abs());
+            MergeFunc::Max => {
+                for tau in models {
+                    for ((o, &t), &s) in out.iter_mut().zip(tau.iter()).zip(signs) {
+                        *o = o.max(kept(t, s).abs());
+                    }
                 }
-            }
-            for (o, &s) in out.iter_mut().zip(signs) {
-                *o *= s;
+                for (o, &s) in out.iter_mut().zip(signs) {
+                    *o *= s;
+                }
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::engine::{Chunk, Engine, PassSpec, return_large_frees};
 use crate::error::{MergeError, Result};
 use crate::method::{MethodStats, add_scaled_to_base, sum_into};
 use crate::plan::{PlanTensor, TensorKind};
+use crate::simd::dispatched;
 use crate::writer::Writer;
 
 /// Patches kept in memory before falling back to a second merge pass (8–12 bytes each: at most 36 MiB).
@@ -185,14 +186,7 @@ pub(super) fn merge_prepared(
         .ok_or_else(|| MergeError::arg("TIES needs the pretrained model"))?;
     let mut signs = vec![0.0f32; chunk.out.len()];
     sum_into(&mut signs, chunk.models);
-    // Summed as i32 (a block is at most 2^24 elements), which vectorises: an f32 sum runs element by element
-    // and an i64 conversion does not vectorise.
-    let mut sign_sum = 0i32;
-    for s in signs.iter_mut() {
-        *s = sign(*s);
-        sign_sum += *s as i32;
-    }
-    let sign_sum = i64::from(sign_sum);
+    let sign_sum = i64::from(elect_signs(&mut signs));
     if signs.iter().fold(false, |zero, &s| zero | (s == 0.0)) {
         resolve_zero_signs(pass, chunk, &mut signs, base, unsettled, patches);
     }
@@ -201,11 +195,26 @@ pub(super) fn merge_prepared(
     Ok(sign_sum)
 }
 
-/// Zero the entries with |τ| < k (to +0.0, branch-free: no masked stores).
-fn trim(tau: &mut [f32], k: f32) {
-    for x in tau.iter_mut() {
-        let keep = if x.abs() >= k { u32::MAX } else { 0 };
-        *x = f32::from_bits(x.to_bits() & keep);
+dispatched! {
+    /// Replace each sum by its sign; returns Σ sign. Summed as i32 (a block is at most 2^24 elements), which
+    /// vectorises: an f32 sum runs element by element and an i64 conversion does not vectorise.
+    fn elect_signs(signs: &mut [f32]) -> i32 {
+        let mut sign_sum = 0i32;
+        for s in signs.iter_mut() {
+            *s = sign(*s);
+            sign_sum += *s as i32;
+        }
+        sign_sum
+    }
+}
+
+dispatched! {
+    /// Zero the entries with |τ| < k (to +0.0, branch-free: no masked stores).
+    fn trim(tau: &mut [f32], k: f32) {
+        for x in tau.iter_mut() {
+            let keep = if x.abs() >= k { u32::MAX } else { 0 };
+            *x = f32::from_bits(x.to_bits() & keep);
+        }
     }
 }
 
@@ -249,19 +258,21 @@ fn resolve_zero_signs(
     }
 }
 
-/// Per element, 1 where the elected sign is 0 but some entry is not, so that the value depends on the
-/// majority sign; `None` when no element is (most blocks). Found vectorised, not element by element.
-fn open_elements(models: &[&mut [f32]], signs: &[f32]) -> Option<Vec<u32>> {
-    let mut open = vec![0u32; signs.len()];
-    for tau in models {
-        for (o, t) in open.iter_mut().zip(tau.iter()) {
-            *o |= u32::from(*t != 0.0);
+dispatched! {
+    /// Per element, 1 where the elected sign is 0 but some entry is not, so that the value depends on the
+    /// majority sign; `None` when no element is (most blocks). Found vectorised, not element by element.
+    fn open_elements(models: &[&mut [f32]], signs: &[f32]) -> Option<Vec<u32>> {
+        let mut open = vec![0u32; signs.len()];
+        for tau in models {
+            for (o, t) in open.iter_mut().zip(tau.iter()) {
+                *o |= u32::from(*t != 0.0);
+            }
         }
+        for (o, s) in open.iter_mut().zip(signs) {
+            *o &= u32::from(*s == 0.0);
+        }
+        (open.iter().fold(0, |any, &o| any | o) != 0).then_some(open)
     }
-    for (o, s) in open.iter_mut().zip(signs) {
-        *o &= u32::from(*s == 0.0);
-    }
-    (open.iter().fold(0, |any, &o| any | o) != 0).then_some(open)
 }
 
 /// The positions of the non-zero entries of `flags`, found 32 at a time through a bit mask (vectorised): in

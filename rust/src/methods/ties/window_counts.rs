@@ -2,6 +2,7 @@
 //! and the low bits of those inside it, which together give the exact rank of every value inside.
 
 use super::histogram::BUCKETS;
+use crate::simd::dispatched;
 
 /// One task's values inside its window, as offsets from the window's first bit pattern.
 #[derive(Debug, Clone)]
@@ -48,6 +49,19 @@ fn count_group(group: &[f32], first: u32, span: u32, inside: &mut Inside) -> u32
     below
 }
 
+dispatched! {
+    /// Count `values` in groups of 32 (see `count_group`), compiled for the vector units the CPU has (chosen at run
+    /// time: the bit mask of a group is one instruction with AVX-512's mask registers).
+    fn count_values(values: &[f32], first: u32, span: u32, inside: &mut Inside) -> u64 {
+        let groups = values.chunks_exact(32);
+        let mut below = u64::from(count_group(groups.remainder(), first, span, inside));
+        for group in groups {
+            below += u64::from(count_group(group, first, span, inside));
+        }
+        below
+    }
+}
+
 /// Per task: a window, the values below it and those inside it (u32 counters: the caller keeps every task
 /// under 2³² values).
 #[derive(Debug, Clone)]
@@ -82,12 +96,7 @@ impl WindowCounts {
         }
         let (first, span) = (lo << 16, width << 16);
         let inside = &mut self.inside[task];
-        let groups = values.chunks_exact(32);
-        let mut below = u64::from(count_group(groups.remainder(), first, span, inside));
-        for group in groups {
-            below += u64::from(count_group(group, first, span, inside));
-        }
-        self.below[task] += below;
+        self.below[task] += count_values(values, first, span, inside);
         if matches!(inside, Inside::Offsets(o) if o.len() > span as usize / 2) {
             inside.densify(span as usize);
         }
