@@ -45,7 +45,10 @@ pub fn cosine_similarity(
     }
     let inputs = Inputs {
         base: Some(Checkpoint::open(base)?),
-        models: models.iter().map(|p| Checkpoint::open(p)).collect::<Result<_>>()?,
+        models: models
+            .iter()
+            .map(|p| Checkpoint::open_input(p, Some(base)))
+            .collect::<Result<_>>()?,
         extra: Vec::new(),
     };
     let plan = MergePlan::build(&inputs, true, None)?;

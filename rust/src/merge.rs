@@ -170,7 +170,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
                 if monitor.is_cancelled() {
                     return Err(MergeError::Cancelled);
                 }
-                Checkpoint::open(p)
+                Checkpoint::open_input(p, request.base.as_deref())
             })
             .collect::<Result<Vec<_>>>()
     };
@@ -181,7 +181,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     };
     let read: Vec<PathBuf> = inputs
         .all()
-        .flat_map(|c| std::iter::once(c.path.clone()).chain(c.shards.iter().map(|s| s.path.clone())))
+        .flat_map(|c| std::iter::once(c.path.clone()).chain(c.files()))
         .chain(method.input_paths())
         .chain(request.reads.iter().cloned())
         .collect();

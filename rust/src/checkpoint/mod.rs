@@ -5,6 +5,7 @@
 mod header;
 mod index;
 mod layout;
+mod lora;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub(crate) use header::{StoredTensor, read_header};
 pub(crate) use index::regular_file;
 pub(crate) use layout::{KeyMap, Layout};
+pub(crate) use lora::is_adapter;
 
 use crate::dtype::FloatType;
 use crate::error::{MergeError, Result};
@@ -60,6 +62,8 @@ pub(crate) struct Checkpoint {
     pub(crate) config: Option<PathBuf>,
     /// The first shard's `__metadata__`.
     pub(crate) metadata: Vec<(String, String)>,
+    /// A LoRA adapter laid over these weights (`path` is then the adapter's directory).
+    lora: Option<Box<lora::Overlay>>,
 }
 
 impl Checkpoint {
@@ -116,7 +120,34 @@ impl Checkpoint {
             layout,
             config,
             metadata,
+            lora: None,
         })
+    }
+
+    /// Open an input: a checkpoint, or a PEFT LoRA adapter read over `base` (its pretrained model).
+    pub(crate) fn open_input(path: &Path, base: Option<&Path>) -> Result<Checkpoint> {
+        if !is_adapter(path) {
+            return Checkpoint::open(path);
+        }
+        let base = base.ok_or_else(|| {
+            MergeError::invalid(
+                path,
+                "is a LoRA adapter: give the model it adapts as the pretrained model (--pretrained)",
+            )
+        })?;
+        let mut ckpt = Checkpoint::open(base)?;
+        ckpt.lora = Some(Box::new(lora::Overlay::open(path, &ckpt)?));
+        ckpt.name = display_name(path);
+        ckpt.path = path.to_path_buf();
+        Ok(ckpt)
+    }
+
+    /// Every file this input reads: its shards and, for an adapter, the adapter's weights.
+    pub(crate) fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.shards
+            .iter()
+            .map(|s| s.path.clone())
+            .chain(self.lora.iter().flat_map(|o| o.files()))
     }
 
     /// The tensor called `name`, if any.
@@ -135,8 +166,23 @@ impl Checkpoint {
     }
 
     /// Read `out.len()` elements of float tensor `tensor` (stored as `ty`), starting at element `start`,
-    /// decoded to f32. `scratch` is a reusable byte buffer for non-f32 dtypes.
+    /// decoded to f32, with an adapter's change added. `scratch` is a reusable byte buffer.
     pub(crate) fn read_f32(
+        &self,
+        tensor: &Tensor,
+        ty: FloatType,
+        start: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        match &self.lora {
+            Some(overlay) => overlay.read_f32(self, tensor, ty, start, out, scratch),
+            None => self.read_plain(tensor, ty, start, out, scratch),
+        }
+    }
+
+    /// [`Checkpoint::read_f32`] of the stored values alone.
+    fn read_plain(
         &self,
         tensor: &Tensor,
         ty: FloatType,

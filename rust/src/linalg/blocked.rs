@@ -136,7 +136,7 @@ pub(crate) fn polar_parts(a: Mat<f32>) -> Result<(Mat<f32>, Mat<f64>), String> {
         .map_err(|e| format!("the eigendecomposition did not converge ({e:?})"))?;
     drop(gram);
     let largest = if k > 0 { evd.S()[k - 1] } else { 0.0 };
-    if k == 0 || evd.S()[0] < largest * POLAR_RANGE {
+    if k == 0 || evd.S()[0] <= largest * POLAR_RANGE {
         drop(evd);
         let wide = widen_mat(a.as_ref());
         drop(a);
@@ -240,6 +240,14 @@ mod tests {
             let got = ok(top_triplets_of(&RowMajor::difference(&theta, &base, 0.5, m, n), 7));
             assert_same_triplets(&got, &want, 7, 1e-10, 1e-9);
         }
+    }
+
+    #[test]
+    fn the_polar_parts_of_zero_columns_are_finite() {
+        // Two LoRA adapters leave a tensor's task vectors zero: their directions are zero columns.
+        let (b, w) = ok(polar_parts(Mat::<f32>::zeros(6, 3)));
+        assert!(b.col_iter().flat_map(|c| c.iter().copied()).all(f32::is_finite));
+        assert!(w.col_iter().flat_map(|c| c.iter().copied()).all(f64::is_finite));
     }
 
     #[test]

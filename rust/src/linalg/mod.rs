@@ -124,7 +124,7 @@ pub(crate) fn top_triplets(a: MatRef<'_, f64>, k: usize) -> Result<Triplets, Str
             v: Mat::zeros(a.ncols(), 0),
         });
     }
-    if s[k - 1] < s[0] * GRAM_RANGE {
+    if s[k - 1] <= s[0] * GRAM_RANGE {
         return Ok(thin_svd(a)?.truncate(k));
     }
     let vectors = Mat::from_fn(dim, k, |i, j| evd.U()[(i, dim - 1 - j)]);
@@ -145,7 +145,7 @@ pub(crate) fn polar(a: MatRef<'_, f64>) -> Result<Mat<f64>, String> {
         .map_err(|e| format!("the eigendecomposition did not converge ({e:?})"))?;
     let k = gram.nrows();
     let largest = if k > 0 { evd.S()[k - 1] } else { 0.0 };
-    if k == 0 || evd.S()[0] < largest * GRAM_RANGE * GRAM_RANGE {
+    if k == 0 || evd.S()[0] <= largest * GRAM_RANGE * GRAM_RANGE {
         let svd = thin_svd(a)?;
         let mut p = Mat::zeros(a.nrows(), a.ncols());
         matmul(
@@ -213,6 +213,23 @@ pub(crate) mod tests {
             let top = top_triplets(a.as_ref(), 3).unwrap_or_else(|e| panic!("{e}"));
             assert_same_triplets(&top, &svd, 3, 1e-12, 1e-10);
         }
+    }
+
+    #[test]
+    fn a_zero_matrix_has_zero_singular_values_and_finite_vectors() {
+        // A LoRA adapter's untargeted tensors have zero task vectors: no division by a zero singular value.
+        for (m, n) in [(6, 4), (4, 6)] {
+            let t = top_triplets(Mat::<f64>::zeros(m, n).as_ref(), 3).unwrap_or_else(|e| panic!("{e}"));
+            assert!(t.s.iter().all(|&s| s == 0.0));
+            assert!(
+                t.u.col_iter()
+                    .chain(t.v.col_iter())
+                    .flat_map(|c| c.iter().copied())
+                    .all(f64::is_finite)
+            );
+        }
+        let p = polar(Mat::<f64>::zeros(5, 2).as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.col_iter().flat_map(|c| c.iter().copied()).all(f64::is_finite));
     }
 
     #[test]

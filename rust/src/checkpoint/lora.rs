@@ -1,0 +1,379 @@
+//! PEFT LoRA adapters as inputs. An adapter directory (`adapter_config.json` beside
+//! `adapter_model.safetensors`) over its base checkpoint reads as the full model θ₀ + ΔW, with
+//! ΔW = s·B·A for every targeted module (s = α/r, or α/√r with rsLoRA; transposed for `fan_in_fan_out`
+//! and for embeddings). ΔW is formed only for the elements a job reads, so an adapter streams like a
+//! checkpoint. Tensors saved whole (`modules_to_save`) replace the base's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::{Checkpoint, Tensor, regular_file};
+use crate::dtype::{FloatType, Storage, storage_of};
+use crate::error::{MergeError, Result};
+
+/// The file that marks a directory as a PEFT adapter.
+pub(crate) const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// The adapter's weights.
+pub(crate) const ADAPTER_FILE: &str = "adapter_model.safetensors";
+/// The largest `adapter_config.json` read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The prefix PEFT puts before the base model's own tensor names.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// The fields of `adapter_config.json` that change the weights.
+#[derive(Debug, serde::Deserialize)]
+struct AdapterConfig {
+    peft_type: Option<String>,
+    lora_alpha: Option<f64>,
+    #[serde(default)]
+    alpha_pattern: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    lora_bias: bool,
+    layer_replication: Option<serde_json::Value>,
+}
+
+/// One targeted module: where its factors are stored and how ΔW is formed from them.
+#[derive(Debug)]
+struct Module {
+    /// `lora_A` and `lora_B` in the adapter file.
+    a: Tensor,
+    b: Tensor,
+    rank: usize,
+    /// s = α/r (α/√r with rsLoRA).
+    scale: f32,
+    /// W[i, j] += s·Σ B[j, r]·A[r, i] (Conv1D weights and embeddings) instead of s·Σ B[i, r]·A[r, j].
+    transposed: bool,
+    /// The base tensor's shape as rows × columns (every trailing dimension folded into the columns).
+    cols: usize,
+}
+
+/// An adapter laid over its base checkpoint.
+#[derive(Debug)]
+pub(crate) struct Overlay {
+    /// The adapter's weight file.
+    adapter: Checkpoint,
+    /// Base tensor name → the module that changes it.
+    modules: HashMap<String, Module>,
+    /// Base tensor name → the adapter's saved copy that replaces it (`modules_to_save`).
+    saved: HashMap<String, Tensor>,
+}
+
+/// Whether `path` is a PEFT adapter directory.
+pub(crate) fn is_adapter(path: &Path) -> bool {
+    path.is_dir() && path.join(ADAPTER_CONFIG).is_file()
+}
+
+impl Overlay {
+    /// Read `dir`'s adapter and match every module against `base`.
+    pub(crate) fn open(dir: &Path, base: &Checkpoint) -> Result<Overlay> {
+        let config_path = dir.join(ADAPTER_CONFIG);
+        let config = read_config(&config_path)?;
+        let weights = dir.join(ADAPTER_FILE);
+        if !weights.exists() {
+            let why = if dir.join("adapter_model.bin").exists() {
+                "holds adapter_model.bin: merge-rs reads safetensors adapters only"
+            } else {
+                "has no adapter_model.safetensors"
+            };
+            return Err(MergeError::invalid(dir, why));
+        }
+        let adapter = Checkpoint::open(&weights)?;
+        let mut factors: HashMap<String, [Option<Tensor>; 2]> = HashMap::new();
+        let mut saved = HashMap::new();
+        for tensor in &adapter.tensors {
+            let name = tensor
+                .stored
+                .name
+                .strip_prefix(PEFT_PREFIX)
+                .unwrap_or(&tensor.stored.name);
+            match Key::parse(name) {
+                Key::Factor { module, b, embedding } => {
+                    factors.entry(format!("{module}\0{embedding}")).or_default()[usize::from(b)] = Some(tensor.clone())
+                }
+                Key::Saved(target) => {
+                    saved.insert(target, tensor.clone());
+                }
+            }
+        }
+        let mut modules = HashMap::new();
+        for (key, pair) in factors {
+            let (module, embedding) = key.split_once('\0').unwrap_or((&key, "false"));
+            let [Some(a), Some(b)] = pair else {
+                return Err(MergeError::invalid(
+                    &weights,
+                    format!("module '{module}' has only one of lora_A, lora_B"),
+                ));
+            };
+            let target = format!("{module}.weight");
+            let alpha = alpha_for(&config, module, &config_path)?;
+            let transposed = embedding == "true" || config.fan_in_fan_out;
+            let found = base
+                .get(&target)
+                .ok_or_else(|| missing(&weights, module, &target, &base.path))?;
+            let m = Module::new(a, b, alpha, config.use_rslora, transposed, found, &weights)?;
+            modules.insert(target, m);
+        }
+        for (target, tensor) in &saved {
+            let found = base
+                .get(target)
+                .ok_or_else(|| unexpected(&weights, &tensor.stored.name, &base.path))?;
+            if found.stored.shape != tensor.stored.shape || float_type(tensor).is_none() {
+                return Err(MergeError::invalid(
+                    &weights,
+                    format!(
+                        "saved module '{}' is {:?} {:?}, and the base's '{target}' is {:?}",
+                        tensor.stored.name, tensor.stored.dtype, tensor.stored.shape, found.stored.shape
+                    ),
+                ));
+            }
+        }
+        Ok(Overlay {
+            adapter,
+            modules,
+            saved,
+        })
+    }
+
+    /// The files this adapter reads besides its base's.
+    pub(crate) fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.adapter.shards.iter().map(|s| s.path.clone())
+    }
+
+    /// Read `out.len()` elements of `tensor` from `start`, as `base` stores them plus this adapter's change.
+    pub(crate) fn read_f32(
+        &self,
+        base: &Checkpoint,
+        tensor: &Tensor,
+        ty: FloatType,
+        start: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        if let Some(copy) = self.saved.get(&tensor.stored.name) {
+            let own = float_type(copy).unwrap_or(ty);
+            return self.adapter.read_plain(copy, own, start, out, scratch);
+        }
+        base.read_plain(tensor, ty, start, out, scratch)?;
+        match self.modules.get(&tensor.stored.name) {
+            Some(module) => module.add_delta(&self.adapter, start, out, scratch),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What an adapter tensor's name says it is.
+enum Key {
+    /// `M.lora_A.weight` / `M.lora_B.weight`, or `M.lora_embedding_A` / `M.lora_embedding_B`.
+    Factor { module: String, b: bool, embedding: bool },
+    /// A saved module's tensor (`modules_to_save`), replacing the base's: `M.P`, or `M.modules_to_save.P` as
+    /// PEFT before 0.15 saved it.
+    Saved(String),
+}
+
+impl Key {
+    fn parse(name: &str) -> Key {
+        for (suffix, b, embedding) in [
+            (".lora_A.weight", false, false),
+            (".lora_B.weight", true, false),
+            (".lora_embedding_A", false, true),
+            (".lora_embedding_B", true, true),
+        ] {
+            if let Some(module) = name.strip_suffix(suffix) {
+                return Key::Factor {
+                    module: module.to_string(),
+                    b,
+                    embedding,
+                };
+            }
+        }
+        match name.split_once(".modules_to_save.") {
+            Some((module, rest)) => Key::Saved(format!("{module}.{rest}")),
+            None => Key::Saved(name.to_string()),
+        }
+    }
+}
+
+impl Module {
+    fn new(
+        a: Tensor,
+        b: Tensor,
+        alpha: f64,
+        rslora: bool,
+        transposed: bool,
+        w: &Tensor,
+        file: &Path,
+    ) -> Result<Module> {
+        let (a_shape, b_shape, w_shape) = (&a.stored.shape, &b.stored.shape, &w.stored.shape);
+        let module = a.stored.name.rsplit_once(".lora_").map_or("", |(m, _)| m).to_string();
+        let bad = |why: String| MergeError::invalid(file, format!("module '{module}': {why}"));
+        if float_type(&a).is_none() || float_type(&b).is_none() || float_type(w).is_none() {
+            return Err(bad("lora_A, lora_B and the base weight must be float tensors".into()));
+        }
+        // A is [r, in, ...] (embeddings: [r, rows]); B is [out, r, 1, ...] (embeddings: [cols, r]).
+        let rank = a_shape.first().copied().unwrap_or(0);
+        let a_cols = a.stored.numel().checked_div(rank).unwrap_or(0);
+        let b_rows = b_shape.first().copied().unwrap_or(0);
+        if rank == 0 || b_shape.get(1) != Some(&rank) || b.stored.numel() != b_rows * rank {
+            return Err(bad(format!(
+                "lora_A {a_shape:?} and lora_B {b_shape:?} do not share a rank"
+            )));
+        }
+        let (rows, cols) = if transposed { (a_cols, b_rows) } else { (b_rows, a_cols) };
+        if w_shape.first() != Some(&rows) || w.stored.numel() != rows * cols {
+            return Err(bad(format!(
+                "lora_A {a_shape:?} and lora_B {b_shape:?} do not fit the base's '{}' {w_shape:?}{}",
+                w.stored.name,
+                if transposed { " (fan_in_fan_out)" } else { "" }
+            )));
+        }
+        let denominator = if rslora { (rank as f64).sqrt() } else { rank as f64 };
+        Ok(Module {
+            a,
+            b,
+            rank,
+            scale: (alpha / denominator) as f32,
+            transposed,
+            cols,
+        })
+    }
+
+    /// The factors as P (rows × r) and Q (r × cols), so that ΔW[i, j] = s·Σₖ P[i, k]·Q[k, j].
+    fn factors(&self, adapter: &Checkpoint, scratch: &mut Vec<u8>) -> Result<(Vec<f32>, Vec<f32>)> {
+        let read = |t: &Tensor, scratch: &mut Vec<u8>| -> Result<Vec<f32>> {
+            let mut v = vec![0.0; t.stored.numel()];
+            adapter.read_plain(t, float_type(t).unwrap_or(FloatType::F32), 0, &mut v, scratch)?;
+            Ok(v)
+        };
+        let (a, b) = (read(&self.a, scratch)?, read(&self.b, scratch)?);
+        Ok(if self.transposed {
+            (transpose(&a, self.rank), transpose(&b, self.b.stored.shape[0]))
+        } else {
+            (b, a)
+        })
+    }
+
+    /// Add ΔW's elements `[start, start + out.len())` (row-major) to `out`. Each element is
+    /// Σₖ P[i, k]·Q[k, j] summed in f32, then scaled, as `(B @ A) * s` is.
+    fn add_delta(&self, adapter: &Checkpoint, start: usize, out: &mut [f32], scratch: &mut Vec<u8>) -> Result<()> {
+        let (p, q) = self.factors(adapter, scratch)?;
+        let (rank, cols) = (self.rank, self.cols);
+        let mut row = vec![0.0f32; cols.min(out.len())];
+        let mut done = 0;
+        while done < out.len() {
+            let (i, j0) = ((start + done) / cols, (start + done) % cols);
+            let n = (cols - j0).min(out.len() - done);
+            let delta = &mut row[..n];
+            delta.fill(0.0);
+            for k in 0..rank {
+                let c = p[i * rank + k];
+                let q_row = &q[k * cols + j0..k * cols + j0 + n];
+                delta.iter_mut().zip(q_row).for_each(|(d, &x)| *d += c * x);
+            }
+            let target = &mut out[done..done + n];
+            target
+                .iter_mut()
+                .zip(delta.iter())
+                .for_each(|(o, &d)| *o += d * self.scale);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// `m` (rows × `cols`... given as `r` rows) transposed: an `r × n` matrix becomes `n × r`.
+fn transpose(m: &[f32], r: usize) -> Vec<f32> {
+    let n = m.len() / r.max(1);
+    let mut t = vec![0.0; m.len()];
+    for i in 0..r {
+        for j in 0..n {
+            t[j * r + i] = m[i * n + j];
+        }
+    }
+    t
+}
+
+fn float_type(t: &Tensor) -> Option<FloatType> {
+    match storage_of(t.stored.dtype) {
+        Some(Storage::Float(ty)) => Some(ty),
+        _ => None,
+    }
+}
+
+fn read_config(path: &Path) -> Result<AdapterConfig> {
+    let size = regular_file(path)?;
+    if size > MAX_CONFIG_BYTES {
+        return Err(MergeError::invalid(
+            path,
+            format!("is {size} bytes; an adapter config is at most 1 MiB"),
+        ));
+    }
+    let text = std::fs::read(path).map_err(|e| MergeError::io(path, e))?;
+    let config: AdapterConfig =
+        serde_json::from_slice(&text).map_err(|e| MergeError::invalid(path, format!("is not valid: {e}")))?;
+    let kind = config.peft_type.as_deref().unwrap_or("");
+    let refuse = |why: &str| Err(MergeError::invalid(path, why.to_string()));
+    if kind != "LORA" {
+        return refuse(&format!(
+            "peft_type is '{kind}': merge-rs reads LoRA adapters (peft_type LORA), not IA³, LoKr, LoHa or others"
+        ));
+    }
+    if config.use_dora {
+        return refuse("use_dora is set: DoRA adapters are not supported yet (their magnitude vector rescales W)");
+    }
+    if config.lora_bias {
+        return refuse("lora_bias is set: adapters with a trained lora_B bias are not supported yet");
+    }
+    if config.layer_replication.as_ref().is_some_and(|v| !v.is_null()) {
+        return refuse("layer_replication is set: adapters that replicate layers are not supported");
+    }
+    if config.lora_alpha.is_none_or(|a| !a.is_finite()) {
+        return refuse("lora_alpha is missing or not a finite number");
+    }
+    Ok(config)
+}
+
+/// α for `module`: the first `alpha_pattern` key (in the file's order) that matches the end of its name
+/// from a whole dotted component on, as PEFT matches, else `lora_alpha`.
+fn alpha_for(config: &AdapterConfig, module: &str, path: &Path) -> Result<f64> {
+    for (key, value) in &config.alpha_pattern {
+        let pattern = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
+            .map_err(|e| MergeError::invalid(path, format!("alpha_pattern key '{key}' is not a pattern: {e}")))?;
+        if pattern.is_match(module) {
+            return value.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
+                MergeError::invalid(path, format!("alpha_pattern '{key}' is {value}, not a finite number"))
+            });
+        }
+    }
+    Ok(config.lora_alpha.unwrap_or(8.0))
+}
+
+fn unexpected(file: &Path, name: &str, base: &Path) -> MergeError {
+    MergeError::invalid(
+        file,
+        format!(
+            "tensor '{name}' is neither a LoRA factor (lora_A, lora_B) nor a module saved whole (modules_to_save) \
+             of the base model {}",
+            base.display()
+        ),
+    )
+}
+
+fn missing(file: &Path, module: &str, target: &str, base: &Path) -> MergeError {
+    MergeError::invalid(
+        file,
+        format!(
+            "module '{module}' changes '{target}', which the base model {} does not have",
+            base.display()
+        ),
+    )
+}
+
+#[cfg(test)]
+#[path = "lora_tests.rs"]
+mod tests;
