@@ -178,3 +178,28 @@ def test_the_cli_merges_adapters_and_refuses_what_it_cannot_read(tmp_path):
     assert result.returncode != 0 and "DoRA" in result.stderr and "Traceback" not in result.stderr
     similarity = merge_rs.cosine_similarity(base_path, [one, two, tmp_path / "out"])
     assert similarity.matrix[0][0] == pytest.approx(1.0)
+
+
+def test_recipes_take_adapters_and_model_plus_lora_and_their_cards_reproduce_them(tmp_path):
+    base_path, base = base_model(tmp_path)
+    one, _ = adapter(tmp_path / "lora1", base, seed=1)
+    rng = np.random.default_rng(4)
+    tuned = save(tmp_path / "tuned", {k: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in base.items()})
+    over_tuned, _ = adapter(tmp_path / "lora2", base, seed=2)
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"method: ties\npretrained: {base_path}\nparameters: {{threshold: 40}}\n"
+                      f"models:\n  - {one}\n  - {{model: {tuned}, lora: {over_tuned}}}\n")
+    plan = cli("run", recipe, "--out", tmp_path / "r", "--dry-run").stdout
+    assert "model 2:" in plan and f"{len(SHAPES)} tensors" in plan, plan
+    cli("run", recipe, "--out", tmp_path / "r", "--quiet")
+    merge_rs.merge("ties", [one, (tuned, over_tuned)], tmp_path / "api", pretrained=base_path, threshold=40)
+    cli("run", tmp_path / "r" / "README.md", "--out", tmp_path / "again", "--quiet")
+    first, second, third = load(tmp_path / "r"), load(tmp_path / "api"), load(tmp_path / "again")
+    for name in SHAPES:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+        np.testing.assert_array_equal(first[name], third[name], err_msg=name)
+    assert not np.array_equal(first["enc.layers.0.fc1.weight"], load(tmp_path / "tuned")["enc.layers.0.fc1.weight"])
+    card = (tmp_path / "api" / "README.md").read_text()
+    assert f"lora: {over_tuned}" in card, card
+    info = merge_rs.inspect(one)
+    assert info.layout == "peft-lora" and info.tensor_count == 2 * len(TARGETS)

@@ -67,7 +67,7 @@ def run_both(tmp: Path, config: dict[str, Any], tool: str = "mergekit-yaml") -> 
     cli("run", path, "--out", tmp / "ours", "--quiet")
     args = [str(BIN / tool), str(path), str(tmp / "theirs")]
     if tool == "mergekit-yaml":
-        args.append("--no-copy-tokenizer")
+        args += ["--no-copy-tokenizer", "--lora-merge-cache", str(tmp / "lora-cache")]
     done = subprocess.run(args, capture_output=True, text=True, env=OFFLINE)
     assert done.returncode == 0, done.stderr[-2000:]
     return load(tmp / "ours"), load(tmp / "theirs")
@@ -188,3 +188,28 @@ def test_a_weight_the_method_does_not_use_is_ignored_with_a_warning(method, llam
     done = cli("run", tmp_path / "config.yml", "--out", tmp_path / "o2", "--dry-run")
     plan = done.stdout + done.stderr
     assert f"models.0.parameters.weight: mergekit's {method} does not use 'weight'" in plan, plan
+
+
+def _lora(model_path: Path, out: Path, seed: int) -> Path:
+    """A PEFT LoRA adapter (random A and B) for the Llama at ``model_path``."""
+    import peft
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM.from_pretrained(model_path)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                             init_lora_weights=False)
+    peft.get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def test_model_plus_lora_gives_mergekits_tensors(llama, tmp_path):
+    """mergekit's model+lora: an adapter read over a fine-tune and another over the base, as mergekit-yaml merges
+    them after PEFT's merge_and_unload."""
+    base, a, *_ = llama
+    over_a, over_base = _lora(a, tmp_path / "lora-a", 1), _lora(base, tmp_path / "lora-base", 2)
+    config = {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+              "models": [{"model": f"{a}+{over_a}", "parameters": {"weight": 0.6}},
+                         {"model": f"{base}+{over_base}", "parameters": {"weight": 0.9}}]}
+    assert_same(*run_both(tmp_path, config))

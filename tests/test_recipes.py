@@ -131,7 +131,10 @@ BAD_RECIPES = {
                              "merge_method: merge-rs does not run mergekit's 'passthrough'"),
     "mergekit weight": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {a}\n", 4,
                         "mergekit's task_arithmetic needs 'weight'"),
-    "mergekit lora": ("merge_method: linear\nmodels:\n  - model: {a}+lora\n", 3, "does not apply LoRA adapters"),
+    "mergekit lora base": ("merge_method: task_arithmetic\nbase_model: {base}+lora\nmodels:\n  - model: {a}\n", 2,
+                           "does not read a LoRA adapter over the base model"),
+    "mergekit missing lora": ("merge_method: linear\nmodels:\n  - model: {a}+lora\n    parameters: {{weight: 1}}\n", 3,
+                              "models.0.model: model 'lora' does not exist"),
     "not yaml": ("method: [ties\n", 2, "not valid YAML"),
 }
 

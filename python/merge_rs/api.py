@@ -17,6 +17,9 @@ from .progress import ProgressBar, ProgressCallback, progress_callback
 from .reports import CheckpointInfo, CosineSimilarity, MergeReport
 
 PathLike = Union[str, "os.PathLike[str]"]
+# A fine-tuned model: a checkpoint or a PEFT LoRA adapter (read over ``pretrained``), or (model, adapter): the
+# adapter read over that model (mergekit's ``model+lora``).
+ModelInput = Union[PathLike, tuple[PathLike, PathLike]]
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
@@ -39,7 +42,7 @@ def parse_size(size: int | str) -> int:
 
 def merge(
     method: str,
-    models: Sequence[PathLike],
+    models: Sequence[ModelInput],
     out: PathLike,
     *,
     pretrained: PathLike | None = None,
@@ -57,6 +60,9 @@ def merge(
     **parameters: Any,
 ) -> MergeReport:
     """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
+
+    A model may be a PEFT LoRA adapter directory, read as ``pretrained`` plus the adapter's change, or a pair
+    ``(model, adapter)``: the adapter read over that model.
 
     ``method`` is one of ``merge_rs.METHODS``; ``parameters`` are its parameters (the engine fills in the
     FusionBench defaults and checks every value before reading anything), e.g.
@@ -82,7 +88,9 @@ def merge(
         "method": spec.name,
         "parameters": _engine_parameters(parameters),
         "pretrained": _path(pretrained) if pretrained is not None else None,
-        "models": [_path(m) for m in models],
+        "models": [_path(m[1] if isinstance(m, tuple) else m) for m in models],
+        "adapter_bases": [_path(m[0]) if isinstance(m, tuple) else None for m in models]
+        if any(isinstance(m, tuple) for m in models) else [],
         "out": _path(out),
         "dtype": dtype,
         "max_shard_size": parse_size(max_shard_size),
@@ -103,7 +111,7 @@ def merge(
     return MergeReport.from_json(json.loads(report))
 
 
-def _card(method: str, parameters: dict[str, Any], pretrained: PathLike | None, models: Sequence[PathLike],
+def _card(method: str, parameters: dict[str, Any], pretrained: PathLike | None, models: Sequence[ModelInput],
           dtype: str | None, max_shard_size: int | str, out: PathLike) -> str:
     """The model card of a merge called with these arguments."""
     from .model_card import card_for_call

@@ -94,10 +94,12 @@ def show(value: Any) -> str:
 def card_for_call(method: str, parameters: dict[str, Any], pretrained: Any, models: Sequence[Any],
                   dtype: str | None, max_shard_size: int | str, out: Any, note: str | None = None) -> str:
     """The card of ``merge_rs.merge(method, models, out, pretrained=..., **parameters)``: its recipe is that call."""
-    paths = [os.fspath(m) for m in models]
+    given = [(os.fspath(m[0]), os.fspath(m[1])) if isinstance(m, tuple) else os.fspath(m) for m in models]
+    paths = ["+".join(m) if isinstance(m, tuple) else m for m in given]
     base = os.fspath(pretrained) if pretrained is not None else None
-    recipe = recipe_from_flags(method, parameters, base, paths, dtype, max_shard_size)
-    hf = bool(paths) and os.path.exists(os.path.join(paths[0], "config.json"))
+    recipe = recipe_from_flags(method, parameters, base, given, dtype, max_shard_size)
+    first = given[0][0] if given and isinstance(given[0], tuple) else paths[0] if paths else ""
+    hf = bool(paths) and os.path.exists(os.path.join(first, "config.json"))
     return model_card(method=method, parameters=parameters, pretrained=base, models=paths, recipe=recipe,
                       hf_layout=hf, title=os.path.basename(os.path.normpath(os.fspath(out))), note=note)
 
@@ -114,15 +116,16 @@ def _reference(ref: str) -> str:
     return str(Path(ref).resolve()) if Path(ref).exists() else ref
 
 
-def recipe_from_flags(method: str, parameters: dict[str, Any], pretrained: str | None, models: list[str],
-                      dtype: str | None, max_shard_size: str | int) -> str:
+def recipe_from_flags(method: str, parameters: dict[str, Any], pretrained: str | None,
+                      models: Sequence[str | tuple[str, str]], dtype: str | None, max_shard_size: str | int) -> str:
     """The recipe equivalent to ``merge-rs merge`` flags (paths made absolute so it runs from anywhere)."""
     paths = {p.name for p in get_method(method).parameters if p.kind in ("path", "path_list")}
     data: dict[str, Any] = {"method": method, "parameters": {
         k: _absolute(v) if k in paths else _plain(v) for k, v in parameters.items()}}
     if pretrained is not None:
         data["pretrained"] = str(Path(pretrained).resolve())
-    data["models"] = [str(Path(m).resolve()) for m in models]
+    data["models"] = [{"model": str(Path(m[0]).resolve()), "lora": str(Path(m[1]).resolve())}
+                      if isinstance(m, tuple) else str(Path(m).resolve()) for m in models]
     if dtype:
         data["dtype"] = dtype
     data["max_shard_size"] = max_shard_size

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{ADAPTER_FILE, Checkpoint, is_adapter};
+
+/// How `inspect` describes a PEFT adapter's layout.
+const ADAPTER_DESCRIPTION: &str = "a PEFT LoRA adapter: its lora_A/lora_B factors, merged over its base model";
 use crate::error::Result;
 
 /// One tensor of a checkpoint.
@@ -67,7 +70,18 @@ pub struct CheckpointInfo {
 
 /// Describe the checkpoint at `path`.
 pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
-    let ckpt = Checkpoint::open(path)?;
+    let adapter = is_adapter(path);
+    let mut ckpt = Checkpoint::open(&if adapter {
+        path.join(ADAPTER_FILE)
+    } else {
+        path.to_path_buf()
+    })?;
+    if adapter {
+        ckpt.path = path.to_path_buf();
+        ckpt.name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    }
     let shard_name = |i: usize| {
         ckpt.shards[i]
             .path
@@ -104,8 +118,12 @@ pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
     Ok(CheckpointInfo {
         path: ckpt.path.clone(),
         name: ckpt.name.clone(),
-        layout: ckpt.layout.name(),
-        layout_description: ckpt.layout.describe(),
+        layout: if adapter { "peft-lora" } else { ckpt.layout.name() },
+        layout_description: if adapter {
+            ADAPTER_DESCRIPTION
+        } else {
+            ckpt.layout.describe()
+        },
         tensor_count: tensors.len(),
         parameters: ckpt.numel(),
         bytes: tensors.iter().map(|t| t.bytes).sum(),

@@ -39,6 +39,9 @@ pub struct MergeRequest {
     pub base: Option<PathBuf>,
     /// The fine-tuned models.
     pub models: Vec<PathBuf>,
+    /// For each model that is a LoRA adapter read over another model than `base` (mergekit's
+    /// `model+lora`), that model; empty, or one entry per model (`None`: `base`).
+    pub adapter_bases: Vec<Option<PathBuf>>,
     /// Output directory.
     pub out: PathBuf,
     /// Output dtype of merged tensors (default: the first fine-tuned model's).
@@ -71,6 +74,7 @@ impl MergeRequest {
             groups: Vec::new(),
             base: None,
             models,
+            adapter_bases: Vec::new(),
             out,
             dtype: None,
             max_shard_size: u64::MAX,
@@ -163,21 +167,26 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         (None, false) => None,
     };
     // Ctrl-C is honoured between files: each header parses in bounded time (its size is capped).
-    let open_all = |paths: &[PathBuf]| {
+    if !request.adapter_bases.is_empty() && request.adapter_bases.len() != request.models.len() {
+        return Err(MergeError::Internal("one adapter base per model, or none".into()));
+    }
+    let open_all = |paths: &[PathBuf], bases: &[Option<PathBuf>]| {
         paths
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 if monitor.is_cancelled() {
                     return Err(MergeError::Cancelled);
                 }
-                Checkpoint::open_input(p, request.base.as_deref())
+                let own = bases.get(i).and_then(Option::as_deref);
+                Checkpoint::open_input(p, own.or(request.base.as_deref()))
             })
             .collect::<Result<Vec<_>>>()
     };
     let inputs = Inputs {
         base,
-        models: open_all(&request.models)?,
-        extra: open_all(&method.extra_inputs())?,
+        models: open_all(&request.models, &request.adapter_bases)?,
+        extra: open_all(&method.extra_inputs(), &[])?,
     };
     let read: Vec<PathBuf> = inputs
         .all()

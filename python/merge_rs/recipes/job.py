@@ -30,6 +30,7 @@ class MergeJob:
     method: str
     models: list[str]
     parameters_for: Callable[[str, float], dict[str, Any]]
+    loras: list[str | None] = field(default_factory=list)  # per model: an adapter read over it (model+lora)
     pretrained: str | None = None
     by_layer: bool = False
     layered: bool = True
@@ -49,6 +50,7 @@ class MergePlan:
     pretrained: Path | None
     models: list[Path]
     parameters: dict[str, Any]
+    loras: list[Path | None]
     groups: list[tuple[list[str], dict[str, Any]]]
     inputs: list[CheckpointInfo]
     merged: list[str]
@@ -74,9 +76,12 @@ def resolve_model(reference: str, source: RecipeSource, loc: tuple[Any, ...]) ->
     raise source.error(loc, f"model '{reference}' does not exist")
 
 
-def plan(job: MergeJob, pretrained: Path | None, models: list[Path]) -> MergePlan:
-    """Read the headers and give every merged tensor its parameters, grouped."""
-    inputs = [inspect(p) for p in ([pretrained] if pretrained else []) + models]
+def plan(job: MergeJob, pretrained: Path | None, models: list[Path], loras: list[Path | None] | None = None) -> MergePlan:
+    """Read the headers and give every merged tensor its parameters, grouped. An adapter stands for the model it
+    is read over (its own headers hold only its factors)."""
+    loras = loras or [None] * len(models)
+    base_info = inspect(pretrained) if pretrained else None
+    inputs = [*([base_info] if base_info else []), *(_model_info(job, m, base_info) for m in models)]
     reference = inputs[-len(models)]
     merged = [t.name for t in reference.tensors if t.dtype in FLOAT_DTYPES]
     if job.by_layer and not any(layer_of(n) is not None for n in merged):
@@ -89,10 +94,24 @@ def plan(job: MergeJob, pretrained: Path | None, models: list[Path]) -> MergePla
         by_values.setdefault(json.dumps(values, sort_keys=True), []).append(name)
     _check_values(job, [json.loads(key) for key in by_values] or [job.parameters_for("", 0.0)], len(models))
     if not by_values:
-        return MergePlan(job, pretrained, models, job.parameters_for("", 0.0), [], inputs, merged)
+        return MergePlan(job, pretrained, models, job.parameters_for("", 0.0), loras, [], inputs, merged)
     common, _ = Counter({k: len(v) for k, v in by_values.items()}).most_common(1)[0]
     groups = [(names, json.loads(key)) for key, names in by_values.items() if key != common]
-    return MergePlan(job, pretrained, models, json.loads(common), groups, inputs, merged)
+    return MergePlan(job, pretrained, models, json.loads(common), loras, groups, inputs, merged)
+
+
+def is_adapter(path: Path) -> bool:
+    """Whether ``path`` is a PEFT adapter directory."""
+    return path.is_dir() and (path / "adapter_config.json").is_file()
+
+
+def _model_info(job: MergeJob, model: Path, base: CheckpointInfo | None) -> CheckpointInfo:
+    if not is_adapter(model):
+        return inspect(model)
+    if base is None:
+        raise job.source.error(("pretrained",), f"{model} is a LoRA adapter: give the model it adapts as the "
+                                                "pretrained model")
+    return base
 
 
 def _check_values(job: MergeJob, value_sets: list[dict[str, Any]], models: int) -> None:

@@ -60,8 +60,10 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
                         f"{dtype}, so results differ by rounding")
     settings = [*shared.values(), *(s for m in model_settings for s in m.values())]
     pretrained, inputs = translate.inputs
+    models, loras = zip(*map(_split_lora, inputs)) if inputs else ((), ())
     return MergeJob(source=source, dialect="mergekit-pytorch" if raw_files else "mergekit-yaml",
-                    method=translate.method, models=inputs, parameters_for=translate, pretrained=pretrained,
+                    method=translate.method, models=list(models), loras=list(loras), parameters_for=translate,
+                    pretrained=pretrained,
                     by_layer=not raw_files and any(varies_by_layer(s) for s in settings), layered=not raw_files,
                     dtype=dtype,
                     warnings=[*warnings, *translate.warnings])
@@ -91,9 +93,18 @@ def _reference(source: RecipeSource, ref: Any, loc: tuple[Any, ...]) -> str:
         ref = ref["path"]
     if not isinstance(ref, str) or not ref:
         raise source.error(loc, "a model is a path or a hub id")
-    if "+" in ref:
-        raise source.error(loc, "merge-rs does not apply LoRA adapters (model+lora)")
+    if "+" in ref and loc == ("base_model",) and not Path(ref).exists():
+        raise source.error(loc, "merge-rs does not read a LoRA adapter over the base model yet (base_model: "
+                                "model+lora); give the models that way")
     return ref
+
+
+def _split_lora(ref: str) -> tuple[str, str | None]:
+    """mergekit's ``model+lora`` as (model, adapter); a path that exists is taken whole."""
+    if "+" not in ref or Path(ref).exists():
+        return ref, None
+    model, lora = ref.split("+", 1)
+    return model, lora
 
 
 def _settings(source: RecipeSource, raw: Any, loc: tuple[Any, ...]) -> dict[str, Any]:

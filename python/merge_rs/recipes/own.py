@@ -64,7 +64,8 @@ def job_from_recipe(source: RecipeSource) -> MergeJob:
         return values
 
     models = [m if isinstance(m, str) else m.model for m in recipe.models]
-    return MergeJob(source=source, dialect="merge-rs", method=method.name, models=models,
+    loras = [None if isinstance(m, str) else m.lora for m in recipe.models]
+    return MergeJob(source=source, dialect="merge-rs", method=method.name, models=models, loras=loras,
                     parameters_for=parameters_for, pretrained=recipe.pretrained,
                     by_layer=any(varies_by_layer(s) for s in settings), dtype=recipe.dtype,
                     max_shard_size=recipe.max_shard_size, out=recipe.out, pool=recipe.pool,

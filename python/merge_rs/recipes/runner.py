@@ -40,8 +40,10 @@ def prepare(job: MergeJob) -> MergePlan:
     _check_shard_size(job)
     where = _model_locations(job)
     resolved = [resolve_model(m, job.source, where.get(m, ("models",))) for m in models]
+    loras = [resolve_model(a, job.source, where.get(a, ("models",))) if a else None for a in job.loras] \
+        or [None] * len(models)
     base = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
-    return plan(job, base, resolved)
+    return plan(job, base, resolved, loras)
 
 
 def _check_shard_size(job: MergeJob) -> None:
@@ -63,9 +65,13 @@ def _model_locations(job: MergeJob) -> dict[str, tuple[Any, ...]]:
             where[data[key]] = (key,)
     for i, entry in enumerate(data.get("models") or []):
         if isinstance(entry, dict) and isinstance(entry.get("model"), str):
-            where.setdefault(entry["model"], ("models", i, "model"))
+            for part in entry["model"].split("+", 1):  # mergekit's model+lora names both
+                where.setdefault(part, ("models", i, "model"))
+            if isinstance(entry.get("lora"), str):
+                where.setdefault(entry["lora"], ("models", i, "lora"))
         elif isinstance(entry, str):
-            where.setdefault(entry, ("models", i))
+            for part in entry.split("+", 1):
+                where.setdefault(part, ("models", i))
     return where
 
 
@@ -126,10 +132,11 @@ def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 
     job = p.job
     card: bool | str = model_card_file and model_card(
         method=job.method, parameters=p.parameters, pretrained=str(p.pretrained) if p.pretrained else None,
-        models=[str(m) for m in p.models], recipe=card_recipe(p), groups=p.groups,
-        hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
+        models=[f"{m}+{a}" if a else str(m) for m, a in zip(p.models, p.loras)], recipe=card_recipe(p),
+        groups=p.groups, hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
     reads = [job.source.path, *(job.pool.input_paths() if job.pool is not None else [])]
-    return api.merge(job.method, p.models, out, pretrained=p.pretrained, dtype=job.dtype,
+    models: list[api.ModelInput] = [(m, a) if a else m for m, a in zip(p.models, p.loras)]
+    return api.merge(job.method, models, out, pretrained=p.pretrained, dtype=job.dtype,
                      max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
                      memory_budget=memory_budget, progress=progress, reads=reads, groups=p.groups,
                      model_card=card, **p.parameters)
@@ -144,6 +151,8 @@ def card_recipe(p: MergePlan) -> str:
             for candidate in (Path(ref).expanduser(), source.path.parent / ref):
                 if candidate.exists():
                     return str(candidate.resolve())
+            if "+" in ref:  # mergekit's model+lora
+                return "+".join(local(part) for part in ref.split("+", 1))
         return ref
 
     data = copy.deepcopy(source.data)
@@ -154,6 +163,8 @@ def card_recipe(p: MergePlan) -> str:
     for i, entry in enumerate(data.get("models") or []):
         if isinstance(entry, dict) and "model" in entry:
             entry["model"] = local(entry["model"])
+            if entry.get("lora"):
+                entry["lora"] = local(entry["lora"])
         else:
             data["models"][i] = local(entry)
     return card_yaml(data)

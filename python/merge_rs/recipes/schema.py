@@ -31,7 +31,9 @@ Setting = Union[Scalar, list[Scalar], LayerGradient]
 class ModelEntry(Strict):
     """A fine-tuned model with its own values of the method's per-model parameters (``weights: 0.7``)."""
 
-    model: str = Field(description="A path (HF directory, .safetensors file or index) or a hub id.")
+    model: str = Field(description="A path (HF directory, .safetensors file, index or PEFT LoRA adapter) or a hub id.")
+    lora: str | None = Field(default=None, description="A PEFT LoRA adapter read over this model (mergekit's "
+                                                       "model+lora).")
     parameters: dict[str, Setting] = Field(default_factory=dict)
 
 

@@ -30,6 +30,9 @@ struct RequestJson {
     parameters: serde_json::Map<String, serde_json::Value>,
     pretrained: Option<PathBuf>,
     models: Vec<PathBuf>,
+    /// Per model, the model a LoRA adapter is read over when it is not `pretrained`.
+    #[serde(default)]
+    adapter_bases: Vec<Option<PathBuf>>,
     out: PathBuf,
     dtype: Option<String>,
     max_shard_size: u64,
@@ -111,6 +114,7 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
             groups,
             base: r.pretrained,
             models: r.models,
+            adapter_bases: r.adapter_bases,
             out: r.out,
             dtype: r.dtype.as_deref().map(dtype).transpose()?,
             max_shard_size: r.max_shard_size,
