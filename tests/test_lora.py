@@ -203,3 +203,61 @@ def test_recipes_take_adapters_and_model_plus_lora_and_their_cards_reproduce_the
     assert f"lora: {over_tuned}" in card, card
     info = merge_rs.inspect(one)
     assert info.layout == "peft-lora" and info.tensor_count == 2 * len(TARGETS)
+
+
+def test_an_extracted_adapter_loads_in_peft_and_keeps_the_best_rank_r_change(tmp_path):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import save_file
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(8, 6)
+            self.fc = torch.nn.Linear(6, 10)
+
+    torch.manual_seed(0)
+    base = {k: v.detach().clone() for k, v in Tiny().state_dict().items()}
+    tuned = {k: v + 0.1 * torch.randn_like(v) for k, v in base.items()}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    for rank in (6, 2):
+        out = tmp_path / f"rank{rank}"
+        report = merge_rs.extract_lora(tmp_path / "tuned.safetensors", out, pretrained=tmp_path / "base.safetensors",
+                                       rank=rank)
+        assert [m.module for m in report.modules] == ["fc", "q_proj"]
+        assert sorted(t["tensor"] for t in report.left_out) == ["fc.bias", "q_proj.bias"]
+        fresh = Tiny()
+        fresh.load_state_dict(base)
+        merged = peft.PeftModel.from_pretrained(fresh, out).merge_and_unload()
+        for module in report.modules:
+            name = f"{module.module}.weight"
+            got = merged.state_dict()[name].numpy() - base[name].numpy()
+            tau = (tuned[name] - base[name]).double().numpy()
+            s = np.linalg.svd(tau, compute_uv=False)
+            error = np.linalg.norm(got - tau)
+            assert error == pytest.approx(np.sqrt((s[rank:] ** 2).sum()), abs=1e-5), name
+            assert module.relative_error == pytest.approx(error / np.linalg.norm(tau), abs=1e-5)
+
+
+def test_extract_lora_on_the_command_line(tmp_path):
+    base_path, base = base_model(tmp_path)
+    rng = np.random.default_rng(5)
+    tuned = save(tmp_path / "tuned", {k: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in base.items()})
+    done = cli("extract-lora", tuned, "--pretrained", base_path, "--rank", "3", "--rank-energy", "0.5", "--out",
+               tmp_path / "lora", "--quiet")
+    assert "modules, rank" in done.stdout and "left out:" in done.stderr, done
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["lora_alpha"] == config["r"] <= 3
+    assert (tmp_path / "lora" / "README.md").read_text().count("merge-rs extract-lora") == 1
+    for args, needle in [
+        (["--rank", "7", "--out", tmp_path / "big"], "rank 7 is larger than"),
+        (["--rank", "2", "--out", tuned], "tuned"),
+        (["--rank", "2", "--out", tmp_path / "lora"], "lora"),
+    ]:
+        result = cli("extract-lora", tuned, "--pretrained", base_path, *args, check=False)
+        assert result.returncode != 0 and needle in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    same = cli("extract-lora", base_path, "--pretrained", base_path, "--rank", "2", "--out", tmp_path / "none",
+               check=False)
+    assert "nothing to extract" in same.stderr and not (tmp_path / "none").exists()

@@ -30,6 +30,7 @@ BASES = {
     "merge": ["merge", "task_arithmetic", "--pretrained", "{pre}", "--model", "{a}", "--model", "{b}", "--out",
               "{tmp}/out", "--quiet"],
     "run": ["run", "{recipe}", "--out", "{tmp}/out", "--quiet"],
+    "extract-lora": ["extract-lora", "{a}", "--pretrained", "{pre}", "--rank", "1", "--out", "{tmp}/out", "--quiet"],
     "sweep": ["sweep", "task_arithmetic", "--pool", "zoo", "--param", "scaling_factor=0.3", "--limit", "2", "--quiet"],
 }
 SUFFIX = {"--plot": ".png", "--csv": ".csv", "--report": ".json"}

@@ -6,6 +6,7 @@
 
 from ._core import __version__
 from .api import cosine_similarity, inspect, merge, parse_size
+from .lora import ExtractReport, extract_lora
 from . import exceptions
 from .exceptions import *  # noqa: F403 (the names are listed in exceptions.__all__)
 from .methods import METHODS, get_method
@@ -16,6 +17,8 @@ __all__ = [
     "merge",
     "inspect",
     "cosine_similarity",
+    "extract_lora",
+    "ExtractReport",
     "parse_size",
     "METHODS",
     "get_method",

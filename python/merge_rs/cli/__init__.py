@@ -2,7 +2,7 @@
 go to stdout (``--json`` for machines), progress and logs to stderr; errors are one line and a non-zero exit.
 The merge, info and method paths import no torch; the evaluating commands import it when they run."""
 
-from . import demo, evaluate, inspect, learned, merge, recipe, sweep
+from . import demo, evaluate, inspect, learned, lora, merge, recipe, sweep
 from .app import main
 
-__all__ = ["main", "demo", "evaluate", "inspect", "learned", "merge", "recipe", "sweep"]
+__all__ = ["main", "demo", "evaluate", "inspect", "learned", "lora", "merge", "recipe", "sweep"]

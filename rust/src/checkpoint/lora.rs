@@ -113,30 +113,32 @@ impl Overlay {
             let target = format!("{module}.weight");
             let alpha = alpha_for(&config, module, &config_path)?;
             let transposed = embedding == "true" || config.fan_in_fan_out;
-            let found = base
-                .get(&target)
-                .ok_or_else(|| missing(&weights, module, &target, &base.path))?;
+            let found = find(base, &target).ok_or_else(|| missing(&weights, module, &target, &base.path))?;
             let m = Module::new(a, b, alpha, config.use_rslora, transposed, found, &weights)?;
-            modules.insert(target, m);
+            modules.insert(found.stored.name.clone(), m);
         }
-        for (target, tensor) in &saved {
-            let found = base
-                .get(target)
-                .ok_or_else(|| unexpected(&weights, &tensor.stored.name, &base.path))?;
-            if found.stored.shape != tensor.stored.shape || float_type(tensor).is_none() {
+        let mut replaced = HashMap::new();
+        for (target, tensor) in saved {
+            let found = find(base, &target).ok_or_else(|| unexpected(&weights, &tensor.stored.name, &base.path))?;
+            if found.stored.shape != tensor.stored.shape || float_type(&tensor).is_none() {
                 return Err(MergeError::invalid(
                     &weights,
                     format!(
-                        "saved module '{}' is {:?} {:?}, and the base's '{target}' is {:?}",
-                        tensor.stored.name, tensor.stored.dtype, tensor.stored.shape, found.stored.shape
+                        "saved module '{}' is {:?} {:?}, and the base's '{}' is {:?}",
+                        tensor.stored.name,
+                        tensor.stored.dtype,
+                        tensor.stored.shape,
+                        found.stored.name,
+                        found.stored.shape
                     ),
                 ));
             }
+            replaced.insert(found.stored.name.clone(), tensor);
         }
         Ok(Overlay {
             adapter,
             modules,
-            saved,
+            saved: replaced,
         })
     }
 
@@ -284,6 +286,17 @@ impl Module {
         }
         Ok(())
     }
+}
+
+/// The base's tensor `name`, or else the one tensor whose name ends with `.name` (an adapter trained on a
+/// vision tower alone, read over the whole CLIP: `vision_model.` + its names).
+fn find<'a>(base: &'a Checkpoint, name: &str) -> Option<&'a Tensor> {
+    base.get(name).or_else(|| {
+        let suffix = format!(".{name}");
+        let mut found = base.tensors.iter().filter(|t| t.stored.name.ends_with(&suffix));
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
+    })
 }
 
 /// `m` (rows × `cols`... given as `r` rows) transposed: an `r × n` matrix becomes `n × r`.

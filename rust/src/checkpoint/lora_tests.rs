@@ -266,3 +266,45 @@ fn an_adapter_without_its_base_names_the_missing_option() {
         .to_string();
     assert!(err.contains("--pretrained"), "{err}");
 }
+
+#[test]
+fn a_module_named_without_the_bases_prefix_is_found_by_its_unique_suffix() {
+    let w = values(12, 0.0);
+    let case = base_with(&[
+        ("vision_model.layer.q.weight", vec![3, 4], w.clone()),
+        ("text_model.x.weight", vec![2], values(2, 1.0)),
+    ]);
+    let (a, b) = (values(8, 2.0), values(6, 3.0));
+    let dir = adapter(
+        case.dir.path(),
+        LORA,
+        &[
+            ("base_model.model.layer.q.lora_A.weight", vec![2, 4], a.clone()),
+            ("base_model.model.layer.q.lora_B.weight", vec![3, 2], b.clone()),
+        ],
+    );
+    let ckpt = Checkpoint::open_input(&dir, Some(&case.base)).unwrap_or_else(|e| panic!("{e}"));
+    let want: Vec<f32> = w
+        .iter()
+        .zip(product(&b, &a, 3, 2, 4, 2.0))
+        .map(|(w, d)| w + d)
+        .collect();
+    assert_eq!(read_all(&ckpt, "vision_model.layer.q.weight", 0, 12), want);
+    // Two tensors ending in `.layer.q.weight`: no guess.
+    let twice = base_with(&[
+        ("one.layer.q.weight", vec![3, 4], w.clone()),
+        ("two.layer.q.weight", vec![3, 4], w),
+    ]);
+    let dir = adapter(
+        twice.dir.path(),
+        LORA,
+        &[
+            ("base_model.model.layer.q.lora_A.weight", vec![2, 4], a),
+            ("base_model.model.layer.q.lora_B.weight", vec![3, 2], b),
+        ],
+    );
+    let err = Checkpoint::open_input(&dir, Some(&twice.base))
+        .expect_err("ambiguous")
+        .to_string();
+    assert!(err.contains("does not have"), "{err}");
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub(crate) use header::{StoredTensor, read_header};
 pub(crate) use index::regular_file;
 pub(crate) use layout::{KeyMap, Layout};
-pub(crate) use lora::{ADAPTER_FILE, is_adapter};
+pub(crate) use lora::{ADAPTER_CONFIG, ADAPTER_FILE, is_adapter};
 
 use crate::dtype::FloatType;
 use crate::error::{MergeError, Result};

@@ -179,6 +179,47 @@ fn cosine_similarity(
     })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtractJson {
+    model: PathBuf,
+    pretrained: PathBuf,
+    out: PathBuf,
+    rank: usize,
+    energy: Option<f64>,
+    #[serde(default)]
+    overwrite: bool,
+    #[serde(default)]
+    reads: Vec<PathBuf>,
+    #[serde(default)]
+    files: Vec<(String, String)>,
+}
+
+/// Extract a LoRA adapter from a fine-tune (a JSON request); returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (request, progress=None))]
+fn extract_lora(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> PyResult<String> {
+    let r: ExtractJson = parse("extraction request", request).map_err(|e| errors::to_py(py, e))?;
+    let request = crate::extract::ExtractRequest {
+        model: r.model,
+        base: r.pretrained,
+        out: r.out,
+        rank: r.rank,
+        energy: r.energy,
+        overwrite: r.overwrite,
+        reads: r.reads,
+        files: r
+            .files
+            .into_iter()
+            .map(|(name, text)| (name, text.into_bytes()))
+            .collect(),
+    };
+    let monitor = Monitor::default();
+    run_detached(py, &monitor, progress.as_ref(), || {
+        crate::extract::extract_lora(&request, &monitor).and_then(|r| to_json(&r))
+    })
+}
+
 /// Write a synthetic model set under `directory`; returns the model paths (pretrained first).
 #[pyfunction]
 fn write_model_set(py: Python<'_>, directory: PathBuf, spec: &str) -> PyResult<Vec<PathBuf>> {
@@ -210,6 +251,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(cosine_similarity, m)?)?;
+    m.add_function(wrap_pyfunction!(extract_lora, m)?)?;
     m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
     m.add_function(wrap_pyfunction!(method_table_json, m)?)?;
     m.add_function(wrap_pyfunction!(check_method, m)?)?;
