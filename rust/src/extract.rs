@@ -138,7 +138,7 @@ pub fn extract_lora(request: &ExtractRequest, monitor: &Monitor) -> Result<Extra
             if total > 0.0 {
                 let relative_change = (total / norm(&theta0).max(f64::MIN_POSITIVE)).sqrt();
                 report.left_out.push(LeftOut {
-                    tensor: tensor.name.clone(),
+                    tensor: base_name(&inputs, tensor).to_string(),
                     relative_change,
                 });
             }
