@@ -261,3 +261,44 @@ def test_extract_lora_on_the_command_line(tmp_path):
     same = cli("extract-lora", base_path, "--pretrained", base_path, "--rank", "2", "--out", tmp_path / "none",
                check=False)
     assert "nothing to extract" in same.stderr and not (tmp_path / "none").exists()
+
+
+def test_a_merge_written_as_an_adapter_matches_peft_svd_combination(tmp_path):
+    """PEFT's add_weighted_adapter(..., "svd"): Σ wᵢ·ΔWᵢ truncated to rank r, per module. merge-rs: task arithmetic
+    with per-task coefficients, then --out-format peft."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import save_file
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(8, 6)
+            self.fc = torch.nn.Linear(6, 10)
+
+    torch.manual_seed(0)
+    model = Tiny()
+    save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "fc"], init_lora_weights=False)
+    wrapped = peft.get_peft_model(model, config, adapter_name="a")
+    wrapped.add_adapter("b", peft.LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "fc"],
+                                             init_lora_weights=False))
+    wrapped.save_pretrained(tmp_path / "adapters")  # each adapter in its own directory
+    wrapped.add_weighted_adapter(["a", "b"], [0.6, 0.4], "svd", combination_type="svd", svd_rank=3)
+    want = {name: module.get_delta_weight("svd").detach().numpy()
+            for name, module in wrapped.base_model.model.named_modules() if hasattr(module, "lora_A")}
+    cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model", tmp_path / "adapters" / "a",
+        "--model", tmp_path / "adapters" / "b", "--coefficients", "0.6,0.4", "--out-format", "peft", "--rank", "3",
+        "--out", tmp_path / "merged", "--quiet")
+    factors = load(tmp_path / "merged" / "adapter_model.safetensors")
+    assert json.loads((tmp_path / "merged" / "adapter_config.json").read_text())["lora_alpha"] == 3
+    for name, delta in want.items():
+        got = factors[f"base_model.model.{name}.lora_B.weight"] @ factors[f"base_model.model.{name}.lora_A.weight"]
+        assert np.linalg.norm(got - delta) <= 1e-5 * np.linalg.norm(delta), name
+    assert not any(p.name.startswith(".merged") for p in tmp_path.iterdir()), "the full merge was removed"
+    refused = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
+                  tmp_path / "adapters" / "a", "--out-format", "peft", "--out", tmp_path / "x", check=False)
+    assert refused.returncode != 0 and "--rank" in refused.stderr
+    several = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
+                  tmp_path / "adapters", "--out", tmp_path / "y", check=False)
+    assert "holds PEFT adapters in its subdirectories (a, b)" in several.stderr, several.stderr

@@ -4,12 +4,15 @@ model card. Merging adapters needs nothing here: ``merge_rs.merge`` reads them a
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import _core
-from .api import PathLike, _path
+from .api import ModelInput, PathLike, _path
 from .progress import ProgressBar, ProgressCallback, progress_callback
 from .reports import _build, _jsonable
 
@@ -52,14 +55,16 @@ class ExtractReport:
 
 def extract_lora(model: PathLike, out: PathLike, *, pretrained: PathLike, rank: int, energy: float | None = None,
                  overwrite: bool = False, progress: bool | ProgressCallback = False,
-                 model_card: bool = True) -> ExtractReport:
+                 model_card: bool | str = True, reads: Sequence[PathLike] = ()) -> ExtractReport:
     """Write ``out``: a PEFT LoRA adapter whose ΔW is the best rank-``rank`` approximation of ``model`` −
     ``pretrained`` for every 2-D weight that is not an embedding (a truncated SVD, one matrix at a time). With
     ``energy``, each module keeps the fewest directions (at most ``rank``) holding that share of ‖τ‖²_F. Other
-    changed tensors (biases, norms, embeddings) cannot be held by LoRA: the report lists them."""
+    changed tensors (biases, norms, embeddings) cannot be held by LoRA: the report lists them. ``model_card`` is
+    False for none, or the card's text; ``reads`` names other inputs the output must not overlap."""
+    card = model_card if isinstance(model_card, str) else adapter_card(model, pretrained, rank, energy)
     request = {"model": _path(model), "pretrained": _path(pretrained), "out": _path(out), "rank": rank,
-               "energy": energy, "overwrite": overwrite,
-               "files": [("README.md", adapter_card(model, pretrained, rank, energy))] if model_card else []}
+               "energy": energy, "overwrite": overwrite, "reads": [_path(r) for r in reads],
+               "files": [("README.md", card)] if model_card else []}
     callback = progress_callback(progress)
     try:
         data = _core.extract_lora(json.dumps(request), callback)
@@ -69,8 +74,10 @@ def extract_lora(model: PathLike, out: PathLike, *, pretrained: PathLike, rank: 
     return ExtractReport.from_json(json.loads(data))
 
 
-def adapter_card(model: PathLike, pretrained: PathLike, rank: int, energy: float | None) -> str:
-    """The adapter's model card: the base it adapts, what it was extracted from, and how to redo it."""
+def adapter_card(model: PathLike, pretrained: PathLike, rank: int, energy: float | None,
+                 merged: str | None = None) -> str:
+    """The adapter's model card: the base it adapts, what it was extracted from (a model, or the ``merged``
+    models), and how to redo an extraction."""
     from ._core import __version__
     from .model_card import card_yaml, code
 
@@ -79,10 +86,36 @@ def adapter_card(model: PathLike, pretrained: PathLike, rank: int, energy: float
     front = {"base_model": base, "library_name": "peft", "tags": ["lora", "merge-rs"]}
     again = f"merge-rs extract-lora {source} --pretrained {base} --rank {rank}" + (
         f" --rank-energy {energy}" if energy is not None else "")
+    what = f"the merge ({code(merged)})" if merged else code(source)
     return "\n".join([
         "---", card_yaml(front, quoted=True).rstrip(), "---", "", "# LoRA adapter", "",
-        f"Extracted with merge-rs {__version__} from {code(source)} (its change from {code(base)}), by a truncated "
+        f"Extracted with merge-rs {__version__} from {what} (its change from {code(base)}), by a truncated "
         f"SVD of each linear weight's change: rank {rank}"
         + (f" at most, the fewest directions holding {energy:g} of its energy" if energy is not None else "") + ".",
-        "", "Extract it again with:", "", code(again), "",
+        *([] if merged else ["", "Extract it again with:", "", code(again)]), "",
     ])
+
+
+def merge_to_adapter(method: str, models: Sequence[ModelInput], out: PathLike, *, pretrained: PathLike, rank: int,
+                     energy: float | None = None, overwrite: bool = False, progress: bool | ProgressCallback = False,
+                     model_card: bool = True, reads: Sequence[PathLike] = (), **parameters: Any) -> ExtractReport:
+    """Merge ``models`` with ``method`` (as ``merge_rs.merge``), and write the merged task vector as a PEFT LoRA
+    adapter of rank ``rank`` (PEFT's ``svd`` family, for any method): the merge goes to a temporary full model
+    beside ``out``, removed afterwards, then ``extract_lora`` truncates each module by SVD."""
+    from .api import merge
+
+    inputs = [_path(p) for m in models for p in (m if isinstance(m, tuple) else (m,))]
+    _core.check_output(_path(out), [*inputs, _path(pretrained), *map(_path, reads)], overwrite)
+    parent = Path(out).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.merge-rs-full-", dir=parent))
+    try:
+        merge(method, models, scratch / "merged", pretrained=pretrained, progress=progress, model_card=False,
+              reads=reads, **parameters)
+        names = ", ".join(Path(p).name for p in inputs)
+        card = adapter_card(scratch / "merged", pretrained, rank, energy, merged=f"{method} of {names}") \
+            if model_card else False
+        return extract_lora(scratch / "merged", out, pretrained=pretrained, rank=rank, energy=energy,
+                            overwrite=overwrite, progress=progress, model_card=card, reads=[*inputs, *reads])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -22,6 +22,13 @@ OPTIONS = [
                  help="Fine-tuned model; repeat once per model, in task order."),
     POOL,
     click.option("--out", required=True, type=OUTPUT_PATH, help="Output directory (must not exist)."),
+    click.option("--out-format", type=click.Choice(["model", "peft"]), default="model", show_default=True,
+                 help="A full model, or a PEFT LoRA adapter over --pretrained (the merged task vector truncated by "
+                      "SVD per module; needs --rank)."),
+    click.option("--rank", "adapter_rank", type=click.IntRange(min=1), help="With --out-format peft: the adapter's "
+                                                                            "rank (the most, with --rank-energy)."),
+    click.option("--rank-energy", "adapter_energy", type=click.FloatRange(min=0, max=1, min_open=True),
+                 help="With --out-format peft: per module, the fewest directions holding this share of ‖τ‖²."),
     *parameter_options(),
     click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
                  help="Output dtype (default: the inputs')."),
@@ -42,7 +49,7 @@ OPTIONS = [
 
 
 def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_name: str | None, out: Path,
-          dtype: str | None, max_shard_size: str, threads: int, memory_budget: str | None, overwrite: bool,
+          out_format: str, adapter_rank: int | None, adapter_energy: float | None, dtype: str | None, max_shard_size: str, threads: int, memory_budget: str | None, overwrite: bool,
           no_model_card: bool, allow_nonfinite: bool, run_eval: bool, quiet: bool, as_json: bool,
           **options: Any) -> None:
     """Merge fine-tuned MODELs (or a --pool's) with METHOD into a new model directory."""
@@ -56,6 +63,25 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         fail(click.UsageError("give the fine-tuned models with --model (repeat it) or --pool"))
     if run_eval and pretrained is None:
         fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
+    if (out_format == "peft") != (adapter_rank is not None) or (adapter_energy is not None and adapter_rank is None):
+        fail(click.UsageError("--out-format peft and --rank go together (--rank-energy with them)"))
+    if out_format == "peft":
+        if run_eval or pretrained is None:
+            fail(click.UsageError("--out-format peft needs --pretrained (the adapter's base), and cannot --eval"))
+        from ..lora import merge_to_adapter
+
+        assert adapter_rank is not None and pretrained is not None
+        base, rank = pretrained, adapter_rank
+        adapter = run(lambda: merge_to_adapter(
+            method, models, out, pretrained=base, rank=rank, energy=adapter_energy, overwrite=overwrite,
+            progress=not quiet, model_card=not no_model_card, reads=pool.input_paths() if pool else [], threads=threads,
+            memory_budget=memory_budget, allow_nonfinite=allow_nonfinite, **given))
+        if as_json:
+            emit_json(adapter.to_dict())
+        else:
+            click.echo(f"{method}: {len(models)} models → a rank-{adapter_rank} adapter of {len(adapter.modules)} "
+                       f"modules, {adapter.parameters:,} parameters → {adapter.output}")
+        return
     reads = pool.input_paths() if pool is not None else []
     report_inputs = [*models, *([pretrained] if pretrained else []), *reads, out]
     check_report(settings.report_path, report_inputs, overwrite)

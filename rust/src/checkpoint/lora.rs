@@ -69,6 +69,30 @@ pub(crate) fn is_adapter(path: &Path) -> bool {
     path.is_dir() && path.join(ADAPTER_CONFIG).is_file()
 }
 
+/// `error` (opening `path` as a checkpoint), or, when `path` holds no weights but adapters in its
+/// subdirectories (PEFT saves each adapter of a model there), an error naming them.
+pub(crate) fn with_adapter_hint(path: &Path, error: MergeError) -> MergeError {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return error;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_adapter(p))
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if names.is_empty() {
+        return error;
+    }
+    names.sort();
+    MergeError::invalid(
+        path,
+        format!(
+            "holds PEFT adapters in its subdirectories ({}): give one of them as a model",
+            names.join(", ")
+        ),
+    )
+}
+
 impl Overlay {
     /// Read `dir`'s adapter and match every module against `base`.
     pub(crate) fn open(dir: &Path, base: &Checkpoint) -> Result<Overlay> {

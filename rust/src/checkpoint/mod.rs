@@ -127,7 +127,7 @@ impl Checkpoint {
     /// Open an input: a checkpoint, or a PEFT LoRA adapter read over `base` (its pretrained model).
     pub(crate) fn open_input(path: &Path, base: Option<&Path>) -> Result<Checkpoint> {
         if !is_adapter(path) {
-            return Checkpoint::open(path);
+            return Checkpoint::open(path).map_err(|e| lora::with_adapter_hint(path, e));
         }
         let base = base.ok_or_else(|| {
             MergeError::invalid(
