@@ -84,8 +84,12 @@ def test_every_method_merges_an_adapter_as_its_dense_model(tmp_path, method):
     dense = [save(tmp_path / "dense1", dense_first), save(tmp_path / "dense2", dense_second)]
     fisher = [save(tmp_path / f"fisher{i}", {k: np.abs(v) + 0.1 for k, v in base.items()}) for i in range(2)]
     values = parameters(method, 2, fisher)
-    # An adapter beside a full fine-tune, then two adapters (whose untargeted tensors all have τ = 0).
-    for case, adapters, twins in [("mixed", [first, full_path], [dense[0], full_path]), ("adapters", [first, second], dense)]:
+    # An adapter beside a full fine-tune, then two adapters (whose untargeted tensors all have τ = 0); a method of one
+    # model takes the adapter alone.
+    cases = [("mixed", [first, full_path], [dense[0], full_path]), ("adapters", [first, second], dense)]
+    if METHODS[method].max_models == 1:
+        cases = [("alone", [first], [dense[0]])]
+    for case, adapters, twins in cases:
         got = merge_rs.merge(method, adapters, tmp_path / f"{case}-a", pretrained=base_path, **values)
         want = merge_rs.merge(method, twins, tmp_path / f"{case}-d", pretrained=base_path, **values)
         assert got.merged_tensors == want.merged_tensors == len(SHAPES)

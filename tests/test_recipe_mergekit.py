@@ -5,6 +5,7 @@ filters. The DARE family draws random masks whose seeds cannot match mergekit's.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -212,4 +213,34 @@ def test_model_plus_lora_gives_mergekits_tensors(llama, tmp_path):
     config = {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
               "models": [{"model": f"{a}+{over_a}", "parameters": {"weight": 0.6}},
                          {"model": f"{base}+{over_base}", "parameters": {"weight": 0.9}}]}
+    assert_same(*run_both(tmp_path, config))
+
+
+def test_a_passthrough_frankenmerge_gives_mergekits_tensors_and_config(llama, tmp_path):
+    """slices: layers 0–2 of one model then 1–3 of another (six layers), a per-source scale with a filter and a
+    slice-level gradient, as mergekit-yaml stacks them."""
+    base, a, b, _ = llama
+    config = {"merge_method": "passthrough", "dtype": "float32", "slices": [
+        {"sources": [{"model": str(a), "layer_range": [0, 3],
+                      "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"value": 1.0}]}}]},
+        {"sources": [{"model": str(b), "layer_range": [1, 4]}], "parameters": {"scale": [1.0, 0.25]}},
+    ]}
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    assert "model.layers.5.mlp.up_proj.weight" in ours and "model.layers.6.mlp.up_proj.weight" not in ours
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["num_hidden_layers"] == 6
+    (tmp_path / "two.yml").write_text(yaml.safe_dump({**config, "slices": [
+        {"sources": [{"model": str(a), "layer_range": [0, 2]}, {"model": str(b), "layer_range": [0, 2]}]}]}))
+    refused = cli("run", tmp_path / "two.yml", "--out", tmp_path / "o", "--dry-run", check=False).stderr
+    assert "slices.0.sources: merge-rs runs slices with one source each" in refused, refused
+    (tmp_path / "far.yml").write_text(yaml.safe_dump({**config, "slices": [
+        {"sources": [{"model": str(a), "layer_range": [2, 5]}]}]}))
+    refused = cli("run", tmp_path / "far.yml", "--out", tmp_path / "o", "--dry-run", check=False).stderr
+    assert "has 4 layers, so layer_range [2, 5] reaches past them" in refused, refused
+
+
+def test_passthrough_of_one_model_scales_it_as_mergekit_does(llama, tmp_path):
+    _, a, *_ = llama
+    config = {"merge_method": "passthrough", "dtype": "float32",
+              "models": [{"model": str(a), "parameters": {"scale": [{"filter": "mlp", "value": 0.5}, {"value": 2}]}}]}
     assert_same(*run_both(tmp_path, config))

@@ -57,6 +57,8 @@ def merge(
     extra_files: dict[str, str] | None = None,
     groups: Sequence[tuple[Sequence[str], dict[str, Any]]] = (),
     model_card: bool | str = True,
+    views: Sequence[Sequence[tuple[str, PathLike, str]]] = (),
+    config_updates: dict[str, Any] | None = None,
     **parameters: Any,
 ) -> MergeReport:
     """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
@@ -74,7 +76,9 @@ def merge(
     (the SVD family, SLERP, breadcrumbs, …) hold at once (default 160 MiB; a larger tensor runs alone).
     A parameter that is a Python keyword takes a trailing underscore (``lambda_=0.5`` for ``lambda``).
     ``groups`` ([(tensor names, parameters)]) merges those tensors with their own parameters of ``method``
-    (complete sets: nothing is inherited from ``parameters``). The output gets a model card (``README.md``:
+    (complete sets: nothing is inherited from ``parameters``). ``views`` replaces ``models`` with models assembled
+    from other checkpoints' tensors, each a list of (name, checkpoint, name there): mergekit's ``slices``;
+    ``config_updates`` sets fields of the output's ``config.json``. The output gets a model card (``README.md``:
     method, resolved parameters, and the recipe that reproduces the merge); ``model_card`` is False for none,
     or the card's text.
     """
@@ -101,6 +105,8 @@ def merge(
         "reads": [_path(p) for p in reads],
         "files": sorted(files.items()),
         "groups": [{"tensors": list(names), "parameters": _engine_parameters(values)} for names, values in groups],
+        "views": [[{"out": out, "path": _path(path), "source": src} for out, path, src in view] for view in views],
+        "config_updates": config_updates or {},
     }
     callback = progress_callback(progress)
     try:

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, ViewTensor};
 use crate::dtype::FloatType;
 use crate::engine::Engine;
 use crate::error::{MergeError, Result};
@@ -42,6 +42,11 @@ pub struct MergeRequest {
     /// For each model that is a LoRA adapter read over another model than `base` (mergekit's
     /// `model+lora`), that model; empty, or one entry per model (`None`: `base`).
     pub adapter_bases: Vec<Option<PathBuf>>,
+    /// Models assembled from other checkpoints' tensors (mergekit's `slices`); when given, they are the
+    /// fine-tuned models and `models` is empty.
+    pub views: Vec<Vec<ViewTensor>>,
+    /// Fields set in the output's `config.json` (a frankenmerge's `num_hidden_layers`).
+    pub config_updates: serde_json::Map<String, serde_json::Value>,
     /// Output directory.
     pub out: PathBuf,
     /// Output dtype of merged tensors (default: the first fine-tuned model's).
@@ -75,6 +80,8 @@ impl MergeRequest {
             base: None,
             models,
             adapter_bases: Vec::new(),
+            views: Vec::new(),
+            config_updates: serde_json::Map::new(),
             out,
             dtype: None,
             max_shard_size: u64::MAX,
@@ -154,7 +161,11 @@ pub struct MergeReport {
 pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let started = Instant::now();
     let method = &request.method;
-    method.validate(request.models.len())?;
+    if !request.views.is_empty() && !request.models.is_empty() {
+        return Err(MergeError::Internal("models or views, not both".into()));
+    }
+    let count = request.models.len() + request.views.len();
+    method.validate(count)?;
     let needs_base = method.def().needs_base;
     let base = match (&request.base, needs_base) {
         (Some(p), _) => Some(Checkpoint::open(p)?),
@@ -185,7 +196,17 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     };
     let inputs = Inputs {
         base,
-        models: open_all(&request.models, &request.adapter_bases)?,
+        models: if request.views.is_empty() {
+            open_all(&request.models, &request.adapter_bases)?
+        } else {
+            let name = |i: usize| format!("layer map {}", i + 1);
+            request
+                .views
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Checkpoint::composite(&name(i), v))
+                .collect::<Result<_>>()?
+        },
         extra: open_all(&method.extra_inputs(), &[])?,
     };
     let read: Vec<PathBuf> = inputs
@@ -199,7 +220,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let plan = MergePlan::build(&inputs, needs_base, request.dtype)?;
     let passes = passes(&plan, method, &request.groups)?;
     for (method, plan) in &passes {
-        method.validate(request.models.len())?;
+        method.validate(count)?;
         method.validate_plan(plan)?;
     }
     let out_tensors: Vec<OutTensor> = plan
@@ -239,7 +260,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
         threads = engine.threads();
     }
     copy_raw_tensors(&inputs, &plan, &writer, monitor)?;
-    copy_companions(&inputs.models[0], &writer, request.dtype)?;
+    copy_companions(&inputs.models[0], &writer, request.dtype, &request.config_updates)?;
     for (name, contents) in &request.files {
         writer.add_file(name, contents)?;
     }
@@ -314,14 +335,21 @@ fn copy_raw_tensors(inputs: &Inputs, plan: &MergePlan, writer: &Writer, monitor:
     Ok(())
 }
 
-/// Copy `config.json` (with its dtype updated when the output dtype changes) and tokenizer/processor files.
-fn copy_companions(reference: &Checkpoint, writer: &Writer, dtype: Option<FloatType>) -> Result<()> {
+/// Copy `config.json` (with its dtype updated when the output dtype changes, and `updates` set) and
+/// tokenizer/processor files.
+fn copy_companions(
+    reference: &Checkpoint,
+    writer: &Writer,
+    dtype: Option<FloatType>,
+    updates: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     let Some(config) = &reference.config else { return Ok(()) };
     let text = std::fs::read(config).map_err(|e| MergeError::io(config, e))?;
     let text = match dtype {
         Some(ty) => with_dtype(&text, ty).unwrap_or(text),
         None => text,
     };
+    let text = with_updates(&text, updates).unwrap_or(text);
     writer.add_file("config.json", &text)?;
     let dir = config.parent().unwrap_or(Path::new("."));
     for name in COMPANION_FILES {
@@ -332,6 +360,17 @@ fn copy_companions(reference: &Checkpoint, writer: &Writer, dtype: Option<FloatT
         }
     }
     Ok(())
+}
+
+/// The config with `updates` set, or `None` if there are none or it is not a JSON object.
+fn with_updates(config: &[u8], updates: &serde_json::Map<String, serde_json::Value>) -> Option<Vec<u8>> {
+    if updates.is_empty() {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let object = value.as_object_mut()?;
+    object.extend(updates.clone());
+    serde_json::to_vec_pretty(&value).ok()
 }
 
 /// The config with `dtype` / `torch_dtype` set to `ty`, or `None` if it is not a JSON object.

@@ -31,6 +31,7 @@ class MergeJob:
     models: list[str]
     parameters_for: Callable[[str, float], dict[str, Any]]
     loras: list[str | None] = field(default_factory=list)  # per model: an adapter read over it (model+lora)
+    slices: list[Any] = field(default_factory=list)  # mergekit's slices (a frankenmerge): SliceSource each
     pretrained: str | None = None
     by_layer: bool = False
     layered: bool = True
@@ -54,6 +55,8 @@ class MergePlan:
     groups: list[tuple[list[str], dict[str, Any]]]
     inputs: list[CheckpointInfo]
     merged: list[str]
+    views: list[list[tuple[str, Path, str]]] = field(default_factory=list)  # models assembled from tensors
+    config_updates: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_model(reference: str, source: RecipeSource, loc: tuple[Any, ...]) -> Path:
@@ -76,12 +79,14 @@ def resolve_model(reference: str, source: RecipeSource, loc: tuple[Any, ...]) ->
     raise source.error(loc, f"model '{reference}' does not exist")
 
 
-def plan(job: MergeJob, pretrained: Path | None, models: list[Path], loras: list[Path | None] | None = None) -> MergePlan:
+def plan(job: MergeJob, pretrained: Path | None, models: list[Path], loras: list[Path | None] | None = None,
+         model_infos: list[CheckpointInfo] | None = None) -> MergePlan:
     """Read the headers and give every merged tensor its parameters, grouped. An adapter stands for the model it
-    is read over (its own headers hold only its factors)."""
+    is read over (its own headers hold only its factors); ``model_infos`` gives the models' headers instead."""
     loras = loras or [None] * len(models)
     base_info = inspect(pretrained) if pretrained else None
-    inputs = [*([base_info] if base_info else []), *(_model_info(job, m, base_info) for m in models)]
+    infos = model_infos if model_infos is not None else [_model_info(job, m, base_info) for m in models]
+    inputs = [*([base_info] if base_info else []), *infos]
     reference = inputs[-len(models)]
     merged = [t.name for t in reference.tensors if t.dtype in FLOAT_DTYPES]
     if job.by_layer and not any(layer_of(n) is not None for n in merged):

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .job import MergeJob
-from .mergekit_methods import GTA, OTHERS, translator
+from .mergekit_methods import ANY_METHODS_PARAMETER, GTA, OTHERS, translator
 from .settings import Conditional, Gradient, varies_by_layer
 from .source import RecipeSource
 
-FIELDS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype"}
-UNSUPPORTED = {"slices": "layer slices", "modules": "per-module configs", "tokenizer": "tokenizer surgery"}
+FIELDS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype", "slices"}
+UNSUPPORTED = {"modules": "per-module configs", "tokenizer": "tokenizer surgery"}
 NO_WEIGHTS = {"tokenizer_source", "chat_template"}
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
           "bf16": "bfloat16"}
@@ -29,6 +29,8 @@ def is_mergekit(data: dict[str, Any]) -> bool:
 def job_from_mergekit(source: RecipeSource) -> MergeJob:
     data = source.data
     warnings = _check_fields(source)
+    if "slices" in data:
+        return _job_from_slices(source, warnings)
     method = data["merge_method"]
     if method not in GTA and method not in OTHERS:
         raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}' (it runs: "
@@ -67,6 +69,34 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
                     by_layer=not raw_files and any(varies_by_layer(s) for s in settings), layered=not raw_files,
                     dtype=dtype,
                     warnings=[*warnings, *translate.warnings])
+
+
+def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
+    """A frankenmerge: mergekit's slices, with passthrough."""
+    from .mergekit_slices import parse_slices
+
+    data = source.data
+    if data["merge_method"] != "passthrough":
+        raise source.error(("merge_method",), "merge-rs runs slices with passthrough only (frankenmerges); slices "
+                                              "merging several models are not supported yet")
+    for key in ("models", "base_model"):
+        if key in data:
+            raise source.error((key,), f"a config with slices takes no {key} in merge-rs")
+    shared = _settings(source, data.get("parameters"), ("parameters",))
+    slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc))
+    scopes = [(("parameters",), shared), *(((*s.loc, "parameters"), s.settings[0]) for s in slices),
+              *(((*s.loc[:2], "parameters"), s.settings[1]) for s in slices)]
+    for loc, settings in scopes:
+        for key in [k for k in settings if k != "scale"]:
+            if key not in ANY_METHODS_PARAMETER:
+                raise source.error((*loc, key), f"mergekit's passthrough has no parameter '{key}' (its parameters: "
+                                                "scale)")
+            warnings.append(f"{'.'.join(map(str, (*loc, key)))}: mergekit's passthrough does not use '{key}', so "
+                            "merge-rs ignores it too")
+    models = list(dict.fromkeys(s.model for s in slices))
+    return MergeJob(source=source, dialect="mergekit-yaml", method="passthrough", models=models,
+                    parameters_for=lambda tensor, t: {"scale": 1.0}, slices=slices,
+                    dtype=DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None), warnings=warnings)
 
 
 def _check_fields(source: RecipeSource) -> list[str]:

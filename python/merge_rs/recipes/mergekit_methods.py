@@ -19,7 +19,7 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock"}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough"}
 REQUIRED = object()
 
 
@@ -165,16 +165,31 @@ class ModelStock(Translator):
         return {"filter_wise": bool(shared["filter_wise"])}
 
 
+class Passthrough(Translator):
+    method = "passthrough"
+    model_specs = {"scale": 1.0}
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        if self.base is not None or len(self.models) != 1:
+            raise self.source.error(("models",), "mergekit's passthrough takes exactly one model and no base_model "
+                                                 "(or slices)")
+        return None, self.models
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        _, per_model = self.values(tensor, t)
+        return {"scale": float(per_model["scale"][0])}
+
+
 # Every parameter some mergekit method reads: one of these on a method that does not read it is ignored, as mergekit
 # ignores it (its own tests give slerp and model_stock a weight); any other name is a mistake.
 ANY_METHODS_PARAMETER = {"weight", "density", "gamma", "epsilon", "lambda", "normalize", "rescale", "int8_mask", "t",
-                         "normalize_weights", "eps", "filter_wise"}
+                         "normalize_weights", "eps", "filter_wise", "scale"}
 
 
 def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
                per_model: list[dict[str, Any]], positions: list[int],
                base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
-                                          "model_stock": ModelStock}
+                                          "model_stock": ModelStock, "passthrough": Passthrough}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
     return kind(source, name, base, models, shared, per_model, positions, base_entry)

@@ -40,6 +40,10 @@ def prepare(job: MergeJob) -> MergePlan:
     _check_shard_size(job)
     where = _model_locations(job)
     resolved = [resolve_model(m, job.source, where.get(m, ("models",))) for m in models]
+    if job.slices:
+        from .mergekit_slices import plan_frankenmerge
+
+        return plan_frankenmerge(job, resolved)
     loras = [resolve_model(a, job.source, where.get(a, ("models",))) if a else None for a in job.loras] \
         or [None] * len(models)
     base = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
@@ -72,6 +76,10 @@ def _model_locations(job: MergeJob) -> dict[str, tuple[Any, ...]]:
         elif isinstance(entry, str):
             for part in entry.split("+", 1):
                 where.setdefault(part, ("models", i))
+    for i, piece in enumerate(data.get("slices") or []):
+        for j, entry in enumerate(piece.get("sources") or [] if isinstance(piece, dict) else []):
+            if isinstance(entry, dict) and isinstance(entry.get("model"), str):
+                where.setdefault(entry["model"], ("slices", i, "sources", j, "model"))
     return where
 
 
@@ -132,11 +140,13 @@ def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 
     job = p.job
     card: bool | str = model_card_file and model_card(
         method=job.method, parameters=p.parameters, pretrained=str(p.pretrained) if p.pretrained else None,
-        models=[f"{m}+{a}" if a else str(m) for m, a in zip(p.models, p.loras)], recipe=card_recipe(p),
+        models=list(dict.fromkeys(str(path) for _, path, _ in p.views[0])) if p.views else
+        [f"{m}+{a}" if a else str(m) for m, a in zip(p.models, p.loras)], recipe=card_recipe(p),
         groups=p.groups, hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
     reads = [job.source.path, *(job.pool.input_paths() if job.pool is not None else [])]
-    models: list[api.ModelInput] = [(m, a) if a else m for m, a in zip(p.models, p.loras)]
-    return api.merge(job.method, models, out, pretrained=p.pretrained, dtype=job.dtype,
+    models: list[api.ModelInput] = [] if p.views else [(m, a) if a else m for m, a in zip(p.models, p.loras)]
+    return api.merge(job.method, models, out, pretrained=p.pretrained, dtype=job.dtype, views=p.views,
+                     config_updates=p.config_updates,
                      max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
                      memory_budget=memory_budget, progress=progress, reads=reads, groups=p.groups,
                      model_card=card, **p.parameters)
@@ -167,6 +177,9 @@ def card_recipe(p: MergePlan) -> str:
                 entry["lora"] = local(entry["lora"])
         else:
             data["models"][i] = local(entry)
+    for piece in data.get("slices") or []:
+        for entry in piece.get("sources") or []:
+            entry["model"] = local(entry["model"])
     return card_yaml(data)
 
 

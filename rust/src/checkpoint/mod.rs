@@ -2,6 +2,7 @@
 //! directory with `model.safetensors.index.json`. Opening reads and validates every header; tensor data is
 //! only ever read in chunks through [`Checkpoint::read_f32`] / [`Checkpoint::read_raw`] (`pread`, no maps).
 
+mod composite;
 mod header;
 mod index;
 mod layout;
@@ -12,6 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub use composite::ViewTensor;
 pub(crate) use header::{StoredTensor, read_header};
 pub(crate) use index::regular_file;
 pub(crate) use layout::{KeyMap, Layout};

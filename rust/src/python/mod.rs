@@ -33,6 +33,12 @@ struct RequestJson {
     /// Per model, the model a LoRA adapter is read over when it is not `pretrained`.
     #[serde(default)]
     adapter_bases: Vec<Option<PathBuf>>,
+    /// Models assembled from other checkpoints' tensors (mergekit's `slices`), instead of `models`.
+    #[serde(default)]
+    views: Vec<Vec<crate::checkpoint::ViewTensor>>,
+    /// Fields to set in the output's `config.json`.
+    #[serde(default)]
+    config_updates: serde_json::Map<String, serde_json::Value>,
     out: PathBuf,
     dtype: Option<String>,
     max_shard_size: u64,
@@ -115,6 +121,8 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
             base: r.pretrained,
             models: r.models,
             adapter_bases: r.adapter_bases,
+            views: r.views,
+            config_updates: r.config_updates,
             out: r.out,
             dtype: r.dtype.as_deref().map(dtype).transpose()?,
             max_shard_size: r.max_shard_size,
