@@ -232,7 +232,7 @@ def test_a_passthrough_frankenmerge_gives_mergekits_tensors_and_config(llama, tm
     (tmp_path / "two.yml").write_text(yaml.safe_dump({**config, "slices": [
         {"sources": [{"model": str(a), "layer_range": [0, 2]}, {"model": str(b), "layer_range": [0, 2]}]}]}))
     refused = cli("run", tmp_path / "two.yml", "--out", tmp_path / "o", "--dry-run", check=False).stderr
-    assert "slices.0.sources: merge-rs runs slices with one source each" in refused, refused
+    assert "mergekit's passthrough takes exactly one model" in refused, refused
     (tmp_path / "far.yml").write_text(yaml.safe_dump({**config, "slices": [
         {"sources": [{"model": str(a), "layer_range": [2, 5]}]}]}))
     refused = cli("run", tmp_path / "far.yml", "--out", tmp_path / "o", "--dry-run", check=False).stderr
@@ -244,3 +244,27 @@ def test_passthrough_of_one_model_scales_it_as_mergekit_does(llama, tmp_path):
     config = {"merge_method": "passthrough", "dtype": "float32",
               "models": [{"model": str(a), "parameters": {"scale": [{"filter": "mlp", "value": 0.5}, {"value": 2}]}}]}
     assert_same(*run_both(tmp_path, config))
+
+
+def test_slices_merging_several_models_give_mergekits_tensors(llama, tmp_path):
+    """mergekit's gradient-slerp example, shrunk: slerp of two models over slices, t a gradient per filter; and TIES
+    over two slices with per-source weights that differ by slice."""
+    base, a, b, _ = llama
+    slerp = {"merge_method": "slerp", "base_model": str(a), "dtype": "float32",
+             "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 1]}, {"filter": "mlp", "value": [1, 0]},
+                                  {"value": 0.5}]},
+             "slices": [{"sources": [{"model": str(a), "layer_range": [0, 4]}, {"model": str(b), "layer_range": [0, 4]}]}]}
+    (tmp_path / "slerp").mkdir()
+    (tmp_path / "ties").mkdir()
+    assert_same(*run_both(tmp_path / "slerp", slerp))
+    ties = {"merge_method": "ties", "base_model": str(base), "dtype": "float32", "parameters": {"density": 0.5},
+            "slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]},
+                                    {"model": str(a), "layer_range": [0, 2], "parameters": {"weight": 0.7}},
+                                    {"model": str(b), "layer_range": [0, 2], "parameters": {"weight": 0.3}}]},
+                       {"sources": [{"model": str(base), "layer_range": [1, 4]},
+                                    {"model": str(a), "layer_range": [1, 4], "parameters": {"weight": 0.2}},
+                                    {"model": str(b), "layer_range": [1, 4], "parameters": {"weight": [0.1, 0.9]}}],
+                        "parameters": {"density": 0.8}}]}
+    ours, theirs = run_both(tmp_path / "ties", ties)
+    assert_same(ours, theirs)
+    assert "model.layers.4.self_attn.q_proj.weight" in ours

@@ -125,8 +125,8 @@ BAD_RECIPES = {
                       "models.1: model '/nowhere/model' does not exist"),
     "per-model scalar": ("method: ties\npretrained: {base}\nmodels:\n  - model: {a}\n    parameters: {{threshold: 3}}\n",
                          5, "ties has no per-model parameter 'threshold'"),
-    "mergekit slices": ("merge_method: ties\nbase_model: {base}\nslices: []\nmodels: [{{model: {a}}}]\n", 1,
-                        "merge_method: merge-rs runs slices with passthrough only"),
+    "mergekit slices": ("merge_method: ties\nbase_model: {base}\nslices: []\nmodels: [{{model: {a}}}]\n", 4,
+                        "models: a config with slices takes its models from the slices"),
     "mergekit empty slices": ("merge_method: passthrough\nslices: []\n", 2, "slices: slices is a list of"),
     "mergekit layer range": ("merge_method: passthrough\nslices:\n  - sources:\n      - model: {a}\n"
                              "        layer_range: [2, 1]\n", 5, "layer_range is [first, end)"),

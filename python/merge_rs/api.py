@@ -58,6 +58,7 @@ def merge(
     groups: Sequence[tuple[Sequence[str], dict[str, Any]]] = (),
     model_card: bool | str = True,
     views: Sequence[Sequence[tuple[str, PathLike, str]]] = (),
+    base_view: Sequence[tuple[str, PathLike, str]] = (),
     config_updates: dict[str, Any] | None = None,
     **parameters: Any,
 ) -> MergeReport:
@@ -77,7 +78,8 @@ def merge(
     A parameter that is a Python keyword takes a trailing underscore (``lambda_=0.5`` for ``lambda``).
     ``groups`` ([(tensor names, parameters)]) merges those tensors with their own parameters of ``method``
     (complete sets: nothing is inherited from ``parameters``). ``views`` replaces ``models`` with models assembled
-    from other checkpoints' tensors, each a list of (name, checkpoint, name there): mergekit's ``slices``;
+    from other checkpoints' tensors, each a list of (name, checkpoint, name there): mergekit's ``slices``
+    (``base_view`` the pretrained model);
     ``config_updates`` sets fields of the output's ``config.json``. The output gets a model card (``README.md``:
     method, resolved parameters, and the recipe that reproduces the merge); ``model_card`` is False for none,
     or the card's text.
@@ -106,6 +108,7 @@ def merge(
         "files": sorted(files.items()),
         "groups": [{"tensors": list(names), "parameters": _engine_parameters(values)} for names, values in groups],
         "views": [[{"out": out, "path": _path(path), "source": src} for out, path, src in view] for view in views],
+        "base_view": [{"out": out, "path": _path(path), "source": src} for out, path, src in base_view],
         "config_updates": config_updates or {},
     }
     callback = progress_callback(progress)

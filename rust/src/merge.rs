@@ -45,6 +45,8 @@ pub struct MergeRequest {
     /// Models assembled from other checkpoints' tensors (mergekit's `slices`); when given, they are the
     /// fine-tuned models and `models` is empty.
     pub views: Vec<Vec<ViewTensor>>,
+    /// The pretrained model assembled the same way (instead of `base`), when `views` has one.
+    pub base_view: Vec<ViewTensor>,
     /// Fields set in the output's `config.json` (a frankenmerge's `num_hidden_layers`).
     pub config_updates: serde_json::Map<String, serde_json::Value>,
     /// Output directory.
@@ -81,6 +83,7 @@ impl MergeRequest {
             models,
             adapter_bases: Vec::new(),
             views: Vec::new(),
+            base_view: Vec::new(),
             config_updates: serde_json::Map::new(),
             out,
             dtype: None,
@@ -168,6 +171,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     method.validate(count)?;
     let needs_base = method.def().needs_base;
     let base = match (&request.base, needs_base) {
+        _ if !request.base_view.is_empty() => Some(Checkpoint::composite("slices base", &request.base_view)?),
         (Some(p), _) => Some(Checkpoint::open(p)?),
         (None, true) => {
             return Err(MergeError::arg(format!(

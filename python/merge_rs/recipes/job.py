@@ -31,7 +31,7 @@ class MergeJob:
     models: list[str]
     parameters_for: Callable[[str, float], dict[str, Any]]
     loras: list[str | None] = field(default_factory=list)  # per model: an adapter read over it (model+lora)
-    slices: list[Any] = field(default_factory=list)  # mergekit's slices (a frankenmerge): SliceSource each
+    slices: Any = None  # mergekit's slices: a mergekit_slices.Frankenmerge
     pretrained: str | None = None
     by_layer: bool = False
     layered: bool = True
@@ -56,6 +56,7 @@ class MergePlan:
     inputs: list[CheckpointInfo]
     merged: list[str]
     views: list[list[tuple[str, Path, str]]] = field(default_factory=list)  # models assembled from tensors
+    base_view: list[tuple[str, Path, str]] = field(default_factory=list)  # the pretrained model, assembled
     config_updates: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,11 +81,11 @@ def resolve_model(reference: str, source: RecipeSource, loc: tuple[Any, ...]) ->
 
 
 def plan(job: MergeJob, pretrained: Path | None, models: list[Path], loras: list[Path | None] | None = None,
-         model_infos: list[CheckpointInfo] | None = None) -> MergePlan:
+         model_infos: list[CheckpointInfo] | None = None, base_info: CheckpointInfo | None = None) -> MergePlan:
     """Read the headers and give every merged tensor its parameters, grouped. An adapter stands for the model it
     is read over (its own headers hold only its factors); ``model_infos`` gives the models' headers instead."""
     loras = loras or [None] * len(models)
-    base_info = inspect(pretrained) if pretrained else None
+    base_info = base_info or (inspect(pretrained) if pretrained else None)
     infos = model_infos if model_infos is not None else [_model_info(job, m, base_info) for m in models]
     inputs = [*([base_info] if base_info else []), *infos]
     reference = inputs[-len(models)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .job import MergeJob
-from .mergekit_methods import ANY_METHODS_PARAMETER, GTA, OTHERS, translator
+from .mergekit_methods import GTA, OTHERS, translator
 from .settings import Conditional, Gradient, varies_by_layer
 from .source import RecipeSource
 
@@ -60,42 +60,56 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     if data.get("dtype") not in (None, "float32", "fp32"):
         warnings.append(f"mergekit computes in {data['dtype']}; merge-rs computes in float32 and writes "
                         f"{dtype}, so results differ by rounding")
-    settings = [*shared.values(), *(s for m in model_settings for s in m.values())]
+    all_values = [*shared.values(), *(s for m in model_settings for s in m.values())]
     pretrained, inputs = translate.inputs
-    models, loras = zip(*map(_split_lora, inputs)) if inputs else ((), ())
+    split = [_split_lora(ref) for ref in inputs]
     return MergeJob(source=source, dialect="mergekit-pytorch" if raw_files else "mergekit-yaml",
-                    method=translate.method, models=list(models), loras=list(loras), parameters_for=translate,
+                    method=translate.method, models=[m for m, _ in split], loras=[a for _, a in split],
+                    parameters_for=translate,
                     pretrained=pretrained,
-                    by_layer=not raw_files and any(varies_by_layer(s) for s in settings), layered=not raw_files,
+                    by_layer=not raw_files and any(varies_by_layer(s) for s in all_values), layered=not raw_files,
                     dtype=dtype,
                     warnings=[*warnings, *translate.warnings])
 
 
 def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
-    """A frankenmerge: mergekit's slices, with passthrough."""
-    from .mergekit_slices import parse_slices
+    """mergekit's slices: each source position becomes one model assembled from its sources' layers, and each
+    slice's tensors take that slice's parameters (see ``mergekit_slices``)."""
+    from .mergekit_slices import Frankenmerge, parse_slices
 
     data = source.data
-    if data["merge_method"] != "passthrough":
-        raise source.error(("merge_method",), "merge-rs runs slices with passthrough only (frankenmerges); slices "
-                                              "merging several models are not supported yet")
-    for key in ("models", "base_model"):
-        if key in data:
-            raise source.error((key,), f"a config with slices takes no {key} in merge-rs")
+    method = data["merge_method"]
+    if method not in GTA and method not in OTHERS:
+        raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}'")
+    if "models" in data:
+        raise source.error(("models",), "a config with slices takes its models from the slices")
+    base = _reference(source, data["base_model"], ("base_model",)) if data.get("base_model") else None
     shared = _settings(source, data.get("parameters"), ("parameters",))
-    slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc))
-    scopes = [(("parameters",), shared), *(((*s.loc, "parameters"), s.settings[0]) for s in slices),
-              *(((*s.loc[:2], "parameters"), s.settings[1]) for s in slices)]
-    for loc, settings in scopes:
-        for key in [k for k in settings if k != "scale"]:
-            if key not in ANY_METHODS_PARAMETER:
-                raise source.error((*loc, key), f"mergekit's passthrough has no parameter '{key}' (its parameters: "
-                                                "scale)")
-            warnings.append(f"{'.'.join(map(str, (*loc, key)))}: mergekit's passthrough does not use '{key}', so "
-                            "merge-rs ignores it too")
-    models = list(dict.fromkeys(s.model for s in slices))
-    return MergeJob(source=source, dialect="mergekit-yaml", method="passthrough", models=models,
-                    parameters_for=lambda tensor, t: {"scale": 1.0}, slices=slices,
+    slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc), method != "passthrough")
+    refs = [s.model for s in slices[0].sources]
+    if base is not None and base not in refs:
+        raise source.error(("base_model",), "with slices, base_model must be one of every slice's sources")
+    translators: list[Any] = []
+    inputs = None
+    for piece in slices:
+        others = [(j, s) for j, s in enumerate(piece.sources) if s.model != base]
+        base_entry = next(((j, s.settings) for j, s in enumerate(piece.sources) if s.model == base), None)
+        translate = translator(source, method, base, [s.model for _, s in others], piece.settings,
+                               [s.settings for _, s in others], [j for j, _ in others], base_entry)
+        warnings += [w for w in translate.warnings if w not in warnings]
+        translators.append(translate)
+        inputs = inputs or translate.inputs
+    assert inputs is not None
+    pretrained, models = inputs
+    position = {ref: j for j, ref in enumerate(refs)}
+    merge = Frankenmerge(slices, translators, position[pretrained] if pretrained else None,
+                         [position[m] for m in models])
+    if data.get("dtype") not in (None, "float32", "fp32"):
+        warnings.append(f"mergekit computes in {data['dtype']}; merge-rs computes in float32, so results differ by "
+                        "rounding")
+    every = list(dict.fromkeys(s.model for piece in slices for s in piece.sources))
+    return MergeJob(source=source, dialect="mergekit-yaml", method=translators[0].method, models=every,
+                    parameters_for=merge.parameters_for, slices=merge,
                     dtype=DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None), warnings=warnings)
 
 

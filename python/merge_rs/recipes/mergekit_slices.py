@@ -1,18 +1,19 @@
-"""mergekit's ``slices`` with ``passthrough``: a frankenmerge, the output's layers taken in order from layer ranges
-of the models, as mergekit builds it. The tensors before the layers (embeddings) come from the first slice's model,
-those after (final norm, head) from the last one's; layer ``a + i`` of a slice's model becomes the output's next
-layer; ``scale`` (per source, per slice or global; filters and gradients over the slice, as mergekit evaluates
-them) multiplies a tensor; ``config.json`` gets the new ``num_hidden_layers``. The engine reads every tensor from
-its source, never holding a model: the output is one model assembled from the others' tensors."""
+"""mergekit's ``slices``: the output's layers taken in order from layer ranges of the models, each slice merged from
+its sources with the config's method, as mergekit builds it. The tensors before the layers (embeddings) come from the
+first slice's sources, those after (final norm, head) from the last one's; layer ``a + i`` of each source becomes
+the output's next layer; parameters come from the source, then the slice, then the config, with filters and
+gradients evaluated over the slice (t = i / (layers − 1)); ``config.json`` gets the new layer count. Every source
+position becomes one model assembled from its sources' tensors (a composite the engine reads in place), so a
+frankenmerge streams like any merge."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .settings import evaluate, layer_of
+from .settings import layer_of
 from .source import RecipeSource
 
 # Tensors outside the layers that sit before them (mergekit's pre-weights); every other one sits after.
@@ -25,67 +26,98 @@ class SliceSource:
     model: str
     start: int
     end: int
-    settings: list[dict[str, Any]]  # the source's parameters, the slice's, the config's (first match wins)
+    settings: dict[str, Any]
     loc: tuple[Any, ...]
 
 
+@dataclass(frozen=True)
+class Slice:
+    sources: list[SliceSource]
+    settings: dict[str, Any]  # the slice's parameters over the config's
+    loc: tuple[Any, ...]
+
+
+@dataclass
+class Frankenmerge:
+    """The slices, each slice's parameter function, and which source position feeds each engine input."""
+
+    slices: list[Slice]
+    translators: list[Callable[[str, float], dict[str, Any]]]
+    base_position: int | None
+    positions: list[int]
+    where: dict[str, tuple[int, float]] = field(default_factory=dict)  # output tensor → (slice, t)
+
+    def parameters_for(self, tensor: str, t: float) -> dict[str, Any]:
+        s, local = self.where.get(tensor, (0, 0.0))
+        return self.translators[s](tensor, local)
+
+
 def parse_slices(source: RecipeSource, shared: dict[str, Any],
-                 settings_of: Callable[[Any, tuple[Any, ...]], dict[str, Any]]) -> list[SliceSource]:
-    """The slices of a passthrough config, one source each, with their parameter scopes."""
-    slices = source.data.get("slices")
-    if not isinstance(slices, list) or not slices:
+                 settings_of: Callable[[Any, tuple[Any, ...]], dict[str, Any]], same_models: bool) -> list[Slice]:
+    """The config's slices; with ``same_models`` every slice must list the same models in the same order."""
+    raw = source.data.get("slices")
+    if not isinstance(raw, list) or not raw:
         raise source.error(("slices",), "slices is a list of {sources: [{model, layer_range}]}")
-    out = []
-    for i, piece in enumerate(slices):
+    out: list[Slice] = []
+    for i, piece in enumerate(raw):
         if not isinstance(piece, dict) or set(piece) - {"sources", "parameters", "base_model", "residual_weight"}:
             raise source.error(("slices", i), "a slice has sources (and parameters)")
         for key in ("base_model", "residual_weight"):
             if key in piece:
                 raise source.error(("slices", i, key), f"merge-rs does not support a slice's {key} yet")
-        sources = piece.get("sources")
-        if not isinstance(sources, list) or len(sources) != 1:
-            raise source.error(("slices", i, "sources"), "merge-rs runs slices with one source each (passthrough "
-                                                         "frankenmerges); slices merging several models are not "
-                                                         "supported yet")
-        entry, loc = sources[0], ("slices", i, "sources", 0)
-        if not isinstance(entry, dict) or set(entry) - {"model", "layer_range", "parameters"}:
-            raise source.error(loc, "a slice source has model, layer_range (and parameters)")
-        model, span = entry.get("model"), entry.get("layer_range")
-        if not isinstance(model, str) or not model or "+" in model and not Path(model).exists():
-            raise source.error((*loc, "model"), "a slice's model is a path or a hub id (no LoRA)")
-        if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
-                and 0 <= span[0] < span[1]):
-            raise source.error((*loc, "layer_range"), "layer_range is [first, end) with 0 ≤ first < end")
-        scopes = [settings_of(entry.get("parameters"), (*loc, "parameters")),
-                  settings_of(piece.get("parameters"), ("slices", i, "parameters")), shared]
-        out.append(SliceSource(model, span[0], span[1], scopes, loc))
+        entries = piece.get("sources")
+        if not isinstance(entries, list) or not entries:
+            raise source.error(("slices", i, "sources"), "a slice's sources are a list of {model, layer_range}")
+        sources = [_source(source, entry, ("slices", i, "sources", j), settings_of)
+                   for j, entry in enumerate(entries)]
+        if len({s.end - s.start for s in sources}) > 1:
+            raise source.error(("slices", i, "sources"), "all sources of a slice take the same number of layers")
+        first = out[0].sources if out else sources
+        if same_models and [s.model for s in sources] != [s.model for s in first]:
+            raise source.error(("slices", i, "sources"), "merge-rs needs the same models, in the same order, in "
+                                                         "every slice (passthrough excepted)")
+        slice_settings = settings_of(piece.get("parameters"), ("slices", i, "parameters"))
+        out.append(Slice(sources, {**shared, **slice_settings}, ("slices", i)))
     return out
 
 
-def layer_map(source: RecipeSource, slices: list[SliceSource], names: dict[str, list[str]],
+def _source(source: RecipeSource, entry: Any, loc: tuple[Any, ...],
+            settings_of: Callable[[Any, tuple[Any, ...]], dict[str, Any]]) -> SliceSource:
+    if not isinstance(entry, dict) or set(entry) - {"model", "layer_range", "parameters"}:
+        raise source.error(loc, "a slice source has model, layer_range (and parameters)")
+    model, span = entry.get("model"), entry.get("layer_range")
+    if not isinstance(model, str) or not model or "+" in model and not Path(model).exists():
+        raise source.error((*loc, "model"), "a slice's model is a path or a hub id (no LoRA)")
+    if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
+            and 0 <= span[0] < span[1]):
+        raise source.error((*loc, "layer_range"), "layer_range is [first, end) with 0 ≤ first < end")
+    return SliceSource(model, span[0], span[1], settings_of(entry.get("parameters"), (*loc, "parameters")), loc)
+
+
+def layer_map(source: RecipeSource, slices: list[Slice], position: int, names: dict[str, list[str]],
               ) -> tuple[list[tuple[str, str, str]], dict[str, tuple[int, float]]]:
-    """The output as (name, model, name there) for every tensor, and each output tensor's (slice, t): t runs
-    over the slice's layers as mergekit's gradients do, 0 outside the layers. ``names``: each model's tensors."""
+    """Source position ``position`` as one model: (name, model, name there) for every output tensor, and each
+    output tensor's (slice, t), 0 outside the layers. ``names``: each model's tensors."""
     entries: list[tuple[str, str, str]] = []
     where: dict[str, tuple[int, float]] = {}
-    first, last = slices[0].model, slices[-1].model
+    first, last = slices[0].sources[position].model, slices[-1].sources[position].model
     for name in names[first]:
         if layer_of(name) is None and _BEFORE_LAYERS.search(name):
             entries.append((name, first, name))
             where[name] = (0, 0.0)
     offset = 0
     for s, piece in enumerate(slices):
-        layers = {layer_of(n) for n in names[piece.model]} - {None}
-        count = max(layers, default=-1) + 1  # type: ignore[type-var]
-        if piece.end > count:
-            raise source.error((*piece.loc, "layer_range"), f"{piece.model} has {count} layers, so layer_range "
-                                                            f"[{piece.start}, {piece.end}] reaches past them")
-        span = piece.end - piece.start
+        part = piece.sources[position]
+        count = max((i for i in map(layer_of, names[part.model]) if i is not None), default=-1) + 1
+        if part.end > count:
+            raise source.error((*part.loc, "layer_range"), f"{part.model} has {count} layers, so layer_range "
+                                                           f"[{part.start}, {part.end}] reaches past them")
+        span = part.end - part.start
         for i in range(span):
-            for name in names[piece.model]:
-                if layer_of(name) == piece.start + i:
+            for name in names[part.model]:
+                if layer_of(name) == part.start + i:
                     out = _LAYER.sub(f".{offset + i}.", name, count=1)
-                    entries.append((out, piece.model, name))
+                    entries.append((out, part.model, name))
                     where[out] = (s, i / (span - 1) if span > 1 else 1.0)
         offset += span
     for name in names[last]:
@@ -95,41 +127,36 @@ def layer_map(source: RecipeSource, slices: list[SliceSource], names: dict[str, 
     return entries, where
 
 
-def scale_for(slices: list[SliceSource], where: dict[str, tuple[int, float]], tensor: str) -> float:
-    """passthrough's ``scale`` for an output tensor: its source's, its slice's, then the config's; 1 if none."""
-    s, t = where[tensor]
-    for scope in slices[s].settings:
-        if "scale" in scope:
-            value = evaluate(scope["scale"], tensor, t)
-            if value is not None:
-                return float(value)
-    return 1.0
-
-
-def output_layers(slices: list[SliceSource]) -> int:
-    return sum(s.end - s.start for s in slices)
-
-
 def plan_frankenmerge(job: Any, resolved: list[Path]) -> Any:
-    """The plan of a frankenmerge from the models' headers: one model assembled from their tensors."""
+    """The plan from the models' headers: each engine input is one source position assembled from its tensors."""
     import json
     from dataclasses import replace
 
     from ..api import inspect
     from .job import plan
 
-    infos = {ref: inspect(path) for ref, path in zip(job.models, resolved)}
-    tensors = {ref: {t.name: t for t in info.tensors} for ref, info in infos.items()}
-    entries, where = layer_map(job.source, job.slices, {ref: list(found) for ref, found in tensors.items()})
-    first = infos[job.slices[0].model]
-    picked = [replace(tensors[ref][src], name=out) for out, ref, src in entries]
-    composite = replace(first, name="frankenmerge", tensors=picked, tensor_count=len(picked),
-                        parameters=sum(t.parameters for t in picked), bytes=sum(t.bytes for t in picked))
-    job.parameters_for = lambda tensor, t: {"scale": scale_for(job.slices, where, tensor)}
-    result = plan(job, None, [first.path], model_infos=[composite])
+    merge: Frankenmerge = job.slices
     paths = dict(zip(job.models, resolved))
-    result.views = [[(out, paths[ref], src) for out, ref, src in entries]]
-    config = json.loads(first.config.read_text()) if first.config else {}
+    infos = {ref: inspect(path) for ref, path in paths.items()}
+    tensors = {ref: {t.name: t for t in info.tensors} for ref, info in infos.items()}
+    names = {ref: list(found) for ref, found in tensors.items()}
+
+    def composite(position: int) -> tuple[Any, list[tuple[str, Path, str]]]:
+        entries, merge.where = layer_map(job.source, merge.slices, position, names)
+        first = infos[merge.slices[0].sources[position].model]
+        picked = [replace(tensors[ref][src], name=out) for out, ref, src in entries]
+        info = replace(first, name=f"slices position {position + 1}", tensors=picked, tensor_count=len(picked),
+                       parameters=sum(t.parameters for t in picked), bytes=sum(t.bytes for t in picked))
+        return info, [(out, paths[ref], src) for out, ref, src in entries]
+
+    models = [composite(j) for j in merge.positions]
+    base = composite(merge.base_position) if merge.base_position is not None else None
+    result = plan(job, None, [info.path for info, _ in models], model_infos=[info for info, _ in models],
+                  base_info=base[0] if base else None)
+    result.views = [view for _, view in models]
+    result.base_view = base[1] if base else []
+    config_path = models[0][0].config
+    config = json.loads(config_path.read_text()) if config_path else {}
     key = next((k for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config), "num_hidden_layers")
-    result.config_updates = {key: output_layers(job.slices)}
+    result.config_updates = {key: sum(p.sources[0].end - p.sources[0].start for p in merge.slices)}
     return result

@@ -92,7 +92,8 @@ def describe(p: MergePlan, threads: int) -> str:
                     for t in ref.tensors)
     streams = (threads or _cores()) * (len(p.models) + 2) * _core.DEFAULT_CHUNK_BYTES
     lines = [f"recipe: {job.source.path} ({job.dialect})", f"method: {job.method}"]
-    for label, info in zip(["pretrained"] * bool(p.pretrained) + [f"model {i + 1}" for i in range(len(p.models))],
+    for label, info in zip(["pretrained"] * bool(p.pretrained or p.base_view)
+                           + [f"model {i + 1}" for i in range(len(p.models))],
                            p.inputs):
         lines.append(f"{label}: {info.path} [{info.layout}] {info.tensor_count} tensors, {info.parameters:,} "
                      f"parameters, {', '.join(f'{k} ×{v}' for k, v in sorted(info.dtypes.items()))}")
@@ -140,13 +141,13 @@ def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 
     job = p.job
     card: bool | str = model_card_file and model_card(
         method=job.method, parameters=p.parameters, pretrained=str(p.pretrained) if p.pretrained else None,
-        models=list(dict.fromkeys(str(path) for _, path, _ in p.views[0])) if p.views else
+        models=list(dict.fromkeys(str(path) for view in [*p.views, p.base_view] for _, path, _ in view)) if p.views else
         [f"{m}+{a}" if a else str(m) for m, a in zip(p.models, p.loras)], recipe=card_recipe(p),
         groups=p.groups, hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
     reads = [job.source.path, *(job.pool.input_paths() if job.pool is not None else [])]
     models: list[api.ModelInput] = [] if p.views else [(m, a) if a else m for m, a in zip(p.models, p.loras)]
     return api.merge(job.method, models, out, pretrained=p.pretrained, dtype=job.dtype, views=p.views,
-                     config_updates=p.config_updates,
+                     base_view=p.base_view, config_updates=p.config_updates,
                      max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
                      memory_budget=memory_budget, progress=progress, reads=reads, groups=p.groups,
                      model_card=card, **p.parameters)

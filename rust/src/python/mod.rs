@@ -36,6 +36,9 @@ struct RequestJson {
     /// Models assembled from other checkpoints' tensors (mergekit's `slices`), instead of `models`.
     #[serde(default)]
     views: Vec<Vec<crate::checkpoint::ViewTensor>>,
+    /// The pretrained model assembled the same way.
+    #[serde(default)]
+    base_view: Vec<crate::checkpoint::ViewTensor>,
     /// Fields to set in the output's `config.json`.
     #[serde(default)]
     config_updates: serde_json::Map<String, serde_json::Value>,
@@ -122,6 +125,7 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
             models: r.models,
             adapter_bases: r.adapter_bases,
             views: r.views,
+            base_view: r.base_view,
             config_updates: r.config_updates,
             out: r.out,
             dtype: r.dtype.as_deref().map(dtype).transpose()?,
