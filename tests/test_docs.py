@@ -107,3 +107,17 @@ def test_shell_completion_completes_commands_methods_and_options():
     assert {"--threshold", "--threads"} <= set(complete("merge-rs merge ties --thr"))
     assert "_merge_rs_completion" in subprocess.run([script], env={**os.environ, "_MERGE_RS_COMPLETE": "bash_source"},
                                                     capture_output=True, text=True, check=True).stdout
+
+
+def test_the_readme_mergekit_table_names_tests_that_exist():
+    """Each row of the README's mergekit table names the test that covers it: that test must exist."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## mergekit configs", 1)[1].split("\n## ", 1)[0]
+    default = re.search(r"tested by \(`([^`]+)`", section)
+    assert default, "the table names its default test file"
+    named = re.findall(r"`((?:tests/[\w.]+::)?test_\w+)`", section)
+    assert len(named) >= 8, named
+    for entry in named:
+        file, _, name = entry.rpartition("::")
+        source = (ROOT / (file or default.group(1))).read_text()
+        assert f"def {name}(" in source, f"{entry} is not a test"
