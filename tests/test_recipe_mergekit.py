@@ -268,3 +268,14 @@ def test_slices_merging_several_models_give_mergekits_tensors(llama, tmp_path):
     ours, theirs = run_both(tmp_path / "ties", ties)
     assert_same(ours, theirs)
     assert "model.layers.4.self_attn.q_proj.weight" in ours
+
+
+def test_nearswap_gives_mergekits_tensors(llama, tmp_path):
+    _, a, b, _ = llama
+    config = {"merge_method": "nearswap", "base_model": str(a), "dtype": "float32",
+              "parameters": {"t": [{"filter": "mlp", "value": [0.01, 0.1]}, {"value": 0.05}]},
+              "models": [{"model": str(b)}]}
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    moved = np.mean(ours["model.layers.0.mlp.up_proj.weight"] != load(a)["model.layers.0.mlp.up_proj.weight"])
+    assert 0.05 < moved, "some elements moved toward the second model"

@@ -19,7 +19,7 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough"}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap"}
 REQUIRED = object()
 
 
@@ -141,6 +141,15 @@ class Slerp(Translator):
         return {"t": shared["t"]}
 
 
+class NearSwap(Slerp):
+    method = "nearswap"
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        if self.base is None or len(self.models) != 1:
+            raise self.source.error(("models",), "mergekit's nearswap takes base_model and exactly one other model")
+        return None, [self.base, self.models[0]]
+
+
 class Multislerp(Translator):
     method = "multislerp"
     shared_specs = {"normalize_weights": True, "eps": 1e-8}
@@ -190,6 +199,7 @@ def translator(source: RecipeSource, name: str, base: str | None, models: list[s
                per_model: list[dict[str, Any]], positions: list[int],
                base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
-                                          "model_stock": ModelStock, "passthrough": Passthrough}
+                                          "model_stock": ModelStock, "passthrough": Passthrough,
+                                          "nearswap": NearSwap}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
     return kind(source, name, base, models, shared, per_model, positions, base_entry)

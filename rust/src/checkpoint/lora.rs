@@ -289,26 +289,56 @@ impl Module {
     fn add_delta(&self, adapter: &Checkpoint, start: usize, out: &mut [f32], scratch: &mut Vec<u8>) -> Result<()> {
         let (p, q) = self.factors(adapter, scratch)?;
         let (rank, cols) = (self.rank, self.cols);
-        let mut row = vec![0.0f32; cols.min(out.len())];
         let mut done = 0;
         while done < out.len() {
             let (i, j0) = ((start + done) / cols, (start + done) % cols);
             let n = (cols - j0).min(out.len() - done);
-            let delta = &mut row[..n];
-            delta.fill(0.0);
-            for k in 0..rank {
-                let c = p[i * rank + k];
-                let q_row = &q[k * cols + j0..k * cols + j0 + n];
-                delta.iter_mut().zip(q_row).for_each(|(d, &x)| *d += c * x);
+            let p_row = &p[i * rank..(i + 1) * rank];
+            let mut j = 0;
+            while j < n {
+                let width = BLOCK.min(n - j);
+                add_block(
+                    &mut out[done + j..done + j + width],
+                    p_row,
+                    &q,
+                    cols,
+                    j0 + j,
+                    self.scale,
+                );
+                j += width;
             }
-            let target = &mut out[done..done + n];
-            target
-                .iter_mut()
-                .zip(delta.iter())
-                .for_each(|(o, &d)| *o += d * self.scale);
             done += n;
         }
         Ok(())
+    }
+}
+
+/// Columns of ΔW formed at once, their sums held in vector registers across the rank.
+const BLOCK: usize = 64;
+
+crate::simd::dispatched! {
+    /// out += s·(Σₖ p[k]·Q[k, first..first + n]) for the r × `cols` row-major Q and n ≤ [`BLOCK`]: the sum over k
+    /// in order, then scaled, one block of a row of ΔW (every version gives the same bits).
+    fn add_block(out: &mut [f32], p: &[f32], q: &[f32], cols: usize, first: usize, scale: f32) {
+        let n = out.len();
+        let mut acc = [0.0f32; BLOCK];
+        if n == BLOCK {
+            for (k, &c) in p.iter().enumerate() {
+                let row: &[f32; BLOCK] = q[k * cols + first..][..BLOCK].try_into().unwrap_or(&[0.0; BLOCK]);
+                for (a, &x) in acc.iter_mut().zip(row) {
+                    *a += c * x;
+                }
+            }
+        } else {
+            for (k, &c) in p.iter().enumerate() {
+                for (a, &x) in acc.iter_mut().zip(&q[k * cols + first..][..n]) {
+                    *a += c * x;
+                }
+            }
+        }
+        for (o, &a) in out.iter_mut().zip(&acc) {
+            *o += a * scale;
+        }
     }
 }
 
