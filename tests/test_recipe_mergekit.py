@@ -279,3 +279,13 @@ def test_nearswap_gives_mergekits_tensors(llama, tmp_path):
     assert_same(ours, theirs)
     moved = np.mean(ours["model.layers.0.mlp.up_proj.weight"] != load(a)["model.layers.0.mlp.up_proj.weight"])
     assert 0.05 < moved, "some elements moved toward the second model"
+
+
+@pytest.mark.parametrize("with_base", [True, False])
+def test_nuslerp_gives_mergekits_tensors(with_base, llama, tmp_path):
+    base, a, b, _ = llama
+    config = {"merge_method": "nuslerp", "dtype": "float32",
+              "models": [{"model": str(a), "parameters": {"weight": [1.0, 0.2]}},
+                         {"model": str(b), "parameters": {"weight": 0.6}}],
+              **({"base_model": str(base)} if with_base else {})}
+    assert_same(*run_both(tmp_path, config))

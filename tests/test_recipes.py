@@ -130,8 +130,8 @@ BAD_RECIPES = {
     "mergekit empty slices": ("merge_method: passthrough\nslices: []\n", 2, "slices: slices is a list of"),
     "mergekit layer range": ("merge_method: passthrough\nslices:\n  - sources:\n      - model: {a}\n"
                              "        layer_range: [2, 1]\n", 5, "layer_range is [first, end)"),
-    "mergekit nuslerp": ("merge_method: nuslerp\nmodels: [{{model: {a}}}]\n", 1,
-                         "merge_method: merge-rs does not run mergekit's 'nuslerp'"),
+    "mergekit karcher": ("merge_method: karcher\nmodels: [{{model: {a}}}]\n", 1,
+                         "merge_method: merge-rs does not run mergekit's 'karcher'"),
     "mergekit weight": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {a}\n", 4,
                         "mergekit's task_arithmetic needs 'weight'"),
     "mergekit lora base": ("merge_method: task_arithmetic\nbase_model: {base}+lora\nmodels:\n  - model: {a}\n", 2,

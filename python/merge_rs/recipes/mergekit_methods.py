@@ -19,7 +19,7 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap"}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp"}
 REQUIRED = object()
 
 
@@ -150,6 +150,28 @@ class NearSwap(Slerp):
         return None, [self.base, self.models[0]]
 
 
+class NuSlerp(Translator):
+    """t = w₁ / (w₀ + w₁) of the two models' weights (0.5 when they sum to about 0); task vectors with a base."""
+
+    method = "nuslerp"
+    shared_specs = {"nuslerp_flatten": True, "nuslerp_row_wise": False}
+    model_specs = {"weight": REQUIRED}
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        if len(self.models) != 2:
+            raise self.source.error(("models",), "mergekit's nuslerp takes exactly two models besides base_model")
+        return self.base, self.models
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, per_model = self.values(tensor, t)
+        if not shared["nuslerp_flatten"] or shared["nuslerp_row_wise"]:
+            raise self.source.error(("parameters",), "merge-rs runs nuslerp flattened, mergekit's default "
+                                                     "(nuslerp_flatten: true, nuslerp_row_wise: false)")
+        w0, w1 = per_model["weight"]
+        total = w0 + w1
+        return {"t": 0.5 if abs(total) < 1e-6 else w1 / total}
+
+
 class Multislerp(Translator):
     method = "multislerp"
     shared_specs = {"normalize_weights": True, "eps": 1e-8}
@@ -192,7 +214,7 @@ class Passthrough(Translator):
 # Every parameter some mergekit method reads: one of these on a method that does not read it is ignored, as mergekit
 # ignores it (its own tests give slerp and model_stock a weight); any other name is a mistake.
 ANY_METHODS_PARAMETER = {"weight", "density", "gamma", "epsilon", "lambda", "normalize", "rescale", "int8_mask", "t",
-                         "normalize_weights", "eps", "filter_wise", "scale"}
+                         "normalize_weights", "eps", "filter_wise", "scale", "nuslerp_flatten", "nuslerp_row_wise"}
 
 
 def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
@@ -200,6 +222,6 @@ def translator(source: RecipeSource, name: str, base: str | None, models: list[s
                base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
                                           "model_stock": ModelStock, "passthrough": Passthrough,
-                                          "nearswap": NearSwap}
+                                          "nearswap": NearSwap, "nuslerp": NuSlerp}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
     return kind(source, name, base, models, shared, per_model, positions, base_entry)
