@@ -84,7 +84,13 @@ impl TensorFold for NuSlerp {
 
 /// (s₀, s₁) with result = s₀·v₀ + s₁·v₁.
 fn coefficients(t: f64, v0: &[f32], v1: &[f32]) -> (f32, f32) {
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt().max(NORM_EPS);
+    let norm = |v: &[f32]| {
+        v.iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(NORM_EPS)
+    };
     let dot: f64 = v0.iter().zip(v1).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
     let cos = (dot / (norm(v0) * norm(v1))).clamp(-1.0, 1.0);
     if 1.0 - cos * cos <= COLINEAR {
@@ -92,7 +98,10 @@ fn coefficients(t: f64, v0: &[f32], v1: &[f32]) -> (f32, f32) {
     }
     let theta = cos.acos();
     let sin = theta.sin();
-    ((((1.0 - t) * theta).sin() / sin) as f32, ((t * theta).sin() / sin) as f32)
+    (
+        (((1.0 - t) * theta).sin() / sin) as f32,
+        ((t * theta).sin() / sin) as f32,
+    )
 }
 
 #[cfg(test)]
