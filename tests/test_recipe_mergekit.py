@@ -289,3 +289,11 @@ def test_nuslerp_gives_mergekits_tensors(with_base, llama, tmp_path):
                          {"model": str(b), "parameters": {"weight": 0.6}}],
               **({"base_model": str(base)} if with_base else {})}
     assert_same(*run_both(tmp_path, config))
+
+
+@pytest.mark.parametrize("select_topk", [1.0, 0.4])
+def test_sce_gives_mergekits_tensors(select_topk, llama, tmp_path):
+    base, a, b, c = llama
+    config = {"merge_method": "sce", "base_model": str(base), "dtype": "float32",
+              "parameters": {"select_topk": select_topk}, "models": [{"model": str(m)} for m in (a, b, c)]}
+    assert_same(*run_both(tmp_path, config))

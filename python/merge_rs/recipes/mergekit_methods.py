@@ -19,7 +19,7 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp"}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce"}
 REQUIRED = object()
 
 
@@ -172,6 +172,15 @@ class NuSlerp(Translator):
         return {"t": 0.5 if abs(total) < 1e-6 else w1 / total}
 
 
+class Sce(Translator):
+    method = "sce"
+    shared_specs = {"select_topk": 1.0, "int8_mask": False}
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, _ = self.values(tensor, t)
+        return {"select_topk": min(max(float(shared["select_topk"]), 0.0), 1.0)}
+
+
 class Multislerp(Translator):
     method = "multislerp"
     shared_specs = {"normalize_weights": True, "eps": 1e-8}
@@ -214,7 +223,8 @@ class Passthrough(Translator):
 # Every parameter some mergekit method reads: one of these on a method that does not read it is ignored, as mergekit
 # ignores it (its own tests give slerp and model_stock a weight); any other name is a mistake.
 ANY_METHODS_PARAMETER = {"weight", "density", "gamma", "epsilon", "lambda", "normalize", "rescale", "int8_mask", "t",
-                         "normalize_weights", "eps", "filter_wise", "scale", "nuslerp_flatten", "nuslerp_row_wise"}
+                         "normalize_weights", "eps", "filter_wise", "scale", "nuslerp_flatten", "nuslerp_row_wise",
+                         "select_topk"}
 
 
 def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
@@ -222,6 +232,6 @@ def translator(source: RecipeSource, name: str, base: str | None, models: list[s
                base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
                                           "model_stock": ModelStock, "passthrough": Passthrough,
-                                          "nearswap": NearSwap, "nuslerp": NuSlerp}
+                                          "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
     return kind(source, name, base, models, shared, per_model, positions, base_entry)
