@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{Checkpoint, Tensor, regular_file};
+use super::lora_config::{alpha_for, read_config};
+use super::{Checkpoint, Tensor};
 use crate::dtype::{FloatType, Storage, storage_of};
 use crate::error::{MergeError, Result};
 
@@ -15,28 +16,8 @@ use crate::error::{MergeError, Result};
 pub(crate) const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// The adapter's weights.
 pub(crate) const ADAPTER_FILE: &str = "adapter_model.safetensors";
-/// The largest `adapter_config.json` read.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The prefix PEFT puts before the base model's own tensor names.
 const PEFT_PREFIX: &str = "base_model.model.";
-
-/// The fields of `adapter_config.json` that change the weights.
-#[derive(Debug, serde::Deserialize)]
-struct AdapterConfig {
-    peft_type: Option<String>,
-    lora_alpha: Option<f64>,
-    #[serde(default)]
-    alpha_pattern: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
-    use_rslora: bool,
-    #[serde(default)]
-    fan_in_fan_out: bool,
-    #[serde(default)]
-    use_dora: bool,
-    #[serde(default)]
-    lora_bias: bool,
-    layer_replication: Option<serde_json::Value>,
-}
 
 /// One targeted module: where its factors are stored and how ΔW is formed from them.
 #[derive(Debug)]
@@ -353,7 +334,7 @@ fn find<'a>(base: &'a Checkpoint, name: &str) -> Option<&'a Tensor> {
     })
 }
 
-/// `m` (rows × `cols`... given as `r` rows) transposed: an `r × n` matrix becomes `n × r`.
+/// The row-major `r × n` matrix `m` transposed (`n × r`).
 fn transpose(m: &[f32], r: usize) -> Vec<f32> {
     let n = m.len() / r.max(1);
     let mut t = vec![0.0; m.len()];
@@ -370,54 +351,6 @@ fn float_type(t: &Tensor) -> Option<FloatType> {
         Some(Storage::Float(ty)) => Some(ty),
         _ => None,
     }
-}
-
-fn read_config(path: &Path) -> Result<AdapterConfig> {
-    let size = regular_file(path)?;
-    if size > MAX_CONFIG_BYTES {
-        return Err(MergeError::invalid(
-            path,
-            format!("is {size} bytes; an adapter config is at most 1 MiB"),
-        ));
-    }
-    let text = std::fs::read(path).map_err(|e| MergeError::io(path, e))?;
-    let config: AdapterConfig =
-        serde_json::from_slice(&text).map_err(|e| MergeError::invalid(path, format!("is not valid: {e}")))?;
-    let kind = config.peft_type.as_deref().unwrap_or("");
-    let refuse = |why: &str| Err(MergeError::invalid(path, why.to_string()));
-    if kind != "LORA" {
-        return refuse(&format!(
-            "peft_type is '{kind}': merge-rs reads LoRA adapters (peft_type LORA), not IA³, LoKr, LoHa or others"
-        ));
-    }
-    if config.use_dora {
-        return refuse("use_dora is set: DoRA adapters are not supported yet (their magnitude vector rescales W)");
-    }
-    if config.lora_bias {
-        return refuse("lora_bias is set: adapters with a trained lora_B bias are not supported yet");
-    }
-    if config.layer_replication.as_ref().is_some_and(|v| !v.is_null()) {
-        return refuse("layer_replication is set: adapters that replicate layers are not supported");
-    }
-    if config.lora_alpha.is_none_or(|a| !a.is_finite()) {
-        return refuse("lora_alpha is missing or not a finite number");
-    }
-    Ok(config)
-}
-
-/// α for `module`: the first `alpha_pattern` key (in the file's order) that matches the end of its name
-/// from a whole dotted component on, as PEFT matches, else `lora_alpha`.
-fn alpha_for(config: &AdapterConfig, module: &str, path: &Path) -> Result<f64> {
-    for (key, value) in &config.alpha_pattern {
-        let pattern = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
-            .map_err(|e| MergeError::invalid(path, format!("alpha_pattern key '{key}' is not a pattern: {e}")))?;
-        if pattern.is_match(module) {
-            return value.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
-                MergeError::invalid(path, format!("alpha_pattern '{key}' is {value}, not a finite number"))
-            });
-        }
-    }
-    Ok(config.lora_alpha.unwrap_or(8.0))
 }
 
 fn unexpected(file: &Path, name: &str, base: &Path) -> MergeError {

@@ -7,6 +7,7 @@ mod header;
 mod index;
 mod layout;
 mod lora;
+mod lora_config;
 
 use std::collections::HashMap;
 use std::fs::File;
