@@ -229,6 +229,9 @@ def test_a_passthrough_frankenmerge_gives_mergekits_tensors_and_config(llama, tm
     assert_same(ours, theirs)
     assert "model.layers.5.mlp.up_proj.weight" in ours and "model.layers.6.mlp.up_proj.weight" not in ours
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["num_hidden_layers"] == 6
+    cli("run", tmp_path / "ours" / "README.md", "--out", tmp_path / "again", "--quiet")  # the card reproduces it
+    again = load(tmp_path / "again")
+    assert all(np.array_equal(again[k], ours[k]) for k in ours)
     (tmp_path / "two.yml").write_text(yaml.safe_dump({**config, "slices": [
         {"sources": [{"model": str(a), "layer_range": [0, 2]}, {"model": str(b), "layer_range": [0, 2]}]}]}))
     refused = cli("run", tmp_path / "two.yml", "--out", tmp_path / "o", "--dry-run", check=False).stderr

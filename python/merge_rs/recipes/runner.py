@@ -141,9 +141,8 @@ def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 
     job = p.job
     card: bool | str = model_card_file and model_card(
         method=job.method, parameters=p.parameters, pretrained=str(p.pretrained) if p.pretrained else None,
-        models=list(dict.fromkeys(str(path) for view in [*p.views, p.base_view] for _, path, _ in view)) if p.views else
-        [f"{m}+{a}" if a else str(m) for m, a in zip(p.models, p.loras)], recipe=card_recipe(p),
-        groups=p.groups, hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
+        models=_card_models(p), recipe=card_recipe(p), groups=p.groups,
+        hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
     reads = [job.source.path, *(job.pool.input_paths() if job.pool is not None else [])]
     models: list[api.ModelInput] = [] if p.views else [(m, a) if a else m for m, a in zip(p.models, p.loras)]
     return api.merge(job.method, models, out, pretrained=p.pretrained, dtype=job.dtype, views=p.views,
@@ -151,6 +150,14 @@ def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 
                      max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
                      memory_budget=memory_budget, progress=progress, reads=reads, groups=p.groups,
                      model_card=card, **p.parameters)
+
+
+def _card_models(p: MergePlan) -> list[str]:
+    """The models a card names: each source checkpoint of a frankenmerge, ``model+adapter`` for an adapter read
+    over a model."""
+    if p.views:
+        return list(dict.fromkeys(str(path) for view in [*p.views, p.base_view] for _, path, _ in view))
+    return [f"{m}+{a}" if a else str(m) for m, a in zip(p.models, p.loras)]
 
 
 def card_recipe(p: MergePlan) -> str:
