@@ -58,6 +58,18 @@ def adapter(path: Path, base: dict[str, np.ndarray], seed: int, rank: int = 2, a
     return path, dense
 
 
+def two_linear_layers(torch):
+    """A torch module of two linear layers, as PEFT adapts them."""
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(8, 6)
+            self.fc = torch.nn.Linear(6, 10)
+
+    return Tiny
+
+
 def parameters(method: str, n: int, fisher: list[Path]) -> dict:
     """Values for the method's required parameters (the rest keep their defaults)."""
     given = {}
@@ -214,12 +226,7 @@ def test_an_extracted_adapter_loads_in_peft_and_keeps_the_best_rank_r_change(tmp
     peft = pytest.importorskip("peft")
     from safetensors.torch import save_file
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q_proj = torch.nn.Linear(8, 6)
-            self.fc = torch.nn.Linear(6, 10)
-
+    Tiny = two_linear_layers(torch)
     torch.manual_seed(0)
     base = {k: v.detach().clone() for k, v in Tiny().state_dict().items()}
     tuned = {k: v + 0.1 * torch.randn_like(v) for k, v in base.items()}
@@ -274,12 +281,7 @@ def test_a_merge_written_as_an_adapter_matches_peft_svd_combination(tmp_path):
     peft = pytest.importorskip("peft")
     from safetensors.torch import save_file
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q_proj = torch.nn.Linear(8, 6)
-            self.fc = torch.nn.Linear(6, 10)
-
+    Tiny = two_linear_layers(torch)
     torch.manual_seed(0)
     model = Tiny()
     save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, str(tmp_path / "base.safetensors"))

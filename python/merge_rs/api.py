@@ -13,7 +13,7 @@ from typing import Any, Union
 from . import _core
 from .exceptions import InvalidArgumentError
 from .methods import get_method
-from .progress import ProgressBar, ProgressCallback, progress_callback
+from .progress import ProgressCallback, with_progress
 from .reports import CheckpointInfo, CosineSimilarity, MergeReport
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -111,12 +111,7 @@ def merge(
         "base_view": [{"out": out, "path": _path(path), "source": src} for out, path, src in base_view],
         "config_updates": config_updates or {},
     }
-    callback = progress_callback(progress)
-    try:
-        report = _core.merge(json.dumps(request), callback)
-    finally:
-        if isinstance(callback, ProgressBar):
-            callback.close()
+    report = with_progress(progress, lambda callback: _core.merge(json.dumps(request), callback))
     return MergeReport.from_json(json.loads(report))
 
 
@@ -180,11 +175,8 @@ def cosine_similarity(
     """Pairwise cosine similarity of the task vectors τᵢ = θᵢ − θ₀, accumulated in float64 (``None`` where a
     task vector is zero: its direction, and so the similarity, is undefined)."""
     _check_threads(threads)
-    callback = progress_callback(progress)
-    try:
-        data = _core.cosine_similarity(_path(pretrained), [_path(m) for m in models], threads, callback)
-    finally:
-        if isinstance(callback, ProgressBar):
-            callback.close()
+    paths = [_path(m) for m in models]
+    data = with_progress(progress, lambda callback: _core.cosine_similarity(_path(pretrained), paths, threads,
+                                                                            callback))
     return CosineSimilarity.from_json(json.loads(data))
 

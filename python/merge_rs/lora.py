@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _core
 from .api import ModelInput, PathLike, _path
-from .progress import ProgressBar, ProgressCallback, progress_callback
+from .progress import ProgressCallback, with_progress
 from .reports import _build, _jsonable
 
 
@@ -65,12 +65,7 @@ def extract_lora(model: PathLike, out: PathLike, *, pretrained: PathLike, rank: 
     request = {"model": _path(model), "pretrained": _path(pretrained), "out": _path(out), "rank": rank,
                "energy": energy, "overwrite": overwrite, "reads": [_path(r) for r in reads],
                "files": [("README.md", card)] if model_card else []}
-    callback = progress_callback(progress)
-    try:
-        data = _core.extract_lora(json.dumps(request), callback)
-    finally:
-        if isinstance(callback, ProgressBar):
-            callback.close()
+    data = with_progress(progress, lambda callback: _core.extract_lora(json.dumps(request), callback))
     return ExtractReport.from_json(json.loads(data))
 
 

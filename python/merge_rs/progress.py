@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 ProgressCallback = Callable[[str, int, int], None]
+T = TypeVar("T")
 
 
 class ProgressBar:
@@ -40,3 +41,13 @@ def progress_callback(enabled: bool | ProgressCallback | None) -> ProgressCallba
     if enabled and sys.stderr.isatty():
         return ProgressBar()
     return None
+
+
+def with_progress(enabled: bool | ProgressCallback | None, call: Callable[[ProgressCallback | None], T]) -> T:
+    """``call(callback)`` with the ``progress`` argument resolved, the bar closed afterwards whatever happens."""
+    callback = progress_callback(enabled)
+    try:
+        return call(callback)
+    finally:
+        if isinstance(callback, ProgressBar):
+            callback.close()

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{Checkpoint, Layout, StoredTensor, Tensor};
+use super::{Checkpoint, StoredTensor, Tensor};
 use crate::error::{MergeError, Result};
 
 /// One tensor of a composite: `out` is `source` of the checkpoint at `path`.
@@ -55,29 +55,9 @@ impl Checkpoint {
             return Err(MergeError::arg(format!("the layer map of '{name}' names no tensor")));
         };
         let (path, config, metadata) = (first.clone(), head.config.clone(), head.metadata.clone());
-        tensors.sort_by(|a, b| a.stored.name.cmp(&b.stored.name));
-        let mut by_name = std::collections::HashMap::with_capacity(tensors.len());
-        for (i, t) in tensors.iter().enumerate() {
-            if by_name.insert(t.stored.name.clone(), i).is_some() {
-                return Err(MergeError::arg(format!(
-                    "the layer map of '{name}' names '{}' twice",
-                    t.stored.name
-                )));
-            }
-        }
-        let layout = Layout::detect(tensors.iter().map(|t| t.stored.name.as_str()));
         let shards = opened.into_iter().flat_map(|(_, _, c)| c.shards).collect();
-        Ok(Checkpoint {
-            path,
-            name: name.to_string(),
-            shards,
-            tensors,
-            by_name,
-            layout,
-            config,
-            metadata,
-            lora: None,
-        })
+        let twice = |out: &str| MergeError::arg(format!("the layer map of '{name}' names '{out}' twice"));
+        Checkpoint::assemble(path, name.to_string(), (shards, tensors, config, metadata), twice)
     }
 }
 

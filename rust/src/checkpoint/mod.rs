@@ -100,23 +100,34 @@ impl Checkpoint {
             tensors.retain(|t| map.get(&t.stored.name) == Some(&t.shard));
             index::check_index_complete(path, map, &tensors)?;
         }
+        let config = dir
+            .map(|d| d.join("config.json"))
+            .filter(|c| meta.is_dir() && c.is_file());
+        let twice = |name: &str| MergeError::invalid(path, format!("tensor '{name}' is stored twice"));
+        let parts = (shards, tensors, config, metadata);
+        Checkpoint::assemble(path.to_path_buf(), display_name(path), parts, twice)
+    }
+
+    /// A checkpoint of `shards` and `tensors` (sorted and indexed by name here; `twice` is the error for a
+    /// name given twice), with `config.json` and metadata.
+    #[allow(clippy::type_complexity)]
+    fn assemble(
+        path: PathBuf,
+        name: String,
+        (shards, mut tensors, config, metadata): (Vec<Shard>, Vec<Tensor>, Option<PathBuf>, Vec<(String, String)>),
+        twice: impl Fn(&str) -> MergeError,
+    ) -> Result<Checkpoint> {
         tensors.sort_by(|a, b| a.stored.name.cmp(&b.stored.name));
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if by_name.insert(t.stored.name.clone(), i).is_some() {
-                return Err(MergeError::invalid(
-                    path,
-                    format!("tensor '{}' is stored twice", t.stored.name),
-                ));
+                return Err(twice(&t.stored.name));
             }
         }
         let layout = Layout::detect(tensors.iter().map(|t| t.stored.name.as_str()));
-        let config = dir
-            .map(|d| d.join("config.json"))
-            .filter(|c| meta.is_dir() && c.is_file());
         Ok(Checkpoint {
-            name: display_name(path),
-            path: path.to_path_buf(),
+            path,
+            name,
             shards,
             tensors,
             by_name,
