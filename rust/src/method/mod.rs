@@ -5,6 +5,7 @@
 
 pub(crate) mod gta;
 mod ops;
+mod pair;
 mod params;
 pub(crate) mod sparsify;
 pub(crate) mod subspace;
@@ -21,6 +22,7 @@ use crate::plan::MergePlan;
 use crate::writer::Writer;
 
 pub(crate) use ops::{add_scaled_to_base, sum_into};
+pub(crate) use pair::PairFold;
 pub(crate) use params::{ANY_F32, tidy};
 pub use params::{ParamDef, ParamDefault, ParamKind, Params};
 

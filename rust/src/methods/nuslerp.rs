@@ -3,10 +3,9 @@
 //! Unlike `slerp`, nearly colinear tensors fall back to linear interpolation only when 1 − cos² ≤ 10⁻¹⁶, and
 //! a norm below 10⁻⁷ is clamped, as mergekit does.
 
-use crate::engine::{Engine, TensorFold};
-use crate::error::{MergeError, Result};
-use crate::method::{ANY_F32, MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, Params};
-use crate::plan::PlanTensor;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::method::{ANY_F32, MergeMethod, MethodDef, MethodStats, PairFold, ParamDef, ParamDefault, Params};
 use crate::writer::Writer;
 
 /// Norms are clamped to at least this.
@@ -43,42 +42,14 @@ fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
 
 impl MergeMethod for NuSlerp {
     fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
-        engine.whole_tensors(self, engine.inputs.base.is_some(), writer)
-    }
-}
-
-impl TensorFold for NuSlerp {
-    /// Both models' copies (task vectors when θ₀ is read).
-    type Acc = Vec<Vec<f32>>;
-
-    fn footprint(&self, tensor: &PlanTensor, _: usize) -> usize {
-        8 * tensor.numel
-    }
-
-    fn start(&self, _: &PlanTensor, _: usize) -> Result<Self::Acc> {
-        Ok(Vec::with_capacity(2))
-    }
-
-    fn add(&self, acc: &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
-        acc.push(match base {
-            Some(base) => theta.iter().zip(base).map(|(x, b)| x - b).collect(),
-            None => theta.to_vec(),
-        });
-        Ok(())
-    }
-
-    fn finish(&self, acc: Self::Acc, _: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
-        let [v0, v1] = acc.as_slice() else {
-            return Err(MergeError::Internal("nuslerp merges two models".into()));
+        let t = f64::from(self.t);
+        let with_base = engine.inputs.base.is_some();
+        let fold = PairFold {
+            coefficients: |v0: &[f32], v1: &[f32]| coefficients(t, v0, v1),
+            task_vectors: with_base,
+            name: "nuslerp",
         };
-        let (s0, s1) = coefficients(f64::from(self.t), v0, v1);
-        for ((o, a), b) in out.iter_mut().zip(v0).zip(v1) {
-            *o = s0 * a + s1 * b;
-        }
-        if let Some(base) = base {
-            out.iter_mut().zip(base).for_each(|(o, b)| *o += b);
-        }
-        Ok(())
+        engine.whole_tensors(&fold, with_base, writer)
     }
 }
 
@@ -107,12 +78,6 @@ fn coefficients(t: f64, v0: &[f32], v1: &[f32]) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::working_set::assert_declared_working_set_is_honest;
-
-    #[test]
-    fn the_declared_working_set_covers_what_is_held() {
-        assert_declared_working_set_is_honest(&NuSlerp { t: 0.3 }, 2);
-    }
 
     #[test]
     fn halfway_between_orthogonal_vectors_and_colinear_ones_fall_back_to_a_line() {

@@ -2,10 +2,9 @@
 //! along the great circle between the tensors' directions, per tensor; nearly colinear tensors
 //! (|cos| > 0.9995) are interpolated linearly.
 
-use crate::engine::{Engine, TensorFold};
-use crate::error::{MergeError, Result};
-use crate::method::{ANY_F32, MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, Params};
-use crate::plan::PlanTensor;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::method::{ANY_F32, MergeMethod, MethodDef, MethodStats, PairFold, ParamDef, ParamDefault, Params};
 use crate::writer::Writer;
 
 /// Above this |cos| the tensors count as colinear.
@@ -42,36 +41,13 @@ fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
 
 impl MergeMethod for Slerp {
     fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
-        engine.whole_tensors(self, false, writer)
-    }
-}
-
-impl TensorFold for Slerp {
-    /// Both models' copies.
-    type Acc = Vec<Vec<f32>>;
-
-    fn footprint(&self, tensor: &PlanTensor, _: usize) -> usize {
-        8 * tensor.numel
-    }
-
-    fn start(&self, _: &PlanTensor, _: usize) -> Result<Self::Acc> {
-        Ok(Vec::with_capacity(2))
-    }
-
-    fn add(&self, acc: &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], _: Option<&[f32]>) -> Result<()> {
-        acc.push(theta.to_vec());
-        Ok(())
-    }
-
-    fn finish(&self, acc: Self::Acc, _: &PlanTensor, _: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
-        let [v0, v1] = acc.as_slice() else {
-            return Err(MergeError::Internal("slerp merges two models".into()));
+        let t = f64::from(self.t);
+        let fold = PairFold {
+            coefficients: |v0: &[f32], v1: &[f32]| coefficients(t, v0, v1),
+            task_vectors: false,
+            name: "slerp",
         };
-        let (s0, s1) = coefficients(f64::from(self.t), v0, v1);
-        for ((o, a), b) in out.iter_mut().zip(v0).zip(v1) {
-            *o = s0 * a + s1 * b;
-        }
-        Ok(())
+        engine.whole_tensors(&fold, false, writer)
     }
 }
 
@@ -100,12 +76,6 @@ fn coefficients(t: f64, v0: &[f32], v1: &[f32]) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::working_set::assert_declared_working_set_is_honest;
-
-    #[test]
-    fn the_declared_working_set_covers_what_is_held() {
-        assert_declared_working_set_is_honest(&Slerp { t: 0.3 }, 2);
-    }
 
     #[test]
     fn halfway_between_orthogonal_unit_vectors_is_on_the_circle() {
