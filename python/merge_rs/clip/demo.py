@@ -18,8 +18,9 @@ from .evaluate import Evaluator, format_table, prepare_tasks
 from .pool import ModelPool, get_pool
 from .statistics import bootstrap_interval, normalized_accuracy
 
-# Every data-free method of the engine's table, with its defaults (FusionBench's; DARE's seed is 0).
-DEMO_MERGES: list[str] = [name for name, method in METHODS.items() if method.data_free]
+# Every data-free method of the engine's table that merges any number of models, with its defaults (FusionBench's;
+# DARE's seed is 0): passthrough takes one model, so it has no demo row.
+DEMO_MERGES: list[str] = [name for name, method in METHODS.items() if method.data_free and method.max_models is None]
 FINE_TUNED = "fine-tuned (individual)"
 PRETRAINED = "pretrained"
 
