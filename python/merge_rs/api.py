@@ -78,9 +78,9 @@ def merge(
     A parameter that is a Python keyword takes a trailing underscore (``lambda_=0.5`` for ``lambda``).
     ``groups`` ([(tensor names, parameters)]) merges those tensors with their own parameters of ``method``
     (complete sets: nothing is inherited from ``parameters``). ``views`` replaces ``models`` with models assembled
-    from other checkpoints' tensors, each a list of (name, checkpoint, name there): mergekit's ``slices``
-    (``base_view`` the pretrained model);
-    ``config_updates`` sets fields of the output's ``config.json``. The output gets a model card (``README.md``:
+    from other checkpoints' tensors, each a list of (name, checkpoint, name there), as mergekit's ``slices`` need
+    (``base_view`` likewise the pretrained model); ``config_updates`` sets fields of the output's ``config.json``.
+    The output gets a model card (``README.md``:
     method, resolved parameters, and the recipe that reproduces the merge); ``model_card`` is False for none,
     or the card's text.
     """
@@ -107,12 +107,17 @@ def merge(
         "reads": [_path(p) for p in reads],
         "files": sorted(files.items()),
         "groups": [{"tensors": list(names), "parameters": _engine_parameters(values)} for names, values in groups],
-        "views": [[{"out": out, "path": _path(path), "source": src} for out, path, src in view] for view in views],
-        "base_view": [{"out": out, "path": _path(path), "source": src} for out, path, src in base_view],
+        "views": [_view(view) for view in views],
+        "base_view": _view(base_view),
         "config_updates": config_updates or {},
     }
     report = with_progress(progress, lambda callback: _core.merge(json.dumps(request), callback))
     return MergeReport.from_json(json.loads(report))
+
+
+def _view(entries: Sequence[tuple[str, PathLike, str]]) -> list[dict[str, str]]:
+    """A model assembled from other checkpoints' tensors, as the engine's request carries it."""
+    return [{"out": name, "path": _path(path), "source": source} for name, path, source in entries]
 
 
 def _card(method: str, parameters: dict[str, Any], pretrained: PathLike | None, models: Sequence[ModelInput],
