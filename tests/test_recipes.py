@@ -130,6 +130,10 @@ BAD_RECIPES = {
     "mergekit empty slices": ("merge_method: passthrough\nslices: []\n", 2, "slices: slices is a list of"),
     "mergekit layer range": ("merge_method: passthrough\nslices:\n  - sources:\n      - model: {a}\n"
                              "        layer_range: [2, 1]\n", 5, "layer_range is [first, end)"),
+    "mergekit modules": ("merge_method: linear\nmodules: {{}}\nmodels: [{{model: {a}}}]\n", 2,
+                         "modules: merge-rs does not support mergekit's per-module configs"),
+    "mergekit residual weight": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
+                                 "    residual_weight: 0.5\n", 4, "slices.0.residual_weight: merge-rs does not support"),
     "mergekit karcher": ("merge_method: karcher\nmodels: [{{model: {a}}}]\n", 1,
                          "merge_method: merge-rs does not run mergekit's 'karcher'"),
     "mergekit weight": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {a}\n", 4,

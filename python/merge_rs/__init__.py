@@ -6,11 +6,11 @@
 
 from ._core import __version__
 from .api import cosine_similarity, inspect, merge, parse_size
-from .lora import ExtractReport, extract_lora
+from .lora import extract_lora
 from . import exceptions
 from .exceptions import *  # noqa: F403 (the names are listed in exceptions.__all__)
 from .methods import METHODS, get_method
-from .reports import CheckpointInfo, CosineSimilarity, MergeReport
+from .reports import CheckpointInfo, CosineSimilarity, ExtractReport, MergeReport
 
 __all__ = [
     "__version__",

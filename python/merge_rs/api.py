@@ -95,8 +95,7 @@ def merge(
         "parameters": _engine_parameters(parameters),
         "pretrained": _path(pretrained) if pretrained is not None else None,
         "models": [_path(m[1] if isinstance(m, tuple) else m) for m in models],
-        "adapter_bases": [_path(m[0]) if isinstance(m, tuple) else None for m in models]
-        if any(isinstance(m, tuple) for m in models) else [],
+        "adapter_bases": [_path(m[0]) if isinstance(m, tuple) else None for m in models],
         "out": _path(out),
         "dtype": dtype,
         "max_shard_size": parse_size(max_shard_size),

@@ -7,50 +7,13 @@ import json
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import _core
 from .api import ModelInput, PathLike, _path
 from .progress import ProgressCallback, with_progress
-from .reports import _build, _jsonable
-
-
-@dataclass(frozen=True)
-class ExtractedModule:
-    """One module of an extracted adapter."""
-
-    module: str
-    shape: list[int]
-    rank: int
-    energy: float  # share of ‖τ‖²_F the kept directions hold
-    relative_error: float  # ‖τ − ΔW‖_F / ‖τ‖_F
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(frozen=True)
-class ExtractReport:
-    """What ``extract_lora`` wrote."""
-
-    model: Path
-    base: Path
-    output: Path
-    modules: list[ExtractedModule]
-    left_out: list[dict[str, Any]]  # changed tensors an adapter cannot hold: {tensor, relative_change}
-    unchanged: int
-    parameters: int
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ExtractReport:
-        return _build(cls, data, model=Path(data["model"]), base=Path(data["base"]), output=Path(data["output"]),
-                      modules=[_build(ExtractedModule, m) for m in data["modules"]])
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return _jsonable(asdict(self))
+from .reports import ExtractReport
 
 
 def extract_lora(model: PathLike, out: PathLike, *, pretrained: PathLike, rank: int, energy: float | None = None,

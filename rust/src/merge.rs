@@ -349,11 +349,7 @@ fn copy_companions(
 ) -> Result<()> {
     let Some(config) = &reference.config else { return Ok(()) };
     let text = std::fs::read(config).map_err(|e| MergeError::io(config, e))?;
-    let text = match dtype {
-        Some(ty) => with_dtype(&text, ty).unwrap_or(text),
-        None => text,
-    };
-    let text = with_updates(&text, updates).unwrap_or(text);
+    let text = updated_config(&text, dtype, updates).unwrap_or(text);
     writer.add_file("config.json", &text)?;
     let dir = config.parent().unwrap_or(Path::new("."));
     for name in COMPANION_FILES {
@@ -366,32 +362,32 @@ fn copy_companions(
     Ok(())
 }
 
-/// The config with `updates` set, or `None` if there are none or it is not a JSON object.
-fn with_updates(config: &[u8], updates: &serde_json::Map<String, serde_json::Value>) -> Option<Vec<u8>> {
-    if updates.is_empty() {
+/// The config with `dtype` / `torch_dtype` set to `ty` (when the output dtype changes) and `updates` set; `None`
+/// when there is nothing to change or it is not a JSON object.
+fn updated_config(
+    config: &[u8],
+    dtype: Option<FloatType>,
+    updates: &serde_json::Map<String, serde_json::Value>,
+) -> Option<Vec<u8>> {
+    if dtype.is_none() && updates.is_empty() {
         return None;
     }
     let mut value: serde_json::Value = serde_json::from_slice(config).ok()?;
     let object = value.as_object_mut()?;
-    object.extend(updates.clone());
-    serde_json::to_vec_pretty(&value).ok()
-}
-
-/// The config with `dtype` / `torch_dtype` set to `ty`, or `None` if it is not a JSON object.
-fn with_dtype(config: &[u8], ty: FloatType) -> Option<Vec<u8>> {
-    let mut value: serde_json::Value = serde_json::from_slice(config).ok()?;
-    let object = value.as_object_mut()?;
-    let present: Vec<String> = ["dtype", "torch_dtype"]
-        .iter()
-        .filter(|k| object.contains_key(**k))
-        .map(|k| k.to_string())
-        .collect();
-    for key in if present.is_empty() {
-        vec!["dtype".to_string()]
-    } else {
-        present
-    } {
-        object.insert(key, ty.name().into());
+    if let Some(ty) = dtype {
+        let present: Vec<String> = ["dtype", "torch_dtype"]
+            .iter()
+            .filter(|k| object.contains_key(**k))
+            .map(|k| k.to_string())
+            .collect();
+        for key in if present.is_empty() {
+            vec!["dtype".to_string()]
+        } else {
+            present
+        } {
+            object.insert(key, ty.name().into());
+        }
     }
+    object.extend(updates.clone());
     serde_json::to_vec_pretty(&value).ok()
 }

@@ -35,7 +35,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     if method not in GTA and method not in OTHERS:
         raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}' (it runs: "
                                               f"{', '.join(sorted([*GTA, *OTHERS]))})")
-    base = _reference(source, data.get("base_model"), ("base_model",)) if data.get("base_model") else None
+    base = _base(source)
     entries = data.get("models")
     if not isinstance(entries, list) or not entries:
         raise source.error(("models",), "give the models to merge as a list of {model: ..., parameters: ...}")
@@ -83,14 +83,13 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
         raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}'")
     if "models" in data:
         raise source.error(("models",), "a config with slices takes its models from the slices")
-    base = _reference(source, data["base_model"], ("base_model",)) if data.get("base_model") else None
+    base = _base(source)
     shared = _settings(source, data.get("parameters"), ("parameters",))
     slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc), method != "passthrough")
     refs = [s.model for s in slices[0].sources]
     if base is not None and base not in refs:
         raise source.error(("base_model",), "with slices, base_model must be one of every slice's sources")
     translators: list[Any] = []
-    inputs = None
     for piece in slices:
         others = [(j, s) for j, s in enumerate(piece.sources) if s.model != base]
         base_entry = next(((j, s.settings) for j, s in enumerate(piece.sources) if s.model == base), None)
@@ -98,9 +97,7 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
                                [s.settings for _, s in others], [j for j, _ in others], base_entry)
         warnings += [w for w in translate.warnings if w not in warnings]
         translators.append(translate)
-        inputs = inputs or translate.inputs
-    assert inputs is not None
-    pretrained, models = inputs
+    pretrained, models = translators[0].inputs  # every slice lists the same models (passthrough has one)
     position = {ref: j for j, ref in enumerate(refs)}
     merge = Frankenmerge(slices, translators, position[pretrained] if pretrained else None,
                          [position[m] for m in models])
@@ -137,10 +134,18 @@ def _reference(source: RecipeSource, ref: Any, loc: tuple[Any, ...]) -> str:
         ref = ref["path"]
     if not isinstance(ref, str) or not ref:
         raise source.error(loc, "a model is a path or a hub id")
-    if "+" in ref and loc == ("base_model",) and not Path(ref).exists():
-        raise source.error(loc, "merge-rs does not read a LoRA adapter over the base model yet (base_model: "
-                                "model+lora); give the models that way")
     return ref
+
+
+def _base(source: RecipeSource) -> str | None:
+    """base_model, if given; a LoRA over it (``model+lora``) is not read yet."""
+    if not source.data.get("base_model"):
+        return None
+    base = _reference(source, source.data["base_model"], ("base_model",))
+    if _split_lora(base)[1] is not None:
+        raise source.error(("base_model",), "merge-rs does not read a LoRA adapter over the base model yet "
+                                            "(base_model: model+lora); give the models that way")
+    return base
 
 
 def _split_lora(ref: str) -> tuple[str, str | None]:

@@ -142,13 +142,15 @@ def plan_frankenmerge(job: Any, resolved: list[Path]) -> Any:
     names = {ref: list(found) for ref, found in tensors.items()}
 
     def composite(position: int) -> tuple[Any, list[tuple[str, Path, str]]]:
-        entries, merge.where = layer_map(job.source, merge.slices, position, names)
+        entries, _ = layer_map(job.source, merge.slices, position, names)
         first = infos[merge.slices[0].sources[position].model]
         picked = [replace(tensors[ref][src], name=out) for out, ref, src in entries]
         info = replace(first, name=f"slices position {position + 1}", tensors=picked, tensor_count=len(picked),
                        parameters=sum(t.parameters for t in picked), bytes=sum(t.bytes for t in picked))
         return info, [(out, paths[ref], src) for out, ref, src in entries]
 
+    # Every position spans the same layers slice by slice, so any one gives each tensor's (slice, t).
+    merge.where = layer_map(job.source, merge.slices, merge.positions[0], names)[1]
     models = [composite(j) for j in merge.positions]
     base = composite(merge.base_position) if merge.base_position is not None else None
     result = plan(job, None, [info.path for info, _ in models], model_infos=[info for info, _ in models],

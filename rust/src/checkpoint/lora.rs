@@ -305,7 +305,9 @@ crate::simd::dispatched! {
         let mut acc = [0.0f32; BLOCK];
         if n == BLOCK {
             for (k, &c) in p.iter().enumerate() {
-                let row: &[f32; BLOCK] = q[k * cols + first..][..BLOCK].try_into().unwrap_or(&[0.0; BLOCK]);
+                let row: &[f32; BLOCK] = q[k * cols + first..][..BLOCK]
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("a slice of BLOCK elements"));
                 for (a, &x) in acc.iter_mut().zip(row) {
                     *a += c * x;
                 }

@@ -46,6 +46,19 @@ fn adapter(dir: &Path, config: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -
     path
 }
 
+/// `layer.q`'s factors as PEFT saves them: lora_A of `a_shape` holding `a`, lora_B of `b_shape` holding `b`.
+fn q_factors(
+    a_shape: Vec<usize>,
+    a: Vec<f32>,
+    b_shape: Vec<usize>,
+    b: Vec<f32>,
+) -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+    vec![
+        ("base_model.model.layer.q.lora_A.weight", a_shape, a),
+        ("base_model.model.layer.q.lora_B.weight", b_shape, b),
+    ]
+}
+
 fn read_all(ckpt: &Checkpoint, name: &str, start: usize, len: usize) -> Vec<f32> {
     let t = ckpt.get(name).unwrap_or_else(|| panic!("{name}"));
     let mut out = vec![0.0; len];
@@ -95,10 +108,7 @@ fn a_linear_module_reads_as_base_plus_scaled_product_in_any_range() {
     let dir = adapter(
         case.dir.path(),
         LORA,
-        &[
-            ("base_model.model.layer.q.lora_A.weight", vec![2, 4], a.clone()),
-            ("base_model.model.layer.q.lora_B.weight", vec![3, 2], b.clone()),
-        ],
+        &q_factors(vec![2, 4], a.clone(), vec![3, 2], b.clone()),
     );
     let ckpt = Checkpoint::open_input(&dir, Some(&case.base)).unwrap_or_else(|e| panic!("{e}"));
     let delta = product(&b, &a, 3, 2, 4, 2.0);
@@ -198,18 +208,8 @@ fn refusal(config: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> String {
 #[test]
 fn unsupported_or_mismatched_adapters_are_refused_with_the_reason() {
     let pair = |a: Vec<usize>, b: Vec<usize>| {
-        vec![
-            (
-                "base_model.model.layer.q.lora_A.weight",
-                a.clone(),
-                values(a.iter().product(), 0.0),
-            ),
-            (
-                "base_model.model.layer.q.lora_B.weight",
-                b.clone(),
-                values(b.iter().product(), 0.0),
-            ),
-        ]
+        let (na, nb) = (a.iter().product(), b.iter().product());
+        q_factors(a, values(na, 0.0), b, values(nb, 0.0))
     };
     let good = pair(vec![2, 4], vec![3, 2]);
     for (config, tensors, needle) in [
@@ -250,11 +250,38 @@ fn unsupported_or_mismatched_adapters_are_refused_with_the_reason() {
             "of the base model",
         ),
         ("{not json", good.clone(), "is not valid"),
+        (
+            r#"{"peft_type": "LORA", "lora_alpha": 8, "lora_bias": true}"#,
+            good.clone(),
+            "lora_bias",
+        ),
+        (
+            r#"{"peft_type": "LORA", "lora_alpha": 8, "layer_replication": [[0, 2]]}"#,
+            good.clone(),
+            "layer_replication",
+        ),
+        (r#"{"peft_type": "LORA"}"#, good.clone(), "lora_alpha is missing"),
     ] {
         let err = refusal(config, &tensors);
         assert!(err.contains(needle), "{needle}: {err}");
         assert!(err.contains("adapter"), "names the adapter: {err}");
     }
+}
+
+#[test]
+fn a_pickled_adapter_is_refused_by_name() {
+    let case = base_with(&[("layer.q.weight", vec![3, 4], values(12, 0.0))]);
+    let dir = case.dir.path().join("pickled");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    put(&dir.join(ADAPTER_CONFIG), LORA.as_bytes());
+    put(&dir.join("adapter_model.bin"), b"pickle");
+    let err = Checkpoint::open_input(&dir, Some(&case.base))
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("adapter_model.bin") && err.contains("safetensors adapters only"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -278,10 +305,7 @@ fn a_module_named_without_the_bases_prefix_is_found_by_its_unique_suffix() {
     let dir = adapter(
         case.dir.path(),
         LORA,
-        &[
-            ("base_model.model.layer.q.lora_A.weight", vec![2, 4], a.clone()),
-            ("base_model.model.layer.q.lora_B.weight", vec![3, 2], b.clone()),
-        ],
+        &q_factors(vec![2, 4], a.clone(), vec![3, 2], b.clone()),
     );
     let ckpt = Checkpoint::open_input(&dir, Some(&case.base)).unwrap_or_else(|e| panic!("{e}"));
     let want: Vec<f32> = w

@@ -88,6 +88,14 @@ struct SyntheticJson {
     threads: usize,
 }
 
+/// Text files for an output, as the engine writes them.
+fn text_files(files: Vec<(String, String)>) -> Vec<(String, Vec<u8>)> {
+    files
+        .into_iter()
+        .map(|(name, text)| (name, text.into_bytes()))
+        .collect()
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, MergeError> {
     serde_json::from_str(json).map_err(|e| MergeError::arg(format!("invalid {what}: {e}")))
 }
@@ -136,11 +144,7 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
             chunk: 0,
             memory_budget: r.memory_budget,
             reads: r.reads,
-            files: r
-                .files
-                .into_iter()
-                .map(|(name, text)| (name, text.into_bytes()))
-                .collect(),
+            files: text_files(r.files),
         })
     };
     let request = build().map_err(|e| errors::to_py(py, e))?;
@@ -220,11 +224,7 @@ fn extract_lora(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>
         energy: r.energy,
         overwrite: r.overwrite,
         reads: r.reads,
-        files: r
-            .files
-            .into_iter()
-            .map(|(name, text)| (name, text.into_bytes()))
-            .collect(),
+        files: text_files(r.files),
     };
     let monitor = Monitor::default();
     run_detached(py, &monitor, progress.as_ref(), || {
