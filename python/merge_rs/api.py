@@ -179,7 +179,7 @@ def cosine_similarity(
     """Pairwise cosine similarity of the task vectors τᵢ = θᵢ − θ₀, accumulated in float64 (``None`` where a
     task vector is zero: its direction, and so the similarity, is undefined)."""
     _check_threads(threads)
-    paths = [_path(m) for m in models]
+    paths: list[str | os.PathLike[str]] = [_path(m) for m in models]
     data = with_progress(progress, lambda callback: _core.cosine_similarity(_path(pretrained), paths, threads,
                                                                             callback))
     return CosineSimilarity.from_json(json.loads(data))
