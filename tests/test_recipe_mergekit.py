@@ -300,3 +300,58 @@ def test_sce_gives_mergekits_tensors(select_topk, llama, tmp_path):
     config = {"merge_method": "sce", "base_model": str(base), "dtype": "float32",
               "parameters": {"select_topk": select_topk}, "models": [{"model": str(m)} for m in (a, b, c)]}
     assert_same(*run_both(tmp_path, config))
+
+
+@pytest.fixture(scope="module")
+def tied_llama(tmp_path_factory) -> list[Path]:
+    """bfloat16 models on a coarse grid: every task vector takes a few magnitudes only, so thousands of entries
+    tie at each top-k cut-off, as in real half-precision checkpoints."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    root = tmp_path_factory.mktemp("tied")
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():
+        for value in base.state_dict().values():
+            value.copy_(torch.round(value.float() * 64) / 64)
+    base.save_pretrained(root / "base")
+    paths = [root / "base"]
+    for i, name in enumerate(["a", "b", "c"]):
+        generator = torch.Generator().manual_seed(i + 1)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                steps = torch.randint(-3, 4, value.shape, generator=generator)
+                value.copy_(base.state_dict()[key] + steps.to(torch.bfloat16) / 64)
+        model.save_pretrained(root / name)
+        paths.append(root / name)
+    return paths
+
+
+TIE_CASES = {
+    "ties": ({"lambda": 1.0}, [{"weight": 0.7, "density": 0.3}, {"weight": 0.5, "density": MLP_DENSITY},
+                               {"weight": 1.0, "density": 0.45}]),
+    "breadcrumbs": ({"density": 0.5, "gamma": 0.1}, [{"weight": 1.0}, {"weight": 0.5}, {"weight": 0.8}]),
+    "breadcrumbs_ties": ({}, [{"weight": 1.0, "density": 0.4, "gamma": 0.2}, {"weight": 0.5, "density": 0.6,
+                                                                              "gamma": 0.05},
+                              {"weight": 0.8, "density": 0.7, "gamma": 0.1}]),
+    "sce": ({"select_topk": 0.3}, [{}, {}, {}]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(TIE_CASES))
+def test_cut_off_ties_keep_what_mergekit_keeps(method, tied_llama, tmp_path):
+    """Where many magnitudes (SCE: variances) tie at the cut-off, the entries kept are those torch's CPU sort
+    (`topk`) puts first. Another pick moves an entry by at least 1/64 times a weight; float32 arithmetic in
+    another order moves it by a few units in the last place."""
+    base, *models = tied_llama
+    shared, per_model = TIE_CASES[method]
+    config = {"merge_method": method, "base_model": str(base), "dtype": "float32", "parameters": shared,
+              "models": [{"model": str(m), "parameters": p} for m, p in zip(models, per_model)]}
+    ours, theirs = run_both(tmp_path, config)
+    assert sorted(ours) == sorted(theirs)
+    for key, want in theirs.items():
+        np.testing.assert_allclose(ours[key], want, rtol=0, atol=1e-6, err_msg=key)

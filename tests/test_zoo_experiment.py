@@ -17,6 +17,7 @@ from tools.zoo.experiment.run import run_one  # noqa: E402
 from tools.zoo.settings import ZooSettings  # noqa: E402
 from tools.zoo.slices import DOMAIN_CAPTIONS, slice_captions, without_split_images  # noqa: E402
 from tools.zoo.splits import split_indices  # noqa: E402
+from tools.zoo.training import anchor_pool, finetune  # noqa: E402
 
 TINY = dict(tasks=("mnist", "emoji"), test_size=30, validation_size=10, train_size=40, finetune_extra=10,
             pretrain_slice=20, image_size=16, patch_size=8, hidden=16, layers=1, heads=2, text_layers=1, bpe_merges=8,
@@ -110,7 +111,7 @@ def test_a_run_measures_every_stage_and_reuses_its_pretraining(tmp_path, monkeyp
     assert first["float16_mb"] == round(2 * (first["clip_parameters"] + 2 * vision) / 1e6, 1)
     assert first["test_sizes"] == {"mnist": 30, "emoji": 30} and first["chance"]["emoji"] == round(100 / 9, 2)
 
-    longer = ZooSettings(**{**TINY, "finetune_steps": 5})  # same pretraining, another fine-tune
+    longer = ZooSettings(**{**TINY, "finetune_steps": 5, "finetune_anchor": 1.0})  # same pretraining, another fine-tune
     second = run_one(cache, longer, "longer", tmp_path / "longer.json", log=lambda _: None)
     assert second["pretrained_from"].startswith("pretrained-") and second["pretrained"] == first["pretrained"]
     other = run_one(cache, ZooSettings(**{**TINY, "pretrain_steps": 5}), "other", tmp_path / "other.json",
@@ -150,3 +151,35 @@ def test_ties_matches_the_engine(tmp_path):
                                                                    vectors.items()}))
     for name in base:
         assert torch.allclose(ours[name], engine[name], atol=1e-6), name
+
+
+def test_the_anchor_keeps_theta0s_embeddings_on_the_corpus_less_the_tasks_own_slice():
+    from tools.zoo.model import new_clip
+    from tools.zoo.training import _embeddings
+
+    corpus = {"glyphs": torch.zeros(3, 3, 16, 16, dtype=torch.uint8), "slice_mnist": torch.ones(2, 3, 16, 16,
+                                                                                              dtype=torch.uint8),
+              "slice_emoji": torch.full((4, 3, 16, 16), 2, dtype=torch.uint8)}
+    assert [int(x) for x in anchor_pool(corpus, "mnist")[:, 0, 0, 0]] == [0, 0, 0, 2, 2, 2, 2]
+
+    settings = ZooSettings(**{**TINY, "finetune_steps": 40, "finetune_lr": 3e-3})
+
+    class Tok:
+        bos_token_id, eos_token_id, pad_token_id = 0, 1, 2
+
+    torch.manual_seed(0)
+    clip = new_clip(settings, Tok(), 16).requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (32, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 4, (32,), generator=gen)
+    head = torch.nn.functional.normalize(torch.randn(4, settings.projection_dim, generator=gen), dim=-1)
+    anchor = torch.randint(0, 255, (64, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    before = _embeddings(clip, clip.vision_model, anchor)
+
+    def drift(weight: float) -> float:
+        tuned = finetune(clip, head, images, labels, settings.with_overrides({"finetune_anchor": weight}), "t",
+                         lambda _: None, anchor)
+        return float((_embeddings(clip, tuned, anchor) - before).pow(2).sum(-1).mean())
+
+    free, kept = drift(0.0), drift(100.0)
+    assert kept < free / 4, (kept, free)

@@ -34,7 +34,7 @@ from .model import new_clip
 from .settings import ZooSettings
 from .slices import slice_captions, without_split_images
 from .splits import SPLITS, split_indices
-from .training import finetune, pretrain, tokenize_captions
+from .training import anchor_pool, finetune, pretrain, tokenize_captions
 from .sources import SOURCES, Images
 
 def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
         with torch.no_grad():
             head = compute_head(clip, processor.tokenizer, get_task(name))
         vision = finetune(clip, head, _pixels(processor, train_images), torch.tensor(train_labels), settings, name,
-                          log)
+                          log, anchor_pool(corpus_pixels, name) if settings.finetune_anchor else None)
         vision.save_pretrained(staging / "models" / name)
         save_splits(staging / "datasets" / name, splits[name], name)
 

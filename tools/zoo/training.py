@@ -124,9 +124,30 @@ def pretrain(clip: Any, images: dict[str, Any], captions: dict[str, list[tuple[i
     return losses
 
 
-def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettings, name: str, log: Log) -> Any:
+def anchor_pool(corpus: dict[str, Any], task: str) -> Any:
+    """The images whose θ₀ embeddings fine-tuning on ``task`` keeps: the pretraining corpus without the task's own
+    in-domain slice."""
+    import torch
+
+    return torch.cat([images for part, images in sorted(corpus.items()) if part != f"slice_{task}"])
+
+
+def _embeddings(clip: Any, vision: Any, images: Any, chunk: int = 1024) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    device = clip.logit_scale.device
+    with torch.no_grad():
+        return torch.cat([F.normalize(image_embeddings(clip, vision, as_pixels(images[i:i + chunk].to(device))), dim=-1)
+                          for i in range(0, len(images), chunk)])
+
+
+def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettings, name: str, log: Log,
+             anchor: Any = None) -> Any:
     """A copy of ``clip``'s vision tower fine-tuned on ``images`` against the frozen zero-shot ``head`` (Adam,
-    cosine schedule; with ``finetune_decay_to_base``, each step also pulls the weights toward θ₀)."""
+    cosine schedule). With ``finetune_decay_to_base``, each step also pulls the weights toward θ₀; with
+    ``finetune_anchor`` and ``anchor`` images, each step also adds that weight times the squared distance between
+    the normalised embeddings of a batch of ``anchor`` images and θ₀'s."""
     import copy
 
     import torch
@@ -134,6 +155,8 @@ def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettin
 
     device = clip.logit_scale.device
     scale = clip.logit_scale.exp().detach()
+    keep = anchor is not None and settings.finetune_anchor > 0
+    kept = _embeddings(clip, clip.vision_model, anchor) if keep else None
     vision = copy.deepcopy(clip.vision_model).requires_grad_(True)
     base = [p.detach().clone() for p in vision.parameters()]
     vision.train()
@@ -146,6 +169,11 @@ def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettin
         batch = shift(as_pixels(images[idx].to(device)), settings.finetune_shift, generator)
         emb = F.normalize(image_embeddings(clip, vision, batch), dim=-1)
         loss = F.cross_entropy(scale * emb @ head.T, labels[idx.to(device)])
+        if keep:
+            pick = torch.randint(len(kept), (settings.finetune_batch,), generator=generator).to(anchor.device)
+            moved = F.normalize(image_embeddings(clip, vision, as_pixels(anchor[pick].to(device))), dim=-1)
+            drift = (moved - kept[pick.to(device)]).pow(2).sum(-1).mean()
+            loss = loss + settings.finetune_anchor * drift
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -154,7 +182,7 @@ def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettin
             with torch.no_grad():
                 torch._foreach_lerp_(list(vision.parameters()), base, pull)
         schedule.step()
-    log(f"fine-tuned {name}: final loss {loss.item():.3f}")
+    log(f"fine-tuned {name}: final loss {loss.item():.3f}" + (f" (embedding drift {drift.item():.4f})" if keep else ""))
     return vision.eval()
 
 

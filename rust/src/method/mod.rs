@@ -9,6 +9,7 @@ mod pair;
 mod params;
 pub(crate) mod sparsify;
 pub(crate) mod subspace;
+pub(crate) mod torch_sort;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! drop (DARE), magnitude with outliers removed (Model Breadcrumbs) and DELLA's rank-weighted random drop,
 //! each optionally rescaled so the L1 norm is kept.
 
+use super::torch_sort;
 use crate::rng;
 
 /// How a task vector is thinned.
@@ -66,6 +67,7 @@ impl Sparsifier {
         match self {
             Sparsifier::Keep => 0,
             Sparsifier::Random { .. } => numel,
+            // (magnitude, index) pairs and the mask
             Sparsifier::Magnitude { .. } | Sparsifier::MagnitudeOutliers { .. } => 9 * numel,
             Sparsifier::DellaMagprune { .. } => numel + 8 * row,
         }
@@ -83,8 +85,8 @@ impl Sparsifier {
     }
 }
 
-/// The entries kept: the `max(1, ⌊density·numel⌋)` largest magnitudes (ties to the lower index), none when
-/// the density is 0, as mergekit's `magnitude` keeps them.
+/// The entries kept: the `max(1, ⌊density·numel⌋)` largest magnitudes, none when the density is 0, as
+/// mergekit's `magnitude` keeps them (ties at the cut-off where torch's CPU sort leaves them).
 fn magnitude(delta: &[f32], density: f64) -> Vec<bool> {
     let numel = delta.len();
     let mut keep = vec![false; numel];
@@ -92,35 +94,33 @@ fn magnitude(delta: &[f32], density: f64) -> Vec<bool> {
         return keep;
     }
     let k = ((density * numel as f64) as usize).max(1);
-    let mut order: Vec<usize> = (0..numel).collect();
-    order.sort_by(|&a, &b| delta[b].abs().total_cmp(&delta[a].abs()).then(a.cmp(&b)));
-    for &i in &order[..k] {
+    for i in torch_sort::argsort(magnitudes(delta), true).indices().take(k) {
         keep[i] = true;
     }
     keep
 }
 
-/// The entries kept: ascending by magnitude, drop the smallest `numel − target − top` and the largest
-/// `top = ⌊gamma·numel⌋` (fewer large ones when the target needs them). Unlike mergekit, whose slice
-/// `[n_bot:-n_top]` keeps nothing when `n_top` is 0, a tensor too small to lose an outlier keeps its top.
+/// The entries kept, as mergekit's `magnitude_outliers` keeps them: in torch's ascending CPU sort order of the
+/// magnitudes, `target = ⌊density·numel⌋` entries from `bottom = max(0, numel − target − ⌊gamma·numel⌋)` on, so
+/// the largest `⌊gamma·numel⌋` are dropped unless the target needs them.
 fn magnitude_outliers(delta: &[f32], density: f64, gamma: f64) -> Vec<bool> {
     let numel = delta.len();
-    let target = (density * numel as f64) as usize;
-    let mut top = (gamma * numel as f64) as usize;
-    let bottom = match numel.checked_sub(target + top) {
-        Some(bottom) => bottom,
-        None => {
-            top = numel - target;
-            0
-        }
-    };
-    let mut order: Vec<usize> = (0..numel).collect();
-    order.sort_by(|&a, &b| delta[a].abs().total_cmp(&delta[b].abs()).then(a.cmp(&b)));
+    let target = ((density * numel as f64) as usize).min(numel);
+    let top = (gamma * numel as f64) as usize;
+    let bottom = numel.saturating_sub(target + top);
     let mut keep = vec![false; numel];
-    for &i in &order[bottom..numel - top] {
+    for i in torch_sort::argsort(magnitudes(delta), false)
+        .indices()
+        .skip(bottom)
+        .take(target)
+    {
         keep[i] = true;
     }
     keep
+}
+
+fn magnitudes(delta: &[f32]) -> impl ExactSizeIterator<Item = f32> + '_ {
+    delta.iter().map(|x| x.abs())
 }
 
 /// DELLA's MagPrune: within each fibre along axis 1 (a row of a matrix; a vector is one row), the entry

@@ -5,6 +5,7 @@
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::Result;
+use crate::method::torch_sort;
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -49,8 +50,8 @@ impl TensorFold for Sce {
     type Acc = Vec<Vec<f32>>;
 
     fn footprint(&self, tensor: &PlanTensor, models: usize) -> usize {
-        // The task vectors, and in `select` a (variance, index) pair and a flag per element.
-        (4 * models + 33) * tensor.numel
+        // The task vectors, and in `select` a variance, a (variance, index) pair and a flag per element.
+        (4 * models + 13) * tensor.numel
     }
 
     fn start(&self, _: &PlanTensor, models: usize) -> Result<Self::Acc> {
@@ -91,24 +92,21 @@ impl TensorFold for Sce {
     }
 }
 
-/// Which elements to keep: the top `density` share (truncated) of those with nonzero variance across the
-/// task vectors, by variance; the lower index first among equal variances.
+/// Which elements to keep, as mergekit's `sce_mask`: the top `density` share (truncated) of those with nonzero
+/// variance across the task vectors, by float32 variance, ties at the cut-off where torch's CPU `topk` leaves them.
 fn select(taus: &[Vec<f32>], density: f64) -> Vec<bool> {
     let len = taus.first().map_or(0, Vec::len);
     let n = taus.len() as f64;
     let variance = |e: usize| {
         let mean = taus.iter().map(|t| f64::from(t[e])).sum::<f64>() / n;
-        taus.iter().map(|t| (f64::from(t[e]) - mean).powi(2)).sum::<f64>() / n
+        (taus.iter().map(|t| (f64::from(t[e]) - mean).powi(2)).sum::<f64>() / n) as f32
     };
-    let mut varying: Vec<(f64, usize)> = (0..len).map(|e| (variance(e), e)).filter(|(v, _)| *v != 0.0).collect();
-    let k = (varying.len() as f64 * density) as usize;
+    let variances: Vec<f32> = (0..len).map(variance).collect();
+    let k = (variances.iter().filter(|v| **v != 0.0).count() as f64 * density) as usize;
     let mut keep = vec![false; len];
-    if k == 0 {
-        return keep;
+    for e in torch_sort::top_k(variances.into_iter(), k).indices() {
+        keep[e] = true;
     }
-    let order = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    varying.select_nth_unstable_by(k - 1, order);
-    varying[..k].iter().for_each(|(_, e)| keep[*e] = true);
     keep
 }
 

@@ -74,7 +74,7 @@ def heads(clip: Any, tokenizer: Any, meta: dict[str, Any], tasks: tuple[str, ...
     return out
 
 
-FINETUNING_ONLY = ("finetune_steps", "finetune_batch", "finetune_lr", "finetune_decay_to_base")
+FINETUNING_ONLY = ("finetune_steps", "finetune_batch", "finetune_lr", "finetune_decay_to_base", "finetune_anchor")
 
 
 def pretraining_key(settings: ZooSettings, device: str) -> str:
@@ -92,7 +92,7 @@ def run_one(cache: Path, settings: ZooSettings, name: str, out: Path, device: st
     import torch
 
     from ..model import new_clip
-    from ..training import finetune, pretrain, tokenize_captions
+    from ..training import anchor_pool, finetune, pretrain, tokenize_captions
 
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -118,15 +118,15 @@ def run_one(cache: Path, settings: ZooSettings, name: str, out: Path, device: st
         temp.replace(out)
         log(f"{name}: {stage} done at {result['seconds'][stage]} s")
 
+    corpus, captions = corpus_of(meta, arrays, settings)
     saved = cache / f"pretrained-{pretraining_key(settings, device)}.pt"
     if saved.exists():  # the same pretraining on the same kind of device: reuse it
         state = torch.load(saved, map_location=device)
         clip.load_state_dict(state["model"])
         result["pretrain_losses"], result["pretrained_from"] = state["losses"], saved.name
     else:
-        images, captions = corpus_of(meta, arrays, settings)
         token_ids, attention_mask, rows = tokenize_captions(tokenizer, captions, device)
-        result["pretrain_losses"] = pretrain(clip, images, rows, token_ids, attention_mask, settings, rng, log)
+        result["pretrain_losses"] = pretrain(clip, corpus, rows, token_ids, attention_mask, settings, rng, log)
         temp = saved.with_suffix(f".tmp{os.getpid()}")
         torch.save({"model": clip.state_dict(), "losses": result["pretrain_losses"]}, temp)
         temp.replace(saved)
@@ -146,7 +146,8 @@ def run_one(cache: Path, settings: ZooSettings, name: str, out: Path, device: st
     for i, task in enumerate(settings.tasks):
         train = [arrays[f"task/{task}/{part}/images"] for part in ("train", "extra")]
         labels = [arrays[f"task/{task}/{part}/labels"] for part in ("train", "extra")]
-        vision = finetune(clip, task_heads[task], torch.cat(train), torch.cat(labels), settings, task, log)
+        vision = finetune(clip, task_heads[task], torch.cat(train), torch.cat(labels), settings, task, log,
+                          anchor_pool(corpus, task) if settings.finetune_anchor else None)
         for n, p in vision.named_parameters():
             vectors[n][i] = p.detach() - base[n]
         finetuned[task] = bench.accuracy(dict(vision.named_parameters()), task)
