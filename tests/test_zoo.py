@@ -158,10 +158,11 @@ def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
                                  finetune_steps=2, finetune_batch=8)
     lines = []
     manifest = build.build_zoo(tmp_path / "zoo", settings, log=lines.append)
-    assert "mnist: test 30, validation 10, train 40, extra 40" in lines
-    assert "pretraining corpus: glyphs 20, marks 20" in lines
+    assert "mnist: test 30, validation 10, slice 30, train 40, extra 10" in lines, lines
+    assert "pretraining corpus: glyphs 20, marks 20, slice_mnist 30, slice_emoji 30" in lines
+    assert any(line.startswith("fine-tuned emoji: final loss") and "embedding drift" in line for line in lines)
     assert manifest["split_sizes"]["emoji"] == {"test": 30, "validation": 10, "train": 40}
-    assert len((tmp_path / "zoo" / manifest["pretraining_hashes"]).read_text().split()) == 40
+    assert len((tmp_path / "zoo" / manifest["pretraining_hashes"]).read_text().split()) == 93  # 100, 7 repeats
     pool = zoo_pool(tmp_path / "zoo")
     assert pool.tasks == ["mnist", "emoji"] and manifest["settings"]["seed"] == 0
     assert not (tmp_path / "zoo.building").exists()
@@ -173,7 +174,7 @@ def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
 
 
 def test_split_indices_are_disjoint_and_seeded():
-    settings = build.ZooSettings(train_size=50, test_size=20, validation_size=10)
+    settings = build.ZooSettings(train_size=50, test_size=20, validation_size=10, pretrain_slice=0)
     a = build.split_indices(200, settings, random.Random(3))
     assert a == build.split_indices(200, settings, random.Random(3))
     assert [len(a[k]) for k in build.SPLITS] == [20, 10, 50]

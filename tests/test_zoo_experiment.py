@@ -32,7 +32,7 @@ def test_split_indices_cut_a_pretraining_slice_no_split_holds():
                                                       "extra": 50}
     everything = [i for part in parts.values() for i in part]
     assert len(everything) == len(set(everything))
-    assert "slice" not in split_indices(1800, ZooSettings(), random.Random(1))  # off by default
+    assert "slice" not in split_indices(1800, ZooSettings(pretrain_slice=0), random.Random(1))  # off at 0
 
 
 def test_slice_captions_mix_class_prompts_and_domain_captions():

@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=ZooSettings.pretrain_steps)
     parser.add_argument("--finetune-steps", type=int, default=ZooSettings.finetune_steps)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while another torch job runs)")
     args = parser.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     build_zoo(args.out, ZooSettings(seed=args.seed, pretrain_steps=args.pretrain_steps,
                                     finetune_steps=args.finetune_steps))
 

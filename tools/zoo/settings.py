@@ -20,7 +20,7 @@ class ZooSettings:
     validation_size: int = 250  # at most an eighth
     train_size: int = 1000  # at most the rest; what ships
     finetune_extra: int = 3000  # images past the shipped train split that fine-tuning also sees (if the source has them)
-    pretrain_slice: int = 0  # per task: images of its own source, in no split, added to the pretraining corpus
+    pretrain_slice: int = 1500  # per task: images of its own source, in no split, added to the pretraining corpus
     class_caption_share: float = 0.3  # share of slice images captioned with their class's prompts (else the domain)
     image_size: int = 32
     patch_size: int = 8
@@ -37,9 +37,9 @@ class ZooSettings:
     pretrain_lr: float = 1e-3
     finetune_steps: int = 600
     finetune_batch: int = 64
-    finetune_lr: float = 1e-4
+    finetune_lr: float = 3e-4
     finetune_decay_to_base: float = 0.0  # decoupled weight decay toward θ₀ while fine-tuning (per step: lr × this)
-    finetune_anchor: float = 0.0  # weight of keeping θ₀'s image embeddings on the corpus, less the task's own slice
+    finetune_anchor: float = 10.0  # weight of keeping θ₀'s image embeddings on the corpus, less the task's own slice
     finetune_shift: int = 2
 
     def with_overrides(self, overrides: dict[str, Any]) -> "ZooSettings":
