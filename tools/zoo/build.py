@@ -7,9 +7,10 @@
    icons, black-and-white emoji, serif scripts. Each batch holds distinct captions. The fingerprints of its images
    are saved, so a test can check that no task image is among them.
 3. Fine-tune only the vision tower per task on its train set (Adam, fixed steps) with the frozen zero-shot head of
-   the pretrained model as classifier, as in the task-vector papers.
-4. Save the hub layouts: the pretrained ``CLIPModel`` with tokenizer and image processor, one ``CLIPVisionModel``
-   per task, the splits as parquet, and ``zoo.json`` describing it all.
+   the pretrained model as classifier, as in the task-vector papers, while keeping the pretrained model's image
+   embeddings of the corpus (``finetune_anchor``).
+4. Save the hub layouts in float16: the pretrained ``CLIPModel`` with tokenizer and image processor, one
+   ``CLIPVisionModel`` per task, the splits as parquet, and ``zoo.json`` describing it all.
 
 Run ``python -m tools.zoo.build OUT`` (``pip install "merge-rs[zoo]"`` plus the Debian packages named in
 ``sources.py``: ``make zoo``). Deterministic from ``--seed`` on a given machine.
@@ -75,7 +76,7 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
 
     token_ids, attention_mask, rows = tokenize_captions(processor.tokenizer, corpus_captions)
     pretrain(clip, corpus_pixels, rows, token_ids, attention_mask, settings, rng, log)
-    clip.save_pretrained(staging / "pretrained")
+    save_float16(clip, staging / "pretrained")
     processor.save_pretrained(staging / "pretrained")
 
     for name in settings.tasks:
@@ -84,7 +85,7 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
             head = compute_head(clip, processor.tokenizer, get_task(name))
         vision = finetune(clip, head, _pixels(processor, train_images), torch.tensor(train_labels), settings, name,
                           log, anchor_pool(corpus_pixels, name) if settings.finetune_anchor else None)
-        vision.save_pretrained(staging / "models" / name)
+        save_float16(vision, staging / "models" / name)
         save_splits(staging / "datasets" / name, splits[name], name)
 
     manifest = {
@@ -118,6 +119,15 @@ def _new_clip(staging: Path, settings: ZooSettings):
         crop_size={"height": settings.image_size, "width": settings.image_size},
     )
     return new_clip(settings, tokenizer, vocab), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def save_float16(model, directory: Path) -> None:
+    """Save a float16 copy of ``model`` (what ships; training goes on in float32)."""
+    import copy
+
+    import torch
+
+    copy.deepcopy(model).to(torch.float16).save_pretrained(directory)
 
 
 def _pixels(processor, images):

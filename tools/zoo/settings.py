@@ -21,7 +21,7 @@ class ZooSettings:
     train_size: int = 1000  # at most the rest; what ships
     finetune_extra: int = 3000  # images past the shipped train split that fine-tuning also sees (if the source has them)
     pretrain_slice: int = 1500  # per task: images of its own source, in no split, added to the pretraining corpus
-    class_caption_share: float = 0.3  # share of slice images captioned with their class's prompts (else the domain)
+    class_caption_share: float = 0.1  # share of slice images captioned with their class's prompts (else the domain)
     image_size: int = 32
     patch_size: int = 8
     hidden: int = 80

@@ -7,6 +7,10 @@ import json
 from pathlib import Path
 
 
+# Evaluation and the learned methods compute in float32 whatever the checkpoint's dtype (the zoo ships float16).
+_COMPUTE = "float32"
+
+
 def quiet_library_progress() -> None:
     """merge-rs shows its own progress: silence the per-file bars of transformers and datasets."""
     import datasets
@@ -32,7 +36,7 @@ def load_clip(path: Path):
     if kind != "clip":
         raise ValueError(f"{path}: a full CLIP model (model_type 'clip', with its text tower) is needed for "
                          f"zero-shot heads; this one is '{kind}'")
-    return CLIPModel.from_pretrained(path).eval(), CLIPProcessor.from_pretrained(path)
+    return CLIPModel.from_pretrained(path, dtype=_COMPUTE).eval(), CLIPProcessor.from_pretrained(path)
 
 
 def load_vision_encoder(path: Path):
@@ -42,9 +46,9 @@ def load_vision_encoder(path: Path):
     quiet_library_progress()
     kind = model_type(path)
     if kind == "clip_vision_model":
-        return CLIPVisionModel.from_pretrained(path).eval()
+        return CLIPVisionModel.from_pretrained(path, dtype=_COMPUTE).eval()
     if kind == "clip":
-        clip = CLIPModel.from_pretrained(path)
+        clip = CLIPModel.from_pretrained(path, dtype=_COMPUTE)
         vision = CLIPVisionModel(clip.config.vision_config)
         vision.load_state_dict(_vision_state(clip, vision))
         return vision.eval()
