@@ -109,12 +109,12 @@ def test_fine_tuned_models_beat_the_pretrained_one_on_their_own_tasks(zoo):
     evaluator = Evaluator(zoo.pretrained_path(), tasks, device="cpu", progress=False, cache_pixels=True)
     pretrained = evaluator.evaluate(load_vision_encoder(zoo.pretrained_path()))
     gains = []
-    for task in zoo.tasks:
+    for task in zoo.tasks:  # the shipped zoo: scripts gains least (11.0 points), the average is 29.6
         own = evaluator.evaluate(zoo.load_vision(task))[task]
-        assert own["accuracy"] > pretrained[task]["accuracy"], task
+        assert own["accuracy"] >= pretrained[task]["accuracy"] + 0.10, task
         assert own["loss"] < pretrained[task]["loss"], task
         gains.append(own["accuracy"] - pretrained[task]["accuracy"])
-    assert sum(gains) / len(gains) > 0.05
+    assert sum(gains) / len(gains) >= 0.25
 
 
 def test_heads_are_cached_on_disk_and_reused(zoo, clip, tmp_path):
@@ -182,8 +182,9 @@ def test_merge_then_eval_in_one_go(tmp_path):
     out = cli("merge", "task_arithmetic", "--pool", "zoo", "--out", tmp_path / "ta", "--eval", "--limit", "20",
               "--json", "--quiet")
     data = json.loads(out.stdout)
-    assert data["method"] == "task_arithmetic" and len(data["models"]) == 4
-    assert set(data["evaluation"]) == {"model_info", "mnist", "digits", "fashion_mnist", "emoji", "average"}
+    tasks = zoo_pool().tasks
+    assert data["method"] == "task_arithmetic" and [m["name"] for m in data["models"]] == tasks
+    assert set(data["evaluation"]) == {"model_info", *tasks, "average"}
 
 
 def test_local_dataset_layouts_load_alike(zoo, tmp_path):

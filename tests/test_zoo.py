@@ -17,7 +17,7 @@ from merge_rs.clip.pool import zoo_pool  # noqa: E402
 from tools.zoo import build, tokenizer  # noqa: E402
 from tools.zoo.hashes import fingerprint  # noqa: E402
 
-ZOO_TASKS = ["mnist", "digits", "fashion_mnist", "emoji"]
+ZOO_TASKS = ["mnist", "digits", "fashion_mnist", "emoji", "icons", "textures", "letters", "scripts"]
 
 
 @pytest.mark.slow
@@ -69,32 +69,22 @@ def test_shipped_zoo_is_complete():
             assert (pool.base / manifest["datasets"][task] / f"{split}.parquet").is_file()
 
 
-def test_shipped_validation_splits_share_no_image_with_train_or_test():
+def test_shipped_splits_are_disjoint_and_share_no_image_with_pretraining():
     from merge_rs.clip.data import load_split
 
     pool = zoo_pool()
-    sizes = json.loads((pool.base / "zoo.json").read_text())["split_sizes"]
+    manifest = json.loads((pool.base / "zoo.json").read_text())
+    pretraining = set((pool.base / manifest["pretraining_hashes"]).read_text().split())
+    assert len(pretraining) > 10_000
     for task in pool.tasks:
         prints = {}
         for split in ("train", "validation", "test"):
             images = load_split(pool.dataset_source(task), split).dataset["image"]
             prints[split] = {fingerprint(image) for image in images}
-            assert len(images) == sizes[task][split], (task, split)
+            assert len(images) == manifest["split_sizes"][task][split], (task, split)
+            assert not prints[split] & pretraining, (task, split)
         assert not prints["validation"] & (prints["train"] | prints["test"]), task
-
-
-def test_legacy_splits_give_validation_from_unseen_images_or_carve_it_from_test():
-    from tools.zoo.validation import _plan, legacy_split_indices
-
-    large = legacy_split_indices(4000, random.Random(0))
-    assert [len(large[k]) for k in ("test", "train", "pretrain", "unseen")] == [500, 1000, 1500, 1000]
-    assert len(set().union(*map(set, large.values()))) == 4000
-    plan = _plan(large, unseen=250, carved=200)
-    assert plan["validation"] == large["unseen"][:250] and plan["test"] == large["test"]
-    small = legacy_split_indices(1797, random.Random(0))  # sklearn digits: pretraining takes the rest
-    assert not small["unseen"]
-    plan = _plan(small, unseen=250, carved=200)
-    assert plan["test"] + plan["validation"] == small["test"] and len(plan["validation"]) == 200
+        assert not prints["train"] & prints["test"], task
 
 
 def _fake_bpe(path):

@@ -15,7 +15,7 @@ from tools.zoo.experiment import measure, report  # noqa: E402
 from tools.zoo.experiment.cache import CACHED_SETTINGS, IMAGES, META  # noqa: E402
 from tools.zoo.experiment.run import run_one  # noqa: E402
 from tools.zoo.settings import ZooSettings  # noqa: E402
-from tools.zoo.slices import DOMAIN_CAPTIONS, slice_captions, without_split_images  # noqa: E402
+from tools.zoo.slices import DOMAIN_CAPTIONS, slice_captions  # noqa: E402
 from tools.zoo.splits import split_indices  # noqa: E402
 from tools.zoo.training import anchor_pool, finetune  # noqa: E402
 
@@ -46,14 +46,14 @@ def test_slice_captions_mix_class_prompts_and_domain_captions():
     assert all(c == DOMAIN_CAPTIONS["mnist"] for c in slice_captions("mnist", labels, prompts, 0.0, seed=0))
 
 
-def test_slices_drop_exact_duplicates_of_split_images():
+def test_sources_lose_their_exact_repeats_before_the_split():
     from PIL import Image
 
-    from tools.zoo.hashes import fingerprint
+    from tools.zoo.hashes import distinct
 
-    images = [Image.new("L", (8, 8), v) for v in (0, 90, 180)]
-    kept, labels = without_split_images(images, [0, 1, 2], {fingerprint(Image.new("L", (8, 8), 90))})
-    assert labels == [0, 2] and kept == [images[0], images[2]]
+    images = [Image.new("L", (8, 8), v) for v in (0, 90, 0, 180, 90)]
+    kept, labels = distinct(images, [0, 1, 2, 3, 4])
+    assert labels == [0, 1, 3] and kept == [images[0], images[1], images[3]]
 
 
 def test_settings_overrides_convert_and_refuse_unknown_names():

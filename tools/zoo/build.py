@@ -30,10 +30,10 @@ from typing import Any
 from merge_rs.clip.heads import compute_head
 from merge_rs.clip.tasks import get_task
 from .corpus import pretraining_corpus
-from .hashes import HASH_FILE, fingerprint
+from .hashes import HASH_FILE, distinct, fingerprint
 from .model import new_clip
 from .settings import ZooSettings
-from .slices import slice_captions, without_split_images
+from .slices import slice_captions
 from .splits import SPLITS, split_indices
 from .training import anchor_pool, finetune, pretrain, tokenize_captions
 from .sources import SOURCES, Images
@@ -53,17 +53,14 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
     clip, processor = _new_clip(staging, settings)
     splits: dict[str, dict[str, Images]] = {}
     for name in settings.tasks:
-        images, labels = SOURCES[name]()
+        images, labels = distinct(*SOURCES[name]())
         parts = split_indices(len(images), settings, rng)
         splits[name] = {k: ([images[i] for i in idx], [labels[i] for i in idx]) for k, idx in parts.items()}
         log(f"{name}: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits[name].items()))
     corpus = pretraining_corpus(settings.seed)
-    with_slices = any("slice" in parts for parts in splits.values())
-    split_prints = {fingerprint(image) for parts in splits.values() for part, (images, _) in parts.items()
-                    for image in images if part != "slice"} if with_slices else set()
     for name in settings.tasks:
         if "slice" in splits[name]:
-            images, labels = without_split_images(*splits[name].pop("slice"), split_prints)
+            images, labels = splits[name].pop("slice")
             prompts = [tuple(get_task(name).prompts(c)) for c in get_task(name).classnames]
             captions = slice_captions(name, labels, prompts, settings.class_caption_share, settings.seed)
             corpus[f"slice_{name}"] = list(zip(images, captions))

@@ -16,3 +16,16 @@ HASH_FILE = "pretraining-hashes.txt"
 def fingerprint(image: Image.Image) -> str:
     pixels = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR).tobytes()
     return hashlib.sha256(pixels).hexdigest()[:20]
+
+
+def distinct(images: list[Image.Image], labels: list[int]) -> tuple[list[Image.Image], list[int]]:
+    """A source less its exact repeats (the first of each kept), so that no picture lands in two splits: a few
+    sources render some items identically (emoji that differ only in a code point, icons shared by two themes)."""
+    seen: set[str] = set()
+    keep = []
+    for i, image in enumerate(images):
+        key = fingerprint(image)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return [images[i] for i in keep], [labels[i] for i in keep]

@@ -36,11 +36,3 @@ def slice_captions(task: str, labels: list[int], prompts: list[tuple[str, ...]],
     rng = random.Random(f"{seed}:slice-captions:{task}")
     domain = DOMAIN_CAPTIONS[task]
     return [prompts[label] if rng.random() < share else domain for label in labels]
-
-
-def without_split_images(images: list, labels: list[int], split_prints: set[str]) -> tuple[list, list[int]]:
-    """The slice less any image whose fingerprint is also in a split (sources hold a few exact duplicates)."""
-    from .hashes import fingerprint
-
-    keep = [i for i, image in enumerate(images) if fingerprint(image) not in split_prints]
-    return [images[i] for i in keep], [labels[i] for i in keep]

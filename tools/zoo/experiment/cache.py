@@ -49,9 +49,8 @@ def prepare(out: Path, settings: ZooSettings, log=print) -> dict[str, Any]:
     from merge_rs.clip.tasks import get_task
 
     from ..corpus import pretraining_corpus
-    from ..hashes import fingerprint
+    from ..hashes import distinct, fingerprint
     from ..sources import SOURCES
-    from ..slices import without_split_images
     from ..splits import split_indices
     from ..tokenizer import write_clip_tokenizer_files
 
@@ -64,7 +63,7 @@ def prepare(out: Path, settings: ZooSettings, log=print) -> dict[str, Any]:
     pretraining_prints: list[str] = []
     slices: dict[str, tuple[list, list[int]]] = {}
     for name in settings.tasks:
-        images, labels = SOURCES[name]()
+        images, labels = distinct(*SOURCES[name]())
         task = get_task(name)
         prompts[name] = [task.prompts(c) for c in task.classnames]
         for part, idx in split_indices(len(images), settings, rng).items():
@@ -75,7 +74,6 @@ def prepare(out: Path, settings: ZooSettings, log=print) -> dict[str, Any]:
             _store(arrays, f"task/{name}/{part}", processor, chosen, chosen_labels)
             split_prints.update(fingerprint(im) for im in chosen)
     for name, (chosen, chosen_labels) in slices.items():
-        chosen, chosen_labels = without_split_images(chosen, chosen_labels, split_prints)
         _store(arrays, f"task/{name}/slice", processor, chosen, chosen_labels)
         pretraining_prints.extend(fingerprint(im) for im in chosen)
     for name in settings.tasks:

@@ -31,7 +31,9 @@ def mean(row: dict[str, float]) -> float:
 
 
 def normalised(row: dict[str, float], finetuned: dict[str, float]) -> float:
-    return 100 * sum(row[t] / finetuned[t] for t in finetuned) / len(finetuned)
+    """The mean of merged ÷ fine-tuned over the tasks whose fine-tuned accuracy is not 0 (NaN if none)."""
+    tasks = [t for t in finetuned if finetuned[t]]
+    return 100 * sum(row[t] / finetuned[t] for t in tasks) / len(tasks) if tasks else float("nan")
 
 
 def best_lambda(result: dict[str, Any]) -> str:
