@@ -355,3 +355,13 @@ def test_cut_off_ties_keep_what_mergekit_keeps(method, tied_llama, tmp_path):
     assert sorted(ours) == sorted(theirs)
     for key, want in theirs.items():
         np.testing.assert_allclose(ours[key], want, rtol=0, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_karcher_gives_mergekits_tensors(with_base, llama, tmp_path):
+    base, a, b, c = llama
+    config = {"merge_method": "karcher", "dtype": "float32", "parameters": {"max_iter": 20, "tol": 1e-6},
+              "models": [{"model": str(m)} for m in (a, b, c)]}
+    if with_base:
+        config["base_model"] = str(base)
+    assert_same(*run_both(tmp_path, config))

@@ -19,7 +19,7 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce"}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce", "karcher"}
 REQUIRED = object()
 
 
@@ -196,6 +196,23 @@ class Multislerp(Translator):
         return {"weights": per_model["weight"], "normalize_weights": bool(shared["normalize_weights"])}
 
 
+class Karcher(Translator):
+    """Every model weighs alike; mergekit averages base_model's tensors too when one is given."""
+
+    method = "karcher"
+    shared_specs = {"max_iter": 10, "tol": 1e-5}
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        models = [self.base, *self.models] if self.base is not None else self.models
+        if len(models) < 2:
+            raise self.source.error(("models",), "mergekit's karcher needs two models or more")
+        return None, models
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, _ = self.values(tensor, t)
+        return {"max_iter": int(shared["max_iter"]), "tol": float(shared["tol"])}
+
+
 class ModelStock(Translator):
     method = "model_stock"
     shared_specs = {"filter_wise": False}
@@ -224,7 +241,7 @@ class Passthrough(Translator):
 # ignores it (its own tests give slerp and model_stock a weight); any other name is a mistake.
 ANY_METHODS_PARAMETER = {"weight", "density", "gamma", "epsilon", "lambda", "normalize", "rescale", "int8_mask", "t",
                          "normalize_weights", "eps", "filter_wise", "scale", "nuslerp_flatten", "nuslerp_row_wise",
-                         "select_topk"}
+                         "select_topk", "max_iter", "tol"}
 
 
 def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
@@ -232,6 +249,6 @@ def translator(source: RecipeSource, name: str, base: str | None, models: list[s
                base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
                                           "model_stock": ModelStock, "passthrough": Passthrough,
-                                          "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce}
+                                          "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce, "karcher": Karcher}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
     return kind(source, name, base, models, shared, per_model, positions, base_entry)
