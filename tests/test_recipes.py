@@ -134,8 +134,8 @@ BAD_RECIPES = {
                          "modules: merge-rs does not support mergekit's per-module configs"),
     "mergekit residual weight": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
                                  "    residual_weight: 0.5\n", 4, "slices.0.residual_weight: merge-rs does not support"),
-    "mergekit ram": ("merge_method: ram\nmodels: [{{model: {a}}}]\n", 1,
-                     "merge_method: merge-rs does not run mergekit's 'ram'"),
+    "mergekit arcee_fusion": ("merge_method: arcee_fusion\nmodels: [{{model: {a}}}]\n", 1,
+                              "merge_method: merge-rs does not run mergekit's 'arcee_fusion'"),
     "mergekit karcher of one": ("merge_method: karcher\nmodels: [{{model: {a}}}]\n", 2,
                                 "models: mergekit's karcher needs two models or more"),
     "mergekit weight": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {a}\n", 4,

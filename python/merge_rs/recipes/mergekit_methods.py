@@ -19,7 +19,7 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce", "karcher"}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce", "karcher", "ram"}
 REQUIRED = object()
 
 
@@ -213,6 +213,15 @@ class Karcher(Translator):
         return {"max_iter": int(shared["max_iter"]), "tol": float(shared["tol"])}
 
 
+class Ram(Translator):
+    method = "ram"
+    shared_specs = {"epsilon": 1e-5}
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, _ = self.values(tensor, t)
+        return {"epsilon": float(shared["epsilon"])}
+
+
 class ModelStock(Translator):
     method = "model_stock"
     shared_specs = {"filter_wise": False}
@@ -249,6 +258,7 @@ def translator(source: RecipeSource, name: str, base: str | None, models: list[s
                base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
                                           "model_stock": ModelStock, "passthrough": Passthrough,
-                                          "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce, "karcher": Karcher}
+                                          "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce, "karcher": Karcher,
+                                          "ram": Ram}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
     return kind(source, name, base, models, shared, per_model, positions, base_entry)
