@@ -2,8 +2,9 @@
 //! float32 row with libstdc++'s `std::sort` (introsort: median-of-three quicksort down to runs of 16, heapsort
 //! past a depth of 2·⌊log₂ n⌋, then one insertion sort), comparing keys only. Entries of equal key come out in
 //! whatever order those steps leave them, which is what mergekit's TIES and breadcrumbs keep at their cut-offs.
-//! Replaying the same steps gives the same permutation (checked through mergekit's TIES and breadcrumbs in
-//! `tests/test_recipe_mergekit.py`).
+//! Replaying the same steps gives the same permutation: checked against torch 2.15 from PyPI (whose CPU build sorts
+//! floats with `std::sort`; a build with x86-simd-sort would not) and through mergekit's TIES, breadcrumbs and SCE in
+//! `tests/test_recipe_mergekit.py`.
 
 /// Below this many entries a range is left to the final insertion sort (libstdc++'s `_S_threshold`).
 const THRESHOLD: usize = 16;

@@ -86,7 +86,6 @@ fn norm(v: impl Iterator<Item = f64>) -> f64 {
 struct Direction<'a> {
     values: &'a [f32],
     norm: f64,
-    weight: f64,
 }
 
 impl Direction<'_> {
@@ -113,12 +112,12 @@ fn mean(points: &[Vec<f32>], max_iter: u64, tol: f64, out: &mut [f32]) {
         .map(|&i| Direction {
             values: &points[i],
             norm: norms[i],
-            weight: 1.0 / valid.len() as f64,
         })
         .collect();
+    let weight = 1.0 / valid.len() as f64; // each direction's share of the mean
     let len = out.len();
     let mut mean: Vec<f64> = (0..len)
-        .map(|e| directions.iter().map(|d| d.weight * d.at(e)).sum())
+        .map(|e| directions.iter().map(|d| weight * d.at(e)).sum())
         .collect();
     let length = norm(mean.iter().copied());
     if length < tol {
@@ -135,7 +134,7 @@ fn mean(points: &[Vec<f32>], max_iter: u64, tol: f64, out: &mut [f32]) {
             if angle < tol {
                 continue;
             }
-            let c = d.weight * angle / angle.sin();
+            let c = weight * angle / angle.sin();
             step.iter_mut()
                 .zip(&mean)
                 .enumerate()
