@@ -145,8 +145,8 @@ BAD_RECIPES = {
     "mergekit missing lora": ("merge_method: linear\nmodels:\n  - model: {a}+lora\n    parameters: {{weight: 1}}\n", 3,
                               "models.0.model: model 'lora' does not exist"),
     "not yaml": ("method: [ties\n", 2, "not valid YAML"),
-    "mergekit multi-document": ("merge_method: linear\nmodels: [{{model: {a}}}]\n---\nmerge_method: ties\n", 3,
-                                "found another document"),
+    "mergekit multi-document": ("merge_method: linear\nmodels: [{{model: {a}}}]\n---\nmerge_method: ties\n", 4,
+                                "2 documents have no name"),
 }
 
 

@@ -43,7 +43,7 @@ def compose(text: str, where: str) -> yaml.Node | None:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
         raise InvalidArgumentError(f"{where}: the YAML nests more than {MAX_DEPTH} deep") from None
-    _check_size(node, where)
+    _check_size([node] if node is not None else [], where)
     return node
 
 
@@ -53,15 +53,24 @@ def load(text: str, where: str) -> tuple[yaml.Node | None, Any]:
     return node, None if node is None else yaml.SafeLoader(text).construct_document(node)
 
 
+def load_all(text: str, where: str) -> list[tuple[yaml.Node, Any]]:
+    """Each document of ``text`` (a stream of ``---``-separated documents) as its node graph and its data, the
+    bounds holding for all documents together."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except RecursionError:
+        raise InvalidArgumentError(f"{where}: the YAML nests more than {MAX_DEPTH} deep") from None
+    _check_size(nodes, where)
+    return [(node, yaml.SafeLoader(text).construct_document(node)) for node in nodes if node is not None]
+
+
 def safe_load(text: str, where: str) -> Any:
     """``yaml.safe_load`` of ``text``, within the bounds (``where`` names the source in errors)."""
     return load(text, where)[1]
 
 
-def _check_size(root: yaml.Node | None, where: str) -> None:
-    if root is None:
-        return
-    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+def _check_size(roots: list[yaml.Node], where: str) -> None:
+    stack: list[tuple[yaml.Node, int]] = [(root, 1) for root in roots if root is not None]
     count = 0
     while stack:
         node, depth = stack.pop()

@@ -14,13 +14,16 @@ from ..model_card import card_yaml, model_card, show
 from .job import MergeJob, MergePlan, plan, resolve_model
 from .mergekit import is_mergekit, job_from_mergekit
 from .own import job_from_recipe
-from .source import load_source
+from .source import RecipeSource, load_source
 
 OUT_WIDTH = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def load_job(path: Path, overrides: Sequence[str] = ()) -> MergeJob:
-    source = load_source(Path(path), overrides)
+    return job_from_source(load_source(Path(path), overrides))
+
+
+def job_from_source(source: RecipeSource) -> MergeJob:
     return job_from_mergekit(source) if is_mergekit(source.data) else job_from_recipe(source)
 
 

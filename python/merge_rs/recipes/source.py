@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from ..exceptions import InvalidArgumentError
-from .bounded_yaml import load, read_recipe_text, safe_load
+from .bounded_yaml import load_all, read_recipe_text, safe_load
 
 Loc = tuple[Any, ...]
 _CARD_BLOCK = re.compile(r"^```ya?ml[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -25,11 +25,10 @@ class RecipeError(InvalidArgumentError):
 
 @dataclass
 class RecipeSource:
-    """A recipe's data, where each field was written, and its text as run (overrides applied)."""
+    """A recipe's data (overrides applied) and where each field was written."""
 
     path: Path
     data: dict[str, Any]
-    text: str
     lines: dict[Loc, int] = field(default_factory=dict)
     overridden: set[Loc] = field(default_factory=set)
 
@@ -47,28 +46,44 @@ class RecipeSource:
 
 def load_source(path: Path, overrides: Sequence[str] = ()) -> RecipeSource:
     """The recipe at ``path`` (a YAML file, or a model card holding one) with ``overrides`` applied."""
+    sources = load_sources(path, overrides)
+    if len(sources) != 1:
+        raise RecipeError(f"{path}: holds {len(sources)} YAML documents; a recipe is one (a mergekit-multi config "
+                          "runs with merge-rs run --intermediate-dir)")
+    return sources[0]
+
+
+def load_sources(path: Path, overrides: Sequence[str] = ()) -> list[RecipeSource]:
+    """Each YAML document of the file at ``path`` (a model card holds one), with ``overrides`` applied to the
+    only one (overrides are refused when there are several)."""
     try:
         raw = read_recipe_text(path)
     except InvalidArgumentError as e:
         raise RecipeError(str(e)) from None
     text, offset = _recipe_text(path, raw)
     try:
-        node, data = load(text, str(path))
+        documents = load_all(text, str(path))
     except InvalidArgumentError as e:
         raise RecipeError(str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1 + offset}" if mark is not None else ""
         raise RecipeError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(data, dict):
+    sources = []
+    for node, data in documents:
+        if not isinstance(data, dict):
+            at = f":{node.start_mark.line + 1 + offset}" if len(documents) > 1 else ""
+            raise RecipeError(f"{path}{at}: a recipe is a YAML mapping of fields (method, models, parameters, ...)")
+        sources.append(RecipeSource(path=path, data=data))
+        _record_lines(node, (), sources[-1].lines, offset)
+    if not sources:
         raise RecipeError(f"{path}: a recipe is a YAML mapping of fields (method, models, parameters, ...)")
-    source = RecipeSource(path=path, data=data, text=text)
-    _record_lines(node, (), source.lines, offset)
+    if overrides and len(sources) > 1:
+        raise RecipeError(f"{path}: KEY=VALUE overrides need a one-document recipe; this file holds "
+                          f"{len(sources)} documents")
     for override in overrides:
-        _apply(source, override)
-    if overrides:
-        source.text = yaml.safe_dump(source.data, sort_keys=False)
-    return source
+        _apply(sources[0], override)
+    return sources
 
 
 def is_card(path: Path) -> bool:
