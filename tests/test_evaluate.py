@@ -109,12 +109,12 @@ def test_fine_tuned_models_beat_the_pretrained_one_on_their_own_tasks(zoo):
     evaluator = Evaluator(zoo.pretrained_path(), tasks, device="cpu", progress=False, cache_pixels=True)
     pretrained = evaluator.evaluate(load_vision_encoder(zoo.pretrained_path()))
     gains = []
-    for task in zoo.tasks:  # the shipped zoo: scripts gains least (11.0 points), the average is 29.6
+    for task in zoo.tasks:  # the shipped zoo: scripts gains least (15.1 points), the average is 33.7
         own = evaluator.evaluate(zoo.load_vision(task))[task]
-        assert own["accuracy"] >= pretrained[task]["accuracy"] + 0.10, task
+        assert own["accuracy"] >= pretrained[task]["accuracy"] + 0.15, task
         assert own["loss"] < pretrained[task]["loss"], task
         gains.append(own["accuracy"] - pretrained[task]["accuracy"])
-    assert sum(gains) / len(gains) >= 0.25
+    assert sum(gains) / len(gains) >= 0.30
 
 
 def test_heads_are_cached_on_disk_and_reused(zoo, clip, tmp_path):

@@ -37,7 +37,7 @@ class ZooSettings:
     pretrain_lr: float = 1e-3
     finetune_steps: int = 600
     finetune_batch: int = 64
-    finetune_lr: float = 3e-4
+    finetune_lr: float = 1e-3
     finetune_decay_to_base: float = 0.0  # decoupled weight decay toward θ₀ while fine-tuning (per step: lr × this)
     finetune_anchor: float = 10.0  # weight of keeping θ₀'s image embeddings on the corpus, less the task's own slice
     finetune_shift: int = 2
