@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from .job import MergeJob
-from .mergekit_methods import GTA, OTHERS, translator
+from .mergekit_methods import DTYPES, GTA, OTHERS, translator
 from .settings import Conditional, Gradient, varies_by_layer
 from .source import RecipeSource
 
 FIELDS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype", "slices"}
 UNSUPPORTED = {"modules": "per-module configs", "tokenizer": "tokenizer surgery"}
 NO_WEIGHTS = {"tokenizer_source", "chat_template"}
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
-          "bf16": "bfloat16"}
 
 
 def is_mergekit(data: dict[str, Any]) -> bool:
@@ -57,9 +55,9 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, base] if m)
     translate = translator(source, method, base, models, shared, model_settings, positions, base_entry)
     dtype = DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None)
-    if data.get("dtype") not in (None, "float32", "fp32"):
-        warnings.append(f"mergekit computes in {data['dtype']}; merge-rs computes in float32 and writes "
-                        f"{dtype}, so results differ by rounding")
+    if data.get("dtype") not in (None, "float32", "fp32") and not translate.computes_in_dtype:
+        warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32 and "
+                        f"writes {dtype}, so results differ by rounding")
     all_values = [*shared.values(), *(s for m in model_settings for s in m.values())]
     pretrained, inputs = translate.inputs
     split = [_split_lora(ref) for ref in inputs]
@@ -101,9 +99,9 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
     position = {ref: j for j, ref in enumerate(refs)}
     merge = Frankenmerge(slices, translators, position[pretrained] if pretrained else None,
                          [position[m] for m in models])
-    if data.get("dtype") not in (None, "float32", "fp32"):
-        warnings.append(f"mergekit computes in {data['dtype']}; merge-rs computes in float32, so results differ by "
-                        "rounding")
+    if data.get("dtype") not in (None, "float32", "fp32") and not translators[0].computes_in_dtype:
+        warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32, so "
+                        "results differ by rounding")
     every = list(dict.fromkeys(s.model for piece in slices for s in piece.sources))
     return MergeJob(source=source, dialect="mergekit-yaml", method=translators[0].method, models=every,
                     parameters_for=merge.parameters_for, slices=merge,

@@ -23,12 +23,18 @@ OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearsw
 REQUIRED = object()
 
 
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
+          "bf16": "bfloat16"}
+
+
 class Translator:
     """mergekit's parameter specs for one method, and their values for a tensor."""
 
     method = ""
     shared_specs: dict[str, Any] = {}
     model_specs: dict[str, Any] = {}
+    # whether merge-rs replays mergekit's roundings in the config's dtype (the engine's `compute`)
+    computes_in_dtype = False
 
     def __init__(self, source: RecipeSource, name: str, base: str | None, models: list[str],
                  shared: dict[str, Any], per_model: list[dict[str, Any]], positions: list[int] | None = None,
@@ -39,6 +45,7 @@ class Translator:
         self.shared, self.per_model = shared, per_model
         self.positions: list[int | None] = list(positions if positions is not None else range(len(per_model)))
         self.base_entry = base_entry
+        self.compute = DTYPES.get(str(source.data.get("dtype")), "float32")
         self.warnings: list[str] = []
         known = {**self.shared_specs, **self.model_specs}
         entries = [*zip(self.positions, per_model), *([base_entry] if base_entry else [])]
@@ -83,6 +90,7 @@ class Translator:
 
 class GeneralizedTaskArithmetic(Translator):
     method = "generalized_task_arithmetic"
+    computes_in_dtype = True
 
     def __init__(self, source: RecipeSource, name: str, *args: Any) -> None:
         self.sparsification, self.consensus, normalize, rescale = GTA[name]
@@ -98,7 +106,7 @@ class GeneralizedTaskArithmetic(Translator):
         shared, per_model = self.values(tensor, t)
         out = {"sparsification": self.sparsification, "consensus": self.consensus, "weights": per_model["weight"],
                "density": [min(float(d), 1.0) for d in per_model["density"]], "normalize": bool(shared["normalize"]),
-               "rescale": bool(shared["rescale"]), "lambda": shared["lambda"]}
+               "rescale": bool(shared["rescale"]), "lambda": shared["lambda"], "compute": self.compute}
         if "gamma" in per_model:
             out["gamma"] = per_model["gamma"]
         if "epsilon" in per_model:
@@ -112,6 +120,7 @@ class Linear(Translator):
     method = "weighted_average"
     shared_specs = {"normalize": True}
     model_specs = {"weight": REQUIRED}
+    computes_in_dtype = True
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         # mergekit's linear merges base_model too, as one more input: weighted by its own entry's parameters
@@ -124,7 +133,7 @@ class Linear(Translator):
 
     def __call__(self, tensor: str, t: float) -> dict[str, Any]:
         shared, per_model = self.values(tensor, t)
-        return {"weights": per_model["weight"], "normalize": bool(shared["normalize"])}
+        return {"weights": per_model["weight"], "normalize": bool(shared["normalize"]), "compute": self.compute}
 
 
 class Slerp(Translator):

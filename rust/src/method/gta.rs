@@ -5,6 +5,7 @@
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
+use crate::method::precision::Precision;
 use crate::method::sparsify::{Sparsifier, sparsify};
 use crate::method::{ANY_F32, MergeMethod, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
@@ -181,6 +182,8 @@ pub(crate) struct Gta {
     rescale: bool,
     lambda: f32,
     weights: Vec<f32>,
+    /// Where every step is rounded (mergekit's `dtype:`).
+    precision: Precision,
 }
 
 impl Gta {
@@ -192,6 +195,7 @@ impl Gta {
         how: Thinning,
         consensus: Option<Consensus>,
     ) -> Result<Gta> {
+        let precision = Precision::from_params(p)?;
         Ok(Gta {
             name,
             sparsifiers: sparsifiers(name, p, how)?,
@@ -203,8 +207,9 @@ impl Gta {
                 .floats("weights")
                 .unwrap_or_default()
                 .iter()
-                .map(|&x| x as f32)
+                .map(|&x| precision.round(x as f32))
                 .collect(),
+            precision,
         })
     }
 }
@@ -264,7 +269,8 @@ impl TensorFold for Gta {
 
     fn add(&self, acc: &mut Acc, tensor: &PlanTensor, t: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
         let base = base.ok_or_else(|| MergeError::Internal(format!("{} reads the pretrained model", self.name)))?;
-        let mut delta: Vec<f32> = theta.iter().zip(base).map(|(x, b)| x - b).collect();
+        let r = |x: f32| self.precision.round(x);
+        let mut delta: Vec<f32> = theta.iter().zip(base).map(|(x, b)| r(r(*x) - r(*b))).collect();
         sparsify(
             &mut delta,
             &tensor.shape,
@@ -272,17 +278,18 @@ impl TensorFold for Gta {
             t,
             self.sparsifiers[t.min(self.sparsifiers.len() - 1)],
             self.rescale,
+            self.precision,
         );
         let w = self.weights[t];
         match acc {
             Acc::Sum(sum, weights) => {
                 for (s, d) in sum.iter_mut().zip(&delta) {
-                    *s += d * w;
+                    *s += r(d * w);
                 }
                 *weights += w;
             }
             Acc::All(deltas, weights) => {
-                delta.iter_mut().for_each(|d| *d *= w);
+                delta.iter_mut().for_each(|d| *d = r(*d * w));
                 deltas.push(delta);
                 weights.push(w);
             }
@@ -291,21 +298,24 @@ impl TensorFold for Gta {
     }
 
     fn finish(&self, acc: Acc, _: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        // Sums are held in float32 and rounded once, as torch sums half-precision tensors.
+        let r = |x: f32| self.precision.round(x);
         match acc {
             Acc::Sum(sum, weights) => {
+                let weights = r(weights);
                 let divisor = if weights.abs() < 1e-8 { 1.0 } else { weights };
                 for (o, s) in out.iter_mut().zip(&sum) {
-                    *o = if self.normalize { s / divisor } else { *s };
+                    *o = if self.normalize { r(r(*s) / divisor) } else { r(*s) };
                 }
             }
             Acc::All(deltas, weights) => self.elect(&deltas, &weights, out),
         }
         if self.lambda != 1.0 {
-            out.iter_mut().for_each(|o| *o *= self.lambda);
+            out.iter_mut().for_each(|o| *o = r(*o * self.lambda));
         }
         let base = base.ok_or_else(|| MergeError::Internal(format!("{} reads the pretrained model", self.name)))?;
         for (o, b) in out.iter_mut().zip(base) {
-            *o += b;
+            *o = r(*o + r(*b));
         }
         Ok(())
     }
@@ -315,12 +325,14 @@ impl Gta {
     /// Sign consensus: keep the weighted deltas whose sign is the elected one (that of their sum, or of
     /// their count of signs; + on a tie), and divide by the weights kept with `normalize`.
     fn elect(&self, deltas: &[Vec<f32>], weights: &[f32], out: &mut [f32]) {
+        let r = |x: f32| self.precision.round(x);
         for (i, o) in out.iter_mut().enumerate() {
             let total: f32 = match self.consensus {
                 Some(Consensus::Count) => deltas.iter().map(|d| sign(d[i])).sum(),
                 _ => deltas.iter().map(|d| d[i]).sum(),
             };
-            let majority = if total >= 0.0 { 1.0 } else { -1.0 };
+            // a sum rounded to −0 (float16 underflow) counts as positive, as in torch
+            let majority = if r(total) >= 0.0 { 1.0 } else { -1.0 };
             let (mut mixed, mut divisor) = (0.0f32, 0.0f32);
             for (d, w) in deltas.iter().zip(weights) {
                 if d[i] != 0.0 && d[i].signum() == majority {
@@ -328,10 +340,9 @@ impl Gta {
                     divisor += w;
                 }
             }
-            if divisor == 0.0 {
-                divisor = 1.0;
-            }
-            *o = if self.normalize { mixed / divisor } else { mixed };
+            let (mixed, divisor) = (r(mixed), r(divisor));
+            let divisor = if divisor == 0.0 { 1.0 } else { divisor };
+            *o = if self.normalize { r(mixed / divisor) } else { mixed };
         }
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod gta;
 mod ops;
 mod pair;
 mod params;
+pub(crate) mod precision;
 pub(crate) mod sparsify;
 pub(crate) mod subspace;
 pub(crate) mod torch_sort;

@@ -2,6 +2,7 @@
 //! drop (DARE), magnitude with outliers removed (Model Breadcrumbs) and DELLA's rank-weighted random drop,
 //! each optionally rescaled so the L1 norm is kept.
 
+use super::precision::Precision;
 use super::torch_sort;
 use crate::rng;
 
@@ -22,7 +23,15 @@ pub(crate) enum Sparsifier {
 
 /// Thin `delta` (a tensor of `shape` called `name`, task `task`) in place; rescale to its former L1 norm
 /// with `rescale`.
-pub(crate) fn sparsify(delta: &mut [f32], shape: &[usize], name: &str, task: usize, how: Sparsifier, rescale: bool) {
+pub(crate) fn sparsify(
+    delta: &mut [f32],
+    shape: &[usize],
+    name: &str,
+    task: usize,
+    how: Sparsifier,
+    rescale: bool,
+    precision: Precision,
+) {
     if how.density() >= 1.0 {
         return;
     }
@@ -43,17 +52,17 @@ pub(crate) fn sparsify(delta: &mut [f32], shape: &[usize], name: &str, task: usi
     };
     // The L1 norms are summed in float64 and rounded once, as close as torch's pairwise float32 sum gets.
     let l1 = |v: &[f32]| v.iter().map(|x| f64::from(x.abs())).sum::<f64>() as f32;
-    let before = l1(delta);
+    let before = precision.round(l1(delta));
     for (x, &k) in delta.iter_mut().zip(&keep) {
         if !k {
             *x = 0.0;
         }
     }
-    let after = l1(delta);
+    let after = precision.round(l1(delta));
     if rescale && before >= 1e-7 && after >= 1e-7 {
-        let scale = before / after;
+        let scale = precision.round(before / after);
         for x in delta.iter_mut() {
-            *x *= scale;
+            *x = precision.round(*x * scale);
         }
     }
 }
@@ -159,19 +168,43 @@ mod tests {
             density: 0.5,
             gamma: 0.1,
         };
-        sparsify(&mut d, &[10], "w", 0, how, false);
+        sparsify(&mut d, &[10], "w", 0, how, false, Precision::F32);
         assert_eq!(d, vec![0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0]);
     }
 
     #[test]
     fn magnitude_keeps_the_largest_share_and_at_least_one() {
         let mut d: Vec<f32> = vec![0.5, -3.0, 2.0, -0.1, 1.0];
-        sparsify(&mut d, &[5], "w", 0, Sparsifier::Magnitude { density: 0.5 }, false);
+        sparsify(
+            &mut d,
+            &[5],
+            "w",
+            0,
+            Sparsifier::Magnitude { density: 0.5 },
+            false,
+            Precision::F32,
+        );
         assert_eq!(d, vec![0.0, -3.0, 2.0, 0.0, 0.0]);
         let mut d: Vec<f32> = vec![0.5, -3.0, 2.0];
-        sparsify(&mut d, &[3], "w", 0, Sparsifier::Magnitude { density: 0.1 }, false);
+        sparsify(
+            &mut d,
+            &[3],
+            "w",
+            0,
+            Sparsifier::Magnitude { density: 0.1 },
+            false,
+            Precision::F32,
+        );
         assert_eq!(d, vec![0.0, -3.0, 0.0]);
-        sparsify(&mut d, &[3], "w", 0, Sparsifier::Magnitude { density: 0.0 }, false);
+        sparsify(
+            &mut d,
+            &[3],
+            "w",
+            0,
+            Sparsifier::Magnitude { density: 0.0 },
+            false,
+            Precision::F32,
+        );
         assert_eq!(d, vec![0.0; 3]);
     }
 
@@ -186,6 +219,7 @@ mod tests {
                 0,
                 Sparsifier::Random { density: 0.3, seed },
                 false,
+                Precision::F32,
             );
             d
         };
@@ -202,7 +236,7 @@ mod tests {
             density: 0.5,
             gamma: 0.0,
         };
-        sparsify(&mut d, &[4], "w", 0, how, true);
+        sparsify(&mut d, &[4], "w", 0, how, true, Precision::F32);
         assert_eq!(d, vec![0.0, 0.0, 30.0 / 7.0, -40.0 / 7.0]);
     }
 
@@ -215,7 +249,7 @@ mod tests {
             epsilon: 0.3,
             seed: 1,
         };
-        sparsify(&mut d, &[1, n], "w", 0, how, false);
+        sparsify(&mut d, &[1, n], "w", 0, how, false, Precision::F32);
         let kept = |range: std::ops::Range<usize>| d[range].iter().filter(|x| **x != 0.0).count() as f64;
         let (low, high) = (kept(0..n / 10) / (n / 10) as f64, kept(9 * n / 10..n) / (n / 10) as f64);
         assert!((low - 0.23).abs() < 0.03, "smallest tenth kept {low}");

@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::method::gta::{DENSITY, GAMMA, Gta, LAMBDA, Thinning, WEIGHTS, normalize, rescale};
+use crate::method::precision::COMPUTE;
 use crate::method::{MergeMethod, MethodDef, Params};
 
 /// The declaration.
@@ -14,7 +15,15 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 1,
     max_models: None,
     extra_inputs: None,
-    params: &[WEIGHTS, DENSITY, GAMMA, LAMBDA, normalize(false), rescale(false)],
+    params: &[
+        WEIGHTS,
+        DENSITY,
+        GAMMA,
+        LAMBDA,
+        normalize(false),
+        rescale(false),
+        COMPUTE,
+    ],
     build,
 };
 

@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::method::gta::{DENSITY, EPSILON, Gta, LAMBDA, SEED, Thinning, WEIGHTS, normalize, rescale};
+use crate::method::precision::COMPUTE;
 use crate::method::{MergeMethod, MethodDef, Params};
 
 /// The declaration.
@@ -14,7 +15,16 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 1,
     max_models: None,
     extra_inputs: None,
-    params: &[WEIGHTS, DENSITY, EPSILON, LAMBDA, normalize(false), rescale(true), SEED],
+    params: &[
+        WEIGHTS,
+        DENSITY,
+        EPSILON,
+        LAMBDA,
+        normalize(false),
+        rescale(true),
+        SEED,
+        COMPUTE,
+    ],
     build,
 };
 

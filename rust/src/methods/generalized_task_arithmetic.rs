@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::method::gta::{
     Consensus, DENSITY, EPSILON, GAMMA, Gta, LAMBDA, SEED, Thinning, WEIGHTS, normalize, rescale,
 };
+use crate::method::precision::COMPUTE;
 use crate::method::{MergeMethod, MethodDef, ParamDef, ParamDefault, ParamKind, Params};
 
 /// The sparsifiers, by mergekit's names.
@@ -47,6 +48,7 @@ pub(crate) static METHOD: MethodDef = MethodDef {
         normalize(false),
         rescale(false),
         SEED,
+        COMPUTE,
     ],
     build,
 };

@@ -1,0 +1,92 @@
+"""mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
+and merge-rs replays those roundings for ``linear`` and the task-arithmetic family, so the bits are mergekit's
+(``mergekit-yaml`` itself is run). Methods that do not replay them say so in a warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import cli
+from test_recipe_mergekit import llama, run_both  # noqa: F401 - llama is a fixture
+
+pytestmark = pytest.mark.slow  # each case runs mergekit-yaml
+
+
+@pytest.fixture(scope="module")
+def half_llama(tmp_path_factory) -> list[Path]:
+    """bfloat16 Llama stand-ins: fine-tuned copies are the base plus noise, each saved in bfloat16."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    root = tmp_path_factory.mktemp("half")
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).to(torch.bfloat16)
+    base.save_pretrained(root / "base")
+    paths = [root / "base"]
+    for i, name in enumerate(["a", "b", "c"]):
+        generator = torch.Generator().manual_seed(i + 1)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                noise = torch.randn(value.shape, generator=generator)
+                value.copy_(base.state_dict()[key] + (0.05 * noise).to(torch.bfloat16))
+        model.save_pretrained(root / name)
+        paths.append(root / name)
+    return paths
+
+
+def _config(method: str, paths: list[Path], dtype: str) -> dict[str, Any]:
+    base, a, b, c = (str(p) for p in paths)
+    weights = [0.3, 0.5, 0.7]
+    per_model = {
+        "linear": [{"weight": w} for w in (0.1, 0.3, 0.7)],
+        "task_arithmetic": [{"weight": w} for w in weights],
+        "ties": [{"weight": w, "density": d} for w, d in zip(weights, (0.3, 0.5, 0.45))],
+        "breadcrumbs_ties": [{"weight": w, "density": 0.6, "gamma": 0.05} for w in weights],
+        "della_linear": [{"weight": w} for w in weights],
+    }[method]
+    shared = {"task_arithmetic": {"lambda": 0.8}, "breadcrumbs_ties": {"normalize": True},
+              "della_linear": {"density": 1.0, "epsilon": 0.0}}.get(method, {})
+    config = {"merge_method": method, "dtype": dtype, "parameters": shared,
+              "models": [{"model": m, "parameters": p} for m, p in zip((a, b, c), per_model)]}
+    if method != "linear":
+        config["base_model"] = base
+    return config
+
+
+def assert_same_bits(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> None:
+    assert sorted(ours) == sorted(theirs)
+    for key, want in theirs.items():
+        got = ours[key]
+        differ = int(np.count_nonzero(got != want))
+        assert differ == 0, f"{key}: {differ} of {want.size} values differ (largest {np.abs(got - want).max():.3g})"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "breadcrumbs_ties", "della_linear"])
+def test_half_precision_configs_give_mergekits_bits(method, dtype, half_llama, tmp_path):
+    assert_same_bits(*run_both(tmp_path, _config(method, half_llama, dtype)))
+
+
+def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):  # noqa: F811
+    assert_same_bits(*run_both(tmp_path, _config("ties", llama, "bfloat16")))
+
+
+def test_a_method_computed_in_float32_says_so(half_llama, tmp_path):
+    a, b = half_llama[1:3]
+    path = tmp_path / "slerp.yml"
+    path.write_text(f"merge_method: slerp\nbase_model: {a}\ndtype: bfloat16\nparameters: {{t: 0.3}}\n"
+                    f"models: [{{model: {a}}}, {{model: {b}}}]\n")
+    shown = cli("run", path, "--out", tmp_path / "out", "--dry-run").stdout
+    assert "warning: mergekit computes slerp in bfloat16; merge-rs computes it in float32" in shown, shown
+    linear = tmp_path / "linear.yml"
+    linear.write_text(f"merge_method: linear\ndtype: bfloat16\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
+                      f"{{model: {b}, parameters: {{weight: 2}}}}]\n")
+    shown = cli("run", linear, "--out", tmp_path / "out", "--dry-run").stdout
+    assert "warning" not in shown and 'compute="bfloat16"' in shown, shown
