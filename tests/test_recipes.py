@@ -189,10 +189,9 @@ def test_an_override_with_a_bad_value_names_the_command_line(tmp_path, layered):
 def test_mergekit_fields_that_change_no_weights_warn(tmp_path, layered):
     base, (a, b) = layered
     path = write(tmp_path / "mk.yml", yaml.safe_dump({
-        "merge_method": "linear", "tokenizer_source": "base", "chat_template": "chatml",
+        "merge_method": "linear", "chat_template": "chatml",
         "models": [{"model": str(a), "parameters": {"weight": 1.0}}, {"model": str(b), "parameters": {"weight": 3}}]}))
     result = cli("run", path, "--out", tmp_path / "out", "dtype=bfloat16")
-    assert "warning: tokenizer_source is ignored" in result.stderr
     assert "computes in float32" not in result.stderr  # merge-rs replays mergekit's linear in bfloat16
     assert "warning: chat_template" in result.stderr
     got, ta, tb = load(tmp_path / "out"), load(a), load(b)

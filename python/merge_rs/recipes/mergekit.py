@@ -17,7 +17,7 @@ from .source import RecipeSource
 
 FIELDS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype", "slices"}
 UNSUPPORTED = {"modules": "per-module configs", "tokenizer": "tokenizer surgery"}
-NO_WEIGHTS = {"tokenizer_source", "chat_template"}
+NO_WEIGHTS = {"chat_template"}
 
 
 def is_mergekit(data: dict[str, Any]) -> bool:
@@ -115,7 +115,7 @@ def _check_fields(source: RecipeSource) -> list[str]:
             raise source.error((key,), f"merge-rs does not support mergekit's {UNSUPPORTED[key]}")
         if key in NO_WEIGHTS:
             warnings.append(f"{key} is ignored: it does not change the weights")
-        elif key not in FIELDS:
+        elif key not in FIELDS and key != "tokenizer_source":  # checked once the models are resolved
             raise source.error((key,), "unknown field in a mergekit config")
     for key in ("merge_method", "dtype", "out_dtype", "tokenizer_source"):
         value = source.data.get(key)

@@ -13,6 +13,7 @@ from ..reports import MergeReport
 from ..model_card import card_yaml, model_card, show
 from .job import MergeJob, MergePlan, plan, resolve_model
 from .mergekit import is_mergekit, job_from_mergekit
+from .mergekit_tokenizer import check_tokenizer_source
 from .own import job_from_recipe
 from .source import RecipeSource, load_source
 
@@ -43,14 +44,17 @@ def prepare(job: MergeJob) -> MergePlan:
     _check_shard_size(job)
     where = _model_locations(job)
     resolved = [resolve_model(m, job.source, where.get(m, ("models",))) for m in models]
+    base_path = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
+    note = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
+    if note and note not in job.warnings:
+        job.warnings.append(note)
     if job.slices:
         from .mergekit_slices import plan_frankenmerge
 
         return plan_frankenmerge(job, resolved)
     loras = [resolve_model(a, job.source, where.get(a, ("models",))) if a else None for a in job.loras] \
         or [None] * len(models)
-    base = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
-    return plan(job, base, resolved, loras)
+    return plan(job, base_path, resolved, loras)
 
 
 def _check_shard_size(job: MergeJob) -> None:
