@@ -1,6 +1,6 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
-and merge-rs replays those roundings for ``linear`` and the task-arithmetic family, so the bits are mergekit's
-(``mergekit-yaml`` itself is run). Methods that do not replay them say so in a warning."""
+and merge-rs replays those roundings for ``linear``, the task-arithmetic family and ``model_stock``, so the bits
+are mergekit's (``mergekit-yaml`` itself is run). Methods that do not replay them say so in a warning."""
 
 from __future__ import annotations
 
@@ -72,6 +72,14 @@ def assert_same_bits(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray])
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "breadcrumbs_ties", "della_linear"])
 def test_half_precision_configs_give_mergekits_bits(method, dtype, half_llama, tmp_path):
     assert_same_bits(*run_both(tmp_path, _config(method, half_llama, dtype)))
+
+
+@pytest.mark.parametrize("filter_wise", [False, True])
+def test_half_precision_model_stock_gives_mergekits_bits(filter_wise, half_llama, tmp_path):
+    base, *models = (str(p) for p in half_llama)
+    config = {"merge_method": "model_stock", "base_model": base, "dtype": "bfloat16",
+              "parameters": {"filter_wise": filter_wise}, "models": [{"model": m} for m in models]}
+    assert_same_bits(*run_both(tmp_path, config))
 
 
 def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):  # noqa: F811

@@ -234,10 +234,11 @@ class Ram(Translator):
 class ModelStock(Translator):
     method = "model_stock"
     shared_specs = {"filter_wise": False}
+    computes_in_dtype = True
 
     def __call__(self, tensor: str, t: float) -> dict[str, Any]:
         shared, _ = self.values(tensor, t)
-        return {"filter_wise": bool(shared["filter_wise"])}
+        return {"filter_wise": bool(shared["filter_wise"]), "compute": self.compute}
 
 
 class Passthrough(Translator):

@@ -1,9 +1,11 @@
 //! Model Stock (Jang et al., 2024), mergekit's `model_stock`: with θ̄ the average of the fine-tuned models
 //! and cos the mean pairwise cosine of their offsets θᵢ − θ₀ (per tensor, or per row with `filter_wise`),
-//! t = N·cos / (1 + (N − 1)·cos) and θ = t·θ̄ + (1 − t)·θ₀.
+//! t = N·cos / (1 + (N − 1)·cos) and θ = t·θ̄ + (1 − t)·θ₀. With `compute` set to a half-precision dtype,
+//! every step is rounded to it in mergekit's order, as torch computes it in a config's `dtype:`.
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
+use crate::method::precision::{COMPUTE, Precision};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -17,23 +19,28 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 2,
     max_models: None,
     extra_inputs: None,
-    params: &[ParamDef {
-        name: "filter_wise",
-        kind: ParamKind::Bool,
-        default: ParamDefault::Flag(false),
-        help: "one interpolation ratio per row (last axis) instead of per tensor",
-    }],
+    params: &[
+        ParamDef {
+            name: "filter_wise",
+            kind: ParamKind::Bool,
+            default: ParamDefault::Flag(false),
+            help: "one interpolation ratio per row (last axis) instead of per tensor",
+        },
+        COMPUTE,
+    ],
     build,
 };
 
 #[derive(Debug)]
 struct ModelStock {
     filter_wise: bool,
+    precision: Precision,
 }
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
     Ok(Box::new(ModelStock {
         filter_wise: p.bool("filter_wise")?,
+        precision: Precision::from_params(p)?,
     }))
 }
 
@@ -67,6 +74,7 @@ impl TensorFold for ModelStock {
             _ => tensor.numel.max(1),
         };
         let n = models.len() as f32;
+        let r = |x: f32| self.precision.round(x);
         for start in (0..tensor.numel).step_by(row) {
             let range = start..(start + row).min(tensor.numel);
             let offsets: Vec<Vec<f32>> = models
@@ -75,10 +83,18 @@ impl TensorFold for ModelStock {
                     m[range.clone()]
                         .iter()
                         .zip(&base[range.clone()])
-                        .map(|(x, b)| x - b)
+                        .map(|(x, b)| r(r(*x) - r(*b)))
                         .collect()
                 })
                 .collect();
+            if self.precision != Precision::F32 {
+                let t = rounded_ratio(&offsets, n, self.precision);
+                for i in range {
+                    let sum = models.iter().fold(0.0, |total, m| r(total + r(m[i])));
+                    out[i] = r(r(t * r(sum / n)) + r(r(1.0 - t) * r(base[i])));
+                }
+                continue;
+            }
             let cos = mean_pairwise_cosine(&offsets) as f32;
             let t = (n * cos) / (1.0 + (n - 1.0) * cos);
             for i in range {
@@ -105,6 +121,30 @@ fn mean_pairwise_cosine(offsets: &[Vec<f32>]) -> f64 {
     total / f64::from(pairs.max(1))
 }
 
+/// t as mergekit computes it in a half-precision dtype: norms, products, sums (in float32) and every
+/// quotient rounded to the dtype, and t = 0 where 1 + (N − 1)·cos vanishes.
+fn rounded_ratio(offsets: &[Vec<f32>], n: f32, precision: Precision) -> f32 {
+    let r = |x: f32| precision.round(x);
+    let sum = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| r(x * y)).sum::<f32>();
+    let norms: Vec<f32> = offsets
+        .iter()
+        .map(|o| r(o.iter().map(|x| x * x).sum::<f32>().sqrt()))
+        .collect();
+    let mut cosines = Vec::new();
+    for i in 0..offsets.len() {
+        for j in i + 1..offsets.len() {
+            let product = r(norms[i] * norms[j]).max(1e-6);
+            cosines.push(r(r(sum(&offsets[i], &offsets[j])) / product).clamp(-1.0, 1.0));
+        }
+    }
+    let cos = r(cosines.iter().sum::<f32>() / cosines.len().max(1) as f32);
+    let denominator = r(1.0 + r((n - 1.0) * cos));
+    if denominator.abs() < 1e-6 {
+        return 0.0;
+    }
+    r(r(n * cos) / denominator)
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
 }
@@ -116,7 +156,13 @@ mod tests {
 
     #[test]
     fn the_declared_working_set_covers_what_is_held() {
-        assert_declared_working_set_is_honest(&ModelStock { filter_wise: true }, 4);
+        assert_declared_working_set_is_honest(
+            &ModelStock {
+                filter_wise: true,
+                precision: Precision::F32,
+            },
+            4,
+        );
     }
 
     #[test]
