@@ -1,6 +1,7 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
-and merge-rs replays those roundings for ``linear``, the task-arithmetic family and ``model_stock``, so the bits
-are mergekit's (``mergekit-yaml`` itself is run). Methods that do not replay them say so in a warning."""
+and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock`` and ``nearswap``,
+so the bits are mergekit's (``mergekit-yaml`` itself is run). Methods that do not replay them say so in a
+warning."""
 
 from __future__ import annotations
 
@@ -79,6 +80,14 @@ def test_half_precision_model_stock_gives_mergekits_bits(filter_wise, half_llama
     base, *models = (str(p) for p in half_llama)
     config = {"merge_method": "model_stock", "base_model": base, "dtype": "bfloat16",
               "parameters": {"filter_wise": filter_wise}, "models": [{"model": m} for m in models]}
+    assert_same_bits(*run_both(tmp_path, config))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_nearswap_gives_mergekits_bits(dtype, half_llama, tmp_path):
+    a, b = (str(p) for p in half_llama[1:3])
+    config = {"merge_method": "nearswap", "base_model": a, "dtype": dtype, "parameters": {"t": 0.01},
+              "models": [{"model": a}, {"model": b}]}
     assert_same_bits(*run_both(tmp_path, config))
 
 

@@ -152,11 +152,15 @@ class Slerp(Translator):
 
 class NearSwap(Slerp):
     method = "nearswap"
+    computes_in_dtype = True
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is None or len(self.models) != 1:
             raise self.source.error(("models",), "mergekit's nearswap takes base_model and exactly one other model")
         return None, [self.base, self.models[0]]
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        return {**super().__call__(tensor, t), "compute": self.compute}
 
 
 class NuSlerp(Translator):

@@ -1,9 +1,11 @@
 //! NearSwap, mergekit's `nearswap`: per element, move from the first model a toward the second b by
 //! w = clamp(t / max(|a − b|, 10⁻⁶), 0, 1), so elements that nearly agree take b and distant ones keep a:
-//! w·b + (1 − w)·a, in mergekit's order of float32 operations.
+//! w·b + (1 − w)·a, in mergekit's order of operations (each rounded to `compute`, as torch rounds them in a
+//! mergekit config's `dtype:`).
 
 use crate::engine::{Chunk, Engine};
 use crate::error::Result;
+use crate::method::precision::{COMPUTE, Precision};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::writer::Writer;
 
@@ -16,52 +18,67 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 2,
     max_models: Some(2),
     extra_inputs: None,
-    params: &[ParamDef {
-        name: "t",
-        kind: ParamKind::F32 {
-            min: 0.0,
-            max: f32::MAX as f64,
+    params: &[
+        ParamDef {
+            name: "t",
+            kind: ParamKind::F32 {
+                min: 0.0,
+                max: f32::MAX as f64,
+            },
+            default: ParamDefault::Required,
+            help: "similarity threshold: an element moves to the second model in full where |a − b| ≤ t",
         },
-        default: ParamDefault::Required,
-        help: "similarity threshold: an element moves to the second model in full where |a − b| ≤ t",
-    }],
+        COMPUTE,
+    ],
     build,
 };
 
 #[derive(Debug)]
 struct NearSwap {
     t: f32,
+    precision: Precision,
 }
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
-    Ok(Box::new(NearSwap { t: p.f32("t")? }))
+    Ok(Box::new(NearSwap {
+        t: p.f32("t")?,
+        precision: Precision::from_params(p)?,
+    }))
 }
 
 impl MergeMethod for NearSwap {
     fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
         engine.elementwise(false, writer, &|c| {
-            swap(c, self.t);
+            swap(c, self.t, self.precision);
             Ok(())
         })
     }
 }
 
-fn swap(chunk: &mut Chunk<'_>, t: f32) {
+fn swap(chunk: &mut Chunk<'_>, t: f32, precision: Precision) {
     let (a, b) = (&chunk.models[0], &chunk.models[1]);
     for ((o, &a), &b) in chunk.out.iter_mut().zip(a.iter()).zip(b.iter()) {
-        *o = near(a, b, t);
+        *o = near(a, b, t, precision);
     }
 }
 
-/// w·b + (1 − w)·a with w = clamp(t / max(|a − b|, 1e-6), 0, 1).
-fn near(a: f32, b: f32, t: f32) -> f32 {
-    let weight = (t / (a - b).abs().max(1e-6)).clamp(0.0, 1.0);
-    weight * b + (1.0 - weight) * a
+/// w·b + (1 − w)·a with w = clamp(t / max(|a − b|, 1e-6), 0, 1), each step rounded to `precision`; t / x is
+/// t · (1 / x), the reciprocal rounded first, as torch's `__rtruediv__` computes it.
+fn near(a: f32, b: f32, t: f32, precision: Precision) -> f32 {
+    let r = |x: f32| precision.round(x);
+    let (a, b) = (r(a), r(b));
+    let gap = r(r((a - b).abs()).max(1e-6));
+    let weight = r(t * r(1.0 / gap)).clamp(0.0, 1.0);
+    r(r(weight * b) + r(r(1.0 - weight) * a))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::near;
+    use crate::method::precision::Precision;
+
+    fn near(a: f32, b: f32, t: f32) -> f32 {
+        super::near(a, b, t, Precision::F32)
+    }
 
     #[test]
     fn near_elements_take_the_second_model_and_far_ones_keep_the_first() {
