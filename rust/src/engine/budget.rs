@@ -1,13 +1,20 @@
 //! A memory budget handed out in job order: job `j` starts once jobs before it have started and its
 //! working set fits beside those running. A job larger than the whole budget waits until it can run alone.
-//! Taking turns in order means a large tensor is never starved by a stream of small ones.
+//! Taking turns in order means a large tensor is never starved by a stream of small ones. A worker waiting
+//! for its turn helps with the running jobs' own parallel work (the rayon jobs they split off, such as the
+//! halves of a large sort) instead of sleeping; the workers themselves must not be stealable rayon jobs (the
+//! engine broadcasts them), or a waiting worker could start another worker's loop inside its wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::error::{MergeError, Result};
 
 /// Bytes in use, and whose turn it is.
+/// How long a waiting worker sleeps when there is nothing to help with before it looks again.
+const WAIT: Duration = Duration::from_millis(2);
+
 #[derive(Default)]
 struct Turns {
     in_use: usize,
@@ -46,16 +53,26 @@ impl Budget {
         work: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let need = need.min(self.limit);
-        {
-            let mut turns = self.lock();
-            while !(turns.next == ticket && turns.in_use + need <= self.limit) {
-                if turns.abandoned || stop.load(Ordering::Relaxed) {
-                    return Err(MergeError::Cancelled);
-                }
-                turns = self.changed.wait(turns).unwrap_or_else(|e| e.into_inner());
+        loop {
+            let turns = self.lock();
+            if turns.abandoned || stop.load(Ordering::Relaxed) {
+                return Err(MergeError::Cancelled);
             }
-            turns.in_use += need;
-            turns.next += 1;
+            if turns.next == ticket && turns.in_use + need <= self.limit {
+                let mut turns = turns;
+                turns.in_use += need;
+                turns.next += 1;
+                break;
+            }
+            drop(turns);
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                let turns = self.lock();
+                drop(
+                    self.changed
+                        .wait_timeout(turns, WAIT)
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+            }
         }
         self.changed.notify_all();
         let result = work();

@@ -9,8 +9,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use rayon::prelude::*;
-
 use super::budget::Budget;
 use super::{Engine, first_error};
 use crate::dtype::{FloatType, count_nonfinite};
@@ -126,25 +124,27 @@ impl Engine<'_> {
         let budget = Budget::new(self.whole_tensor_budget);
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
-        let failures: Vec<MergeError> = self.pool.install(|| {
-            (0..self.threads())
-                .into_par_iter()
-                .filter_map(|_| {
-                    while !stop.load(Ordering::Relaxed) {
-                        let j = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&t) = order.get(j) else { break };
-                        let need = working_set(fold, &self.plan.tensors[t], self.inputs.models.len(), read_base);
-                        let outcome = budget.run(j, need, &stop, || self.merge_tensor(fold, t, read_base, writer));
-                        if let Err(e) = outcome {
-                            stop.store(true, Ordering::Relaxed);
-                            budget.abandon();
-                            return Some(e);
-                        }
+        // One worker loop on every thread of the pool, broadcast rather than queued: a worker waiting for its
+        // budget steals only the rayon jobs running tensors split off, never another worker's loop.
+        let failures: Vec<MergeError> = self
+            .pool
+            .broadcast(|_| {
+                while !stop.load(Ordering::Relaxed) {
+                    let j = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&t) = order.get(j) else { break };
+                    let need = working_set(fold, &self.plan.tensors[t], self.inputs.models.len(), read_base);
+                    let outcome = budget.run(j, need, &stop, || self.merge_tensor(fold, t, read_base, writer));
+                    if let Err(e) = outcome {
+                        stop.store(true, Ordering::Relaxed);
+                        budget.abandon();
+                        return Some(e);
                     }
-                    None
-                })
-                .collect()
-        });
+                }
+                None
+            })
+            .into_iter()
+            .flatten()
+            .collect();
         match first_error(failures) {
             Some(error) => Err(error),
             None => Ok(MethodStats::default()),

@@ -44,8 +44,9 @@ enum Op {
     TopK { k: usize },
 }
 
-/// `keys` paired with their indices, then arranged by `op`.
+/// `keys` paired with their indices (every NaN made the same NaN), then arranged by `op`.
 fn arrange(keys: impl ExactSizeIterator<Item = f32>, op: Op) -> Order {
+    let keys = keys.map(|k| if k.is_nan() { f32::NAN } else { k });
     if u32::try_from(keys.len()).is_ok() {
         let mut entries: Vec<(f32, u32)> = keys.zip(0..).collect();
         apply(&mut entries, op);
@@ -57,44 +58,71 @@ fn arrange(keys: impl ExactSizeIterator<Item = f32>, op: Op) -> Order {
     }
 }
 
-fn apply<I: Copy>(entries: &mut Vec<(f32, I)>, op: Op) {
+fn apply<I: Copy + Send + Sync>(entries: &mut Vec<(f32, I)>, op: Op) {
+    // Keys without a sign bit (magnitudes, variances) order as their bits do, NaN above +∞: the same
+    // comparisons as torch's, as integers.
+    if entries.iter().all(|e| e.0.is_sign_positive()) {
+        arrange_by(entries, op, |a, b| a.0.to_bits() < b.0.to_bits());
+    } else {
+        arrange_by(entries, op, |a, b| ascending(a.0, b.0));
+    }
+}
+
+/// `op` on `entries` given `less`, the ascending comparator (the descending one is `less` reversed).
+fn arrange_by<I: Copy + Send + Sync>(
+    entries: &mut Vec<(f32, I)>,
+    op: Op,
+    less: impl Fn(&(f32, I), &(f32, I)) -> bool + Sync,
+) {
+    let greater = |a: &(f32, I), b: &(f32, I)| less(b, a);
     let n = entries.len();
     match op {
-        Op::Sort { descending } => sort(entries, &comparator(descending)),
+        Op::Sort { descending: true } => sort(entries, &greater),
+        Op::Sort { descending: false } => sort(entries, &less),
         Op::TopK { k } => {
             if k == 0 {
             } else if k * 64 <= n {
-                heap_select(entries, k, &comparator(true));
+                heap_select(entries, k, &greater);
             } else {
-                nth_element(entries, k - 1, &comparator(true));
+                nth_element(entries, k - 1, &greater);
             }
             entries.truncate(k);
         }
     }
 }
 
-/// torch's comparators (`KeyValueCompDesc`/`KeyValueCompAsc`, and topk's): NaN above every number.
-fn comparator<I>(descending: bool) -> impl Fn(&(f32, I), &(f32, I)) -> bool {
-    move |a, b| {
-        if descending {
-            (a.0.is_nan() && !b.0.is_nan()) || a.0 > b.0
-        } else {
-            (!a.0.is_nan() && b.0.is_nan()) || a.0 < b.0
-        }
-    }
+/// torch's ascending comparator (`KeyValueCompAsc`): NaN above every number; its descending one
+/// (`KeyValueCompDesc`, and topk's) is the same with the arguments swapped.
+fn ascending(a: f32, b: f32) -> bool {
+    (!a.is_nan() && b.is_nan()) || a < b
 }
 
+/// Both parts of a partition at least this long are sorted on two threads.
+const PARALLEL: usize = 1 << 15;
+
 /// `std::sort(v.begin(), v.end(), less)`, step for step.
-pub(crate) fn sort<T: Copy>(v: &mut [T], less: &impl Fn(&T, &T) -> bool) {
+pub(crate) fn sort<T: Copy + Send>(v: &mut [T], less: &(impl Fn(&T, &T) -> bool + Sync)) {
+    sort_splitting(v, less, PARALLEL);
+}
+
+fn sort_splitting<T: Copy + Send>(v: &mut [T], less: &(impl Fn(&T, &T) -> bool + Sync), parallel: usize) {
     if v.is_empty() {
         return;
     }
     let depth = 2 * v.len().ilog2() as usize;
-    introsort_loop(v, depth, less);
+    introsort_loop(v, depth, less, parallel);
     final_insertion_sort(v, less);
 }
 
-fn introsort_loop<T: Copy>(mut v: &mut [T], mut depth: usize, less: &impl Fn(&T, &T) -> bool) {
+/// libstdc++'s `__introsort_loop`. After a partition the two parts never touch each other again, so sorting
+/// them on two threads (where both are at least `parallel` long) leaves every entry where the sequential loop
+/// leaves it.
+fn introsort_loop<T: Copy + Send>(
+    mut v: &mut [T],
+    mut depth: usize,
+    less: &(impl Fn(&T, &T) -> bool + Sync),
+    parallel: usize,
+) {
     while v.len() > THRESHOLD {
         if depth == 0 {
             heap_sort(v, less);
@@ -103,7 +131,14 @@ fn introsort_loop<T: Copy>(mut v: &mut [T], mut depth: usize, less: &impl Fn(&T,
         depth -= 1;
         let cut = partition_pivot(v, less);
         let (left, right) = v.split_at_mut(cut);
-        introsort_loop(right, depth, less);
+        if left.len() >= parallel && right.len() >= parallel {
+            rayon::join(
+                || introsort_loop(right, depth, less, parallel),
+                || introsort_loop(left, depth, less, parallel),
+            );
+            return;
+        }
+        introsort_loop(right, depth, less, parallel);
         v = left;
     }
 }
@@ -302,6 +337,17 @@ mod tests {
                 }));
             }
         }
+    }
+
+    #[test]
+    fn sorting_parts_on_two_threads_moves_no_entry() {
+        let keys = keys(400_000, 7, 11);
+        let mut entries: Vec<(f32, u32)> = keys.iter().copied().zip(0..).collect();
+        let mut sequential = entries.clone();
+        let descending = |a: &(f32, u32), b: &(f32, u32)| ascending(b.0, a.0);
+        sort_splitting(&mut entries, &descending, 1 << 12);
+        sort_splitting(&mut sequential, &descending, usize::MAX);
+        assert!(entries == sequential, "the same permutation, ties included");
     }
 
     #[test]
