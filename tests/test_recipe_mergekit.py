@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -44,13 +44,19 @@ def _perturbed(model_cls: Any, config: Any, root: Path, names: list[str]) -> lis
     return paths
 
 
+def llama_config() -> Any:
+    """A tiny Llama: 4 layers of width 32, GQA (4 query heads, 2 key/value heads), a 64-token vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory) -> list[Path]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return _perturbed(LlamaForCausalLM, config, tmp_path_factory.mktemp("llama"), ["base", "a", "b", "c"])
+    return _perturbed(LlamaForCausalLM, llama_config(), tmp_path_factory.mktemp("llama"), ["base", "a", "b", "c"])
 
 
 @pytest.fixture(scope="module")
@@ -302,33 +308,39 @@ def test_sce_gives_mergekits_tensors(select_topk, llama, tmp_path):
     assert_same(*run_both(tmp_path, config))
 
 
+def bfloat16_llamas(root: Path, change: Callable[[Any, Any], Any], grid: bool = False) -> list[Path]:
+    """A bfloat16 base (rounded to a 1/64 grid with ``grid``) and copies a, b, c whose tensors are the base's plus
+    ``change(shape, generator)``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(llama_config()).to(torch.bfloat16)
+    if grid:
+        with torch.no_grad():
+            for value in base.state_dict().values():
+                value.copy_(torch.round(value.float() * 64) / 64)
+    base.save_pretrained(root / "base")
+    paths = [root / "base"]
+    for i, name in enumerate(["a", "b", "c"]):
+        generator = torch.Generator().manual_seed(i + 1)
+        model = LlamaForCausalLM(llama_config()).to(torch.bfloat16)
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                value.copy_(base.state_dict()[key] + change(value.shape, generator))
+        model.save_pretrained(root / name)
+        paths.append(root / name)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def tied_llama(tmp_path_factory) -> list[Path]:
     """bfloat16 models on a coarse grid: every task vector takes a few magnitudes only, so thousands of entries
     tie at each top-k cut-off, as in real half-precision checkpoints."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    root = tmp_path_factory.mktemp("tied")
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config).to(torch.bfloat16)
-    with torch.no_grad():
-        for value in base.state_dict().values():
-            value.copy_(torch.round(value.float() * 64) / 64)
-    base.save_pretrained(root / "base")
-    paths = [root / "base"]
-    for i, name in enumerate(["a", "b", "c"]):
-        generator = torch.Generator().manual_seed(i + 1)
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-        with torch.no_grad():
-            for key, value in model.state_dict().items():
-                steps = torch.randint(-3, 4, value.shape, generator=generator)
-                value.copy_(base.state_dict()[key] + steps.to(torch.bfloat16) / 64)
-        model.save_pretrained(root / name)
-        paths.append(root / name)
-    return paths
+    return bfloat16_llamas(tmp_path_factory.mktemp("tied"), lambda shape, generator: torch.randint(
+        -3, 4, shape, generator=generator).to(torch.bfloat16) / 64, grid=True)
 
 
 TIE_CASES = {

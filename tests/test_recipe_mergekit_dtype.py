@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from test_recipe_mergekit import llama, run_both  # noqa: F401 - llama is a fixture
+from test_recipe_mergekit import bfloat16_llamas, llama, run_both  # noqa: F401 - llama is a fixture
 
 pytestmark = pytest.mark.slow  # each case runs mergekit-yaml
 
@@ -21,25 +21,9 @@ pytestmark = pytest.mark.slow  # each case runs mergekit-yaml
 def half_llama(tmp_path_factory) -> list[Path]:
     """bfloat16 Llama stand-ins: fine-tuned copies are the base plus noise, each saved in bfloat16."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    root = tmp_path_factory.mktemp("half")
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config).to(torch.bfloat16)
-    base.save_pretrained(root / "base")
-    paths = [root / "base"]
-    for i, name in enumerate(["a", "b", "c"]):
-        generator = torch.Generator().manual_seed(i + 1)
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-        with torch.no_grad():
-            for key, value in model.state_dict().items():
-                noise = torch.randn(value.shape, generator=generator)
-                value.copy_(base.state_dict()[key] + (0.05 * noise).to(torch.bfloat16))
-        model.save_pretrained(root / name)
-        paths.append(root / name)
-    return paths
+    return bfloat16_llamas(tmp_path_factory.mktemp("half"), lambda shape, generator: (
+        0.05 * torch.randn(shape, generator=generator)).to(torch.bfloat16))
 
 
 def _config(method: str, paths: list[Path], dtype: str) -> dict[str, Any]:
