@@ -164,3 +164,22 @@ def test_a_file_output_where_none_can_be_created_is_refused_before_any_work(tmp_
     monkeypatch.setattr(output.os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(InvalidArgumentError, match=f"{tmp_path} is not writable"):
         output.check_file_output(tmp_path / "new" / "deeper" / "plot.png")
+
+
+@pytest.mark.parametrize("args", [
+    ["merge", "task_arithmetic", "--pool", "zoo", "--out", "{zoo}/merged"],
+    ["extract-lora", "{a}", "--pretrained", "{pre}", "--rank", "1", "--out", "{zoo}/adapter"],
+    ["run", "{multi}", "--out", "{tmp}/final", "--intermediate-dir", "{zoo}"],
+], ids=["merge", "extract-lora", "run-multi"])
+def test_no_model_directory_is_written_inside_the_shipped_zoo(world, args):
+    zoo = zoo_directory()
+    multi = Path(world["tmp"]) / "multi.yml"
+    multi.write_text(f"name: step\nmerge_method: linear\nmodels:\n  - {{model: {world['a']}, parameters: {{weight: 1}}}}\n"
+                     f"  - {{model: {world['b']}, parameters: {{weight: 1}}}}\n---\nmerge_method: linear\nmodels:\n"
+                     "  - {model: step, parameters: {weight: 1}}\n"
+                     f"  - {{model: {world['a']}, parameters: {{weight: 1}}}}\n")
+    before = _snapshot(zoo)
+    result = CliRunner().invoke(main, [a.format(zoo=zoo, multi=multi, **world) for a in args])
+    assert result.exit_code == 1 and "must not be one of the inputs nor inside one" in result.stderr, result.stderr
+    assert _snapshot(zoo) == before and sorted(p.name for p in zoo.iterdir()) == sorted(
+        ["datasets", "models", "pretrained", "pretraining-hashes.txt", "zoo.json"])

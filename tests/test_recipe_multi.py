@@ -87,5 +87,7 @@ def test_mistakes_are_one_line_errors_before_any_merge(llama, tmp_path):  # noqa
     assert "must not hold one another" in _error(tmp_path, docs, "--out", tmp_path / "steps" / "final", *steps)
     assert "model '" in _error(tmp_path, [docs[0], docs[1], {**docs[2], "models": [{"model": "missing", "parameters": {"weight": 1.0}}]}],
                                *out, *steps)
+    unnamed = {k: v for k, v in docs[2].items() if k != "name"}
+    assert "--intermediate-dir is for a multi-document config" in _error(tmp_path, [unnamed], *out, *steps)
     own = {"name": "own", "method": "task_arithmetic", "models": [str(llama[1])]}
     assert "is a mergekit config" in _error(tmp_path, [docs[0], docs[1], docs[2], own], *out, *steps)

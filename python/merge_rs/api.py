@@ -13,6 +13,7 @@ from typing import Any, Union
 from . import _core
 from .exceptions import InvalidArgumentError
 from .methods import get_method
+from .output import protected
 from .progress import ProgressCallback, with_progress
 from .reports import CheckpointInfo, CosineSimilarity, MergeReport
 
@@ -103,7 +104,7 @@ def merge(
         "overwrite": overwrite,
         "allow_nonfinite": allow_nonfinite,
         "memory_budget": parse_size(memory_budget) if memory_budget is not None else 0,
-        "reads": [_path(p) for p in reads],
+        "reads": [*(_path(p) for p in reads), *protected()],  # and never inside the shipped zoo
         "files": sorted(files.items()),
         "groups": [{"tensors": list(names), "parameters": _engine_parameters(values)} for names, values in groups],
         "views": [_view(view) for view in views],

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import _core
 from .api import ModelInput, PathLike, _path
+from .output import protected
 from .progress import ProgressCallback, with_progress
 from .reports import ExtractReport
 
@@ -26,7 +27,7 @@ def extract_lora(model: PathLike, out: PathLike, *, pretrained: PathLike, rank: 
     False for none, or the card's text; ``reads`` names other inputs the output must not overlap."""
     card = model_card if isinstance(model_card, str) else adapter_card(model, pretrained, rank, energy)
     request = {"model": _path(model), "pretrained": _path(pretrained), "out": _path(out), "rank": rank,
-               "energy": energy, "overwrite": overwrite, "reads": [_path(r) for r in reads],
+               "energy": energy, "overwrite": overwrite, "reads": [*(_path(r) for r in reads), *protected()],
                "files": [("README.md", card)] if model_card else []}
     data = with_progress(progress, lambda callback: _core.extract_lora(json.dumps(request), callback))
     return ExtractReport.from_json(json.loads(data))
@@ -63,7 +64,7 @@ def merge_to_adapter(method: str, models: Sequence[ModelInput], out: PathLike, *
     from .api import merge
 
     inputs = [_path(p) for m in models for p in (m if isinstance(m, tuple) else (m,))]
-    _core.check_output(_path(out), [*inputs, _path(pretrained), *map(_path, reads)], overwrite)
+    _core.check_output(_path(out), [*inputs, _path(pretrained), *map(_path, reads), *protected()], overwrite)
     parent = Path(out).absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.merge-rs-full-", dir=parent))

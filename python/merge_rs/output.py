@@ -24,7 +24,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 def atomic_output(target: PathLike, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory to write into; on success it replaces ``target`` atomically, on any error
     (or Ctrl-C) it is removed with the parent directories created for it."""
-    output = _core.OutputDir(os.fspath(target), [os.fspath(p) for p in inputs], overwrite)
+    output = _core.OutputDir(os.fspath(target), [*(os.fspath(p) for p in inputs), *protected()], overwrite)
     try:
         yield Path(output.path)
     except BaseException:
@@ -35,7 +35,7 @@ def atomic_output(target: PathLike, inputs: Iterable[PathLike] = (), overwrite: 
 
 def check_output(target: PathLike, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> None:
     """Fail now, before any work, if ``target`` could not be written at the end (nothing is created)."""
-    _core.check_output(os.fspath(target), [os.fspath(p) for p in inputs], overwrite)
+    _core.check_output(os.fspath(target), [*(os.fspath(p) for p in inputs), *protected()], overwrite)
 
 
 def generator() -> str:
@@ -43,7 +43,7 @@ def generator() -> str:
     return f"merge-rs {_core.__version__}"
 
 
-def _protected() -> list[str]:
+def protected() -> list[str]:
     """Directories no output may touch whatever the command's inputs are: the shipped zoo."""
     from importlib import resources
 
@@ -71,7 +71,7 @@ def check_file_output(path: PathLike, inputs: Iterable[PathLike] = (), overwrite
     from .exceptions import InvalidArgumentError, OutputExistsError
 
     path = Path(path)
-    _core.check_not_input(os.fspath(path), [*(os.fspath(p) for p in inputs), *_protected()])
+    _core.check_not_input(os.fspath(path), [*(os.fspath(p) for p in inputs), *protected()])
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

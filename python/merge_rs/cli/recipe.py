@@ -47,12 +47,15 @@ def run_recipe(recipe: Path, overrides: tuple[str, ...], out: Path | None, inter
 
         return run_steps(steps, out, intermediate_dir, options)
     if intermediate_dir is not None:
-        logger(quiet or not main_process())(f"note: {recipe} is one merge; --intermediate-dir is not used")
+        fail(click.UsageError(f"{recipe} is one merge: --intermediate-dir is for a multi-document config's "
+                              "named merges"))
     _run_one(recipe, run(lambda: job_from_source(steps[0].source)), out, options)
 
 
 @dataclass(frozen=True)
 class RunOptions:
+    """``merge-rs run``'s options, the same for one merge and for each merge of a multi-document config."""
+
     dry_run: bool
     model_card: bool
     overwrite: bool
