@@ -35,9 +35,11 @@ def _config(method: str, paths: list[Path], dtype: str) -> dict[str, Any]:
         "ties": [{"weight": w, "density": d} for w, d in zip(weights, (0.3, 0.5, 0.45))],
         "breadcrumbs_ties": [{"weight": w, "density": 0.6, "gamma": 0.05} for w in weights],
         "della_linear": [{"weight": w} for w in weights],
+        "breadcrumbs": [{"weight": w} for w in weights],
     }[method]
     shared = {"task_arithmetic": {"lambda": 0.8}, "breadcrumbs_ties": {"normalize": True},
-              "della_linear": {"density": 1.0, "epsilon": 0.0}}.get(method, {})
+              "della_linear": {"density": 1.0, "epsilon": 0.0},
+              "breadcrumbs": {"density": 0.6, "gamma": 0.05, "rescale": True}}.get(method, {})  # the L1 rescale
     config = {"merge_method": method, "dtype": dtype, "parameters": shared,
               "models": [{"model": m, "parameters": p} for m, p in zip((a, b, c), per_model)]}
     if method != "linear":
@@ -54,7 +56,8 @@ def assert_same_bits(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray])
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "breadcrumbs_ties", "della_linear"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties",
+                                    "della_linear"])
 def test_half_precision_configs_give_mergekits_bits(method, dtype, half_llama, tmp_path):
     assert_same_bits(*run_both(tmp_path, _config(method, half_llama, dtype)))
 

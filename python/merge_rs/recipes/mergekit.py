@@ -63,7 +63,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     split = [_split_lora(ref) for ref in inputs]
     return MergeJob(source=source, dialect="mergekit-pytorch" if raw_files else "mergekit-yaml",
                     method=translate.method, models=[m for m, _ in split], loras=[a for _, a in split],
-                    parameters_for=translate,
+                    parameters_for=translate.parameters,
                     pretrained=pretrained,
                     by_layer=not raw_files and any(varies_by_layer(s) for s in all_values), layered=not raw_files,
                     dtype=dtype,
@@ -97,8 +97,8 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
         translators.append(translate)
     pretrained, models = translators[0].inputs  # every slice lists the same models (passthrough has one)
     position = {ref: j for j, ref in enumerate(refs)}
-    merge = Frankenmerge(slices, translators, position[pretrained] if pretrained else None,
-                         [position[m] for m in models])
+    merge = Frankenmerge(slices, [t.parameters for t in translators],
+                         position[pretrained] if pretrained else None, [position[m] for m in models])
     if data.get("dtype") not in (None, "float32", "fp32") and not translators[0].computes_in_dtype:
         warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32, so "
                         "results differ by rounding")

@@ -33,8 +33,6 @@ class Translator:
     method = ""
     shared_specs: dict[str, Any] = {}
     model_specs: dict[str, Any] = {}
-    # whether merge-rs replays mergekit's roundings in the config's dtype (the engine's `compute`)
-    computes_in_dtype = False
 
     def __init__(self, source: RecipeSource, name: str, base: str | None, models: list[str],
                  shared: dict[str, Any], per_model: list[dict[str, Any]], positions: list[int] | None = None,
@@ -57,6 +55,17 @@ class Translator:
                 self.warnings.append(f"{'.'.join(map(str, (*loc, key)))}: mergekit's {name} does not use '{key}', "
                                      "so merge-rs ignores it too")
         self.inputs = self.check_inputs()
+
+    @property
+    def computes_in_dtype(self) -> bool:
+        """Whether the engine's method replays mergekit's roundings in the config's dtype (declares `compute`)."""
+        from ..methods import get_method
+
+        return any(p.name == "compute" for p in get_method(self.method).parameters)
+
+    def parameters(self, tensor: str, t: float) -> dict[str, Any]:
+        """The engine parameters for ``tensor`` at layer position ``t``, with `compute` where the method has it."""
+        return {**self(tensor, t), **({"compute": self.compute} if self.computes_in_dtype else {})}
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         """(pretrained, models) for merge-rs."""
@@ -90,7 +99,6 @@ class Translator:
 
 class GeneralizedTaskArithmetic(Translator):
     method = "generalized_task_arithmetic"
-    computes_in_dtype = True
 
     def __init__(self, source: RecipeSource, name: str, *args: Any) -> None:
         self.sparsification, self.consensus, normalize, rescale = GTA[name]
@@ -106,7 +114,7 @@ class GeneralizedTaskArithmetic(Translator):
         shared, per_model = self.values(tensor, t)
         out = {"sparsification": self.sparsification, "consensus": self.consensus, "weights": per_model["weight"],
                "density": [min(float(d), 1.0) for d in per_model["density"]], "normalize": bool(shared["normalize"]),
-               "rescale": bool(shared["rescale"]), "lambda": shared["lambda"], "compute": self.compute}
+               "rescale": bool(shared["rescale"]), "lambda": shared["lambda"]}
         if "gamma" in per_model:
             out["gamma"] = per_model["gamma"]
         if "epsilon" in per_model:
@@ -120,7 +128,6 @@ class Linear(Translator):
     method = "weighted_average"
     shared_specs = {"normalize": True}
     model_specs = {"weight": REQUIRED}
-    computes_in_dtype = True
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         # mergekit's linear merges base_model too, as one more input: weighted by its own entry's parameters
@@ -133,7 +140,7 @@ class Linear(Translator):
 
     def __call__(self, tensor: str, t: float) -> dict[str, Any]:
         shared, per_model = self.values(tensor, t)
-        return {"weights": per_model["weight"], "normalize": bool(shared["normalize"]), "compute": self.compute}
+        return {"weights": per_model["weight"], "normalize": bool(shared["normalize"])}
 
 
 class Slerp(Translator):
@@ -152,15 +159,11 @@ class Slerp(Translator):
 
 class NearSwap(Slerp):
     method = "nearswap"
-    computes_in_dtype = True
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is None or len(self.models) != 1:
             raise self.source.error(("models",), "mergekit's nearswap takes base_model and exactly one other model")
         return None, [self.base, self.models[0]]
-
-    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
-        return {**super().__call__(tensor, t), "compute": self.compute}
 
 
 class NuSlerp(Translator):
@@ -238,11 +241,10 @@ class Ram(Translator):
 class ModelStock(Translator):
     method = "model_stock"
     shared_specs = {"filter_wise": False}
-    computes_in_dtype = True
 
     def __call__(self, tensor: str, t: float) -> dict[str, Any]:
         shared, _ = self.values(tensor, t)
-        return {"filter_wise": bool(shared["filter_wise"]), "compute": self.compute}
+        return {"filter_wise": bool(shared["filter_wise"])}
 
 
 class Passthrough(Translator):

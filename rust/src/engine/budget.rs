@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use crate::error::{MergeError, Result};
 
-/// Bytes in use, and whose turn it is.
 /// How long a waiting worker sleeps when there is nothing to help with before it looks again.
 const WAIT: Duration = Duration::from_millis(2);
 
+/// Bytes in use, and whose turn it is.
 #[derive(Default)]
 struct Turns {
     in_use: usize,

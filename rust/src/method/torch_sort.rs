@@ -351,6 +351,27 @@ mod tests {
     }
 
     #[test]
+    fn magnitudes_compared_as_integers_sort_as_torchs_comparator_does() {
+        let mut magnitudes = keys(5000, 40, 5);
+        magnitudes.extend([
+            f32::INFINITY,
+            f32::NAN,
+            0.0,
+            f32::MIN_POSITIVE / 4.0,
+            f32::NAN,
+            f32::INFINITY,
+        ]);
+        let entries: Vec<(f32, u32)> = magnitudes.into_iter().zip(0..).collect();
+        for descending in [true, false] {
+            let (mut as_bits, mut as_floats) = (entries.clone(), entries.clone());
+            apply(&mut as_bits, Op::Sort { descending });
+            arrange_by(&mut as_floats, Op::Sort { descending }, |a, b| ascending(a.0, b.0));
+            let (bits, floats): (Vec<u32>, Vec<u32>) = as_bits.iter().zip(&as_floats).map(|(a, b)| (a.1, b.1)).unzip();
+            assert_eq!(bits, floats, "descending {descending}");
+        }
+    }
+
+    #[test]
     fn the_heap_sort_fallback_sorts_too() {
         let mut v = keys(3000, 50, 9);
         heap_sort(&mut v, &|a: &f32, b: &f32| a < b);
