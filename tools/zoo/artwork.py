@@ -1,6 +1,7 @@
 """Desktop icons and material textures from Debian's artwork packages.
 
-- ``icons``: Oxygen's 48×48 icons (``oxygen-icon-theme``), labelled by their freedesktop context folder.
+- ``icons``: the 48×48 icons of four themes by four groups of artists (Oxygen, Faenza, elementary-xfce and LXDE's
+  nuoveXT2), labelled by their freedesktop context folder.
 - ``textures``: random crops of GIMP's seamless patterns (``gimp-data``), labelled by the pattern's folder.
 - ``tango_icons``: Tango's 32×32 and GNOME's 48×48 icons (``tango-icon-theme``, ``gnome-icon-theme``), other artists'
   sets, for the pretraining corpus.
@@ -18,11 +19,19 @@ from merge_rs.clip.tasks import ICON_CONTEXTS, TEXTURES
 
 from .missing import SourceMissing, require
 
-OXYGEN = Path("/usr/share/icons/oxygen/base/48x48")
-TANGO = Path("/usr/share/icons/Tango/32x32")
-GNOME = Path("/usr/share/icons/gnome/48x48")
+ICONS = Path("/usr/share/icons")
+TANGO = ICONS / "Tango/32x32"
+GNOME = ICONS / "gnome/48x48"
 GIMP_PATTERNS = Path("/usr/share/gimp/2.0/patterns")
 ICON_FOLDERS = ("actions", "apps", "devices", "mimetypes", "places", "status")  # ICON_CONTEXTS, in order
+# (Debian package, the folder of a context's 48×48 icons, with {context} for the context's folder name, and the
+# names this theme gives a context where they differ).
+ICON_THEMES = (
+    ("oxygen-icon-theme", "oxygen/base/48x48/{context}", {}),
+    ("faenza-icon-theme", "Faenza/{context}/48", {}),
+    ("elementary-xfce-icon-theme", "elementary-xfce/{context}/48", {"mimetypes": "mimes"}),
+    ("lxde-icon-theme", "nuoveXT2/48x48/{context}", {}),
+)
 TEXTURE_FOLDERS = ("Animal", "Fabric", "Food", "Paper", "Plant", "Sky", "Stone", "Water", "Wood")  # TEXTURES
 TEXTURE_CROPS = 580  # per kind
 IMAGE_PIXELS = 32
@@ -37,18 +46,24 @@ def on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
-def _icon_files(root: Path, package: str) -> list[tuple[Path, int]]:
-    require(root, package)
-    return [(path, label) for label, folder in enumerate(ICON_FOLDERS)
-            for path in sorted((root / folder).glob("*.png")) if not path.is_symlink()]
+def _icon_files(root: Path, package: str, layout: str = "{context}", renamed: dict[str, str] | None = None
+                ) -> list[tuple[Path, int]]:
+    """Every icon of the six contexts under ``root``, with its context's index; links (aliases) left out."""
+    require(root / layout.split("/")[0].format(context=ICON_FOLDERS[0]), package)
+    files = []
+    for label, folder in enumerate(ICON_FOLDERS):
+        directory = root / layout.format(context=(renamed or {}).get(folder, folder))
+        files += [(path, label) for path in sorted(directory.glob("*.png")) if not path.is_symlink()]
+    return files
 
 
 def icons() -> tuple[list[Image.Image], list[int]]:
     images, labels = [], []
-    for path, label in _icon_files(OXYGEN, "oxygen-icon-theme"):
-        with Image.open(path) as image:
-            images.append(on_white(image).resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.LANCZOS))
-        labels.append(label)
+    for package, layout, renamed in ICON_THEMES:
+        for path, label in _icon_files(ICONS, package, layout, renamed):
+            with Image.open(path) as image:
+                images.append(on_white(image).resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.LANCZOS))
+            labels.append(label)
     return images, labels
 
 

@@ -7,7 +7,7 @@ Like CLIP's web corpus, it is other images with their own captions, related to t
 | digits    | 0–9 in every Latin font, half of them inverted    | the digit and the font's family            |
 | lowercase | a–z in every Latin font (the task has capitals)   | the letter and the font's family           |
 | emoji     | Symbola's black-and-white emoji glyphs            | the emoji's name and group (emoji-test.txt) |
-| icons     | Tango's and GNOME's icons (the task: Oxygen's)    | the icon's file name and context folder    |
+| icons     | Tango's and GNOME's icons (the task: four others) | the icon's file name and context folder    |
 | scripts   | Noto Serif letters of 11 scripts (the task: Sans) | the script's name                          |
 
 Nothing stands in for the textures, the fashion photos or the 8×8 digits: zero-shot accuracy on those rests on

@@ -35,7 +35,7 @@ class ZooSettings:
     pretrain_steps: int = 4000
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
-    finetune_steps: int = 600
+    finetune_steps: int = 900
     finetune_batch: int = 64
     finetune_lr: float = 1e-3
     finetune_decay_to_base: float = 0.0  # decoupled weight decay toward θ₀ while fine-tuning (per step: lr × this)
