@@ -386,3 +386,37 @@ def test_ram_gives_mergekits_tensors(tied_llama, tmp_path):
     config = {"merge_method": "ram", "base_model": str(base), "dtype": "float32", "parameters": {"epsilon": 1e-5},
               "models": [{"model": str(m)} for m in (a, b, c)]}
     assert_same(*run_both(tmp_path, config))
+
+
+def test_arcee_fusion_gives_mergekits_tensors(llama, tmp_path):
+    """Below a million elements per tensor mergekit takes exact quartiles, as merge-rs always does."""
+    base, a, _, _ = llama
+    config = {"merge_method": "arcee_fusion", "base_model": str(base), "dtype": "float32",
+              "models": [{"model": str(base)}, {"model": str(a)}]}
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    before, after = load(base), load(a)
+    taken = sum(int((ours[k] != before[k]).sum()) for k in ours)
+    assert 0 < taken < sum(int((after[k] != before[k]).sum()) for k in ours), "only some changes are taken"
+
+
+@pytest.mark.parametrize("parameters", [{}, {"r": 0.7, "alpha": 0.5, "epsilon": 1e-3}])
+def test_ramplus_tl_gives_mergekits_tensors(parameters, tied_llama, tmp_path):
+    """Per tensor, each model's lone changes are scaled by 1 + r · clamp(shared / lone, 0, alpha): the coarse grid
+    gives every tensor lone, shared and unchanged entries."""
+    base, a, b, c = tied_llama
+    config = {"merge_method": "ramplus_tl", "base_model": str(base), "dtype": "float32", "parameters": parameters,
+              "models": [{"model": str(m)} for m in (a, b, c)]}
+    assert_same(*run_both(tmp_path, config))
+
+
+def test_every_mergekit_method_runs_with_mergekits_parameter_names():
+    """mergekit's registry, method by method: merge-rs translates each, and knows each of its parameters."""
+    from mergekit.merge_methods import registry
+
+    from merge_rs.recipes.mergekit_methods import ANY_METHODS_PARAMETER, GTA, OTHERS
+
+    names = {method.spec.name for method in registry.registered_methods()}
+    assert names <= set(GTA) | OTHERS, f"not run: {sorted(names - set(GTA) - OTHERS)}"
+    parameters = {p.name for method in registry.registered_methods() for p in method.spec.parameters}
+    assert parameters <= ANY_METHODS_PARAMETER, f"unknown: {sorted(parameters - ANY_METHODS_PARAMETER)}"

@@ -134,8 +134,11 @@ BAD_RECIPES = {
                          "modules: merge-rs does not support mergekit's per-module configs"),
     "mergekit residual weight": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
                                  "    residual_weight: 0.5\n", 4, "slices.0.residual_weight: merge-rs does not support"),
-    "mergekit arcee_fusion": ("merge_method: arcee_fusion\nmodels: [{{model: {a}}}]\n", 1,
-                              "merge_method: merge-rs does not run mergekit's 'arcee_fusion'"),
+    "mergekit unknown method": ("merge_method: lienar\nmodels: [{{model: {a}}}]\n", 1,
+                                "merge_method: merge-rs does not run mergekit's 'lienar'"),
+    "mergekit arcee_fusion of two": ("merge_method: arcee_fusion\nbase_model: {base}\nmodels: [{{model: {a}}}, "
+                                     "{{model: {a}}}]\n", 3, "models: mergekit's arcee_fusion takes base_model and "
+                                     "exactly one other model"),
     "mergekit karcher of one": ("merge_method: karcher\nmodels: [{{model: {a}}}]\n", 2,
                                 "models: mergekit's karcher needs two models or more"),
     "mergekit weight": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {a}\n", 4,

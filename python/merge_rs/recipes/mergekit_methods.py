@@ -19,7 +19,8 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce", "karcher", "ram"}
+OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce", "karcher", "ram",
+          "ramplus_tl", "arcee_fusion"}
 REQUIRED = object()
 
 
@@ -166,6 +167,19 @@ class NearSwap(Slerp):
         return None, [self.base, self.models[0]]
 
 
+class ArceeFusion(Translator):
+    method = "arcee_fusion"
+
+    def check_inputs(self) -> tuple[str | None, list[str]]:
+        if self.base is None or len(self.models) != 1:
+            raise self.source.error(("models",), "mergekit's arcee_fusion takes base_model and exactly one other "
+                                                 "model")
+        return self.base, self.models
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        return {}
+
+
 class NuSlerp(Translator):
     """t = w₁ / (w₀ + w₁) of the two models' weights (0.5 when they sum to about 0); task vectors with a base."""
 
@@ -238,6 +252,15 @@ class Ram(Translator):
         return {"epsilon": float(shared["epsilon"])}
 
 
+class RamPlus(Translator):
+    method = "ramplus_tl"
+    shared_specs = {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}
+
+    def __call__(self, tensor: str, t: float) -> dict[str, Any]:
+        shared, _ = self.values(tensor, t)
+        return {name: float(shared[name]) for name in ("r", "alpha", "epsilon")}
+
+
 class ModelStock(Translator):
     method = "model_stock"
     shared_specs = {"filter_wise": False}
@@ -266,7 +289,7 @@ class Passthrough(Translator):
 # ignores it (its own tests give slerp and model_stock a weight); any other name is a mistake.
 ANY_METHODS_PARAMETER = {"weight", "density", "gamma", "epsilon", "lambda", "normalize", "rescale", "int8_mask", "t",
                          "normalize_weights", "eps", "filter_wise", "scale", "nuslerp_flatten", "nuslerp_row_wise",
-                         "select_topk", "max_iter", "tol"}
+                         "select_topk", "max_iter", "tol", "r", "alpha"}
 
 
 def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
@@ -275,6 +298,7 @@ def translator(source: RecipeSource, name: str, base: str | None, models: list[s
     kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
                                           "model_stock": ModelStock, "passthrough": Passthrough,
                                           "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce, "karcher": Karcher,
-                                          "ram": Ram}
+                                          "ram": Ram, "ramplus_tl": RamPlus,
+                                          "arcee_fusion": ArceeFusion}
     kind = kinds.get(name, GeneralizedTaskArithmetic)
     return kind(source, name, base, models, shared, per_model, positions, base_entry)

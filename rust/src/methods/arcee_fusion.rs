@@ -1,0 +1,155 @@
+//! Arcee Fusion, mergekit's `arcee_fusion`: take the fine-tuned model's change only where it matters most. Each
+//! element's importance is |θ₁ − θ₀| times the KL divergence between softmax(θ₁) and softmax(θ₀) over its row
+//! (the last axis; the whole tensor for a vector); elements at or above median + 1.5 · IQR of the tensor's
+//! importances take θ₁, the rest keep θ₀.
+//!
+//! mergekit takes the quartiles from a random sample of a million elements in larger tensors, so its result there
+//! changes from run to run; merge-rs takes them from every element, as mergekit does in smaller tensors.
+
+use crate::engine::{Engine, TensorFold};
+use crate::error::{MergeError, Result};
+use crate::method::{MergeMethod, MethodDef, MethodStats, Params};
+use crate::plan::PlanTensor;
+use crate::writer::Writer;
+
+/// Added to each softmax probability before the logarithm, as mergekit does.
+const EPS: f32 = 1e-8;
+
+/// The declaration.
+pub(crate) static METHOD: MethodDef = MethodDef {
+    name: "arcee_fusion",
+    summary: "keep the fine-tuned model's change only where its size times its row's KL divergence is an outlier",
+    paper: "https://github.com/arcee-ai/mergekit",
+    needs_base: true,
+    min_models: 1,
+    max_models: Some(1),
+    extra_inputs: None,
+    params: &[],
+    build,
+};
+
+#[derive(Debug)]
+struct ArceeFusion;
+
+fn build(_: &Params) -> Result<Box<dyn MergeMethod>> {
+    Ok(Box::new(ArceeFusion))
+}
+
+impl MergeMethod for ArceeFusion {
+    fn run(&self, engine: &Engine<'_>, writer: &Writer) -> Result<MethodStats> {
+        engine.whole_tensors(self, true, writer)
+    }
+}
+
+impl TensorFold for ArceeFusion {
+    /// The fine-tuned copy.
+    type Acc = Vec<f32>;
+
+    fn footprint(&self, tensor: &PlanTensor, _models: usize) -> usize {
+        // The copy, the importances and their sorted copy.
+        12 * tensor.numel
+    }
+
+    fn start(&self, _tensor: &PlanTensor, _models: usize) -> Result<Vec<f32>> {
+        Ok(Vec::new())
+    }
+
+    fn add(&self, acc: &mut Vec<f32>, _: &PlanTensor, _: usize, theta: &[f32], _: Option<&[f32]>) -> Result<()> {
+        acc.extend_from_slice(theta);
+        Ok(())
+    }
+
+    fn finish(&self, theta: Vec<f32>, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        let base = base.ok_or_else(|| MergeError::Internal("arcee_fusion needs the pretrained model".into()))?;
+        let row = tensor.shape.last().copied().unwrap_or(1).max(1);
+        let importance = importance(&theta, base, row);
+        let threshold = threshold(&importance);
+        for (((o, &x), &b), &score) in out.iter_mut().zip(&theta).zip(base).zip(&importance) {
+            *o = if score >= threshold { b + (x - b) } else { b };
+        }
+        Ok(())
+    }
+}
+
+/// |θ₁ − θ₀| · KL(softmax(θ₁) ‖ softmax(θ₀)) per element, the divergence taken over rows of `row` elements.
+fn importance(theta: &[f32], base: &[f32], row: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(theta.len());
+    for (t, b) in theta.chunks(row).zip(base.chunks(row)) {
+        let (p, q) = (softmax(t), softmax(b));
+        let kl = p
+            .iter()
+            .zip(&q)
+            .map(|(&p, &q)| f64::from(p * (p / q).ln()))
+            .sum::<f64>() as f32;
+        out.extend(t.iter().zip(b).map(|(x, y)| (x - y).abs() * kl));
+    }
+    out
+}
+
+/// softmax(x) + EPS.
+fn softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
+    let sum = exp.iter().map(|&e| f64::from(e)).sum::<f64>() as f32;
+    exp.into_iter().map(|e| e / sum + EPS).collect()
+}
+
+/// median + 1.5 · (Q3 − Q1), each quartile the sorted importances' element at ⌊q · (n − 1)⌋ as mergekit indexes
+/// them (q · (n − 1) in float32).
+fn threshold(importance: &[f32]) -> f32 {
+    let mut sorted = importance.to_vec();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let at = |q: f32| sorted[((q * (sorted.len() - 1) as f32) as usize).min(sorted.len() - 1)];
+    let (q1, median, q3) = (at(0.25), at(0.5), at(0.75));
+    median + 1.5 * (q3 - q1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_is_median_plus_one_and_a_half_iqr_at_mergekits_indices() {
+        // n = 9: indices ⌊0.25 · 8⌋ = 2, 4, 6.
+        let scores = [8.0f32, 0.0, 1.0, 7.0, 2.0, 3.0, 6.0, 4.0, 5.0];
+        assert_eq!(threshold(&scores), 4.0 + 1.5 * (6.0 - 2.0));
+        // n = 6: ⌊1.25⌋ = 1, ⌊2.5⌋ = 2, ⌊3.75⌋ = 3.
+        assert_eq!(threshold(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]), 2.0 + 1.5 * 2.0);
+    }
+
+    #[test]
+    fn importance_is_the_change_times_its_rows_divergence() {
+        let base = [0.0f32, 0.0, 1.0, 1.0];
+        // Row 0 unchanged in distribution (a constant shift): KL 0. Row 1 changed.
+        let theta = [2.0f32, 2.0, 1.0, 3.0];
+        let scores = importance(&theta, &base, 2);
+        assert_eq!(&scores[..2], &[0.0, 0.0]);
+        let (p, q) = (softmax(&theta[2..]), softmax(&base[2..]));
+        let kl: f32 = p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum();
+        assert!((scores[3] - 2.0 * kl).abs() < 1e-6 && scores[2] == 0.0);
+    }
+
+    #[test]
+    fn only_outlying_changes_are_taken() {
+        let base = vec![0.0f32; 16];
+        let mut theta: Vec<f32> = (0..16).map(|i| 0.001 * i as f32).collect();
+        theta[5] = 3.0;
+        let tensor = PlanTensor {
+            name: "w".into(),
+            shape: vec![16],
+            numel: 16,
+            kind: crate::plan::TensorKind::Elsewhere {
+                out: crate::dtype::FloatType::F32,
+            },
+        };
+        let mut out = vec![0.0; 16];
+        ArceeFusion.finish(theta, &tensor, Some(&base), &mut out).unwrap();
+        assert_eq!(out[5], 3.0);
+        assert!(out.iter().enumerate().all(|(i, &v)| i == 5 || v == 0.0));
+    }
+
+    #[test]
+    fn declared_working_set_is_honest() {
+        crate::engine::working_set::assert_declared_working_set_is_honest(&ArceeFusion, 1);
+    }
+}
