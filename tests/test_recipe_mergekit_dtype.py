@@ -1,7 +1,7 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
 and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock`` and ``nearswap``,
-so the bits are mergekit's (``mergekit-yaml`` itself is run). Methods that do not replay them say so in a
-warning."""
+so the bits are mergekit's (``mergekit-yaml`` itself is run). mergekit computes ``slerp`` in float32, as merge-rs
+does. Methods that do not replay mergekit's roundings say so in a warning."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import cli
 from test_recipe_mergekit import bfloat16_llamas, llama, run_both  # noqa: F401 - llama is a fixture
@@ -83,14 +84,36 @@ def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):
 
 
 def test_a_method_computed_in_float32_says_so(half_llama, tmp_path):
-    a, b = half_llama[1:3]
-    path = tmp_path / "slerp.yml"
-    path.write_text(f"merge_method: slerp\nbase_model: {a}\ndtype: bfloat16\nparameters: {{t: 0.3}}\n"
+    base, a, b = half_llama[:3]
+    path = tmp_path / "sce.yml"
+    path.write_text(f"merge_method: sce\nbase_model: {base}\ndtype: bfloat16\n"
                     f"models: [{{model: {a}}}, {{model: {b}}}]\n")
     shown = cli("run", path, "--out", tmp_path / "out", "--dry-run").stdout
-    assert "warning: mergekit computes slerp in bfloat16; merge-rs computes it in float32" in shown, shown
+    assert "warning: mergekit computes sce in bfloat16; merge-rs computes it in float32" in shown, shown
     linear = tmp_path / "linear.yml"
     linear.write_text(f"merge_method: linear\ndtype: bfloat16\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
                       f"{{model: {b}, parameters: {{weight: 2}}}}]\n")
     shown = cli("run", linear, "--out", tmp_path / "out", "--dry-run").stdout
     assert "warning" not in shown and 'compute="bfloat16"' in shown, shown
+
+
+def test_slerp_in_half_precision_is_computed_in_float32_by_both_tools(half_llama, tmp_path):
+    """mergekit's slerp works in float32 whatever the dtype and rounds once, as merge-rs does: no warning, and the
+    bits agree but for the odd element one or two half-precision steps away (the norms are summed in another
+    order)."""
+    import torch
+
+    a, b = (str(p) for p in half_llama[1:3])
+    config = {"merge_method": "slerp", "base_model": a, "dtype": "bfloat16", "parameters": {"t": 0.3},
+              "models": [{"model": a}, {"model": b}]}
+    path = tmp_path / "slerp.yml"
+    path.write_text(yaml.safe_dump(config))
+    assert "warning" not in cli("run", path, "--out", tmp_path / "dry", "--dry-run").stdout
+    ours, theirs = run_both(tmp_path, config)
+    total = differ = 0
+    for key, want in theirs.items():
+        got = ours[key]
+        scale = np.abs(want).max()
+        assert np.abs(got - want).max() <= scale * 2.0 ** -8, f"{key}: more than a half-precision step of its scale"
+        total, differ = total + want.size, differ + int(np.count_nonzero(got != want))
+    assert differ <= total // 100, f"{differ} of {total} values differ"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .job import MergeJob
-from .mergekit_methods import DTYPES, GTA, OTHERS, translator
+from .mergekit_methods import DTYPES, GTA, OTHERS, Translator, translator
 from .settings import Conditional, Gradient, varies_by_layer
 from .source import RecipeSource
 
@@ -55,7 +55,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, base] if m)
     translate = translator(source, method, base, models, shared, model_settings, positions, base_entry)
     dtype = DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None)
-    if data.get("dtype") not in (None, "float32", "fp32") and not translate.computes_in_dtype:
+    if _rounds_differently(data, translate):
         warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32 and "
                         f"writes {dtype}, so results differ by rounding")
     all_values = [*shared.values(), *(s for m in model_settings for s in m.values())]
@@ -99,7 +99,7 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
     position = {ref: j for j, ref in enumerate(refs)}
     merge = Frankenmerge(slices, [t.parameters for t in translators],
                          position[pretrained] if pretrained else None, [position[m] for m in models])
-    if data.get("dtype") not in (None, "float32", "fp32") and not translators[0].computes_in_dtype:
+    if _rounds_differently(data, translators[0]):
         warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32, so "
                         "results differ by rounding")
     every = list(dict.fromkeys(s.model for piece in slices for s in piece.sources))
@@ -179,3 +179,9 @@ def _setting(source: RecipeSource, value: Any, loc: tuple[Any, ...]) -> Any:
             conditions.append(Conditional(_setting(source, cond["value"], (*loc, i, "value")), cond.get("filter")))
         return conditions
     raise source.error(loc, "a value is a number, a list of numbers (a gradient) or {value, filter} conditions")
+
+
+def _rounds_differently(data: dict[str, Any], translate: Translator) -> bool:
+    """Whether mergekit computes this method in the config's half-precision dtype and merge-rs does not."""
+    return (data.get("dtype") not in (None, "float32", "fp32") and not translate.computes_in_dtype
+            and not translate.mergekit_computes_in_float32)

@@ -57,6 +57,9 @@ class Translator:
                                      "so merge-rs ignores it too")
         self.inputs = self.check_inputs()
 
+    # mergekit computes this method in float32 whatever the config's dtype, as merge-rs does.
+    mergekit_computes_in_float32 = False
+
     @property
     def computes_in_dtype(self) -> bool:
         """Whether the engine's method replays mergekit's roundings in the config's dtype (declares `compute`)."""
@@ -147,6 +150,7 @@ class Linear(Translator):
 class Slerp(Translator):
     method = "slerp"
     shared_specs = {"t": REQUIRED}
+    mergekit_computes_in_float32 = True
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is None or len(self.models) != 1:
@@ -160,6 +164,7 @@ class Slerp(Translator):
 
 class NearSwap(Slerp):
     method = "nearswap"
+    mergekit_computes_in_float32 = False
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is None or len(self.models) != 1:
