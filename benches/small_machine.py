@@ -98,10 +98,15 @@ def table(results: list[dict]) -> str:
 
 
 def write_section(text: str) -> None:
+    """Replace the section in RESULTS.md (up to the next ``## `` heading), or append it."""
     path = HERE / "RESULTS.md"
     current = path.read_text() if path.exists() else ""
-    head = current.split(SECTION)[0].rstrip() + "\n\n" if SECTION in current or current else ""
-    path.write_text(head + text)
+    if SECTION not in current:
+        path.write_text((current.rstrip() + "\n\n" if current else "") + text)
+        return
+    head, rest = current.split(SECTION, 1)
+    tail = rest[rest.index("\n## "):] if "\n## " in rest else ""
+    path.write_text(head + text.rstrip("\n") + "\n" + tail)
 
 
 def main() -> None:

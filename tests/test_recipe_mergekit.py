@@ -248,6 +248,16 @@ def test_a_passthrough_frankenmerge_gives_mergekits_tensors_and_config(llama, tm
     assert "has 4 layers, so layer_range [2, 5] reaches past them" in refused, refused
 
 
+def test_a_slices_residual_weight_is_ignored_as_mergekit_ignores_it(llama, tmp_path):
+    _, a, b, _ = llama
+    config = {"merge_method": "passthrough", "dtype": "float32", "slices": [
+        {"sources": [{"model": str(a), "layer_range": [0, 2]}]},
+        {"sources": [{"model": str(b), "layer_range": [2, 4]}], "residual_weight": 0.3}]}
+    assert_same(*run_both(tmp_path, config))
+    shown = cli("run", tmp_path / "config.yml", "--out", tmp_path / "dry", "--dry-run").stdout
+    assert "slices.1.residual_weight is ignored: mergekit 0.1.5 reads it but never uses it" in shown, shown
+
+
 def test_passthrough_of_one_model_scales_it_as_mergekit_does(llama, tmp_path):
     _, a, *_ = llama
     config = {"merge_method": "passthrough", "dtype": "float32",

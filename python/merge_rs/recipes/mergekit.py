@@ -84,6 +84,8 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
     base = _base(source)
     shared = _settings(source, data.get("parameters"), ("parameters",))
     slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc), method != "passthrough")
+    warnings += [f"slices.{i}.residual_weight is ignored: mergekit 0.1.5 reads it but never uses it"
+                 for i, piece in enumerate(data["slices"]) if "residual_weight" in piece]
     refs = [s.model for s in slices[0].sources]
     if base is not None and base not in refs:
         raise source.error(("base_model",), "with slices, base_model must be one of every slice's sources")

@@ -34,6 +34,8 @@ class Translator:
     method = ""
     shared_specs: dict[str, Any] = {}
     model_specs: dict[str, Any] = {}
+    # mergekit computes this method in float32 whatever the config's dtype, as merge-rs does.
+    mergekit_computes_in_float32 = False
 
     def __init__(self, source: RecipeSource, name: str, base: str | None, models: list[str],
                  shared: dict[str, Any], per_model: list[dict[str, Any]], positions: list[int] | None = None,
@@ -56,9 +58,6 @@ class Translator:
                 self.warnings.append(f"{'.'.join(map(str, (*loc, key)))}: mergekit's {name} does not use '{key}', "
                                      "so merge-rs ignores it too")
         self.inputs = self.check_inputs()
-
-    # mergekit computes this method in float32 whatever the config's dtype, as merge-rs does.
-    mergekit_computes_in_float32 = False
 
     @property
     def computes_in_dtype(self) -> bool:

@@ -62,9 +62,10 @@ def parse_slices(source: RecipeSource, shared: dict[str, Any],
     for i, piece in enumerate(raw):
         if not isinstance(piece, dict) or set(piece) - {"sources", "parameters", "base_model", "residual_weight"}:
             raise source.error(("slices", i), "a slice has sources (and parameters)")
-        for key in ("base_model", "residual_weight"):
-            if key in piece:
-                raise source.error(("slices", i, key), f"merge-rs does not support a slice's {key} yet")
+        if "base_model" in piece:
+            raise source.error(("slices", i, "base_model"), "merge-rs does not support a slice's base_model yet")
+        if not isinstance(piece.get("residual_weight", 0.0), (int, float)) or piece.get("residual_weight") is True:
+            raise source.error(("slices", i, "residual_weight"), "residual_weight is a number")
         entries = piece.get("sources")
         if not isinstance(entries, list) or not entries:
             raise source.error(("slices", i, "sources"), "a slice's sources are a list of {model, layer_range}")
