@@ -308,3 +308,48 @@ def test_a_merge_written_as_an_adapter_matches_peft_svd_combination(tmp_path):
     several = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
                   tmp_path / "adapters", "--out", tmp_path / "y", check=False)
     assert "holds PEFT adapters in its subdirectories (a, b)" in several.stderr, several.stderr
+
+
+def test_adapters_stacked_match_peft_cat_combination(tmp_path):
+    """PEFT's add_weighted_adapter(..., "cat"): [B₁ B₂]·[w₁s₁A₁; w₂s₂A₂], exact, at rank r₁ + r₂ per module. The
+    second adapter has its own rank and α for one module and rsLoRA's scale."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import save_file
+
+    Tiny = two_linear_layers(torch)
+    torch.manual_seed(1)
+    model = Tiny()
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "fc"],
+                                                         init_lora_weights=False), adapter_name="a")
+    wrapped.add_adapter("b", peft.LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "fc"], use_rslora=True,
+                                             rank_pattern={"fc": 2}, alpha_pattern={"fc": 5}, init_lora_weights=False))
+    wrapped.save_pretrained(tmp_path / "adapters")
+    wrapped.add_weighted_adapter(["a", "b"], [0.6, 0.4], "cat", combination_type="cat")
+    want = {name: module.get_delta_weight("cat").detach().numpy()
+            for name, module in wrapped.base_model.model.named_modules() if hasattr(module, "lora_A")}
+    done = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
+               tmp_path / "adapters" / "a", "--model", tmp_path / "adapters" / "b", "--coefficients", "0.6,0.4",
+               "--out-format", "peft-cat", "--out", tmp_path / "cat")
+    assert "2 adapters stacked → 2 modules of rank 6–7" in done.stdout, done.stdout
+    fresh = Tiny()
+    fresh.load_state_dict(base)
+    loaded = peft.PeftModel.from_pretrained(fresh, tmp_path / "cat")
+    for name, module in loaded.base_model.model.named_modules():
+        if hasattr(module, "lora_A"):
+            got = module.get_delta_weight("default").detach().numpy()
+            assert np.linalg.norm(got - want[name]) <= 1e-6 * np.linalg.norm(want[name]), name
+    for args, needle in [
+        (["ties"], "writes task arithmetic"),
+        (["task_arithmetic", "--coefficients", "1,2,3"], "3 coefficients for 2 adapters"),
+    ]:
+        refused = cli("merge", *args, "--pretrained", tmp_path / "base.safetensors", "--model",
+                      tmp_path / "adapters" / "a", "--model", tmp_path / "adapters" / "b", "--out-format", "peft-cat",
+                      "--out", tmp_path / "x", check=False)
+        assert refused.returncode != 0 and needle in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    other = save(tmp_path / "other", {"q_proj.weight": np.zeros((6, 8), np.float32)})
+    refused = cli("merge", "task_arithmetic", "--pretrained", other, "--model", tmp_path / "adapters" / "a",
+                  "--out-format", "peft-cat", "--out", tmp_path / "y", check=False)
+    assert "no weight for the adapters' module fc" in refused.stderr, refused.stderr

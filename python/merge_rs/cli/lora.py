@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -44,3 +45,26 @@ def extract_lora(model: Path, pretrained: Path, rank: int, energy: float | None,
         click.echo(f"  left out: {len(report.left_out)} changed tensors a LoRA cannot hold (biases, norms, "
                    f"embeddings), the largest change {largest['relative_change']:.2e} of its norm "
                    f"({largest['tensor']})", err=True)
+
+
+def stack_adapters(method: str, pretrained: Path | None, adapters: tuple[Path, ...], out: Path, given: dict[str, Any],
+                   *, overwrite: bool, run_eval: bool, quiet: bool, as_json: bool, no_model_card: bool,
+                   reads: list[Path]) -> None:
+    """``merge --out-format peft-cat``: task arithmetic of adapters, their factors stacked (PEFT's cat)."""
+    from ..lora_cat import concatenate_adapters
+
+    if method != "task_arithmetic" or set(given) - {"scaling_factor", "coefficients"}:
+        raise click.UsageError("--out-format peft-cat writes task arithmetic (--scaling-factor or --coefficients) "
+                               "of adapters; use --out-format peft --rank R for other methods")
+    if pretrained is None or run_eval:
+        raise click.UsageError("--out-format peft-cat needs --pretrained (the adapters' base), and cannot --eval")
+    coefficients = given.get("coefficients") or [given.get("scaling_factor", 0.3)] * len(adapters)
+    base = pretrained
+    report = run(lambda: concatenate_adapters(adapters, out, pretrained=base, coefficients=coefficients,
+                                              overwrite=overwrite, reads=reads, model_card=not no_model_card))
+    if as_json:
+        emit_json(report.to_dict())
+    elif not quiet:
+        click.echo(f"{method}: {len(adapters)} adapters stacked → {len(report.ranks)} modules of rank "
+                   f"{min(report.ranks.values())}–{max(report.ranks.values())}, {report.parameters:,} parameters "
+                   f"→ {report.output}")

@@ -22,9 +22,11 @@ OPTIONS = [
                  help="Fine-tuned model; repeat once per model, in task order."),
     POOL,
     click.option("--out", required=True, type=OUTPUT_PATH, help="Output directory (must not exist)."),
-    click.option("--out-format", type=click.Choice(["model", "peft"]), default="model", show_default=True,
-                 help="A full model, or a PEFT LoRA adapter over --pretrained (the merged task vector truncated by "
-                      "SVD per module; needs --rank)."),
+    click.option("--out-format", type=click.Choice(["model", "peft", "peft-cat"]), default="model",
+                 show_default=True,
+                 help="A full model, or a PEFT LoRA adapter over --pretrained: the merged task vector truncated by "
+                      "SVD per module (peft, needs --rank), or, for task arithmetic of adapters, their factors "
+                      "stacked, exact (peft-cat, PEFT's cat)."),
     click.option("--rank", "adapter_rank", type=click.IntRange(min=1), help="With --out-format peft: the adapter's "
                                                                             "rank (the most, with --rank-energy)."),
     click.option("--rank-energy", "adapter_energy", type=click.FloatRange(min=0, max=1, min_open=True),
@@ -65,6 +67,12 @@ def merge(method: str, pretrained: Path | None, models: tuple[Path, ...], pool_n
         fail(ValueError("--eval needs the pretrained CLIP: give --pool or --pretrained"))
     if (out_format == "peft") != (adapter_rank is not None) or (adapter_energy is not None and adapter_rank is None):
         fail(click.UsageError("--out-format peft and --rank go together (--rank-energy with them)"))
+    if out_format == "peft-cat":
+        from .lora import stack_adapters
+
+        return stack_adapters(method, pretrained, models, out, given, overwrite=overwrite, run_eval=run_eval,
+                              quiet=quiet, as_json=as_json, no_model_card=no_model_card,
+                              reads=pool.input_paths() if pool else [])
     if out_format == "peft":
         if run_eval or pretrained is None:
             fail(click.UsageError("--out-format peft needs --pretrained (the adapter's base), and cannot --eval"))
