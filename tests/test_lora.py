@@ -276,7 +276,7 @@ def test_extract_lora_on_the_command_line(tmp_path):
 
 def test_a_merge_written_as_an_adapter_matches_peft_svd_combination(tmp_path):
     """PEFT's add_weighted_adapter(..., "svd"): Σ wᵢ·ΔWᵢ truncated to rank r, per module. merge-rs: task arithmetic
-    with per-task coefficients, then --out-format peft."""
+    with per-task coefficients, then --out-format peft. Then PEFT's dare_linear_svd at density 1."""
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
     from safetensors.torch import save_file
@@ -302,6 +302,19 @@ def test_a_merge_written_as_an_adapter_matches_peft_svd_combination(tmp_path):
         got = factors[f"base_model.model.{name}.lora_B.weight"] @ factors[f"base_model.model.{name}.lora_A.weight"]
         assert np.linalg.norm(got - delta) <= 1e-5 * np.linalg.norm(delta), name
     assert not any(p.name.startswith(".merged") for p in tmp_path.iterdir()), "the full merge was removed"
+    # dare_linear_svd at density 1 (PEFT's masks are random below it) with equal weights: merge-rs's DARE dropping
+    # nothing, scaled by the weight.
+    wrapped.add_weighted_adapter(["a", "b"], [0.5, 0.5], "dare", combination_type="dare_linear_svd", svd_rank=3,
+                                 density=1.0)
+    want = {name: module.get_delta_weight("dare").detach().numpy()
+            for name, module in wrapped.base_model.model.named_modules() if hasattr(module, "lora_A")}
+    cli("merge", "dare", "--pretrained", tmp_path / "base.safetensors", "--model", tmp_path / "adapters" / "a",
+        "--model", tmp_path / "adapters" / "b", "--drop-rate", "0", "--scaling-factor", "0.5", "--out-format", "peft",
+        "--rank", "3", "--out", tmp_path / "dare", "--quiet")
+    factors = load(tmp_path / "dare" / "adapter_model.safetensors")
+    for name, delta in want.items():
+        got = factors[f"base_model.model.{name}.lora_B.weight"] @ factors[f"base_model.model.{name}.lora_A.weight"]
+        assert np.linalg.norm(got - delta) <= 1e-5 * np.linalg.norm(delta), name
     refused = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
                   tmp_path / "adapters" / "a", "--out-format", "peft", "--out", tmp_path / "x", check=False)
     assert refused.returncode != 0 and "--rank" in refused.stderr
