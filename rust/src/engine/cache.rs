@@ -15,6 +15,9 @@
 //! used (an estimate, not measured). Turning readahead off (`RANDOM`) and
 //! announcing 4 MiB windows per file (`WILLNEED`) removes the re-reads (1.01×) but took 21–26 s against
 //! 11.5–14 s; dropping the output's pages behind the writer changed nothing.
+//! Reading past the cache altogether (`O_DIRECT` through an aligned bounce buffer, 256 KiB per input per chunk,
+//! 2026-12-07) left task arithmetic where it was (9.32–9.72 s against 9.14–9.95 s buffered, cold floor
+//! 6.2–6.4 s) and slowed TIES (14.9–15.2 s against 12.6–13.3 s), so it was not kept.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
