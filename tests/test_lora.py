@@ -354,6 +354,20 @@ def test_adapters_stacked_match_peft_cat_combination(tmp_path):
         if hasattr(module, "lora_A"):
             got = module.get_delta_weight("default").detach().numpy()
             assert np.linalg.norm(got - want[name]) <= 1e-6 * np.linalg.norm(want[name]), name
+    from safetensors.torch import load_file
+
+    half = tmp_path / "half"  # adapter a saved in bfloat16
+    half.mkdir()
+    (half / "adapter_config.json").write_text((tmp_path / "adapters" / "a" / "adapter_config.json").read_text())
+    factors = load_file(str(tmp_path / "adapters" / "a" / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in factors.items()}, str(half / "adapter_model.safetensors"))
+    cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model", half, "--model",
+        tmp_path / "adapters" / "b", "--coefficients", "0.6,0.4", "--out-format", "peft-cat", "--out",
+        tmp_path / "cat16", "--quiet")
+    stacked = load(tmp_path / "cat16" / "adapter_model.safetensors")
+    for name, delta in want.items():
+        got = stacked[f"base_model.model.{name}.lora_B.weight"] @ stacked[f"base_model.model.{name}.lora_A.weight"]
+        assert np.linalg.norm(got - delta) <= 2e-2 * np.linalg.norm(delta), name
     for args, needle in [
         (["ties"], "writes task arithmetic"),
         (["task_arithmetic", "--coefficients", "1,2,3"], "3 coefficients for 2 adapters"),

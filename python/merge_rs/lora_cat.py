@@ -18,6 +18,7 @@ from typing import Any
 from .api import PathLike, _path
 from .exceptions import InvalidArgumentError
 from .output import atomic_output, generator, protected
+from .reports import _jsonable
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -40,8 +41,7 @@ class CatReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
-        return {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k != "extra"},
-                "adapters": [str(p) for p in self.adapters], **self.extra}
+        return _jsonable(asdict(self))
 
 
 def read_config(adapter: Path) -> dict[str, Any]:
@@ -55,9 +55,9 @@ def read_config(adapter: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgumentError(f"{path}: not JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise InvalidArgumentError(f"{path}: peft_type is {config.get('peft_type') if isinstance(config, dict) else None!r}; "
-                                   "cat stacks LoRA adapters")
+    kind = config.get("peft_type") if isinstance(config, dict) else None
+    if kind != "LORA":
+        raise InvalidArgumentError(f"{path}: peft_type is {kind!r}; cat stacks LoRA adapters")
     for key, why in (("use_dora", "DoRA's magnitudes do not stack"), ("modules_to_save", "saved modules do not stack"),
                      ("lora_bias", "LoRA biases do not stack")):
         if config.get(key):
@@ -69,29 +69,49 @@ def scale(config: dict[str, Any], module: str, rank: int) -> float:
     """PEFT's scale of ``module`` (α/r, or α/√r with rsLoRA), α from ``alpha_pattern`` by PEFT's match rule."""
     alpha = config.get("lora_alpha", 8)
     for key, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        try:
+            matched = re.match(rf"(.*\.)?({key})$", module)
+        except re.error as e:
+            raise InvalidArgumentError(f"alpha_pattern key {key!r} is not a pattern PEFT can match ({e})") from None
+        if matched:
             alpha = value
             break
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise InvalidArgumentError(f"the lora_alpha of module {module} is {alpha!r}, not a number")
     return alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
 
 
+def _torch() -> Any:
+    try:
+        import torch
+        from safetensors import torch as tensors  # noqa: F401
+    except ImportError:
+        raise InvalidArgumentError("--out-format peft-cat needs torch and safetensors: pip install 'merge-rs[clip]'") \
+            from None
+    return torch
+
+
 def read_factors(adapter: Path) -> dict[str, tuple[str, Any, Any]]:
-    """module → (A key's suffix, A, B) for every LoRA pair in the adapter's weights."""
-    from safetensors.numpy import load_file
+    """module → (A key's suffix, A, B) for every LoRA pair in the adapter's weights, as float32 torch tensors."""
+    torch = _torch()
+    from safetensors.torch import load_file
 
     path = adapter / WEIGHTS
     if not path.is_file():
         raise InvalidArgumentError(f"{adapter}: no {WEIGHTS} (merge-rs reads safetensors adapters only)")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise InvalidArgumentError(f"{path}: not a safetensors file ({e})") from None
     out = {}
     for key, a in tensors.items():
         for a_suffix, b_suffix in FACTORS.items():
             if key.endswith("." + a_suffix):
                 module = key[: -len(a_suffix) - 1]
                 b = tensors.get(f"{module}.{b_suffix}")
-                if b is None or b.shape[1] != a.shape[0]:
+                if b is None or a.dim() < 2 or b.dim() < 2 or b.shape[1] != a.shape[0]:
                     raise InvalidArgumentError(f"{path}: {key} has no {b_suffix} of rank {a.shape[0]} beside it")
-                out[module.removeprefix(PREFIX)] = (a_suffix, a, b)
+                out[module.removeprefix(PREFIX)] = (a_suffix, a.to(torch.float32), b.to(torch.float32))
     if not out:
         raise InvalidArgumentError(f"{path}: no lora_A/lora_B pair")
     return out
@@ -100,17 +120,19 @@ def read_factors(adapter: Path) -> dict[str, tuple[str, Any, Any]]:
 def stack(adapters: list[dict[str, tuple[str, Any, Any]]], configs: list[dict[str, Any]],
           coefficients: Sequence[float]) -> dict[str, tuple[str, Any, Any]]:
     """module → (A key's suffix, [cᵢsᵢAᵢ; …], [Bᵢ …]) over the adapters that adapt it, in their order."""
-    import numpy as np
-
+    torch = _torch()
     modules = sorted({m for factors in adapters for m in factors})
     out = {}
     for module in modules:
         parts = [(factors[module], config, c) for factors, config, c in zip(adapters, configs, coefficients)
                  if module in factors]
-        suffix = parts[0][0][0]
-        a = np.concatenate([c * scale(config, module, f[1].shape[0]) * f[1].astype(np.float32) for f, config, c in parts])
-        b = np.concatenate([f[2].astype(np.float32) for f, _, _ in parts], axis=1)
-        out[module] = (suffix, a.astype(np.float32), b)
+        a_shapes = {tuple(f[1].shape[1:]) for f, _, _ in parts}
+        b_shapes = {tuple(f[2].shape[:1]) + tuple(f[2].shape[2:]) for f, _, _ in parts}
+        if len(a_shapes) > 1 or len(b_shapes) > 1:
+            raise InvalidArgumentError(f"the adapters' factors of module {module} have different shapes")
+        a = torch.cat([c * scale(config, module, f[1].shape[0]) * f[1] for f, config, c in parts])
+        b = torch.cat([f[2] for f, _, _ in parts], dim=1)
+        out[module] = (parts[0][0][0], a.contiguous(), b.contiguous())
     return out
 
 
@@ -148,8 +170,6 @@ def concatenate_adapters(adapters: Sequence[PathLike], out: PathLike, *, pretrai
                          model_card: bool = True) -> CatReport:
     """Write ``out``: one adapter whose ΔW is Σ ``coefficients``ᵢ · ΔWᵢ of the PEFT LoRA ``adapters`` (over
     ``pretrained``), exactly, by stacking their factors (PEFT's ``cat``)."""
-    from safetensors.numpy import save_file
-
     started = time.perf_counter()
     paths = [Path(_path(a)) for a in adapters]
     if len(coefficients) != len(paths):
@@ -163,13 +183,15 @@ def concatenate_adapters(adapters: Sequence[PathLike], out: PathLike, *, pretrai
     config = adapter_config(stacked, base, bool(configs[0].get("fan_in_fan_out")))
     tensors = {f"{PREFIX}{m}.{suffix}": a for m, (suffix, a, _) in stacked.items()}
     tensors |= {f"{PREFIX}{m}.{FACTORS[suffix]}": b for m, (suffix, _, b) in stacked.items()}
+    from safetensors.torch import save_file
+
     with atomic_output(out, [*paths, _path(pretrained), *map(_path, reads), *protected()], overwrite) as temp:
         save_file(tensors, str(temp / WEIGHTS), metadata={"format": "pt", "generator": generator()})
         (temp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if model_card:
             (temp / "README.md").write_text(card(paths, base, coefficients, config))
     return CatReport(Path(out), paths, list(coefficients), {m: a.shape[0] for m, (_, a, _) in stacked.items()},
-                     sum(t.size for t in tensors.values()), time.perf_counter() - started)
+                     sum(t.numel() for t in tensors.values()), time.perf_counter() - started)
 
 
 def card(adapters: list[Path], base: str, coefficients: Sequence[float], config: dict[str, Any]) -> str:
