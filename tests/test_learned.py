@@ -151,16 +151,26 @@ def test_regmean_beats_simple_averaging_on_the_zoo(zoo, tmp_path):
     assert _average_accuracy(zoo, tmp_path / "regmean") > _average_accuracy(zoo, tmp_path / "avg")
 
 
-def test_layer_wise_adamerging_lowers_entropy_and_beats_task_arithmetic(zoo, tmp_path):
+def test_layer_wise_adamerging_lowers_entropy_and_beats_the_pretrained_model(zoo, tmp_path):
+    """On this zoo layer-wise AdaMerging lands beside task arithmetic (50.1 % against 50.3 %, docs/zoo.md), well
+    above the pretrained model (42.6 %)."""
     result = adamerging(zoo, tmp_path / "ada", mode="layer", steps=200, device="cpu", progress=False)
     losses = result.losses
     assert len(losses) == 200
     assert np.mean(losses[-40:]) < np.mean(losses[:40])
-    merge_rs.merge("task_arithmetic", zoo.model_paths(), tmp_path / "ta", pretrained=zoo.pretrained_path(),
-                   scaling_factor=0.3)
-    assert _average_accuracy(zoo, tmp_path / "ada") > _average_accuracy(zoo, tmp_path / "ta")
+    merge_rs.merge("task_arithmetic", zoo.model_paths(), tmp_path / "theta0", pretrained=zoo.pretrained_path(),
+                   scaling_factor=0.0)
+    assert _average_accuracy(zoo, tmp_path / "ada") > _average_accuracy(zoo, tmp_path / "theta0") + 0.05
     csv = (tmp_path / "ada" / "loss.csv").read_text().splitlines()
     assert csv[0] == "step,entropy_loss" and len(csv) == 201
+
+
+def test_task_wise_adamerging_beats_task_arithmetic_on_the_zoo(zoo, tmp_path):
+    """AdaMerging's claim, measured on the zoo: 54.8 % against task arithmetic's 50.3 % at λ 0.3 (the demo)."""
+    adamerging(zoo, tmp_path / "ada", mode="task", steps=200, device="cpu", progress=False)
+    merge_rs.merge("task_arithmetic", zoo.model_paths(), tmp_path / "ta", pretrained=zoo.pretrained_path(),
+                   scaling_factor=0.3)
+    assert _average_accuracy(zoo, tmp_path / "ada") > _average_accuracy(zoo, tmp_path / "ta") + 0.02
 
 
 def test_saved_weights_round_trip_and_reproduce_the_merge(pair, tmp_path):
