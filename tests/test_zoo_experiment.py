@@ -183,3 +183,20 @@ def test_the_anchor_keeps_theta0s_embeddings_on_the_corpus_less_the_tasks_own_sl
 
     free, kept = drift(0.0), drift(100.0)
     assert kept < free / 4, (kept, free)
+
+
+def test_twemoji_file_names_and_the_framing_of_drawn_emoji():
+    from PIL import Image, ImageDraw
+
+    from tools.zoo.emoji_art import EMOJI_PIXELS, framed, twemoji_name
+
+    assert twemoji_name("\U0001f600") == "1f600.png"
+    assert twemoji_name("\u263a\ufe0f") == "263a.png"  # U+FE0F dropped without a ZWJ
+    assert twemoji_name("\U0001f3f3\ufe0f\u200d\U0001f308") == "1f3f3-fe0f-200d-1f308.png"  # kept with one
+    canvas = Image.new("RGB", (160, 160), "white")
+    assert framed(canvas) is None
+    ImageDraw.Draw(canvas).rectangle((40, 70, 119, 89), fill="red")  # 80 × 20, off centre vertically
+    image = framed(canvas)
+    assert image is not None and image.size == (EMOJI_PIXELS, EMOJI_PIXELS)
+    red = [x for x in range(EMOJI_PIXELS) if image.getpixel((x, EMOJI_PIXELS // 2))[1] < 128]
+    assert len(red) > EMOJI_PIXELS * 0.9, "the drawing fills the width"
