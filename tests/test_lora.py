@@ -376,6 +376,17 @@ def test_adapters_stacked_match_peft_cat_combination(tmp_path):
                       tmp_path / "adapters" / "a", "--model", tmp_path / "adapters" / "b", "--out-format", "peft-cat",
                       "--out", tmp_path / "x", check=False)
         assert refused.returncode != 0 and needle in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    config = json.loads((tmp_path / "adapters" / "a" / "adapter_config.json").read_text())
+    for change, needle in [({"modules_to_save": ["fc"]}, "modules_to_save is set"),
+                           ({"alpha_pattern": {"(": 2}}, "not a pattern PEFT can match")]:
+        bad = tmp_path / f"bad-{len(needle)}"
+        bad.mkdir()
+        (bad / "adapter_model.safetensors").write_bytes((half / "adapter_model.safetensors").read_bytes())
+        (bad / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        refused = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model", bad,
+                      "--out-format", "peft-cat", "--out", tmp_path / "z", check=False)
+        assert needle in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     other = save(tmp_path / "other", {"q_proj.weight": np.zeros((6, 8), np.float32)})
     refused = cli("merge", "task_arithmetic", "--pretrained", other, "--model", tmp_path / "adapters" / "a",
                   "--out-format", "peft-cat", "--out", tmp_path / "y", check=False)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .app import AS_JSON, OUTPUT_PATH, QUIET, emit_json, main, run
+from .app import AS_JSON, OUTPUT_PATH, QUIET, emit_json, fail, main, run
 
 
 @main.command("extract-lora")
@@ -54,12 +54,12 @@ def stack_adapters(method: str, pretrained: Path | None, adapters: tuple[Path, .
     from ..lora_cat import concatenate_adapters
 
     if method != "task_arithmetic" or set(given) - {"scaling_factor", "coefficients"}:
-        raise click.UsageError("--out-format peft-cat writes task arithmetic (--scaling-factor or --coefficients) "
-                               "of adapters; use --out-format peft --rank R for other methods")
+        fail(click.UsageError("--out-format peft-cat writes task arithmetic (--scaling-factor or --coefficients) of "
+                              "adapters; use --out-format peft --rank R for other methods"))
     if pretrained is None or run_eval:
-        raise click.UsageError("--out-format peft-cat needs --pretrained (the adapters' base), and cannot --eval")
+        fail(click.UsageError("--out-format peft-cat needs --pretrained (the adapters' base), and cannot --eval"))
     coefficients = given.get("coefficients") or [given.get("scaling_factor", 0.3)] * len(adapters)
-    base = pretrained
+    base: Path = pretrained
     report = run(lambda: concatenate_adapters(adapters, out, pretrained=base, coefficients=coefficients,
                                               overwrite=overwrite, reads=reads, model_card=not no_model_card))
     if as_json:
