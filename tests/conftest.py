@@ -96,3 +96,15 @@ def models(tmp_path):
     pre = save(tmp_path / "base", base)
     fts = [save(tmp_path / f"ft{i}", {k: v + 0.1 * (i + 1) for k, v in base.items()}) for i in range(2)]
     return pre, fts, base
+
+
+def two_linear_layers(torch):
+    """A torch module of two linear layers, as PEFT adapts them."""
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(8, 6)
+            self.fc = torch.nn.Linear(6, 10)
+
+    return Tiny

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, load, save
+from conftest import cli, load, save, two_linear_layers
 
 import merge_rs
 from merge_rs.methods import METHODS
@@ -56,18 +56,6 @@ def adapter(path: Path, base: dict[str, np.ndarray], seed: int, rank: int = 2, a
                 **(config or {})}
     (path / "adapter_config.json").write_text(json.dumps(settings))
     return path, dense
-
-
-def two_linear_layers(torch):
-    """A torch module of two linear layers, as PEFT adapts them."""
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q_proj = torch.nn.Linear(8, 6)
-            self.fc = torch.nn.Linear(6, 10)
-
-    return Tiny
 
 
 def parameters(method: str, n: int, fisher: list[Path]) -> dict:
@@ -272,122 +260,3 @@ def test_extract_lora_on_the_command_line(tmp_path):
     same = cli("extract-lora", base_path, "--pretrained", base_path, "--rank", "2", "--out", tmp_path / "none",
                check=False)
     assert "nothing to extract" in same.stderr and not (tmp_path / "none").exists()
-
-
-def test_a_merge_written_as_an_adapter_matches_peft_svd_combination(tmp_path):
-    """PEFT's add_weighted_adapter(..., "svd"): Σ wᵢ·ΔWᵢ truncated to rank r, per module. merge-rs: task arithmetic
-    with per-task coefficients, then --out-format peft. Then PEFT's dare_linear_svd at density 1."""
-    torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
-    from safetensors.torch import save_file
-
-    Tiny = two_linear_layers(torch)
-    torch.manual_seed(0)
-    model = Tiny()
-    save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, str(tmp_path / "base.safetensors"))
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "fc"], init_lora_weights=False)
-    wrapped = peft.get_peft_model(model, config, adapter_name="a")
-    wrapped.add_adapter("b", peft.LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "fc"],
-                                             init_lora_weights=False))
-    wrapped.save_pretrained(tmp_path / "adapters")  # each adapter in its own directory
-    wrapped.add_weighted_adapter(["a", "b"], [0.6, 0.4], "svd", combination_type="svd", svd_rank=3)
-    want = {name: module.get_delta_weight("svd").detach().numpy()
-            for name, module in wrapped.base_model.model.named_modules() if hasattr(module, "lora_A")}
-    cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model", tmp_path / "adapters" / "a",
-        "--model", tmp_path / "adapters" / "b", "--coefficients", "0.6,0.4", "--out-format", "peft", "--rank", "3",
-        "--out", tmp_path / "merged", "--quiet")
-    factors = load(tmp_path / "merged" / "adapter_model.safetensors")
-    assert json.loads((tmp_path / "merged" / "adapter_config.json").read_text())["lora_alpha"] == 3
-    for name, delta in want.items():
-        got = factors[f"base_model.model.{name}.lora_B.weight"] @ factors[f"base_model.model.{name}.lora_A.weight"]
-        assert np.linalg.norm(got - delta) <= 1e-5 * np.linalg.norm(delta), name
-    assert not any(p.name.startswith(".merged") for p in tmp_path.iterdir()), "the full merge was removed"
-    # dare_linear_svd at density 1 (PEFT's masks are random below it) with equal weights: merge-rs's DARE dropping
-    # nothing, scaled by the weight.
-    wrapped.add_weighted_adapter(["a", "b"], [0.5, 0.5], "dare", combination_type="dare_linear_svd", svd_rank=3,
-                                 density=1.0)
-    want = {name: module.get_delta_weight("dare").detach().numpy()
-            for name, module in wrapped.base_model.model.named_modules() if hasattr(module, "lora_A")}
-    cli("merge", "dare", "--pretrained", tmp_path / "base.safetensors", "--model", tmp_path / "adapters" / "a",
-        "--model", tmp_path / "adapters" / "b", "--drop-rate", "0", "--scaling-factor", "0.5", "--out-format", "peft",
-        "--rank", "3", "--out", tmp_path / "dare", "--quiet")
-    factors = load(tmp_path / "dare" / "adapter_model.safetensors")
-    for name, delta in want.items():
-        got = factors[f"base_model.model.{name}.lora_B.weight"] @ factors[f"base_model.model.{name}.lora_A.weight"]
-        assert np.linalg.norm(got - delta) <= 1e-5 * np.linalg.norm(delta), name
-    refused = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
-                  tmp_path / "adapters" / "a", "--out-format", "peft", "--out", tmp_path / "x", check=False)
-    assert refused.returncode != 0 and "--rank" in refused.stderr
-    several = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
-                  tmp_path / "adapters", "--out", tmp_path / "y", check=False)
-    assert "holds PEFT adapters in its subdirectories (a, b)" in several.stderr, several.stderr
-
-
-def test_adapters_stacked_match_peft_cat_combination(tmp_path):
-    """PEFT's add_weighted_adapter(..., "cat"): [B₁ B₂]·[w₁s₁A₁; w₂s₂A₂], exact, at rank r₁ + r₂ per module. The
-    second adapter has its own rank and α for one module and rsLoRA's scale."""
-    torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
-    from safetensors.torch import save_file
-
-    Tiny = two_linear_layers(torch)
-    torch.manual_seed(1)
-    model = Tiny()
-    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    save_file(base, str(tmp_path / "base.safetensors"))
-    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "fc"],
-                                                         init_lora_weights=False), adapter_name="a")
-    wrapped.add_adapter("b", peft.LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "fc"], use_rslora=True,
-                                             rank_pattern={"fc": 2}, alpha_pattern={"fc": 5}, init_lora_weights=False))
-    wrapped.save_pretrained(tmp_path / "adapters")
-    wrapped.add_weighted_adapter(["a", "b"], [0.6, 0.4], "cat", combination_type="cat")
-    want = {name: module.get_delta_weight("cat").detach().numpy()
-            for name, module in wrapped.base_model.model.named_modules() if hasattr(module, "lora_A")}
-    done = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model",
-               tmp_path / "adapters" / "a", "--model", tmp_path / "adapters" / "b", "--coefficients", "0.6,0.4",
-               "--out-format", "peft-cat", "--out", tmp_path / "cat")
-    assert "2 adapters stacked → 2 modules of rank 6–7" in done.stdout, done.stdout
-    fresh = Tiny()
-    fresh.load_state_dict(base)
-    loaded = peft.PeftModel.from_pretrained(fresh, tmp_path / "cat")
-    for name, module in loaded.base_model.model.named_modules():
-        if hasattr(module, "lora_A"):
-            got = module.get_delta_weight("default").detach().numpy()
-            assert np.linalg.norm(got - want[name]) <= 1e-6 * np.linalg.norm(want[name]), name
-    from safetensors.torch import load_file
-
-    half = tmp_path / "half"  # adapter a saved in bfloat16
-    half.mkdir()
-    (half / "adapter_config.json").write_text((tmp_path / "adapters" / "a" / "adapter_config.json").read_text())
-    factors = load_file(str(tmp_path / "adapters" / "a" / "adapter_model.safetensors"))
-    save_file({k: v.to(torch.bfloat16) for k, v in factors.items()}, str(half / "adapter_model.safetensors"))
-    cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model", half, "--model",
-        tmp_path / "adapters" / "b", "--coefficients", "0.6,0.4", "--out-format", "peft-cat", "--out",
-        tmp_path / "cat16", "--quiet")
-    stacked = load(tmp_path / "cat16" / "adapter_model.safetensors")
-    for name, delta in want.items():
-        got = stacked[f"base_model.model.{name}.lora_B.weight"] @ stacked[f"base_model.model.{name}.lora_A.weight"]
-        assert np.linalg.norm(got - delta) <= 2e-2 * np.linalg.norm(delta), name
-    for args, needle in [
-        (["ties"], "writes task arithmetic"),
-        (["task_arithmetic", "--coefficients", "1,2,3"], "3 coefficients for 2 adapters"),
-    ]:
-        refused = cli("merge", *args, "--pretrained", tmp_path / "base.safetensors", "--model",
-                      tmp_path / "adapters" / "a", "--model", tmp_path / "adapters" / "b", "--out-format", "peft-cat",
-                      "--out", tmp_path / "x", check=False)
-        assert refused.returncode != 0 and needle in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
-        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    config = json.loads((tmp_path / "adapters" / "a" / "adapter_config.json").read_text())
-    for change, needle in [({"modules_to_save": ["fc"]}, "modules_to_save is set"),
-                           ({"alpha_pattern": {"(": 2}}, "not a pattern PEFT can match")]:
-        bad = tmp_path / f"bad-{len(needle)}"
-        bad.mkdir()
-        (bad / "adapter_model.safetensors").write_bytes((half / "adapter_model.safetensors").read_bytes())
-        (bad / "adapter_config.json").write_text(json.dumps({**config, **change}))
-        refused = cli("merge", "task_arithmetic", "--pretrained", tmp_path / "base.safetensors", "--model", bad,
-                      "--out-format", "peft-cat", "--out", tmp_path / "z", check=False)
-        assert needle in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    other = save(tmp_path / "other", {"q_proj.weight": np.zeros((6, 8), np.float32)})
-    refused = cli("merge", "task_arithmetic", "--pretrained", other, "--model", tmp_path / "adapters" / "a",
-                  "--out-format", "peft-cat", "--out", tmp_path / "y", check=False)
-    assert "no weight for the adapters' module fc" in refused.stderr, refused.stderr

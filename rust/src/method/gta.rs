@@ -171,6 +171,26 @@ pub(crate) enum Consensus {
     Count,
 }
 
+/// Where the weights enter a sign election.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Weigh {
+    /// mergekit: each δₜ is weighted before the election, and `normalize` divides by the kept weights.
+    Before,
+    /// PEFT's `ties`: the election sees the unweighted δₜ, the kept entries are weighted, and `normalize`
+    /// divides by how many were kept.
+    After,
+}
+
+/// Where the weights enter, for `generalized_task_arithmetic`'s `weigh`.
+pub(crate) const WEIGH: ParamDef = ParamDef {
+    name: "weigh",
+    kind: ParamKind::Choice {
+        choices: &["before", "after"],
+    },
+    default: ParamDefault::Name("before"),
+    help: "with a consensus: weights before the sign election (mergekit) or after it, normalize dividing by the count kept (PEFT's ties_svd)",
+};
+
 /// One member of the family, ready to run.
 #[derive(Debug)]
 pub(crate) struct Gta {
@@ -178,6 +198,7 @@ pub(crate) struct Gta {
     /// One sparsifier for every model, or one per model.
     sparsifiers: Vec<Sparsifier>,
     consensus: Option<Consensus>,
+    weigh: Weigh,
     normalize: bool,
     rescale: bool,
     lambda: f32,
@@ -200,6 +221,7 @@ impl Gta {
             name,
             sparsifiers: sparsifiers(name, p, how)?,
             consensus,
+            weigh: Weigh::Before,
             normalize: p.bool("normalize")?,
             rescale: p.bool("rescale")?,
             lambda: p.f32("lambda")?,
@@ -211,6 +233,19 @@ impl Gta {
                 .collect(),
             precision,
         })
+    }
+}
+
+impl Gta {
+    /// The same member with the weights entering the sign election as `weigh` says.
+    pub(crate) fn weighing(self, weigh: Weigh) -> Result<Gta> {
+        if weigh == Weigh::After && self.consensus.is_none() {
+            return Err(MergeError::arg(format!(
+                "{}: weigh=after needs a sign consensus (sum or count); without one the weights only scale",
+                self.name
+            )));
+        }
+        Ok(Gta { weigh, ..self })
     }
 }
 
@@ -289,7 +324,9 @@ impl TensorFold for Gta {
                 *weights += w;
             }
             Acc::All(deltas, weights) => {
-                delta.iter_mut().for_each(|d| *d = r(*d * w));
+                if self.weigh == Weigh::Before {
+                    delta.iter_mut().for_each(|d| *d = r(*d * w));
+                }
                 deltas.push(delta);
                 weights.push(w);
             }
@@ -322,8 +359,9 @@ impl TensorFold for Gta {
 }
 
 impl Gta {
-    /// Sign consensus: keep the weighted deltas whose sign is the elected one (that of their sum, or of
-    /// their count of signs; + on a tie), and divide by the weights kept with `normalize`.
+    /// Sign consensus: keep the deltas whose sign is the elected one (that of their sum, or of their count of
+    /// signs; + on a tie), and divide by the weights kept with `normalize`. The deltas are weighted already
+    /// ([`Weigh::Before`]), or are weighted as they are kept and counted one each ([`Weigh::After`]).
     fn elect(&self, deltas: &[Vec<f32>], weights: &[f32], out: &mut [f32]) {
         let r = |x: f32| self.precision.round(x);
         for (i, o) in out.iter_mut().enumerate() {
@@ -334,10 +372,12 @@ impl Gta {
             // a sum rounded to −0 (float16 underflow) counts as positive, as in torch
             let majority = if r(total) >= 0.0 { 1.0 } else { -1.0 };
             let (mut mixed, mut divisor) = (0.0f32, 0.0f32);
-            for (d, w) in deltas.iter().zip(weights) {
+            for (d, &w) in deltas.iter().zip(weights) {
                 if d[i] != 0.0 && d[i].signum() == majority {
-                    mixed += d[i];
-                    divisor += w;
+                    match self.weigh {
+                        Weigh::Before => (mixed, divisor) = (mixed + d[i], divisor + w),
+                        Weigh::After => (mixed, divisor) = (mixed + r(d[i] * w), divisor + 1.0),
+                    }
                 }
             }
             let (mixed, divisor) = (r(mixed), r(divisor));

@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::method::gta::{
-    Consensus, DENSITY, EPSILON, GAMMA, Gta, LAMBDA, SEED, Thinning, WEIGHTS, normalize, rescale,
+    Consensus, DENSITY, EPSILON, GAMMA, Gta, LAMBDA, SEED, Thinning, WEIGH, WEIGHTS, Weigh, normalize, rescale,
 };
 use crate::method::precision::COMPUTE;
 use crate::method::{MergeMethod, MethodDef, ParamDef, ParamDefault, ParamKind, Params};
@@ -47,6 +47,7 @@ pub(crate) static METHOD: MethodDef = MethodDef {
         LAMBDA,
         normalize(false),
         rescale(false),
+        WEIGH,
         SEED,
         COMPUTE,
     ],
@@ -66,7 +67,13 @@ fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
         "count" => Some(Consensus::Count),
         _ => None,
     };
-    Ok(Box::new(Gta::from_params(METHOD.name, p, how, consensus)?))
+    let weigh = match p.choice("weigh")? {
+        "after" => Weigh::After,
+        _ => Weigh::Before,
+    };
+    Ok(Box::new(
+        Gta::from_params(METHOD.name, p, how, consensus)?.weighing(weigh)?,
+    ))
 }
 
 #[cfg(test)]
@@ -100,6 +107,15 @@ mod tests {
         assert!(sparsifiers(METHOD.name, &mismatched, Thinning::MagnitudeOutliers).is_err());
         let della = params(json!({"weights": [1], "density": 0.1, "epsilon": 0.2}))?;
         assert!(sparsifiers(METHOD.name, &della, Thinning::DellaMagprune).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn weighing_after_the_election_needs_an_election() -> Result<()> {
+        let lone = params(json!({"weights": [1, 2], "weigh": "after"}))?;
+        let refused = build(&lone).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("weigh=after needs a sign consensus"), "{refused}");
+        assert!(build(&params(json!({"weights": [1, 2], "weigh": "after", "consensus": "count"}))?).is_ok());
         Ok(())
     }
 
