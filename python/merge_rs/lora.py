@@ -17,6 +17,11 @@ from .progress import ProgressCallback, with_progress
 from .reports import ExtractReport
 
 
+def is_adapter(path: PathLike) -> bool:
+    """Whether ``path`` is a PEFT adapter directory."""
+    return Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file()
+
+
 def extract_lora(model: PathLike, out: PathLike, *, pretrained: PathLike, rank: int, energy: float | None = None,
                  overwrite: bool = False, progress: bool | ProgressCallback = False,
                  model_card: bool | str = True, reads: Sequence[PathLike] = ()) -> ExtractReport:

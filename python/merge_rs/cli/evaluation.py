@@ -61,7 +61,7 @@ def evaluate(model: Path, clip: Path, pool: Any, settings: EvalSettings, *, quie
     prepared = prepare_tasks(_requests(settings, pool), pool, split=settings.split, limit=settings.limit)
     evaluator = Evaluator(clip, prepared, device=settings.device, batch_size=settings.batch_size,
                           workers=settings.workers, progress=not quiet)
-    return evaluator.evaluate(load_vision_encoder(model), name=name)
+    return evaluator.evaluate(load_vision_encoder(model, base=clip), name=name)
 
 
 def check_evaluation(clip: Any, pool: Any, settings: EvalSettings) -> None:

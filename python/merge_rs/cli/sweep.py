@@ -192,7 +192,7 @@ def _references(sweep_log: SweepLog, pool: Any, evaluator: Any, log: Any) -> dic
 
     def compute() -> dict[str, dict[str, Any]]:
         pretrained = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()), name="pretrained")
-        tuned: dict[str, Any] = {t: evaluator.evaluate_task(load_vision_encoder(pool.model_path(t)), t)
+        tuned: dict[str, Any] = {t: evaluator.evaluate_task(pool.load_vision(t), t)
                                  for t in pool.tasks}
         tuned["average"] = {k: sum(tuned[t][k] for t in pool.tasks) / len(pool.tasks) for k in ("accuracy", "loss")}
         return {"pretrained": pretrained, "fine-tuned (individual)": tuned}

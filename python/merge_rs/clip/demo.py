@@ -92,7 +92,7 @@ def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device:
         for method in DEMO_MERGES:
             out = Path(temp) / method
             report = merge(method, pool.model_paths(), out, threads=threads,
-                           pretrained=pool.pretrained_path() if METHODS[method].needs_pretrained else None)
+                           pretrained=pool.base_for(METHODS[method].needs_pretrained))
             merge_seconds[method] = report.seconds
             log(f"merged with {method} in {report.seconds:.2f} s; evaluating")
             rows[method] = evaluate(load_vision_encoder(out), method)

@@ -39,10 +39,18 @@ def load_clip(path: Path):
     return CLIPModel.from_pretrained(path, dtype=_COMPUTE).eval(), CLIPProcessor.from_pretrained(path)
 
 
-def load_vision_encoder(path: Path):
-    """A ``CLIPVisionModel`` from a vision-only checkpoint, or the vision tower of a full CLIP checkpoint."""
+def load_vision_encoder(path: Path, base: Path | None = None):
+    """A ``CLIPVisionModel`` from a vision-only checkpoint, the vision tower of a full CLIP checkpoint, or a PEFT
+    LoRA adapter over ``base``."""
     from transformers import CLIPModel, CLIPVisionModel
 
+    from ..lora import is_adapter
+
+    if is_adapter(path):
+        if base is None:
+            raise ValueError(f"{path} is a LoRA adapter: the model it adapts is needed too (the pool's pretrained "
+                             "model, or --clip)")
+        return _with_adapter(Path(path), Path(base))
     quiet_library_progress()
     kind = model_type(path)
     if kind == "clip_vision_model":
@@ -62,3 +70,16 @@ def _vision_state(clip, vision) -> dict:
     if set(tower) == set(wanted):
         return tower
     return {f"vision_model.{k}": v for k, v in tower.items()}
+
+
+def _with_adapter(adapter: Path, base: Path):
+    """The vision encoder that the LoRA adapter stands for: θ₀ + ΔW, formed by the engine exactly as a merge reads
+    the adapter (its base's tensor names, rsLoRA, ``fan_in_fan_out``, saved modules), in a temporary directory."""
+    import tempfile
+
+    from ..api import merge
+
+    with tempfile.TemporaryDirectory(prefix="merge-rs-adapter-") as temp:
+        dense = Path(temp) / "model"
+        merge("task_arithmetic", [adapter], dense, pretrained=base, scaling_factor=1.0, model_card=False)
+        return load_vision_encoder(dense)

@@ -8,7 +8,8 @@ Presets follow FusionBench's names: ``clip-vit-base-patch32_TA8`` is ``openai/cl
      "models": {"mnist": "path/to/clip-mnist", "eurosat": "tanganke/clip-vit-base-patch32_eurosat"},
      "datasets": {"mnist": "path/to/mnist-parquet-dir"}}
 
-Relative paths in a file resolve against the file's directory. Hub ids resolve through ``huggingface_hub``
+A model may be a PEFT LoRA adapter over the pretrained model. Relative paths in a file resolve against the
+file's directory. Hub ids resolve through ``huggingface_hub``
 (its cache is used; with ``HF_HUB_OFFLINE=1`` nothing is downloaded). The pool hands paths to the Rust engine and
 ``nn.Module``s to torch code.
 """
@@ -57,6 +58,15 @@ class ModelPool:
     def model_paths(self) -> list[Path]:
         return [self.model_path(t) for t in self.models]
 
+    def base_for(self, needs_pretrained: bool) -> Path | None:
+        """The pretrained model to hand a merge: when the method needs it, or when a model is a LoRA adapter (read
+        over it)."""
+        from ..lora import is_adapter
+
+        if needs_pretrained or any(is_adapter(p) for p in self.model_paths()):
+            return self.pretrained_path()
+        return None
+
     def input_paths(self) -> list[Path]:
         """Every local path the pool reads (its file, or its zoo directory; models, datasets): outputs must not
         overlap them."""
@@ -87,7 +97,7 @@ class ModelPool:
     def load_vision(self, task: str):
         from .models import load_vision_encoder
 
-        return load_vision_encoder(self.model_path(task))
+        return load_vision_encoder(self.model_path(task), base=self.pretrained_path())
 
 
 def resolve_model(reference: str | Path, base: Path | None = None) -> Path:

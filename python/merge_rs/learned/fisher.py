@@ -70,7 +70,13 @@ def fisher_merging(pool: ModelPool, out: Path, *, examples: int = 256, batch_siz
     """Compute each model's Fisher, write them to ``fisher_dir`` (kept) or a temporary directory, and merge."""
     from safetensors.torch import save_file
 
+    from ..lora import is_adapter
+
     started = time.perf_counter()
+    adapters = [t for t in pool.tasks if is_adapter(pool.model_path(t))]
+    if adapters:
+        raise ValueError(f"Fisher merging takes full fine-tuned models; the {adapters[0]} model is a LoRA adapter "
+                         "(RegMean and AdaMerging take adapters)")
     check_output(out, pool.input_paths(), overwrite)
     tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="train", limit=examples)
     evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..api import inspect
+from ..lora import is_adapter
 from ..reports import CheckpointInfo
 from .schema import Evaluation
 from .settings import layer_of, layer_positions
@@ -104,11 +105,6 @@ def plan(job: MergeJob, pretrained: Path | None, models: list[Path], loras: list
     common, _ = Counter({k: len(v) for k, v in by_values.items()}).most_common(1)[0]
     groups = [(names, json.loads(key)) for key, names in by_values.items() if key != common]
     return MergePlan(job, pretrained, models, json.loads(common), loras, groups, inputs, merged)
-
-
-def is_adapter(path: Path) -> bool:
-    """Whether ``path`` is a PEFT adapter directory."""
-    return path.is_dir() and (path / "adapter_config.json").is_file()
 
 
 def _model_info(job: MergeJob, model: Path, base: CheckpointInfo | None) -> CheckpointInfo:
