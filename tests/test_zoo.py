@@ -6,15 +6,17 @@ import gzip
 import json
 import random
 
+import numpy as np
 import pytest
 
-from conftest import cli
+from conftest import cli, load
 
 torch = pytest.importorskip("torch")
 
 from merge_rs.clip.demo import DEMO_MERGES, FINE_TUNED, PRETRAINED, learned_rows, run_demo  # noqa: E402
+from merge_rs.clip.models import load_vision_encoder  # noqa: E402
 from merge_rs.clip.pool import zoo_pool  # noqa: E402
-from tools.zoo import build, tokenizer  # noqa: E402
+from tools.zoo import build, lora, tokenizer  # noqa: E402
 from tools.zoo.hashes import fingerprint  # noqa: E402
 
 ZOO_TASKS = ["mnist", "digits", "fashion_mnist", "emoji", "icons", "textures", "letters", "scripts"]
@@ -159,8 +161,20 @@ def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
     from merge_rs.clip.evaluate import Evaluator, prepare_tasks
 
     tasks = prepare_tasks([(t, None) for t in pool.tasks], pool)
-    report = Evaluator(pool.pretrained_path(), tasks, device="cpu", progress=False).evaluate(pool.load_vision("emoji"))
+    evaluator = Evaluator(pool.pretrained_path(), tasks, device="cpu", progress=False)
+    report = evaluator.evaluate(pool.load_vision("emoji"))
     assert 0 <= report["emoji"]["accuracy"] <= 1 and len(tasks[0].data) == 30
+    assert any(line.startswith("fine-tuned emoji (LoRA): final loss") for line in lines), lines
+    adapters = zoo_pool(tmp_path / "zoo", lora=True)
+    assert adapters.name == "zoo-lora" and adapters.tasks == pool.tasks
+    config = json.loads((adapters.model_path("emoji") / "adapter_config.json").read_text())
+    assert config["r"] == settings.lora_rank and sorted(config["target_modules"]) == sorted(lora.TARGETS)
+    factors = load(adapters.model_path("emoji") / "adapter_model.safetensors")
+    assert all(name.startswith("base_model.model.vision_model.encoder.") for name in factors)
+    assert any(("lora_B" in name) and np.abs(values).max() > 0 for name, values in factors.items()), "trained"
+    pretrained = evaluator.evaluate(load_vision_encoder(pool.pretrained_path()))
+    tuned = evaluator.evaluate(adapters.load_vision("emoji"))
+    assert tuned["emoji"]["loss"] != pretrained["emoji"]["loss"]
 
 
 def test_split_indices_are_disjoint_and_seeded():

@@ -8,9 +8,10 @@
    are saved, so a test can check that no task image is among them.
 3. Fine-tune only the vision tower per task on its train set (Adam, fixed steps) with the frozen zero-shot head of
    the pretrained model as classifier, as in the task-vector papers, while keeping the pretrained model's image
-   embeddings of the corpus (``finetune_anchor``).
+   embeddings of the corpus (``finetune_anchor``). The same again with rank-8 LoRA factors in place of the whole
+   tower (``lora.py``), for the LoRA pool.
 4. Save the hub layouts in float16: the pretrained ``CLIPModel`` with tokenizer and image processor, one
-   ``CLIPVisionModel`` per task, the splits as parquet, and ``zoo.json`` describing it all.
+   ``CLIPVisionModel`` and one PEFT adapter per task, the splits as parquet, and ``zoo.json`` describing it all.
 
 Run ``python -m tools.zoo.build OUT`` (``pip install "merge-rs[zoo]"`` plus the Debian packages named in
 ``sources.py``: ``make zoo``). Deterministic from ``--seed`` on a given machine.
@@ -31,6 +32,7 @@ from merge_rs.clip.heads import compute_head
 from merge_rs.clip.tasks import get_task
 from .corpus import pretraining_corpus
 from .hashes import HASH_FILE, distinct, fingerprint
+from .lora import save_adapter
 from .model import new_clip
 from .settings import ZooSettings
 from .slices import slice_captions
@@ -83,6 +85,9 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
         vision = finetune(clip, head, _pixels(processor, train_images), torch.tensor(train_labels), settings, name,
                           log, anchor_pool(corpus_pixels, name) if settings.finetune_anchor else None)
         save_float16(vision, staging / "models" / name)
+        adapter = finetune(clip, head, _pixels(processor, train_images), torch.tensor(train_labels), settings, name,
+                           log, anchor_pool(corpus_pixels, name) if settings.finetune_anchor else None, lora=True)
+        save_adapter(adapter, staging / "adapters" / name)
         save_splits(staging / "datasets" / name, splits[name], name)
 
     manifest = {
@@ -90,6 +95,7 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
                        "task (vision tower).",
         "pretrained": "pretrained",
         "models": {name: f"models/{name}" for name in settings.tasks},
+        "adapters": {name: f"adapters/{name}" for name in settings.tasks},
         "datasets": {name: f"datasets/{name}" for name in settings.tasks},
         "pretraining_hashes": HASH_FILE,
         "split_sizes": {name: {k: len(v[1]) for k, v in parts.items()} for name, parts in splits.items()},

@@ -41,6 +41,9 @@ class ZooSettings:
     finetune_decay_to_base: float = 0.0  # decoupled weight decay toward θ₀ while fine-tuning (per step: lr × this)
     finetune_anchor: float = 10.0  # weight of keeping θ₀'s image embeddings on the corpus, less the task's own slice
     finetune_shift: int = 2
+    lora_rank: int = 8  # the LoRA fine-tunes (attention projections and MLPs of the vision tower)
+    lora_alpha: float = 16.0
+    lora_lr: float = 3e-3
 
     def with_overrides(self, overrides: dict[str, Any]) -> "ZooSettings":
         """A copy with ``overrides`` (field name → value, strings converted to the field's type)."""

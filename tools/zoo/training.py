@@ -143,24 +143,31 @@ def _embeddings(clip: Any, vision: Any, images: Any, chunk: int = 1024) -> Any:
 
 
 def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettings, name: str, log: Log,
-             anchor: Any = None) -> Any:
+             anchor: Any = None, lora: bool = False) -> Any:
     """A copy of ``clip``'s vision tower fine-tuned on ``images`` against the frozen zero-shot ``head`` (Adam,
     cosine schedule). With ``finetune_decay_to_base``, each step also pulls the weights toward θ₀; with
     ``finetune_anchor`` and ``anchor`` images, each step also adds that weight times the squared distance between
-    the normalised embeddings of a batch of ``anchor`` images and θ₀'s."""
+    the normalised embeddings of a batch of ``anchor`` images and θ₀'s. With ``lora``, only rank-``lora_rank``
+    factors train (at ``lora_lr``), and the PEFT model comes back instead of the tower."""
     import copy
 
     import torch
     import torch.nn.functional as F
 
+    from .lora import wrap_lora
+
     device = clip.logit_scale.device
     scale = clip.logit_scale.exp().detach()
     keep = anchor is not None and settings.finetune_anchor > 0
     kept = _embeddings(clip, clip.vision_model, anchor) if keep else None
-    vision = copy.deepcopy(clip.vision_model).requires_grad_(True)
-    base = [p.detach().clone() for p in vision.parameters()]
+    if lora:
+        result, vision = wrap_lora(clip.vision_model, settings)
+    else:
+        result = vision = copy.deepcopy(clip.vision_model).requires_grad_(True)
+    trained = [p for p in vision.parameters() if p.requires_grad]
+    base = [p.detach().clone() for p in trained]
     vision.train()
-    optimizer = torch.optim.Adam(vision.parameters(), lr=settings.finetune_lr)
+    optimizer = torch.optim.Adam(trained, lr=settings.lora_lr if lora else settings.finetune_lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine(s, settings.finetune_steps))
     generator = torch.Generator().manual_seed(settings.seed)
     labels = labels.to(device)
@@ -180,10 +187,11 @@ def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettin
         if settings.finetune_decay_to_base:
             pull = schedule.get_last_lr()[0] * settings.finetune_decay_to_base
             with torch.no_grad():
-                torch._foreach_lerp_(list(vision.parameters()), base, pull)
+                torch._foreach_lerp_(trained, base, pull)
         schedule.step()
-    log(f"fine-tuned {name}: final loss {loss.item():.3f}" + (f" (embedding drift {drift.item():.4f})" if keep else ""))
-    return vision.eval()
+    log(f"fine-tuned {name}{' (LoRA)' if lora else ''}: final loss {loss.item():.3f}"
+        + (f" (embedding drift {drift.item():.4f})" if keep else ""))
+    return result.eval()
 
 
 def tokenize_captions(tokenizer: Any, captions: dict[str, list[tuple[str, ...]]], device: Any = "cpu"

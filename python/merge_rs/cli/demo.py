@@ -21,12 +21,14 @@ from .evaluation import check_report, get_pool, save_report
               help="Also run the learned methods (AdaMerging task- and layer-wise, Fisher merging, RegMean; torch).")
 @click.option("--adamerging-steps", type=click.IntRange(min=0),
               help="Learning steps of the learned methods that learn by steps (default: the demo's 200).")
+@click.option("--lora/--no-lora", default=True, show_default=True,
+              help="Also merge the zoo's LoRA adapters with every data-free method (when the pool has them).")
 @click.option("--report", "report_path", type=OUTPUT_PATH, help="Write every report as JSON.")
 @PLOT
 @OVERWRITE_FILES
 @QUIET
 def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: bool,
-         adamerging_steps: int | None, report_path: Path | None, plot_path: Path | None, overwrite: bool,
+         adamerging_steps: int | None, lora: bool, report_path: Path | None, plot_path: Path | None, overwrite: bool,
          quiet: bool) -> None:
     """Merge the offline model zoo with every method and evaluate all models on every task."""
     from ..clip.demo import run_demo
@@ -38,7 +40,7 @@ def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: 
     log = logger(quiet)
     log(f"merge-rs demo on the '{pool_name}' pool (models and data ship with merge-rs; nothing is downloaded)")
     result = run(lambda: run_demo(pool, limit=limit, device=device, threads=threads, learned=learned,
-                                  adamerging_steps=adamerging_steps, progress=not quiet, log=log))
+                                  adamerging_steps=adamerging_steps, lora=lora, progress=not quiet, log=log))
     save_report(result.to_dict(), report_path, pool.input_paths(), overwrite)
     if plot_path is not None:
         run(lambda: plot_demo(result, pool_name, plot_path, pool.input_paths(), overwrite))
@@ -46,7 +48,12 @@ def demo(pool_name: str, limit: int | None, device: str, threads: int, learned: 
     click.echo(result.table())
     click.echo("\nEach fine-tuned model on every task:")
     click.echo(result.transfer_table())
-    merges = ", ".join(f"{m} {s:.2f} s" for m, s in result.merge_seconds.items())
+    seconds = dict(result.merge_seconds)
+    if result.lora is not None:
+        click.echo("\nThe same merges of the LoRA fine-tunes (adapters over the pretrained model; normalised to them):")
+        click.echo(result.lora.table())
+        seconds.update({f"{m} (LoRA)": t for m, t in result.lora.merge_seconds.items()})
+    merges = ", ".join(f"{m} {s:.2f} s" for m, s in seconds.items())
     click.echo(f"\nmerge times (learned methods: learning included): {merges}; total {result.seconds:.1f} s")
 
 

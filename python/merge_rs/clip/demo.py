@@ -35,6 +35,7 @@ class DemoResult:
     merge_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     test_sizes: dict[str, int] = field(default_factory=dict)
+    lora: "DemoResult | None" = None  # the same merges of the pool's LoRA twin (the zoo's adapters)
 
     def normalized(self, row: str) -> float:
         """The row's normalised accuracy (merged over fine-tuned, per task, averaged)."""
@@ -54,48 +55,37 @@ class DemoResult:
         return format_table(self.fine_tuned, self.tasks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "test_sizes": self.test_sizes, "rows": self.rows, "fine_tuned": self.fine_tuned,
-                "normalized_accuracy": {row: self.normalized(row) for row in self.rows},
-                "merge_seconds": self.merge_seconds, "seconds": self.seconds}
+        out = {"tasks": self.tasks, "test_sizes": self.test_sizes, "rows": self.rows, "fine_tuned": self.fine_tuned,
+               "normalized_accuracy": {row: self.normalized(row) for row in self.rows},
+               "merge_seconds": self.merge_seconds, "seconds": self.seconds}
+        if self.lora is not None:
+            out["lora"] = self.lora.to_dict()
+        return out
 
 
 def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device: str = "auto", threads: int = 0,
-             learned: bool = True, adamerging_steps: int | None = None, progress: bool = True,
+             learned: bool = True, adamerging_steps: int | None = None, lora: bool = True, progress: bool = True,
              log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Merge ``pool`` with every method in ``DEMO_MERGES`` (and, with ``learned``, every learned method's demo
-    rows) and evaluate pretrained, fine-tuned and merged models."""
+    rows) and evaluate pretrained, fine-tuned and merged models; with ``lora``, the same merges of the pool's LoRA
+    twin (the zoo's adapters) too."""
     from .models import load_vision_encoder
+    from .pool import lora_twin
 
     started = time.perf_counter()
     pool = get_pool(pool) if isinstance(pool, str) else pool
     tasks = prepare_tasks(((t, None) for t in pool.tasks), pool, limit=limit)
     evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, cache_pixels=True, progress=progress)
     names = [t.task.name for t in tasks]
-
-    def scored(report: dict[str, Any], correct: dict[str, list[bool]]) -> dict[str, Any]:
-        report["average"]["accuracy_ci95"] = list(bootstrap_interval(correct))
-        return report
+    sizes = {t.task.name: len(t.data) for t in tasks}
 
     def evaluate(vision: Any, name: str) -> dict[str, Any]:
         report = evaluator.evaluate(vision, name=name)
-        return scored(report, dict(evaluator.correct))
+        return _scored(report, dict(evaluator.correct))
 
-    fine_tuned, own_correct = {}, {}
-    for task in pool.tasks:
-        log(f"evaluating the {task} model")
-        fine_tuned[task] = evaluator.evaluate(pool.load_vision(task), name=task)
-        own_correct[task] = evaluator.correct[task]
-    rows = {FINE_TUNED: scored(_individual(fine_tuned, names), own_correct)}
-
-    merge_seconds = {}
     with tempfile.TemporaryDirectory(prefix="merge-rs-demo-") as temp:
-        for method in DEMO_MERGES:
-            out = Path(temp) / method
-            report = merge(method, pool.model_paths(), out, threads=threads,
-                           pretrained=pool.base_for(METHODS[method].needs_pretrained))
-            merge_seconds[method] = report.seconds
-            log(f"merged with {method} in {report.seconds:.2f} s; evaluating")
-            rows[method] = evaluate(load_vision_encoder(out), method)
+        rows, fine_tuned = _individual_rows(pool, evaluator, names, log)
+        merge_seconds = _merged_rows(pool, Path(temp), threads, evaluate, rows, log)
         context = RunContext(device=device, threads=threads, progress=False)
         for row, (method, options) in (learned_rows(adamerging_steps).items() if learned else ()):
             out = Path(temp) / row
@@ -103,10 +93,49 @@ def run_demo(pool: ModelPool | str = "zoo", *, limit: int | None = None, device:
             merge_seconds[row] = seconds
             log(f"{row} took {seconds:.1f} s; evaluating")
             rows[row] = evaluate(load_vision_encoder(out), row)
-    log("evaluating the pretrained model")
-    rows[PRETRAINED] = evaluate(load_vision_encoder(pool.pretrained_path()), PRETRAINED)
-    sizes = {t.task.name: len(t.data) for t in tasks}
-    return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started, sizes)
+        log("evaluating the pretrained model")
+        rows[PRETRAINED] = evaluate(load_vision_encoder(pool.pretrained_path()), PRETRAINED)
+        twin = lora_twin(pool) if lora else None
+        adapters = None
+        if twin is not None:
+            log("the same merges of the zoo's LoRA adapters")
+            lora_rows, lora_tuned = _individual_rows(twin, evaluator, names, log)
+            lora_seconds = _merged_rows(twin, Path(temp) / "lora", threads, evaluate, lora_rows, log)
+            lora_rows[PRETRAINED] = rows[PRETRAINED]
+            adapters = DemoResult(names, lora_rows, lora_tuned, lora_seconds, 0.0, sizes)
+    return DemoResult(names, rows, fine_tuned, merge_seconds, time.perf_counter() - started, sizes, adapters)
+
+
+def _scored(report: dict[str, Any], correct: dict[str, list[bool]]) -> dict[str, Any]:
+    report["average"]["accuracy_ci95"] = list(bootstrap_interval(correct))
+    return report
+
+
+def _individual_rows(pool: ModelPool, evaluator: Evaluator, names: list[str], log: Callable[[str], None]
+                     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The fine-tuned row (each model on its own task) and each model's report on every task."""
+    fine_tuned, own_correct = {}, {}
+    for task in pool.tasks:
+        log(f"evaluating the {task} model")
+        fine_tuned[task] = evaluator.evaluate(pool.load_vision(task), name=task)
+        own_correct[task] = evaluator.correct[task]
+    return {FINE_TUNED: _scored(_individual(fine_tuned, names), own_correct)}, fine_tuned
+
+
+def _merged_rows(pool: ModelPool, temp: Path, threads: int, evaluate: Callable[[Any, str], dict[str, Any]],
+                 rows: dict[str, Any], log: Callable[[str], None]) -> dict[str, float]:
+    """Each method of ``DEMO_MERGES`` merged and evaluated into ``rows``; its merge time."""
+    from .models import load_vision_encoder
+
+    seconds = {}
+    for method in DEMO_MERGES:
+        out = temp / method
+        report = merge(method, pool.model_paths(), out, threads=threads,
+                       pretrained=pool.base_for(METHODS[method].needs_pretrained))
+        seconds[method] = report.seconds
+        log(f"merged {pool.name} with {method} in {report.seconds:.2f} s; evaluating")
+        rows[method] = evaluate(load_vision_encoder(out), method)
+    return seconds
 
 
 def learned_rows(steps: int | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:

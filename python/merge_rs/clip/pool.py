@@ -123,10 +123,23 @@ def zoo_directory() -> Path:
     return Path(str(resources.files("merge_rs") / "zoo" / "data"))
 
 
-def zoo_pool(directory: Path | None = None) -> ModelPool:
+def zoo_pool(directory: Path | None = None, lora: bool = False) -> ModelPool:
+    """The zoo's full fine-tunes, or with ``lora`` its LoRA adapters (``zoo-lora``)."""
     directory = directory or zoo_directory()
     manifest = json.loads((directory / "zoo.json").read_text())
-    return ModelPool("zoo", manifest["pretrained"], dict(manifest["models"]), dict(manifest["datasets"]), directory)
+    if lora and "adapters" not in manifest:
+        raise ValueError(f"the zoo in {directory} has no LoRA adapters (it was built before they were added)")
+    models = manifest["adapters"] if lora else manifest["models"]
+    return ModelPool("zoo-lora" if lora else "zoo", manifest["pretrained"], dict(models), dict(manifest["datasets"]),
+                     directory)
+
+
+def lora_twin(pool: ModelPool) -> ModelPool | None:
+    """The LoRA pool beside a zoo pool (the same tasks and data, adapters for models), if it has one."""
+    if pool.name != "zoo" or pool.base is None:
+        return None
+    manifest = json.loads((pool.base / "zoo.json").read_text())
+    return zoo_pool(pool.base, lora=True) if "adapters" in manifest else None
 
 
 def clip_ta8_pool(architecture: str) -> ModelPool:
@@ -137,14 +150,14 @@ def clip_ta8_pool(architecture: str) -> ModelPool:
     )
 
 
-PRESETS = ["zoo", *(f"clip-vit-{a}_TA8" for a in CLIP_ARCHITECTURES)]
+PRESETS = ["zoo", "zoo-lora", *(f"clip-vit-{a}_TA8" for a in CLIP_ARCHITECTURES)]
 
 
 def get_pool(name: str | Path) -> ModelPool:
     """A preset by name, a JSON pool file, or a zoo directory (one with ``zoo.json``)."""
     text = str(name)
-    if text == "zoo":
-        return zoo_pool()
+    if text in ("zoo", "zoo-lora"):
+        return zoo_pool(lora=text == "zoo-lora")
     for arch in CLIP_ARCHITECTURES:
         if text == f"clip-vit-{arch}_TA8":
             return clip_ta8_pool(arch)
