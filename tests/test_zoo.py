@@ -37,6 +37,9 @@ def test_demo_table_has_fusionbench_shape(tmp_path, monkeypatch):
     assert table[0].split() == [*ZOO_TASKS, "average", "95%", "interval", "normalized"]
     assert table[2].startswith(FINE_TUNED) and table[2].endswith("100.0") and table[-1].startswith(PRETRAINED)
     assert result.test_sizes == dict.fromkeys(result.tasks, 40)
+    assert result.lora is not None and list(result.lora.rows) == [FINE_TUNED, *DEMO_MERGES, PRETRAINED]
+    assert result.lora.rows[PRETRAINED] is result.rows[PRETRAINED]
+    assert result.lora.rows[FINE_TUNED]["average"]["accuracy"] > result.rows[PRETRAINED]["average"]["accuracy"]
     for row in result.rows.values():
         low, high = row["average"]["accuracy_ci95"]
         assert low <= row["average"]["accuracy"] <= high and high - low > 0.01
@@ -55,6 +58,8 @@ def test_cli_demo_prints_the_table(tmp_path):
     assert set(data["rows"]) == {FINE_TUNED, *DEMO_MERGES, PRETRAINED}
     assert data["test_sizes"] == dict.fromkeys(data["tasks"], 10)
     assert data["normalized_accuracy"][FINE_TUNED] == 1.0
+    assert "The same merges of the LoRA fine-tunes" in out.stdout and "ties (LoRA)" in out.stdout
+    assert set(data["lora"]["rows"]) == {FINE_TUNED, *DEMO_MERGES, PRETRAINED}
     for row in data["rows"].values():
         assert set(row) == {*data["tasks"], "model_info", "average"} or row is data["rows"][FINE_TUNED]
         assert len(row["average"]["accuracy_ci95"]) == 2
@@ -69,6 +74,9 @@ def test_shipped_zoo_is_complete():
         assert json.loads((pool.model_path(task) / "config.json").read_text())["model_type"] == "clip_vision_model"
         for split in ("train", "validation", "test"):
             assert (pool.base / manifest["datasets"][task] / f"{split}.parquet").is_file()
+    adapters = zoo_pool(lora=True)
+    for task in pool.tasks:
+        assert json.loads((adapters.model_path(task) / "adapter_config.json").read_text())["r"] == 8
 
 
 def test_shipped_splits_are_disjoint_and_share_no_image_with_pretraining():
@@ -167,6 +175,7 @@ def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
     assert any(line.startswith("fine-tuned emoji (LoRA): final loss") for line in lines), lines
     adapters = zoo_pool(tmp_path / "zoo", lora=True)
     assert adapters.name == "zoo-lora" and adapters.tasks == pool.tasks
+    assert not (adapters.model_path("emoji") / "README.md").exists(), "PEFT's empty card template is dropped"
     config = json.loads((adapters.model_path("emoji") / "adapter_config.json").read_text())
     assert config["r"] == settings.lora_rank and sorted(config["target_modules"]) == sorted(lora.TARGETS)
     factors = load(adapters.model_path("emoji") / "adapter_model.safetensors")

@@ -34,7 +34,8 @@ def wrap_lora(vision: Any, settings: ZooSettings) -> tuple[Any, Any]:
 
 
 def save_adapter(wrapped: Any, directory: Path) -> None:
-    """The adapter in float16 (what ships), as PEFT saves it."""
+    """The adapter in float16 (what ships), as PEFT saves it, less PEFT's empty model-card template."""
     import torch
 
     copy.deepcopy(wrapped).to(torch.float16).save_pretrained(directory)
+    (directory / "README.md").unlink(missing_ok=True)
