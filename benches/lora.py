@@ -1,6 +1,7 @@
 """LoRA benchmark: eight rank-16 PEFT adapters over the ViT-L/14 pretrained encoder (q, k, v, out_proj, fc1, fc2
 of every layer), merged by merge-rs into a full model and into an adapter, side by side with merge-rs on eight full
-fine-tuned checkpoints, page cache warm, medians of ``--reps`` runs alternating between the commands.
+fine-tuned checkpoints, and PEFT's own ties_svd beside merge-rs's (``peft_ties_svd.py``), page cache warm, medians
+of ``--reps`` runs alternating between the commands.
 
     .venv/bin/python benches/lora.py --reps 3
 
@@ -75,10 +76,19 @@ def main() -> None:
         ("full ×8", "TIES"): command("ties", full),
         ("adapters ×8", "task arithmetic"): command("task_arithmetic", adapters),
         ("adapters ×8", "TIES"): command("ties", adapters),
+        # PEFT's ties_svd at density 0.2 and equal weights, by PEFT itself and by merge-rs; the runs after PEFT's
+        # (4 GB) start with part of the page cache evicted, so the long ones follow it.
+        ("adapters ×8", f"PEFT add_weighted_adapter(ties_svd) → rank-{args.rank} adapter"): [
+            sys.executable, str(HERE / "peft_ties_svd.py"), str(pretrained), *map(str, adapters), "--out", str(out),
+            "--density", "0.2", "--rank", str(args.rank)],
+        ("adapters ×8", f"ties_svd as PEFT computes it → rank-{args.rank} adapter"): command(
+            "generalized_task_arithmetic", adapters, "--weights", ",".join(["1"] * len(adapters)), "--sparsification",
+            "magnitude", "--density", "0.2", "--consensus", "sum", "--normalize", "--weigh", "after",
+            "--out-format", "peft", "--rank", str(args.rank)),
         ("adapters ×8", f"TIES → rank-{args.rank} adapter"): command("ties", adapters, "--out-format", "peft",
                                                                     "--rank", str(args.rank)),
     }
-    results = {key: Result(key[0], "merge-rs", key[1]) for key in runs}
+    results = {key: Result(key[0], "PEFT" if "add_weighted" in key[1] else "merge-rs", key[1]) for key in runs}
     for rep in range(args.reps + 1):  # the first round warms the cache and is not counted
         for key, cmd in runs.items():
             if rep == 0:

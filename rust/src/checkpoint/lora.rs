@@ -5,9 +5,11 @@
 //! checkpoint. Tensors saved whole (`modules_to_save`) replace the base's.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::lora_config::{alpha_for, read_config};
+use super::lora_delta::{BLOCK, ROWS, add_block, add_rows};
 use super::{Checkpoint, Tensor};
 use crate::dtype::{FloatType, Storage, storage_of};
 use crate::error::{MergeError, Result};
@@ -250,31 +252,51 @@ impl Module {
         })
     }
 
-    /// The factors as P (rows × r) and Q (r × cols), so that ΔW[i, j] = s·Σₖ P[i, k]·Q[k, j].
-    fn factors(&self, adapter: &Checkpoint, scratch: &mut Vec<u8>) -> Result<(Vec<f32>, Vec<f32>)> {
-        let read = |t: &Tensor, scratch: &mut Vec<u8>| -> Result<Vec<f32>> {
-            let mut v = vec![0.0; t.stored.numel()];
-            adapter.read_plain(t, float_type(t).unwrap_or(FloatType::F32), 0, &mut v, scratch)?;
+    /// The factors as P's rows `rows` (their count × r, the first being row `rows.start`) and Q (r × cols), so
+    /// that ΔW[i, j] = s·Σₖ P[i, k]·Q[k, j]. Unless transposed, only those rows of B are read.
+    fn factors(&self, adapter: &Checkpoint, rows: Range<usize>, scratch: &mut Vec<u8>) -> Result<(Vec<f32>, Vec<f32>)> {
+        let read = |t: &Tensor, from: usize, len: usize, scratch: &mut Vec<u8>| -> Result<Vec<f32>> {
+            let mut v = vec![0.0; len];
+            adapter.read_plain(t, float_type(t).unwrap_or(FloatType::F32), from, &mut v, scratch)?;
             Ok(v)
         };
-        let (a, b) = (read(&self.a, scratch)?, read(&self.b, scratch)?);
-        Ok(if self.transposed {
-            (transpose(&a, self.rank), transpose(&b, self.b.stored.shape[0]))
-        } else {
-            (b, a)
-        })
+        let a = read(&self.a, 0, self.a.stored.numel(), scratch)?;
+        if self.transposed {
+            let b = read(&self.b, 0, self.b.stored.numel(), scratch)?;
+            let p = transpose(&a, self.rank);
+            return Ok((
+                p[rows.start * self.rank..rows.end * self.rank].to_vec(),
+                transpose(&b, self.b.stored.shape[0]),
+            ));
+        }
+        let b = read(&self.b, rows.start * self.rank, rows.len() * self.rank, scratch)?;
+        Ok((b, a))
     }
 
     /// Add ΔW's elements `[start, start + out.len())` (row-major) to `out`. Each element is
     /// Σₖ P[i, k]·Q[k, j] summed in f32, then scaled, as `(B @ A) * s` is.
     fn add_delta(&self, adapter: &Checkpoint, start: usize, out: &mut [f32], scratch: &mut Vec<u8>) -> Result<()> {
-        let (p, q) = self.factors(adapter, scratch)?;
+        let first_row = start / self.cols;
+        let rows = first_row..(start + out.len()).div_ceil(self.cols);
+        let (p, q) = self.factors(adapter, rows, scratch)?;
         let (rank, cols) = (self.rank, self.cols);
         let mut done = 0;
         while done < out.len() {
             let (i, j0) = ((start + done) / cols, (start + done) % cols);
+            if j0 == 0 && out.len() - done >= ROWS * cols {
+                let span = ROWS * cols;
+                add_rows(
+                    &mut out[done..done + span],
+                    &p[(i - first_row) * rank..(i - first_row + ROWS) * rank],
+                    &q,
+                    cols,
+                    self.scale,
+                );
+                done += span;
+                continue;
+            }
             let n = (cols - j0).min(out.len() - done);
-            let p_row = &p[i * rank..(i + 1) * rank];
+            let p_row = &p[(i - first_row) * rank..(i - first_row + 1) * rank];
             let mut j = 0;
             while j < n {
                 let width = BLOCK.min(n - j);
@@ -291,37 +313,6 @@ impl Module {
             done += n;
         }
         Ok(())
-    }
-}
-
-/// Columns of ΔW formed at once, their sums held in vector registers across the rank.
-const BLOCK: usize = 64;
-
-crate::simd::dispatched! {
-    /// out += s·(Σₖ p[k]·Q[k, first..first + n]) for the r × `cols` row-major Q and n ≤ [`BLOCK`]: the sum over k
-    /// in order, then scaled, one block of a row of ΔW (every version gives the same bits).
-    fn add_block(out: &mut [f32], p: &[f32], q: &[f32], cols: usize, first: usize, scale: f32) {
-        let n = out.len();
-        let mut acc = [0.0f32; BLOCK];
-        if n == BLOCK {
-            for (k, &c) in p.iter().enumerate() {
-                let row: &[f32; BLOCK] = q[k * cols + first..][..BLOCK]
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!("a slice of BLOCK elements"));
-                for (a, &x) in acc.iter_mut().zip(row) {
-                    *a += c * x;
-                }
-            }
-        } else {
-            for (k, &c) in p.iter().enumerate() {
-                for (a, &x) in acc.iter_mut().zip(&q[k * cols + first..][..n]) {
-                    *a += c * x;
-                }
-            }
-        }
-        for (o, &a) in out.iter_mut().zip(&acc) {
-            *o += a * scale;
-        }
     }
 }
 

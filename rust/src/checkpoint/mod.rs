@@ -8,6 +8,7 @@ mod index;
 mod layout;
 mod lora;
 mod lora_config;
+mod lora_delta;
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -103,10 +103,28 @@ fn magnitude(delta: &[f32], density: f64) -> Vec<bool> {
         return keep;
     }
     let k = ((density * numel as f64) as usize).max(1);
+    if let Some(cut) = untied_cut(delta, k) {
+        keep.iter_mut().zip(delta).for_each(|(kept, x)| *kept = x.abs() >= cut);
+        return keep;
+    }
     for i in torch_sort::argsort(magnitudes(delta), true).indices().take(k) {
         keep[i] = true;
     }
     keep
+}
+
+/// The k-th largest magnitude, when the k largest are exactly those at or above it (no value equal to it is left
+/// out, so any sort keeps the same entries): a linear-time selection instead of the full sort. None when a tie
+/// straddles the cut-off or a magnitude is NaN, which need torch's order.
+fn untied_cut(delta: &[f32], k: usize) -> Option<f32> {
+    let mut values: Vec<f32> = magnitudes(delta).collect();
+    if k == 0 || k > values.len() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let at = values.len() - k;
+    let (_, &mut cut, _) = values.select_nth_unstable_by(at, f32::total_cmp);
+    let kept = delta.iter().filter(|x| x.abs() >= cut).count();
+    (kept == k).then_some(cut)
 }
 
 /// The entries kept, as mergekit's `magnitude_outliers` keeps them: in torch's ascending CPU sort order of the
@@ -206,6 +224,33 @@ mod tests {
             Precision::F32,
         );
         assert_eq!(d, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn the_linear_time_cut_keeps_what_the_sort_keeps() {
+        let replayed = |d: &[f32], k: usize| {
+            let mut keep = vec![false; d.len()];
+            for i in torch_sort::argsort(magnitudes(d), true).indices().take(k) {
+                keep[i] = true;
+            }
+            keep
+        };
+        let distinct: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 1009) as f32 * if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        for k in [1, 10, 333, 999, 1000] {
+            assert!(untied_cut(&distinct, k).is_some());
+            assert_eq!(
+                magnitude(&distinct, k as f64 / 1000.0),
+                replayed(&distinct, k),
+                "k = {k}"
+            );
+        }
+        // 2.0 appears three times and the cut takes two of them: torch's order decides.
+        let tied = [2.0f32, -2.0, 1.0, 2.0, 3.0];
+        assert_eq!(untied_cut(&tied, 3), None);
+        assert_eq!(magnitude(&tied, 0.6), replayed(&tied, 3));
+        assert_eq!(untied_cut(&[1.0, f32::NAN, 2.0], 1), None);
     }
 
     #[test]
