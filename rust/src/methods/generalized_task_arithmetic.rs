@@ -115,7 +115,12 @@ mod tests {
         let lone = params(json!({"weights": [1, 2], "weigh": "after"}))?;
         let refused = build(&lone).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(refused.contains("weigh=after needs a sign consensus"), "{refused}");
-        assert!(build(&params(json!({"weights": [1, 2], "weigh": "after", "consensus": "count"}))?).is_ok());
+        assert!(
+            build(&params(
+                json!({"weights": [1, 2], "weigh": "after", "consensus": "count"})
+            )?)
+            .is_ok()
+        );
         Ok(())
     }
 
