@@ -9,7 +9,6 @@ saved as an adapter.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -45,8 +44,6 @@ def main() -> None:
 
     with safe_open(str(args.adapters[0] / "adapter_model.safetensors"), "np") as f:
         modules = sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in f.keys()})
-    config = json.loads((args.adapters[0] / "adapter_config.json").read_text())
-    config.pop("base_model_name_or_path", None)
     names = [f"a{i}" for i in range(len(args.adapters))]
     model = peft.PeftModel.from_pretrained(skeleton(args.pretrained, modules), args.adapters[0], adapter_name=names[0])
     for name, path in zip(names[1:], args.adapters[1:]):

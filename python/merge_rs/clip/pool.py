@@ -8,10 +8,9 @@ Presets follow FusionBench's names: ``clip-vit-base-patch32_TA8`` is ``openai/cl
      "models": {"mnist": "path/to/clip-mnist", "eurosat": "tanganke/clip-vit-base-patch32_eurosat"},
      "datasets": {"mnist": "path/to/mnist-parquet-dir"}}
 
-A model may be a PEFT LoRA adapter over the pretrained model. Relative paths in a file resolve against the
-file's directory. Hub ids resolve through ``huggingface_hub``
-(its cache is used; with ``HF_HUB_OFFLINE=1`` nothing is downloaded). The pool hands paths to the Rust engine and
-``nn.Module``s to torch code.
+A model may be a PEFT LoRA adapter over the pretrained model. Relative paths in a file resolve against the file's
+directory. Hub ids resolve through ``huggingface_hub`` (its cache is used; with ``HF_HUB_OFFLINE=1`` nothing is
+downloaded). The pool hands paths to the Rust engine and ``nn.Module``s to torch code.
 """
 
 from __future__ import annotations
