@@ -182,4 +182,4 @@ def test_no_model_directory_is_written_inside_the_shipped_zoo(world, args):
     result = CliRunner().invoke(main, [a.format(zoo=zoo, multi=multi, **world) for a in args])
     assert result.exit_code == 1 and "must not be one of the inputs nor inside one" in result.stderr, result.stderr
     assert _snapshot(zoo) == before and sorted(p.name for p in zoo.iterdir()) == sorted(
-        ["datasets", "models", "pretrained", "pretraining-hashes.txt", "zoo.json"])
+        ["adapters", "datasets", "models", "pretrained", "pretraining-hashes.txt", "zoo.json"])
