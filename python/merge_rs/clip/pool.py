@@ -137,8 +137,10 @@ def lora_twin(pool: ModelPool) -> ModelPool | None:
     """The LoRA pool beside a zoo pool (the same tasks and data, adapters for models), if it has one."""
     if pool.name != "zoo" or pool.base is None:
         return None
-    manifest = json.loads((pool.base / "zoo.json").read_text())
-    return zoo_pool(pool.base, lora=True) if "adapters" in manifest else None
+    try:
+        return zoo_pool(pool.base, lora=True)
+    except ValueError:  # a zoo built before the adapters
+        return None
 
 
 def clip_ta8_pool(architecture: str) -> ModelPool:

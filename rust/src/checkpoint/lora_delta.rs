@@ -35,7 +35,7 @@ crate::simd::dispatched! {
 
 /// Rows of ΔW formed together by [`add_rows`], each load of Q serving all of them.
 pub(super) const ROWS: usize = 4;
-/// Columns of those rows formed at once (ROWS × NARROW sums fill the vector registers).
+/// Columns of those rows formed at once (ROWS × NARROW = 64 sums: eight AVX2 registers, four AVX-512 ones).
 const NARROW: usize = 16;
 
 crate::simd::dispatched! {
