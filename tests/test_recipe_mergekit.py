@@ -289,6 +289,22 @@ def test_slices_merging_several_models_give_mergekits_tensors(llama, tmp_path):
     assert "model.layers.4.self_attn.q_proj.weight" in ours
 
 
+def test_a_slices_own_base_model_gives_mergekits_tensors(llama, tmp_path):
+    """A slice's base_model replaces the config's for its layers: task arithmetic over θ₀ in the first slice and
+    over model a (θ₀ then being one of the merged models) in the second, as mergekit plans it."""
+    base, a, b, _ = llama
+    sources = lambda span, weights: [{"model": str(m), "layer_range": span, "parameters": {"weight": w}}  # noqa: E731
+                                     for m, w in zip((base, a, b), weights)]
+    config = {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+              "slices": [{"sources": sources([0, 2], [1.0, 0.6, 0.4])},
+                         {"sources": sources([2, 4], [0.5, 1.0, 0.8]), "base_model": str(a)}]}
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    name = "model.layers.3.mlp.up_proj.weight"
+    w0, wa, wb = (load(m)[name] for m in (base, a, b))
+    assert np.allclose(ours[name], wa + 0.5 * (w0 - wa) + 0.8 * (wb - wa), rtol=0, atol=1e-6), "a is this slice's θ₀"
+
+
 def bfloat16_llamas(root: Path, change: Callable[[Any, Any], Any], grid: bool = False) -> list[Path]:
     """A bfloat16 base (rounded to a 1/64 grid with ``grid``) and copies a, b, c whose tensors are the base's plus
     ``change(shape, generator)``."""

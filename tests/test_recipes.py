@@ -134,8 +134,8 @@ BAD_RECIPES = {
                          "modules: merge-rs does not support mergekit's per-module configs"),
     "mergekit residual weight": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
                                  "    residual_weight: lots\n", 4, "slices.0.residual_weight: residual_weight is a number"),
-    "mergekit slice base": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
-                            "    base_model: {a}\n", 4, "slices.0.base_model: merge-rs does not support a slice's"),
+    "mergekit slice base": ("merge_method: ties\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
+                            "    base_model: {base}\n", 4, "slices.0.base_model: with slices, a base model must be one"),
     "mergekit unknown method": ("merge_method: lienar\nmodels: [{{model: {a}}}]\n", 1,
                                 "merge_method: merge-rs does not run mergekit's 'lienar'"),
     "mergekit arcee_fusion of two": ("merge_method: arcee_fusion\nbase_model: {base}\nmodels: [{{model: {a}}}, "

@@ -86,21 +86,29 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
     slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc), method != "passthrough")
     warnings += [f"slices.{i}.residual_weight is ignored: mergekit 0.1.5 reads it but never uses it"
                  for i, piece in enumerate(data["slices"]) if "residual_weight" in piece]
-    refs = [s.model for s in slices[0].sources]
-    if base is not None and base not in refs:
-        raise source.error(("base_model",), "with slices, base_model must be one of every slice's sources")
     translators: list[Any] = []
     for piece in slices:
-        others = [(j, s) for j, s in enumerate(piece.sources) if s.model != base]
-        base_entry = next(((j, s.settings) for j, s in enumerate(piece.sources) if s.model == base), None)
-        translate = translator(source, method, base, [s.model for _, s in others], piece.settings,
+        own = _reference(source, piece.base_model, (*piece.loc, "base_model")) if piece.base_model else None
+        slice_base = own or base
+        if slice_base is not None and slice_base not in [s.model for s in piece.sources]:
+            where = (*piece.loc, "base_model") if own else ("base_model",)
+            raise source.error(where, "with slices, a base model must be one of the slice's sources")
+        others = [(j, s) for j, s in enumerate(piece.sources) if s.model != slice_base]
+        base_entry = next(((j, s.settings) for j, s in enumerate(piece.sources) if s.model == slice_base), None)
+        translate = translator(source, method, slice_base, [s.model for _, s in others], piece.settings,
                                [s.settings for _, s in others], [j for j, _ in others], base_entry)
         warnings += [w for w in translate.warnings if w not in warnings]
         translators.append(translate)
-    pretrained, models = translators[0].inputs  # every slice lists the same models (passthrough has one)
-    position = {ref: j for j, ref in enumerate(refs)}
-    merge = Frankenmerge(slices, [t.parameters for t in translators],
-                         position[pretrained] if pretrained else None, [position[m] for m in models])
+    if any((t.inputs[0] is None, len(t.inputs[1]), t.method) != (translators[0].inputs[0] is None,
+                                                                  len(translators[0].inputs[1]), translators[0].method)
+           for t in translators):
+        raise source.error(("slices",), "merge-rs needs a base model in every slice or in none (each slice's "
+                                        "base_model, else the config's)")
+    # Where each input sits among each slice's sources (every slice lists the same models; passthrough has one).
+    at = [{s.model: j for j, s in enumerate(piece.sources)} for piece in slices]
+    bases = [at[s][t.inputs[0]] for s, t in enumerate(translators)] if translators[0].inputs[0] else None
+    merge = Frankenmerge(slices, [t.parameters for t in translators], bases,
+                         [[at[s][m] for m in t.inputs[1]] for s, t in enumerate(translators)])
     if _rounds_differently(data, translators[0]):
         warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32, so "
                         "results differ by rounding")

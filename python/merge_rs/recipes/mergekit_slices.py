@@ -35,16 +35,19 @@ class Slice:
     sources: list[SliceSource]
     settings: dict[str, Any]  # the slice's parameters over the config's
     loc: tuple[Any, ...]
+    base_model: Any = None  # the slice's own base_model, as written (the config's applies without one)
 
 
 @dataclass
 class Frankenmerge:
-    """The slices, each slice's parameter function, and which source position feeds each engine input."""
+    """The slices, each slice's parameter function, and which of each slice's sources feeds each engine input:
+    ``positions[s][j]`` feeds model j and ``base_positions[s]`` θ₀ in slice s (a slice's base_model may be another
+    of its sources than the config's)."""
 
     slices: list[Slice]
     translators: list[Callable[[str, float], dict[str, Any]]]
-    base_position: int | None
-    positions: list[int]
+    base_positions: list[int] | None
+    positions: list[list[int]]
     where: dict[str, tuple[int, float]] = field(default_factory=dict)  # output tensor → (slice, t)
 
     def parameters_for(self, tensor: str, t: float) -> dict[str, Any]:
@@ -62,8 +65,6 @@ def parse_slices(source: RecipeSource, shared: dict[str, Any],
     for i, piece in enumerate(raw):
         if not isinstance(piece, dict) or set(piece) - {"sources", "parameters", "base_model", "residual_weight"}:
             raise source.error(("slices", i), "a slice has sources (and parameters)")
-        if "base_model" in piece:
-            raise source.error(("slices", i, "base_model"), "merge-rs does not support a slice's base_model yet")
         if not isinstance(piece.get("residual_weight", 0.0), (int, float)) or piece.get("residual_weight") is True:
             raise source.error(("slices", i, "residual_weight"), "residual_weight is a number")
         entries = piece.get("sources")
@@ -78,7 +79,7 @@ def parse_slices(source: RecipeSource, shared: dict[str, Any],
             raise source.error(("slices", i, "sources"), "merge-rs needs the same models, in the same order, in "
                                                          "every slice (passthrough excepted)")
         slice_settings = settings_of(piece.get("parameters"), ("slices", i, "parameters"))
-        out.append(Slice(sources, {**shared, **slice_settings}, ("slices", i)))
+        out.append(Slice(sources, {**shared, **slice_settings}, ("slices", i), piece.get("base_model")))
     return out
 
 
@@ -95,20 +96,20 @@ def _source(source: RecipeSource, entry: Any, loc: tuple[Any, ...],
     return SliceSource(model, span[0], span[1], settings_of(entry.get("parameters"), (*loc, "parameters")), loc)
 
 
-def layer_map(source: RecipeSource, slices: list[Slice], position: int, names: dict[str, list[str]],
+def layer_map(source: RecipeSource, slices: list[Slice], picks: list[int], names: dict[str, list[str]],
               ) -> tuple[list[tuple[str, str, str]], dict[str, tuple[int, float]]]:
-    """Source position ``position`` as one model: (name, model, name there) for every output tensor, and each
-    output tensor's (slice, t), 0 outside the layers. ``names``: each model's tensors."""
+    """Source ``picks[s]`` of every slice s as one model: (name, model, name there) for every output tensor, and
+    each output tensor's (slice, t), 0 outside the layers. ``names``: each model's tensors."""
     entries: list[tuple[str, str, str]] = []
     where: dict[str, tuple[int, float]] = {}
-    first, last = slices[0].sources[position].model, slices[-1].sources[position].model
+    first, last = slices[0].sources[picks[0]].model, slices[-1].sources[picks[-1]].model
     for name in names[first]:
         if layer_of(name) is None and _BEFORE_LAYERS.search(name):
             entries.append((name, first, name))
             where[name] = (0, 0.0)
     offset = 0
     for s, piece in enumerate(slices):
-        part = piece.sources[position]
+        part = piece.sources[picks[s]]
         count = max((i for i in map(layer_of, names[part.model]) if i is not None), default=-1) + 1
         if part.end > count:
             raise source.error((*part.loc, "layer_range"), f"{part.model} has {count} layers, so layer_range "
@@ -142,18 +143,19 @@ def plan_frankenmerge(job: Any, resolved: list[Path]) -> Any:
     tensors = {ref: {t.name: t for t in info.tensors} for ref, info in infos.items()}
     names = {ref: list(found) for ref, found in tensors.items()}
 
-    def composite(position: int) -> tuple[Any, list[tuple[str, Path, str]]]:
-        entries, _ = layer_map(job.source, merge.slices, position, names)
-        first = infos[merge.slices[0].sources[position].model]
+    def composite(picks: list[int], label: str) -> tuple[Any, list[tuple[str, Path, str]]]:
+        entries, _ = layer_map(job.source, merge.slices, picks, names)
+        first = infos[merge.slices[0].sources[picks[0]].model]
         picked = [replace(tensors[ref][src], name=out) for out, ref, src in entries]
-        info = replace(first, name=f"slices position {position + 1}", tensors=picked, tensor_count=len(picked),
+        info = replace(first, name=label, tensors=picked, tensor_count=len(picked),
                        parameters=sum(t.parameters for t in picked), bytes=sum(t.bytes for t in picked))
         return info, [(out, paths[ref], src) for out, ref, src in entries]
 
-    # Every position spans the same layers slice by slice, so any one gives each tensor's (slice, t).
-    merge.where = layer_map(job.source, merge.slices, merge.positions[0], names)[1]
-    models = [composite(j) for j in merge.positions]
-    base = composite(merge.base_position) if merge.base_position is not None else None
+    # A slice's sources all span the same layers, so any pick gives each tensor's (slice, t).
+    merge.where = layer_map(job.source, merge.slices, [0] * len(merge.slices), names)[1]
+    inputs = len(merge.positions[0])
+    models = [composite([p[j] for p in merge.positions], f"slices input {j + 1}") for j in range(inputs)]
+    base = composite(merge.base_positions, "slices base") if merge.base_positions is not None else None
     result = plan(job, None, [info.path for info, _ in models], model_infos=[info for info, _ in models],
                   base_info=base[0] if base else None)
     result.views = [view for _, view in models]
