@@ -305,6 +305,23 @@ def test_a_slices_own_base_model_gives_mergekits_tensors(llama, tmp_path):
     assert np.allclose(ours[name], wa + 0.5 * (w0 - wa) + 0.8 * (wb - wa), rtol=0, atol=1e-6), "a is this slice's θ₀"
 
 
+def test_slices_that_list_other_models_give_mergekits_tensors(llama, tmp_path):
+    """Each slice merges its own models (as many in each): b in the first slice's layers, c in the second's."""
+    base, a, b, c = llama
+    config = {"merge_method": "ties", "base_model": str(base), "dtype": "float32", "parameters": {"density": 0.6},
+              "slices": [{"sources": [{"model": str(m), "layer_range": [0, 2], "parameters": {"weight": w}}
+                                      for m, w in ((base, 1.0), (a, 0.7), (b, 0.3))]},
+                         {"sources": [{"model": str(m), "layer_range": [2, 4], "parameters": {"weight": w}}
+                                      for m, w in ((c, 0.9), (base, 1.0), (a, 0.4))]}]}
+    assert_same(*run_both(tmp_path, config))
+    (tmp_path / "uneven").mkdir()
+    config["slices"][1]["sources"].pop()
+    path = tmp_path / "uneven" / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    failed = cli("run", path, "--out", tmp_path / "uneven" / "out", check=False)
+    assert failed.returncode != 0 and "slices.1.sources: merge-rs needs as many sources in every slice" in failed.stderr
+
+
 def bfloat16_llamas(root: Path, change: Callable[[Any, Any], Any], grid: bool = False) -> list[Path]:
     """A bfloat16 base (rounded to a 1/64 grid with ``grid``) and copies a, b, c whose tensors are the base's plus
     ``change(shape, generator)``."""

@@ -134,6 +134,9 @@ BAD_RECIPES = {
                          "modules: merge-rs does not support mergekit's per-module configs"),
     "mergekit residual weight": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
                                  "    residual_weight: lots\n", 4, "slices.0.residual_weight: residual_weight is a number"),
+    "mergekit slice twice": ("merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 1]}}\n"
+                             "      - {{model: {a}, layer_range: [1, 2]}}\n", 3, "slices.0.sources: a slice lists a model "
+                             "twice"),
     "mergekit slice base": ("merge_method: ties\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
                             "    base_model: {base}\n", 4, "slices.0.base_model: with slices, a base model must be one"),
     "mergekit unknown method": ("merge_method: lienar\nmodels: [{{model: {a}}}]\n", 1,

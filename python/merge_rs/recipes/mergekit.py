@@ -104,7 +104,7 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
            for t in translators):
         raise source.error(("slices",), "merge-rs needs a base model in every slice or in none (each slice's "
                                         "base_model, else the config's)")
-    # Where each input sits among each slice's sources (every slice lists the same models; passthrough has one).
+    # Where each input sits among each slice's sources (every slice lists as many; passthrough one).
     at = [{s.model: j for j, s in enumerate(piece.sources)} for piece in slices]
     bases = [at[s][t.inputs[0]] for s, t in enumerate(translators)] if translators[0].inputs[0] else None
     merge = Frankenmerge(slices, [t.parameters for t in translators], bases,

@@ -56,8 +56,9 @@ class Frankenmerge:
 
 
 def parse_slices(source: RecipeSource, shared: dict[str, Any],
-                 settings_of: Callable[[Any, tuple[Any, ...]], dict[str, Any]], same_models: bool) -> list[Slice]:
-    """The config's slices; with ``same_models`` every slice must list the same models in the same order."""
+                 settings_of: Callable[[Any, tuple[Any, ...]], dict[str, Any]], same_count: bool) -> list[Slice]:
+    """The config's slices; with ``same_count`` every slice must list as many models (each merge input is one
+    model per slice)."""
     raw = source.data.get("slices")
     if not isinstance(raw, list) or not raw:
         raise source.error(("slices",), "slices is a list of {sources: [{model, layer_range}]}")
@@ -75,9 +76,12 @@ def parse_slices(source: RecipeSource, shared: dict[str, Any],
         if len({s.end - s.start for s in sources}) > 1:
             raise source.error(("slices", i, "sources"), "all sources of a slice take the same number of layers")
         first = out[0].sources if out else sources
-        if same_models and [s.model for s in sources] != [s.model for s in first]:
-            raise source.error(("slices", i, "sources"), "merge-rs needs the same models, in the same order, in "
-                                                         "every slice (passthrough excepted)")
+        if len({s.model for s in sources}) < len(sources):
+            raise source.error(("slices", i, "sources"), "a slice lists a model twice (mergekit keys its sources "
+                                                         "by model)")
+        if same_count and len(sources) != len(first):
+            raise source.error(("slices", i, "sources"), f"merge-rs needs as many sources in every slice ({len(first)} "
+                                                         f"in the first, {len(sources)} here)")
         slice_settings = settings_of(piece.get("parameters"), ("slices", i, "parameters"))
         out.append(Slice(sources, {**shared, **slice_settings}, ("slices", i), piece.get("base_model")))
     return out
