@@ -5,7 +5,8 @@ of ``--reps`` runs alternating between the commands.
 
     .venv/bin/python benches/lora.py --reps 3
 
-Prints a markdown table and writes benches/lora.json. The adapters are random factors of PEFT's layout, generated
+Prints a markdown table and writes benches/lora.json (with ``--merges-only``, the four merges into a full model
+alone, without PEFT or adapter outputs: benches/lora-merges.json). The adapters are random factors of PEFT's layout, generated
 once under benches/.data/.
 """
 
@@ -60,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--merges-only", action="store_true", help="skip PEFT and the adapter outputs (minutes)")
     args = parser.parse_args()
     started = time.perf_counter()
     pretrained, full = Workload("vit-l-14", 8).paths()
@@ -88,6 +90,8 @@ def main() -> None:
         ("adapters ×8", f"TIES → rank-{args.rank} adapter"): command("ties", adapters, "--out-format", "peft",
                                                                     "--rank", str(args.rank)),
     }
+    if args.merges_only:
+        runs = {key: cmd for key, cmd in runs.items() if "adapter" not in key[1]}
     results = {key: Result(key[0], "PEFT" if "add_weighted" in key[1] else "merge-rs", key[1]) for key in runs}
     for rep in range(args.reps + 1):  # the first round warms the cache and is not counted
         for key, cmd in runs.items():
@@ -98,7 +102,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     rows = [{"inputs": r.workload, "run": r.run, "wall_s": r.wall, "peak_rss_mb": r.rss, "walls": r.walls}
             for r in results.values()]
-    (HERE / "lora.json").write_text(json.dumps({
+    (HERE / ("lora-merges.json" if args.merges_only else "lora.json")).write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
         "rank": args.rank, "reps": args.reps, "rows": rows, "seconds": round(time.perf_counter() - started, 1)},
         indent=2) + "\n")

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
+use super::lora_cache;
 use super::lora_config::{alpha_for, read_config};
 use super::lora_delta::{BLOCK, ROWS, add_block, add_rows};
 use super::{Checkpoint, Tensor};
@@ -34,6 +36,8 @@ struct Module {
     transposed: bool,
     /// The base tensor's shape as rows × columns (every trailing dimension folded into the columns).
     cols: usize,
+    /// Q's key in the per-thread factor cache.
+    q_id: u64,
 }
 
 /// An adapter laid over its base checkpoint.
@@ -155,12 +159,16 @@ impl Overlay {
     }
 
     /// Read `out.len()` elements of `tensor` from `start`, as `base` stores them plus this adapter's change.
+    /// `known` holds those elements of `base`'s tensor when the caller has read them already (they are copied
+    /// then, not read again).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn read_f32(
         &self,
         base: &Checkpoint,
         tensor: &Tensor,
         ty: FloatType,
         start: usize,
+        known: Option<&[f32]>,
         out: &mut [f32],
         scratch: &mut Vec<u8>,
     ) -> Result<()> {
@@ -168,7 +176,10 @@ impl Overlay {
             let own = float_type(copy).unwrap_or(ty);
             return self.adapter.read_plain(copy, own, start, out, scratch);
         }
-        base.read_plain(tensor, ty, start, out, scratch)?;
+        match known {
+            Some(values) => out.copy_from_slice(values),
+            None => base.read_plain(tensor, ty, start, out, scratch)?,
+        }
         match self.modules.get(&tensor.stored.name) {
             Some(module) => module.add_delta(&self.adapter, start, out, scratch),
             None => Ok(()),
@@ -249,28 +260,37 @@ impl Module {
             scale: (alpha / denominator) as f32,
             transposed,
             cols,
+            q_id: lora_cache::new_id(),
         })
     }
 
     /// The factors as P's rows `rows` (their count × r, the first being row `rows.start`) and Q (r × cols), so
-    /// that ΔW[i, j] = s·Σₖ P[i, k]·Q[k, j]. Unless transposed, only those rows of B are read.
-    fn factors(&self, adapter: &Checkpoint, rows: Range<usize>, scratch: &mut Vec<u8>) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// that ΔW[i, j] = s·Σₖ P[i, k]·Q[k, j]. Unless transposed, only those rows of B are read; Q comes from the
+    /// thread's cache after the first chunk.
+    fn factors(
+        &self,
+        adapter: &Checkpoint,
+        rows: Range<usize>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(Vec<f32>, Rc<Vec<f32>>)> {
         let read = |t: &Tensor, from: usize, len: usize, scratch: &mut Vec<u8>| -> Result<Vec<f32>> {
             let mut v = vec![0.0; len];
             adapter.read_plain(t, float_type(t).unwrap_or(FloatType::F32), from, &mut v, scratch)?;
             Ok(v)
         };
-        let a = read(&self.a, 0, self.a.stored.numel(), scratch)?;
         if self.transposed {
-            let b = read(&self.b, 0, self.b.stored.numel(), scratch)?;
-            let p = transpose(&a, self.rank);
-            return Ok((
-                p[rows.start * self.rank..rows.end * self.rank].to_vec(),
-                transpose(&b, self.b.stored.shape[0]),
-            ));
+            let p = transpose(&read(&self.a, 0, self.a.stored.numel(), scratch)?, self.rank);
+            let q = lora_cache::factor(self.q_id, || {
+                Ok(transpose(
+                    &read(&self.b, 0, self.b.stored.numel(), scratch)?,
+                    self.b.stored.shape[0],
+                ))
+            })?;
+            return Ok((p[rows.start * self.rank..rows.end * self.rank].to_vec(), q));
         }
+        let q = lora_cache::factor(self.q_id, || read(&self.a, 0, self.a.stored.numel(), scratch))?;
         let b = read(&self.b, rows.start * self.rank, rows.len() * self.rank, scratch)?;
-        Ok((b, a))
+        Ok((b, q))
     }
 
     /// Add ΔW's elements `[start, start + out.len())` (row-major) to `out`. Each element is

@@ -43,17 +43,23 @@ crate::simd::dispatched! {
     /// r × `cols` factor. Each element is summed over k in order, then scaled, as in [`add_block`] (the same bits).
     pub(super) fn add_rows(out: &mut [f32], p: &[f32], q: &[f32], cols: usize, scale: f32) {
         let rank = p.len() / ROWS;
+        // P's rows side by side, by k: the factor of every row for one row of Q is one load away.
+        let mut by_k = vec![[0.0f32; ROWS]; rank];
+        for (r, row) in p.chunks_exact(rank).enumerate() {
+            for (c, &x) in by_k.iter_mut().zip(row) {
+                c[r] = x;
+            }
+        }
         let mut first = 0;
         while first + NARROW <= cols {
             let mut acc = [[0.0f32; NARROW]; ROWS];
-            for k in 0..rank {
-                let row: &[f32; NARROW] = q[k * cols + first..][..NARROW]
+            for (c, q_row) in by_k.iter().zip(q.chunks_exact(cols)) {
+                let row: &[f32; NARROW] = q_row[first..first + NARROW]
                     .try_into()
                     .unwrap_or_else(|_| unreachable!("a slice of NARROW elements"));
-                for (r, sums) in acc.iter_mut().enumerate() {
-                    let c = p[r * rank + k];
-                    for (a, &x) in sums.iter_mut().zip(row) {
-                        *a += c * x;
+                for r in 0..ROWS {
+                    for j in 0..NARROW {
+                        acc[r][j] += c[r] * row[j];
                     }
                 }
             }

@@ -7,6 +7,7 @@ mod header;
 mod index;
 mod layout;
 mod lora;
+mod lora_cache;
 mod lora_config;
 mod lora_delta;
 
@@ -191,7 +192,32 @@ impl Checkpoint {
         scratch: &mut Vec<u8>,
     ) -> Result<()> {
         match &self.lora {
-            Some(overlay) => overlay.read_f32(self, tensor, ty, start, out, scratch),
+            Some(overlay) => overlay.read_f32(self, tensor, ty, start, None, out, scratch),
+            None => self.read_plain(tensor, ty, start, out, scratch),
+        }
+    }
+
+    /// Whether this input is an adapter laid over `base`'s own files, so that its tensors are `base`'s plus a
+    /// change (see [`Checkpoint::read_f32_over`]).
+    pub(crate) fn overlays(&self, base: &Checkpoint) -> bool {
+        self.lora.is_some()
+            && self.shards.len() == base.shards.len()
+            && self.shards.iter().zip(&base.shards).all(|(a, b)| a.path == b.path)
+    }
+
+    /// [`Checkpoint::read_f32`] of an adapter that [overlays](Checkpoint::overlays) the base whose values of
+    /// the same elements are `base_values`: they are copied instead of read again (the same result).
+    pub(crate) fn read_f32_over(
+        &self,
+        tensor: &Tensor,
+        ty: FloatType,
+        start: usize,
+        base_values: &[f32],
+        out: &mut [f32],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        match &self.lora {
+            Some(overlay) => overlay.read_f32(self, tensor, ty, start, Some(base_values), out, scratch),
             None => self.read_plain(tensor, ty, start, out, scratch),
         }
     }

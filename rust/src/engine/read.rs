@@ -38,22 +38,32 @@ impl Engine<'_> {
         else {
             return Err(MergeError::Internal(format!("tensor '{}' is not merged", tensor.name)));
         };
+        let read_base = match (spec.read_base, base, &self.inputs.base) {
+            (true, Some(source), Some(ckpt)) => {
+                self.read(ckpt, source, job, &mut scratch.base, &mut scratch.raw)?;
+                Some((ckpt, source))
+            }
+            (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
+            (false, _, _) => None,
+        };
         scratch.models.resize_with(models.len(), Vec::new);
         for (i, (source, buf)) in models.iter().zip(scratch.models.iter_mut()).enumerate() {
-            self.read(&self.inputs.models[i], source, job, buf, &mut scratch.raw)?;
+            let ckpt = &self.inputs.models[i];
+            match read_base {
+                // An adapter over θ₀: θ₀'s values of this chunk are in hand, so only the change is formed.
+                Some((base, b)) if b.tensor == source.tensor && b.ty == source.ty && ckpt.overlays(base) => {
+                    buf.resize(job.len, 0.0);
+                    let t = &ckpt.tensors[source.tensor];
+                    ckpt.read_f32_over(t, source.ty, job.start, &scratch.base, buf, &mut scratch.raw)?;
+                }
+                _ => self.read(ckpt, source, job, buf, &mut scratch.raw)?,
+            }
         }
         scratch.extra.resize_with(extra.len(), Vec::new);
         for (i, (source, buf)) in extra.iter().zip(scratch.extra.iter_mut()).enumerate() {
             self.read(&self.inputs.extra[i], source, job, buf, &mut scratch.raw)?;
         }
-        let read_base = match (spec.read_base, base, &self.inputs.base) {
-            (true, Some(source), Some(ckpt)) => {
-                self.read(ckpt, source, job, &mut scratch.base, &mut scratch.raw)?;
-                true
-            }
-            (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
-            (false, _, _) => false,
-        };
+        let read_base = read_base.is_some();
         scratch.out.resize(job.len, 0.0);
         let mut result = T::default();
         let mut bad_inputs = 0;
