@@ -188,7 +188,8 @@ def test_the_anchor_keeps_theta0s_embeddings_on_the_corpus_less_the_tasks_own_sl
 def test_twemoji_file_names_and_the_framing_of_drawn_emoji():
     from PIL import Image, ImageDraw
 
-    from tools.zoo.emoji_art import EMOJI_PIXELS, framed, twemoji_name
+    from tools.zoo.emoji_art import framed, twemoji_name
+    from tools.zoo.resolution import drawn_at
 
     assert twemoji_name("\U0001f600") == "1f600.png"
     assert twemoji_name("\u263a\ufe0f") == "263a.png"  # U+FE0F dropped without a ZWJ
@@ -196,7 +197,9 @@ def test_twemoji_file_names_and_the_framing_of_drawn_emoji():
     canvas = Image.new("RGB", (160, 160), "white")
     assert framed(canvas) is None
     ImageDraw.Draw(canvas).rectangle((40, 70, 119, 89), fill="red")  # 80 × 20, off centre vertically
-    image = framed(canvas)
-    assert image is not None and image.size == (EMOJI_PIXELS, EMOJI_PIXELS)
-    red = [x for x in range(EMOJI_PIXELS) if image.getpixel((x, EMOJI_PIXELS // 2))[1] < 128]
-    assert len(red) > EMOJI_PIXELS * 0.9, "the drawing fills the width"
+    for side in (32, 64):  # the shipped size, and a larger cache's (`image_size` 64)
+        with drawn_at(side):
+            image = framed(canvas)
+        assert image is not None and image.size == (side, side)
+        red = [x for x in range(side) if image.getpixel((x, side // 2))[1] < 128]
+        assert len(red) > side * 0.9, "the drawing fills the width"

@@ -18,6 +18,7 @@ from PIL import Image
 from merge_rs.clip.tasks import ICON_CONTEXTS, TEXTURES
 
 from .missing import SourceMissing, require
+from .resolution import source_pixels
 
 ICONS = Path("/usr/share/icons")
 TANGO = ICONS / "Tango/32x32"
@@ -34,7 +35,6 @@ ICON_THEMES = (
 )
 TEXTURE_FOLDERS = ("Animal", "Fabric", "Food", "Paper", "Plant", "Sky", "Stone", "Water", "Wood")  # TEXTURES
 TEXTURE_CROPS = 580  # per kind
-IMAGE_PIXELS = 32
 
 assert len(ICON_FOLDERS) == len(ICON_CONTEXTS) and len(TEXTURE_FOLDERS) == len(TEXTURES)
 
@@ -62,7 +62,7 @@ def icons() -> tuple[list[Image.Image], list[int]]:
     for package, layout, renamed in ICON_THEMES:
         for path, label in _icon_files(ICONS, package, layout, renamed):
             with Image.open(path) as image:
-                images.append(on_white(image).resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.LANCZOS))
+                images.append(on_white(image).resize((source_pixels(), source_pixels()), Image.Resampling.LANCZOS))
             labels.append(label)
     return images, labels
 
@@ -101,7 +101,7 @@ def _crop(pattern: Image.Image, rng: random.Random) -> Image.Image:
     crop = crop.rotate(90 * rng.randrange(4))
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return crop.resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.LANCZOS)
+    return crop.resize((source_pixels(), source_pixels()), Image.Resampling.LANCZOS)
 
 
 def textures() -> tuple[list[Image.Image], list[int]]:

@@ -34,6 +34,7 @@ from .corpus import pretraining_corpus
 from .hashes import HASH_FILE, distinct, fingerprint
 from .lora import save_adapter
 from .model import new_clip
+from .resolution import drawn_at
 from .settings import ZooSettings
 from .slices import slice_captions
 from .splits import SPLITS, split_indices
@@ -55,11 +56,13 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
     clip, processor = _new_clip(staging, settings)
     splits: dict[str, dict[str, Images]] = {}
     for name in settings.tasks:
-        images, labels = distinct(*SOURCES[name]())
+        with drawn_at(settings.image_size):
+            images, labels = distinct(*SOURCES[name]())
         parts = split_indices(len(images), settings, rng)
         splits[name] = {k: ([images[i] for i in idx], [labels[i] for i in idx]) for k, idx in parts.items()}
         log(f"{name}: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits[name].items()))
-    corpus = pretraining_corpus(settings.seed)
+    with drawn_at(settings.image_size):
+        corpus = pretraining_corpus(settings.seed)
     for name in settings.tasks:
         if "slice" in splits[name]:
             images, labels = splits[name].pop("slice")

@@ -6,7 +6,7 @@
 
 The group of each emoji comes from ``unicode-data``'s ``emoji-test.txt``. One emoji drawn by two artists is two
 images of one class, as on the web; the split may put them in different parts, as it would two photos of one kind of
-object. Every image is cropped to what was drawn, squared, and scaled to 32×32 on white.
+object. Every image is cropped to what was drawn, squared, and scaled to `source_pixels()` (32×32) on white.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw, ImageFont
 from merge_rs.clip.tasks import EMOJI_GROUPS
 
 from .missing import SourceMissing, require
+from .resolution import source_pixels
 
 NOTO = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
-EMOJI_PIXELS = 32
 CANVAS = 160
 NOT_AN_EMOJI = "\U0010fffd"  # private use, in no emoji font: what a font draws for a sequence it lacks
 
@@ -59,7 +59,7 @@ def framed(canvas: Image.Image) -> Image.Image | None:
     box = canvas.convert("L").point(lambda v: 255 if v < 250 else 0).getbbox()
     if box is None:
         return None
-    return canvas.crop(_square(box)).resize((EMOJI_PIXELS, EMOJI_PIXELS), Image.Resampling.LANCZOS)
+    return canvas.crop(_square(box)).resize((source_pixels(), source_pixels()), Image.Resampling.LANCZOS)
 
 
 def _draw(text: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:

@@ -18,13 +18,13 @@ from PIL import Image, ImageDraw, ImageFont
 from merge_rs.clip.tasks import SCRIPTS
 
 from .missing import SourceMissing
+from .resolution import source_pixels
 
 FONT_ROOT = Path("/usr/share/fonts")
 LATIN_GLOBS = ("truetype/noto/NotoSans-*.ttf", "truetype/noto/NotoSerif-*.ttf", "truetype/noto/NotoSansMono-*.ttf",
                "truetype/dejavu/*.ttf", "truetype/liberation/*.ttf", "truetype/freefont/*.ttf",
                "opentype/urw-base35/*.otf", "opentype/cantarell/*.otf")
 NOT_TEXT = ("D050000L", "StandardSymbols")  # dingbats and symbol fonts: no letters
-GLYPH_PIXELS = 32
 CANVAS = 192
 
 # Writing system → (Unicode block, the Noto family word). Greek and Cyrillic live in the plain Noto Sans/Serif.
@@ -98,5 +98,5 @@ def render(text: str, path: Path, rng: random.Random, invert: bool = False) -> I
     cx = (box[0] + box[2]) // 2 + rng.randint(-2, 2)
     cy = (box[1] + box[3]) // 2 + rng.randint(-2, 2)
     crop = canvas.crop((cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side))
-    image = crop.resize((GLYPH_PIXELS, GLYPH_PIXELS), Image.Resampling.LANCZOS)
+    image = crop.resize((source_pixels(), source_pixels()), Image.Resampling.LANCZOS)
     return image.point(lambda v: 255 - v) if invert else image

@@ -50,6 +50,7 @@ def prepare(out: Path, settings: ZooSettings, log=print) -> dict[str, Any]:
 
     from ..corpus import pretraining_corpus
     from ..hashes import distinct, fingerprint
+    from ..resolution import drawn_at
     from ..sources import SOURCES
     from ..splits import split_indices
     from ..tokenizer import write_clip_tokenizer_files
@@ -63,7 +64,8 @@ def prepare(out: Path, settings: ZooSettings, log=print) -> dict[str, Any]:
     pretraining_prints: list[str] = []
     slices: dict[str, tuple[list, list[int]]] = {}
     for name in settings.tasks:
-        images, labels = distinct(*SOURCES[name]())
+        with drawn_at(settings.image_size):
+            images, labels = distinct(*SOURCES[name]())
         task = get_task(name)
         prompts[name] = [task.prompts(c) for c in task.classnames]
         for part, idx in split_indices(len(images), settings, rng).items():
@@ -80,7 +82,9 @@ def prepare(out: Path, settings: ZooSettings, log=print) -> dict[str, Any]:
         log(f"{name}: " + ", ".join(f"{k.split('/')[2]} {len(v)}" for k, v in arrays.items()
                                      if k.startswith(f"task/{name}/") and k.endswith("/labels")))
     captions: dict[str, list[list[str]]] = {}
-    for part, items in pretraining_corpus(settings.seed).items():
+    with drawn_at(settings.image_size):
+        corpus = pretraining_corpus(settings.seed)
+    for part, items in corpus.items():
         arrays[f"corpus/{part}/images"] = _uint8(processor, [im for im, _ in items])
         captions[part] = [list(c) for _, c in items]
         pretraining_prints.extend(fingerprint(im) for im, _ in items)
