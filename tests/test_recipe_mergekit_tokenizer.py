@@ -1,6 +1,7 @@
-"""mergekit's ``tokenizer_source``: run where it changes no weight (every model has the same vocabulary, one
-embedding row per token), giving ``mergekit-yaml``'s tensors; refused in one line where mergekit would re-index
-embedding rows (vocabularies that differ, padding rows, a model without ``tokenizer.json``)."""
+"""mergekit's ``tokenizer_source``: where every model has the same vocabulary (one embedding row per token) it
+changes no weight; where vocabularies differ, the embedding rows are re-indexed to the output's vocabulary as
+``mergekit-yaml`` re-indexes them (the base's, the union, a model's), with the same tensors and tokenizer. A model
+without ``tokenizer.json`` is refused in one line."""
 
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ from test_recipe_mergekit import assert_same, llama, run_both  # noqa: F401 - ll
 pytestmark = pytest.mark.slow  # runs mergekit-yaml
 
 
-def _with_tokenizer(models: list[Path], root: Path, rename: dict[str, str] | None = None) -> list[Path]:
-    """Copies of ``models`` with one 64-token word-level tokenizer each (the llama stand-ins' vocab_size), one
-    token renamed in model b's copy when ``rename`` says so."""
+def _with_tokenizer(models: list[Path], root: Path, rename: dict[str, str] | None = None,
+                    renamed: tuple[str, ...] = ("b",)) -> list[Path]:
+    """Copies of ``models`` with one 64-token word-level tokenizer each (the llama stand-ins' vocab_size), tokens
+    renamed as ``rename`` says in the copies of the ``renamed`` models."""
     from tokenizers import Tokenizer, models as token_models
     from transformers import PreTrainedTokenizerFast
 
     copies = []
     for i, model in enumerate(models):
         vocab = {f"tok{j}": j for j in range(64)}
-        if rename and model.name == "b":
+        if rename and model.name in renamed:
             vocab = {rename.get(token, token): j for token, j in vocab.items()}
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(token_models.WordLevel(vocab, unk_token="tok0")),
                                             unk_token="tok0")
@@ -61,11 +63,47 @@ def _refusal(tmp_path: Path, config: dict) -> str:
     return done.stderr
 
 
-def test_what_mergekit_would_re_index_is_refused_in_one_line(llama, tmp_path):  # noqa: F811
-    renamed = _with_tokenizer(llama, tmp_path / "renamed", rename={"tok63": "<|im_end|>"})
-    assert "'<|im_end|>' is in one only" in _refusal(tmp_path, _config(renamed, "union"))
-    assert "has no tokenizer.json" in _refusal(tmp_path, _config(llama, "base"))
+def _vocab(model: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model).get_vocab()
+
+
+@pytest.mark.parametrize("source", ["base", "union", "b"])
+def test_vocabularies_that_differ_are_re_indexed_as_mergekit_does(source, llama, tmp_path):  # noqa: F811
+    """Model b calls its last token ``<|im_end|>`` (a ChatML fine-tune): the union has 65 tokens, and b's row for
+    ``tok63`` (which it lacks) is the base's row; with b's tokenizer the others lack ``<|im_end|>``."""
+    models = _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"})
+    config = _config(models, str(models[2]) if source == "b" else source)
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    rows = {"base": 64, "union": 65, "b": 64}[source]
+    assert ours["model.embed_tokens.weight"].shape[0] == rows
+    assert _vocab(tmp_path / "ours") == _vocab(tmp_path / "theirs")
+    written = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert written["vocab_size"] == json.loads((tmp_path / "theirs" / "config.json").read_text())["vocab_size"] == rows
+    assert not [p for p in tmp_path.iterdir() if ".vocabulary-" in p.name], "the scratch directory is removed"
+
+
+def test_a_token_two_models_add_gets_the_mean_of_their_rows_as_in_mergekit(llama, tmp_path):  # noqa: F811
+    """a and b both call their last token ``<|im_end|>``, which the base lacks: the union's row for it is, in the
+    base's copy, the mean of a's and b's rows; and ``tok63``, which only the base has, is the base's row in both."""
+    models = _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"}, renamed=("a", "b"))
+    ours, theirs = run_both(tmp_path, _config(models, "union"))
+    assert_same(ours, theirs)
+    assert ours["model.embed_tokens.weight"].shape[0] == 65
+    before = sorted(p.name for p in tmp_path.iterdir())
+    shown = cli("run", tmp_path / "config.yml", "--dry-run").stdout
+    assert "model.embed_tokens.weight re-indexed to the output's 65-token vocabulary" in shown, shown
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "a dry run writes nothing"
+
+
+def test_a_config_vocab_size_past_the_rows_is_re_indexed_as_mergekit_does(llama, tmp_path):  # noqa: F811
     padded = _with_tokenizer(llama, tmp_path / "padded")
     config_path = padded[2] / "config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "vocab_size": 72}))
-    assert "72 embedding rows for 64 tokens" in _refusal(tmp_path, _config(padded, "base"))
+    assert_same(*run_both(tmp_path, _config(padded, "base")))
+
+
+def test_a_model_without_a_tokenizer_is_refused_in_one_line(llama, tmp_path):  # noqa: F811
+    assert "has no tokenizer.json" in _refusal(tmp_path, _config(llama, "base"))

@@ -1,7 +1,7 @@
 """mergekit's ``tokenizer_source``: mergekit builds the output's vocabulary (the base's, the union, or a model's)
-and re-indexes each model's ``embed_tokens``/``lm_head`` rows to it. merge-rs does not re-index rows, so it runs
-the field only where re-indexing is the identity: every model's ``tokenizer.json`` holds the same vocabulary,
-with one embedding row per token. Anything else is a one-line error, never a silently different merge."""
+and re-indexes each model's ``embed_tokens``/``lm_head`` rows to it. Where that is the identity (every model's
+``tokenizer.json`` holds the same vocabulary, with one embedding row per token) the field changes no weight;
+elsewhere the rows are re-indexed before the merge (``mergekit_vocab``)."""
 
 from __future__ import annotations
 
@@ -9,37 +9,33 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .mergekit_vocab import config_vocab_size
 from .source import RecipeSource
 
 MAX_TOKENIZER_BYTES = 64 << 20
 FIELD = ("tokenizer_source",)
 
 
-def check_tokenizer_source(source: RecipeSource, models: list[Path]) -> str | None:
-    """Refuse ``tokenizer_source`` unless ``models`` (every model the config reads, the base among them) share
-    one vocabulary that fills their embeddings exactly; then a warning saying what it means here."""
+def check_tokenizer_source(source: RecipeSource, models: list[Path]) -> tuple[str | None, bool]:
+    """(a warning, whether embedding rows must be re-indexed) for ``tokenizer_source``, given ``models`` (every
+    model the config reads, the base among them): no re-indexing where they share one vocabulary that fills
+    their embeddings exactly."""
     value = source.data.get("tokenizer_source")
     if value is None:
-        return None
-    reasons = "merge-rs does not re-index embedding rows yet, as mergekit does for it"
+        return None, False
+    reasons = "merge-rs compares the models' vocabularies through it"
     if value not in ("base", "union"):  # a model's tokenizer
         from .job import resolve_model
 
         models = [*models, resolve_model(str(value), source, FIELD)]
     vocabularies = [(model, _vocabulary(source, model, reasons)) for model in dict.fromkeys(models)]
     first, vocabulary = vocabularies[0]
-    for model, other in vocabularies[1:]:
-        if other != vocabulary:
-            missing = next(iter(sorted(set(vocabulary) ^ set(other))), None)
-            what = f"'{missing}' is in one only" if missing else "the same tokens have other ids"
-            raise source.error(FIELD, f"the vocabularies of {first} and {model} differ ({what}); {reasons}")
-    for model, _ in vocabularies:
-        rows = _embedding_rows(model)
-        if rows is not None and rows != len(vocabulary):
-            raise source.error(FIELD, f"{model} has {rows} embedding rows for {len(vocabulary)} tokens; mergekit "
-                                      f"would resize them to the vocabulary, and {reasons}")
+    if any(other != vocabulary for _, other in vocabularies[1:]):
+        return None, True
+    if any(config_vocab_size(model) not in (None, len(vocabulary)) for model, _ in vocabularies):
+        return None, True
     return (f"tokenizer_source: every model has the same {len(vocabulary):,}-token vocabulary, so it changes no "
-            "weight; the output's tokenizer files are the first model's")
+            "weight; the output's tokenizer files are the first model's"), False
 
 
 def _vocabulary(source: RecipeSource, model: Path, reasons: str) -> dict[str, int]:
@@ -60,15 +56,3 @@ def _vocabulary(source: RecipeSource, model: Path, reasons: str) -> dict[str, in
     except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         raise source.error(FIELD, f"{path} is not a tokenizer.json with a vocabulary") from None
     return tokens
-
-
-def _embedding_rows(model: Path) -> int | None:
-    """``vocab_size`` from the model's ``config.json``, as mergekit reads it."""
-    try:
-        config = json.loads((model / "config.json").read_bytes()[: 1 << 20])
-    except (OSError, ValueError):
-        return None
-    size = config.get("vocab_size") if isinstance(config, dict) else None
-    if size is None and isinstance(config, dict) and isinstance(config.get("text_config"), dict):
-        size = config["text_config"].get("vocab_size")
-    return size if isinstance(size, int) else None

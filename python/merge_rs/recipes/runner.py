@@ -45,9 +45,16 @@ def prepare(job: MergeJob) -> MergePlan:
     where = _model_locations(job)
     resolved = [resolve_model(m, job.source, where.get(m, ("models",))) for m in models]
     base_path = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
-    note = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
+    note, reindex = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
     if note and note not in job.warnings:
         job.warnings.append(note)
+    if reindex and (job.slices or any(job.loras)):
+        raise job.source.error(("tokenizer_source",), "merge-rs re-indexes embedding rows to a new vocabulary only "
+                                                      "in a config with models (no slices, no model+lora) yet")
+    if reindex:
+        from .vocab_plan import plan_reindexed
+
+        return plan_reindexed(job, base_path, resolved)
     if job.slices:
         from .mergekit_slices import plan_frankenmerge
 
@@ -151,6 +158,17 @@ def execute(p: MergePlan, out: Path, *, overwrite: bool = False, threads: int = 
         models=_card_models(p), recipe=card_recipe(p), groups=p.groups,
         hf_layout=p.inputs[-len(p.models)].config is not None, title=Path(out).name)
     reads = [job.source.path, *(job.pool.input_paths() if job.pool is not None else [])]
+    if p.vocabulary is not None:
+        from .vocab_plan import with_reindexed_inputs
+
+        with with_reindexed_inputs(p, Path(out), overwrite, reads) as reindexed:
+            return _merge(reindexed, out, card, reads, overwrite, threads, memory_budget, progress)
+    return _merge(p, out, card, reads, overwrite, threads, memory_budget, progress)
+
+
+def _merge(p: MergePlan, out: Path, card: bool | str, reads: list[Any], overwrite: bool, threads: int,
+           memory_budget: str | None, progress: bool) -> MergeReport:
+    job = p.job
     models: list[api.ModelInput] = [] if p.views else [(m, a) if a else m for m, a in zip(p.models, p.loras)]
     return api.merge(job.method, models, out, pretrained=p.pretrained, dtype=job.dtype, views=p.views,
                      base_view=p.base_view, config_updates=p.config_updates,

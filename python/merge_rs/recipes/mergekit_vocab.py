@@ -1,0 +1,182 @@
+"""mergekit's ``tokenizer_source`` where it changes weights: the output's vocabulary (the base's, the union of every
+model's, or one model's tokenizer) built as mergekit 0.1.5 builds it, and each model's embedding rows
+(``embed_tokens``, ``lm_head``: every tensor with one row per token) re-indexed to it before the merge. A token a
+model lacks gets mergekit's default row: the one model that has it, else the base model's row, else the mean of the
+models that have it, else zeros. The re-indexed tensors (one at a time in memory) go to a scratch directory beside
+the output, with the new tokenizer's files, and the merge reads them in place of the models' own.
+
+One order differs from mergekit's: tokens that two non-base models add are numbered in the config's model order,
+where mergekit numbers them in the order of a Python set (which changes from run to run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .source import RecipeSource
+
+FIELD = ("tokenizer_source",)
+# The tensors with one row per token, by the end of their names (mergekit's vocabulary-axis weights).
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "word_embeddings.weight", "embed_out.weight")
+
+
+@dataclass
+class Vocabulary:
+    """The output's tokenizer and, per model, the model row of every output token (-1: the model lacks it)."""
+
+    tokenizer: Any
+    size: int
+    rows: dict[Path, list[int]]
+    base: Path | None
+
+
+def config_vocab_size(model: Path) -> int | None:
+    """``vocab_size`` from the model's ``config.json`` (or its ``text_config``), as mergekit reads it."""
+    try:
+        config = json.loads((model / "config.json").read_bytes()[: 1 << 20])
+    except (OSError, ValueError):
+        return None
+    size = config.get("vocab_size") if isinstance(config, dict) else None
+    if size is None and isinstance(config, dict) and isinstance(config.get("text_config"), dict):
+        size = config["text_config"].get("vocab_size")
+    return size if isinstance(size, int) else None
+
+
+def _load(source: RecipeSource, model: Path) -> Any:
+    try:
+        from transformers import AutoTokenizer
+    except ModuleNotFoundError:
+        raise source.error(FIELD, "re-indexing embeddings to a new vocabulary needs transformers "
+                                  "(pip install 'merge-rs[clip]')") from None
+    try:
+        return AutoTokenizer.from_pretrained(model, use_fast=True)
+    except Exception as e:  # noqa: BLE001 - any loading failure is the user's tokenizer
+        raise source.error(FIELD, f"cannot load the tokenizer of {model} ({type(e).__name__})") from None
+
+
+def _within(tokenizer: Any, size: int | None) -> dict[str, int]:
+    """The tokenizer's vocabulary less the ids past the model's ``vocab_size`` (rows it does not have)."""
+    return {t: i for t, i in tokenizer.get_vocab().items() if size is None or i < size}
+
+
+def _union(base: Any, base_size: int | None, tokenizers: dict[Path, Any]) -> Any:
+    """The base tokenizer with every other model's tokens added after its own: plain tokens first, in the models'
+    order, then the added (special) tokens with their first settings."""
+    import copy
+
+    plain: dict[str, None] = {}
+    added: dict[str, Any] = {}
+    for model, tokenizer in tokenizers.items():
+        size = config_vocab_size(model) or tokenizer.vocab_size
+        specials = tokenizer.added_tokens_decoder
+        special_names = {info.content for info in specials.values()}
+        for token, i in tokenizer.get_vocab().items():
+            if i < size and token not in special_names:
+                plain.setdefault(token)
+        for i, info in specials.items():
+            if i < size:
+                added.setdefault(info.content, info)
+    out = copy.deepcopy(base)
+    own = _within(base, base_size)
+    out.add_tokens([t for t in plain if t not in added and t not in own])
+    out.add_tokens(list(added.values()))
+    return out
+
+
+def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models: list[Path],
+                     named: Path | None) -> Vocabulary:
+    """The output vocabulary for ``tokenizer_source`` ``value`` (``named`` is the model it names, if any) and
+    each model's rows; ``models`` in the config's order, the base not among them."""
+    first = base or models[0]
+    tokenizers = {m: _load(source, m) for m in dict.fromkeys([first, *models])}
+    size = config_vocab_size(first)
+    if value in ("base", "union") and size is not None and max(tokenizers[first].get_vocab().values()) >= size:
+        raise source.error(FIELD, f"{first}'s tokenizer has ids past its vocab_size ({size}); mergekit strips those "
+                                  "tokens first, and merge-rs does not yet")
+    if value == "base":
+        out = tokenizers[first]
+    elif value == "union":
+        out = _union(tokenizers[first], config_vocab_size(first), tokenizers)
+    else:
+        out = _load(source, named) if named is not None else tokenizers[first]
+    vocab = out.get_vocab()
+    rows = {}
+    for model, tokenizer in tokenizers.items():
+        own = _within(tokenizer, config_vocab_size(model))
+        rows[model] = [-1] * len(vocab)
+        for token, i in vocab.items():
+            rows[model][i] = own.get(token, -1)
+    return Vocabulary(out, len(vocab), rows, base)
+
+
+def vocab_tensor_names(names: list[str]) -> list[str]:
+    """The tensors that hold one row per token."""
+    return [n for n in names if n.endswith(VOCAB_TENSORS)]
+
+
+def _default_rows(vocabulary: Vocabulary, tensors: dict[Path, Any]) -> dict[int, Any]:
+    """mergekit's row for each output token that some model lacks (see the module's text)."""
+    import torch
+
+    models = list(tensors)
+    dtype = tensors[models[0]].dtype
+    for t in tensors.values():
+        dtype = torch.promote_types(dtype, t.dtype)
+    shape = tensors[models[0]].shape[1:]
+    out: dict[int, Any] = {}
+    for token in range(vocabulary.size):
+        have = [m for m in models if vocabulary.rows[m][token] >= 0]
+        if len(have) == len(models):
+            continue
+        if len(have) == 1:
+            out[token] = tensors[have[0]][vocabulary.rows[have[0]][token]]
+        elif not have:
+            out[token] = torch.zeros(shape, dtype=dtype)
+        elif vocabulary.base in have:
+            out[token] = tensors[vocabulary.base][vocabulary.rows[vocabulary.base][token]]
+        else:
+            embed = torch.zeros(shape, dtype=dtype)
+            for m in have:
+                embed = embed + tensors[m][vocabulary.rows[m][token]]
+            out[token] = embed / len(have)
+    return out
+
+
+def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], names: list[str],
+                  scratch: Path) -> dict[Path, Path]:
+    """Each model's ``names`` re-indexed to the vocabulary, saved as ``scratch/i/model.safetensors`` beside its
+    ``config.json`` and the new tokenizer's files; returns model → its directory there. ``shards``: per model in
+    mergekit's gather order (the config's models, then the base), each tensor's file."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    models = list(shards)
+    dirs = {m: scratch / str(i) for i, m in enumerate(models)}
+    aligned: dict[Path, dict[str, Any]] = {m: {} for m in models}
+    for name in names:
+        tensors = {}
+        for m in models:
+            with safe_open(shards[m][name], framework="pt") as f:
+                tensors[m] = f.get_tensor(name)
+        defaults = _default_rows(vocabulary, tensors)
+        for m in models:
+            rows = vocabulary.rows[m]
+            out = torch.zeros((vocabulary.size, *tensors[m].shape[1:]), dtype=tensors[m].dtype)
+            present = [i for i in range(vocabulary.size) if rows[i] >= 0]
+            out[present] = tensors[m][[rows[i] for i in present]]
+            for i, row in defaults.items():
+                if rows[i] < 0:
+                    out[i] = row
+            aligned[m][name] = out.contiguous()
+        del tensors
+    for m, d in dirs.items():
+        d.mkdir(parents=True)
+        save_file(aligned.pop(m), str(d / "model.safetensors"))
+        if (m / "config.json").is_file():
+            shutil.copyfile(m / "config.json", d / "config.json")
+        vocabulary.tokenizer.save_pretrained(d)
+    return dirs

@@ -1,0 +1,72 @@
+"""A mergekit config whose ``tokenizer_source`` re-indexes embedding rows, as a plan: the models' headers with
+their vocabulary tensors resized to the new vocabulary, and, while the merge runs, each model read as its own
+tensors but those, which come re-indexed from a scratch directory beside the output (removed afterwards)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..reports import CheckpointInfo
+from .job import MergeJob, MergePlan, plan, resolve_model
+from .mergekit_vocab import FIELD, build_vocabulary, vocab_tensor_names, write_aligned
+
+
+def plan_reindexed(job: MergeJob, base: Path | None, models: list[Path]) -> MergePlan:
+    from ..api import inspect
+
+    value = job.source.data["tokenizer_source"]
+    named = resolve_model(str(value), job.source, FIELD) if value not in ("base", "union") else None
+    vocabulary = build_vocabulary(job.source, value, base, models, named)
+    infos = {m: inspect(m) for m in dict.fromkeys([*models, *([base] if base else [])])}
+    names = vocab_tensor_names([t.name for t in infos[models[0]].tensors])
+    if not names:
+        raise job.source.error(FIELD, f"{models[0]} has no embedding tensor (embed_tokens, lm_head, …) to re-index")
+
+    def resized(info: CheckpointInfo) -> CheckpointInfo:
+        tensors = [replace(t, shape=[vocabulary.size, *t.shape[1:]],
+                           parameters=t.parameters // t.shape[0] * vocabulary.size,
+                           bytes=t.bytes // t.shape[0] * vocabulary.size) if t.name in names else t
+                   for t in info.tensors]
+        dtypes: dict[str, int] = {}
+        for t in tensors:
+            dtypes[t.dtype] = dtypes.get(t.dtype, 0) + t.parameters
+        return replace(info, tensors=tensors, parameters=sum(t.parameters for t in tensors),
+                       bytes=sum(t.bytes for t in tensors), dtypes=dtypes)
+
+    result = plan(job, base, models, model_infos=[resized(infos[m]) for m in models],
+                  base_info=resized(infos[base]) if base else None)
+    note = (f"tokenizer_source: {', '.join(names)} re-indexed to the output's {vocabulary.size:,}-token vocabulary "
+            "(the tokenizer written is the new one)")
+    if note not in job.warnings:
+        job.warnings.append(note)
+    result.vocabulary = (vocabulary, names, infos)
+    result.config_updates = {"vocab_size": vocabulary.size}
+    return result
+
+
+@contextmanager
+def with_reindexed_inputs(p: MergePlan, out: Path, overwrite: bool, reads: list[Any]) -> Iterator[MergePlan]:
+    """``p`` with every model (and θ₀) read through a view whose vocabulary tensors are re-indexed copies. The
+    output is checked first, as the merge would check it, so nothing is written for a merge that cannot run."""
+    from ..output import check_output
+
+    vocabulary, names, infos = p.vocabulary
+    check_output(out, [*infos, *reads], overwrite)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.vocabulary-", dir=out.parent if out.parent.is_dir() else None))
+    try:
+        shards = {m: {t.name: str(m / t.shard if m.is_dir() else m) for t in infos[m].tensors} for m in infos}
+        dirs = write_aligned(vocabulary, shards, names, scratch)
+
+        def view(m: Path) -> list[tuple[str, Path, str]]:
+            return [*((n, dirs[m], n) for n in names),
+                    *((t.name, m, t.name) for t in infos[m].tensors if t.name not in names)]
+
+        yield replace(p, pretrained=None, views=[view(m) for m in p.models],
+                      base_view=view(p.pretrained) if p.pretrained else [])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
