@@ -94,8 +94,27 @@ def test_a_token_two_models_add_gets_the_mean_of_their_rows_as_in_mergekit(llama
     assert ours["model.embed_tokens.weight"].shape[0] == 65
     before = sorted(p.name for p in tmp_path.iterdir())
     shown = cli("run", tmp_path / "config.yml", "--dry-run").stdout
-    assert "model.embed_tokens.weight re-indexed to the output's 65-token vocabulary" in shown, shown
+    assert "model.embed_tokens.weight re-indexed to the output's 65-row vocabulary" in shown, shown
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "a dry run writes nothing"
+
+
+def test_a_tokenizer_block_gives_mergekits_tensors(llama, tmp_path):  # noqa: F811
+    """mergekit's ``tokenizer`` block: a token added with another token's row of the base, a row forced to zeros,
+    a missing token's row taken from the base's copy of another token, and the vocabulary padded to a multiple of
+    8 with the mean row."""
+    models = _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"})
+    base = str(models[0])
+    config = _config(models, "union")
+    del config["tokenizer_source"]
+    config["tokenizer"] = {"source": "union", "pad_to_multiple_of": 8, "tokens": {
+        "<|im_end|>": {"source": {"kind": "model_token", "model": base, "token": "tok63"}},
+        "tok5": {"source": {"kind": "zero"}, "force": True},
+        "<|new|>": {"source": {"kind": "model_token", "model": base, "token_id": 7}}}}
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    assert ours["model.embed_tokens.weight"].shape[0] == 72  # 66 tokens, padded
+    assert not ours["model.embed_tokens.weight"][5].any()
+    assert _vocab(tmp_path / "ours") == _vocab(tmp_path / "theirs")
 
 
 def test_a_config_vocab_size_past_the_rows_is_re_indexed_as_mergekit_does(llama, tmp_path):  # noqa: F811

@@ -134,6 +134,10 @@ BAD_RECIPES = {
                          "modules: merge-rs does not support mergekit's per-module configs"),
     "mergekit residual weight": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
                                  "    residual_weight: lots\n", 4, "slices.0.residual_weight: residual_weight is a number"),
+    "mergekit tokenizer twice": ("merge_method: linear\ntokenizer_source: union\ntokenizer: {{source: union}}\n"
+                                 "models: [{{model: {a}}}]\n", 3, "tokenizer: give tokenizer_source or tokenizer, not"),
+    "mergekit token source": ("merge_method: linear\ntokenizer:\n  tokens:\n    x: {{source: {{kind: one}}}}\n"
+                              "models: [{{model: {a}}}]\n", 4, "tokenizer.tokens.x.source: source is a model, {kind"),
     "mergekit slice twice": ("merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 1]}}\n"
                              "      - {{model: {a}, layer_range: [1, 2]}}\n", 3, "slices.0.sources: a slice lists a model "
                              "twice"),

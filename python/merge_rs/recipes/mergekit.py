@@ -12,11 +12,12 @@ from typing import Any
 
 from .job import MergeJob
 from .mergekit_methods import DTYPES, GTA, OTHERS, Translator, translator
+from .mergekit_tokenizer import tokenizer_settings
 from .settings import Conditional, Gradient, varies_by_layer
 from .source import RecipeSource
 
 FIELDS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype", "slices"}
-UNSUPPORTED = {"modules": "per-module configs", "tokenizer": "tokenizer surgery"}
+UNSUPPORTED = {"modules": "per-module configs"}
 NO_WEIGHTS = {"chat_template"}
 
 
@@ -125,7 +126,7 @@ def _check_fields(source: RecipeSource) -> list[str]:
             raise source.error((key,), f"merge-rs does not support mergekit's {UNSUPPORTED[key]}")
         if key in NO_WEIGHTS:
             warnings.append(f"{key} is ignored: it does not change the weights")
-        elif key not in FIELDS and key != "tokenizer_source":  # checked once the models are resolved
+        elif key not in FIELDS and key not in ("tokenizer_source", "tokenizer"):  # checked once models are resolved
             raise source.error((key,), "unknown field in a mergekit config")
     for key in ("merge_method", "dtype", "out_dtype", "tokenizer_source"):
         value = source.data.get(key)
@@ -134,6 +135,7 @@ def _check_fields(source: RecipeSource) -> list[str]:
     for key in ("dtype", "out_dtype"):
         if source.data.get(key) is not None and source.data[key] not in DTYPES:
             raise source.error((key,), f"unknown dtype '{source.data[key]}' (float32, float16 or bfloat16)")
+    tokenizer_settings(source)
     return warnings
 
 

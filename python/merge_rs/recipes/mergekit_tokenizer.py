@@ -6,23 +6,80 @@ elsewhere the rows are re-indexed before the merge (``mergekit_vocab``)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .mergekit_vocab import config_vocab_size
+from .mergekit_vocab import TokenSpec, config_vocab_size
 from .source import RecipeSource
 
 MAX_TOKENIZER_BYTES = 64 << 20
 FIELD = ("tokenizer_source",)
 
 
+@dataclass
+class TokenizerSettings:
+    """``tokenizer_source``, or the ``tokenizer`` block: the vocabulary's source, per-token rows, padding."""
+
+    source: str | None
+    tokens: dict[str, TokenSpec] = field(default_factory=dict)
+    pad_to_multiple_of: int | None = None
+    block: bool = False
+
+
+def tokenizer_settings(source: RecipeSource) -> TokenizerSettings:
+    """The config's tokenizer settings, checked (model names are resolved later); one of the two fields at most,
+    as mergekit asks."""
+    data = source.data
+    if "tokenizer" not in data:
+        return TokenizerSettings(data.get("tokenizer_source"))
+    if data.get("tokenizer_source") is not None:
+        raise source.error(("tokenizer",), "give tokenizer_source or tokenizer, not both (as mergekit asks)")
+    block = data["tokenizer"]
+    if not isinstance(block, dict) or set(block) - {"source", "tokens", "pad_to_multiple_of"}:
+        raise source.error(("tokenizer",), "tokenizer has source, tokens and pad_to_multiple_of")
+    value = block.get("source", "union")
+    if not isinstance(value, str) or not value:
+        raise source.error(("tokenizer", "source"), "source is union, base or a model")
+    pad = block.get("pad_to_multiple_of")
+    if pad is not None and (type(pad) is not int or pad < 1):
+        raise source.error(("tokenizer", "pad_to_multiple_of"), "pad_to_multiple_of is a positive integer")
+    tokens = block.get("tokens") or {}
+    if not isinstance(tokens, dict):
+        raise source.error(("tokenizer", "tokens"), "tokens maps each token to {source, force}")
+    specs = {str(token): _token_spec(source, spec, ("tokenizer", "tokens", token)) for token, spec in tokens.items()}
+    return TokenizerSettings(value, specs, pad, True)
+
+
+def _token_spec(source: RecipeSource, spec: Any, loc: tuple[Any, ...]) -> TokenSpec:
+    if not isinstance(spec, dict) or set(spec) - {"source", "force"} or not isinstance(spec.get("force", False), bool):
+        raise source.error(loc, "a token takes source (a model, {kind: zero} or {kind: model_token, model, "
+                                "token or token_id}) and force (true or false)")
+    raw, force = spec.get("source"), spec.get("force", False)
+    if isinstance(raw, str) and raw:
+        return TokenSpec("model", raw, None, None, force)
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind == "zero" and set(raw) == {"kind"}:
+        return TokenSpec("zero", None, None, None, force)
+    if kind == "model_token" and set(raw) <= {"kind", "model", "token", "token_id"} \
+            and isinstance(raw.get("model"), str) and (raw.get("token") is None) != (raw.get("token_id") is None) \
+            and (raw.get("token_id") is None or type(raw["token_id"]) is int) \
+            and (raw.get("token") is None or isinstance(raw["token"], str)):
+        return TokenSpec("model_token", raw["model"], raw.get("token_id"), raw.get("token"), force)
+    raise source.error((*loc, "source"), "source is a model, {kind: zero}, or {kind: model_token, model, and one of "
+                                         "token or token_id}")
+
+
 def check_tokenizer_source(source: RecipeSource, models: list[Path]) -> tuple[str | None, bool]:
     """(a warning, whether embedding rows must be re-indexed) for ``tokenizer_source``, given ``models`` (every
     model the config reads, the base among them): no re-indexing where they share one vocabulary that fills
     their embeddings exactly."""
-    value = source.data.get("tokenizer_source")
+    settings = tokenizer_settings(source)
+    value = settings.source
     if value is None:
         return None, False
+    if settings.block:
+        return None, True
     reasons = "merge-rs compares the models' vocabularies through it"
     if value not in ("base", "union"):  # a model's tokenizer
         from .job import resolve_model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,34 @@ FIELD = ("tokenizer_source",)
 VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "word_embeddings.weight", "embed_out.weight")
 
 
+@dataclass(frozen=True)
+class TokenSpec:
+    """A ``tokenizer.tokens`` entry: where the token's row comes from (``zero``, a ``model``'s row of the token, or
+    a ``model_token``: the model's row of another token or id), and whether it replaces the models' own rows."""
+
+    kind: str
+    model: Any  # the model's name in the config, then its path
+    token_id: int | None
+    token: str | None
+    force: bool
+
+
 @dataclass
 class Vocabulary:
-    """The output's tokenizer and, per model, the model row of every output token (-1: the model lacks it)."""
+    """The output's tokenizer and, per model, the model row of every output token (-1: the model lacks it);
+    ``tokens``: the config's per-token rows; ``size``: the rows written (the vocabulary, padded)."""
 
     tokenizer: Any
     size: int
     rows: dict[Path, list[int]]
     base: Path | None
+    tokens: dict[int, TokenSpec] = field(default_factory=dict)
+    originals: dict[Path, dict[str, int]] = field(default_factory=dict)
+    pad_to_multiple_of: int | None = None
+
+    @property
+    def tokens_in_vocabulary(self) -> int:
+        return len(next(iter(self.rows.values())))
 
 
 def config_vocab_size(model: Path) -> int | None:
@@ -86,10 +106,11 @@ def _union(base: Any, base_size: int | None, tokenizers: dict[Path, Any]) -> Any
     return out
 
 
-def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models: list[Path],
-                     named: Path | None) -> Vocabulary:
-    """The output vocabulary for ``tokenizer_source`` ``value`` (``named`` is the model it names, if any) and
-    each model's rows; ``models`` in the config's order, the base not among them."""
+def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models: list[Path], named: Path | None,
+                     tokens: dict[str, TokenSpec] | None = None, pad_to_multiple_of: int | None = None) -> Vocabulary:
+    """The output vocabulary for source ``value`` (``named`` is the model it names, if any), with ``tokens``
+    added (their models resolved to paths), and each model's rows; ``models`` in the config's order, the base not
+    among them."""
     first = base or models[0]
     tokenizers = {m: _load(source, m) for m in dict.fromkeys([first, *models])}
     size = config_vocab_size(first)
@@ -102,6 +123,13 @@ def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models
         out = _union(tokenizers[first], config_vocab_size(first), tokenizers)
     else:
         out = _load(source, named) if named is not None else tokenizers[first]
+    tokens = tokens or {}
+    missing = [t for t in tokens if t not in out.get_vocab()]
+    if missing:
+        import copy
+
+        out = copy.deepcopy(out)
+        out.add_tokens(missing)
     vocab = out.get_vocab()
     rows = {}
     for model, tokenizer in tokenizers.items():
@@ -109,7 +137,11 @@ def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models
         rows[model] = [-1] * len(vocab)
         for token, i in vocab.items():
             rows[model][i] = own.get(token, -1)
-    return Vocabulary(out, len(vocab), rows, base)
+    padded = len(vocab)
+    if pad_to_multiple_of and padded % pad_to_multiple_of:
+        padded += pad_to_multiple_of - padded % pad_to_multiple_of
+    return Vocabulary(out, padded, rows, base, {vocab[t]: spec for t, spec in tokens.items()},
+                      {m: t.get_vocab() for m, t in tokenizers.items()}, pad_to_multiple_of)
 
 
 def vocab_tensor_names(names: list[str]) -> list[str]:
@@ -118,7 +150,8 @@ def vocab_tensor_names(names: list[str]) -> list[str]:
 
 
 def _default_rows(vocabulary: Vocabulary, tensors: dict[Path, Any]) -> dict[int, Any]:
-    """mergekit's row for each output token that some model lacks (see the module's text)."""
+    """mergekit's row for each output token that some model lacks or whose row the config forces (see the
+    module's text)."""
     import torch
 
     models = list(tensors)
@@ -127,14 +160,17 @@ def _default_rows(vocabulary: Vocabulary, tensors: dict[Path, Any]) -> dict[int,
         dtype = torch.promote_types(dtype, t.dtype)
     shape = tensors[models[0]].shape[1:]
     out: dict[int, Any] = {}
-    for token in range(vocabulary.size):
+    for token in range(vocabulary.tokens_in_vocabulary):
         have = [m for m in models if vocabulary.rows[m][token] >= 0]
-        if len(have) == len(models):
+        spec = vocabulary.tokens.get(token)
+        if len(have) == len(models) and not (spec and spec.force):
             continue
-        if len(have) == 1:
+        if spec is not None:
+            out[token] = _configured_row(vocabulary, tensors, token, spec)
+        elif len(have) == 1:
             out[token] = tensors[have[0]][vocabulary.rows[have[0]][token]]
         elif not have:
-            out[token] = torch.zeros(shape, dtype=dtype)
+            out[token] = torch.zeros(shape, dtype=tensors[models[0]].dtype)
         elif vocabulary.base in have:
             out[token] = tensors[vocabulary.base][vocabulary.rows[vocabulary.base][token]]
         else:
@@ -143,6 +179,21 @@ def _default_rows(vocabulary: Vocabulary, tensors: dict[Path, Any]) -> dict[int,
                 embed = embed + tensors[m][vocabulary.rows[m][token]]
             out[token] = embed / len(have)
     return out
+
+
+def _configured_row(vocabulary: Vocabulary, tensors: dict[Path, Any], token: int, spec: TokenSpec) -> Any:
+    """The row a ``tokenizer.tokens`` entry gives: zeros, or a model's row of this or another token."""
+    first = next(iter(tensors.values()))
+    if spec.kind == "zero":
+        return first.new_zeros(first.shape[1:])
+    table = tensors[spec.model]
+    if spec.kind == "model":
+        row = vocabulary.rows[spec.model][token]
+    else:
+        row = spec.token_id if spec.token_id is not None else vocabulary.originals[spec.model].get(spec.token, -1)
+    if not 0 <= row < table.shape[0]:
+        raise ValueError(f"tokenizer.tokens: {spec.model} has no row for the token asked ({spec.token or row})")
+    return table[row]
 
 
 def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], names: list[str],
@@ -166,11 +217,14 @@ def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], na
         for m in models:
             rows = vocabulary.rows[m]
             out = torch.zeros((vocabulary.size, *tensors[m].shape[1:]), dtype=tensors[m].dtype)
-            present = [i for i in range(vocabulary.size) if rows[i] >= 0]
+            forced = {i for i, spec in vocabulary.tokens.items() if spec.force}
+            present = [i for i in range(len(rows)) if rows[i] >= 0 and i not in forced]
             out[present] = tensors[m][[rows[i] for i in present]]
             for i, row in defaults.items():
-                if rows[i] < 0:
+                if rows[i] < 0 or i in forced:
                     out[i] = row
+            if vocabulary.size > len(rows):  # padding rows: the mean of the vocabulary's
+                out[len(rows):] = out[: len(rows)].mean(dim=0)
             aligned[m][name] = out.contiguous()
         del tensors
     for m, d in dirs.items():

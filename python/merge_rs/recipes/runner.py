@@ -49,8 +49,9 @@ def prepare(job: MergeJob) -> MergePlan:
     if note and note not in job.warnings:
         job.warnings.append(note)
     if reindex and (job.slices or any(job.loras)):
-        raise job.source.error(("tokenizer_source",), "merge-rs re-indexes embedding rows to a new vocabulary only "
-                                                      "in a config with models (no slices, no model+lora) yet")
+        field = "tokenizer" if "tokenizer" in job.source.data else "tokenizer_source"
+        raise job.source.error((field,), "merge-rs re-indexes embedding rows to a new vocabulary only in a config "
+                                         "with models (no slices, no model+lora) yet")
     if reindex:
         from .vocab_plan import plan_reindexed
 

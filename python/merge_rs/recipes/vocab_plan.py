@@ -13,15 +13,27 @@ from typing import Any, Iterator
 
 from ..reports import CheckpointInfo
 from .job import MergeJob, MergePlan, plan, resolve_model
+from .mergekit_tokenizer import tokenizer_settings
 from .mergekit_vocab import FIELD, build_vocabulary, vocab_tensor_names, write_aligned
 
 
 def plan_reindexed(job: MergeJob, base: Path | None, models: list[Path]) -> MergePlan:
     from ..api import inspect
 
-    value = job.source.data["tokenizer_source"]
-    named = resolve_model(str(value), job.source, FIELD) if value not in ("base", "union") else None
-    vocabulary = build_vocabulary(job.source, value, base, models, named)
+    settings = tokenizer_settings(job.source)
+    field = ("tokenizer", "source") if settings.block else FIELD
+    value = settings.source
+    named = resolve_model(str(value), job.source, field) if value not in ("base", "union") else None
+    known = {*models, *([base] if base else [])}
+    tokens = {}
+    for token, spec in settings.tokens.items():
+        if spec.model is not None:
+            loc = ("tokenizer", "tokens", token, "source")
+            spec = replace(spec, model=resolve_model(spec.model, job.source, loc))
+            if spec.model not in known:
+                raise job.source.error(loc, f"{spec.model} is not one of the models merged")
+        tokens[token] = spec
+    vocabulary = build_vocabulary(job.source, value, base, models, named, tokens, settings.pad_to_multiple_of)
     infos = {m: inspect(m) for m in dict.fromkeys([*models, *([base] if base else [])])}
     names = vocab_tensor_names([t.name for t in infos[models[0]].tensors])
     if not names:
@@ -40,8 +52,8 @@ def plan_reindexed(job: MergeJob, base: Path | None, models: list[Path]) -> Merg
 
     result = plan(job, base, models, model_infos=[resized(infos[m]) for m in models],
                   base_info=resized(infos[base]) if base else None)
-    note = (f"tokenizer_source: {', '.join(names)} re-indexed to the output's {vocabulary.size:,}-token vocabulary "
-            "(the tokenizer written is the new one)")
+    note = (f"{'tokenizer' if settings.block else 'tokenizer_source'}: {', '.join(names)} re-indexed to the "
+            f"output's {vocabulary.size:,}-row vocabulary (the tokenizer written is the new one)")
     if note not in job.warnings:
         job.warnings.append(note)
     result.vocabulary = (vocabulary, names, infos)
