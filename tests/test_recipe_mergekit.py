@@ -222,6 +222,20 @@ def test_model_plus_lora_gives_mergekits_tensors(llama, tmp_path):
     assert_same(*run_both(tmp_path, config))
 
 
+def test_a_lora_over_the_base_model_gives_mergekits_tensors(llama, tmp_path):
+    """base_model: model+lora: θ₀ is the base with the adapter applied, and fine-tunes (one read with its own
+    adapter, one another adapter over the bare base) are merged over it, as mergekit-yaml merges them."""
+    base, a, b, _ = llama
+    over_base, over_a = _lora(base, tmp_path / "lora-base", 2), _lora(a, tmp_path / "lora-a", 1)
+    other = _lora(base, tmp_path / "lora-other", 3)
+    config = {"merge_method": "ties", "base_model": f"{base}+{over_base}", "dtype": "float32",
+              "parameters": {"density": 0.5},
+              "models": [{"model": f"{a}+{over_a}", "parameters": {"weight": 0.6}},
+                         {"model": str(b), "parameters": {"weight": 0.9}},
+                         {"model": f"{base}+{other}", "parameters": {"weight": 0.3}}]}
+    assert_same(*run_both(tmp_path, config))
+
+
 def test_a_passthrough_frankenmerge_gives_mergekits_tensors_and_config(llama, tmp_path):
     """slices: layers 0–2 of one model then 1–3 of another (six layers), a per-source scale with a filter and a
     slice-level gradient, as mergekit-yaml stacks them."""

@@ -153,7 +153,7 @@ BAD_RECIPES = {
     "mergekit weight": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {a}\n", 4,
                         "mergekit's task_arithmetic needs 'weight'"),
     "mergekit lora base": ("merge_method: task_arithmetic\nbase_model: {base}+lora\nmodels:\n  - model: {a}\n", 2,
-                           "does not read a LoRA adapter over the base model"),
+                           "base_model: model 'lora' does not exist"),
     "mergekit missing lora": ("merge_method: linear\nmodels:\n  - model: {a}+lora\n    parameters: {{weight: 1}}\n", 3,
                               "models.0.model: model 'lora' does not exist"),
     "not yaml": ("method: [ties\n", 2, "not valid YAML"),

@@ -46,7 +46,7 @@ def merge(
     models: Sequence[ModelInput],
     out: PathLike,
     *,
-    pretrained: PathLike | None = None,
+    pretrained: ModelInput | None = None,
     dtype: str | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     threads: int = 0,
@@ -66,7 +66,8 @@ def merge(
     """Merge ``models`` (fine-tuned checkpoints: HF directories or ``.safetensors`` files) into ``out``.
 
     A model may be a PEFT LoRA adapter directory, read as ``pretrained`` plus the adapter's change, or a pair
-    ``(model, adapter)``: the adapter read over that model.
+    ``(model, adapter)``: the adapter read over that model; ``pretrained`` may be such a pair too (mergekit's
+    ``base_model: model+lora``).
 
     ``method`` is one of ``merge_rs.METHODS``; ``parameters`` are its parameters (the engine fills in the
     FusionBench defaults and checks every value before reading anything), e.g.
@@ -90,11 +91,14 @@ def merge(
     files = dict(extra_files or {})
     if model_card and "README.md" not in files:
         files["README.md"] = model_card if isinstance(model_card, str) else _card(
-            spec.name, parameters, pretrained, models, dtype, max_shard_size, out)
+            spec.name, parameters, pretrained[0] if isinstance(pretrained, tuple) else pretrained, models, dtype,
+            max_shard_size, out)
     request = {
         "method": spec.name,
         "parameters": _engine_parameters(parameters),
-        "pretrained": _path(pretrained) if pretrained is not None else None,
+        "pretrained": _path(pretrained[1] if isinstance(pretrained, tuple) else pretrained)
+        if pretrained is not None else None,
+        "pretrained_adapter_over": _path(pretrained[0]) if isinstance(pretrained, tuple) else None,
         "models": [_path(m[1] if isinstance(m, tuple) else m) for m in models],
         "adapter_bases": [_path(m[0]) if isinstance(m, tuple) else None for m in models],
         "out": _path(out),

@@ -42,6 +42,8 @@ pub struct MergeRequest {
     /// For each model that is a LoRA adapter read over another model than `base` (mergekit's
     /// `model+lora`), that model; empty, or one entry per model (`None`: `base`).
     pub adapter_bases: Vec<Option<PathBuf>>,
+    /// When `base` is a LoRA adapter (mergekit's `base_model: model+lora`), the model it is read over.
+    pub base_adapter_over: Option<PathBuf>,
     /// Models assembled from other checkpoints' tensors (mergekit's `slices`); when given, they are the
     /// fine-tuned models and `models` is empty.
     pub views: Vec<Vec<ViewTensor>>,
@@ -82,6 +84,7 @@ impl MergeRequest {
             base: None,
             models,
             adapter_bases: Vec::new(),
+            base_adapter_over: None,
             views: Vec::new(),
             base_view: Vec::new(),
             config_updates: serde_json::Map::new(),
@@ -172,7 +175,10 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     let needs_base = method.def().needs_base;
     let base = match (&request.base, needs_base) {
         _ if !request.base_view.is_empty() => Some(Checkpoint::composite("slices base", &request.base_view)?),
-        (Some(p), _) => Some(Checkpoint::open(p)?),
+        (Some(p), _) => Some(match &request.base_adapter_over {
+            Some(model) => Checkpoint::open_input(p, Some(model))?,
+            None => Checkpoint::open(p)?,
+        }),
         (None, true) => {
             return Err(MergeError::arg(format!(
                 "{} needs the pretrained model (--pretrained)",

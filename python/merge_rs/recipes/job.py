@@ -34,6 +34,7 @@ class MergeJob:
     loras: list[str | None] = field(default_factory=list)  # per model: an adapter read over it (model+lora)
     slices: Any = None  # mergekit's slices: a mergekit_slices.Frankenmerge
     pretrained: str | None = None
+    pretrained_lora: str | None = None  # an adapter read over the pretrained model (mergekit's base_model: m+lora)
     by_layer: bool = False
     layered: bool = True
     dtype: str | None = None
@@ -60,6 +61,7 @@ class MergePlan:
     base_view: list[tuple[str, Path, str]] = field(default_factory=list)  # the pretrained model, assembled
     config_updates: dict[str, Any] = field(default_factory=dict)
     vocabulary: Any = None  # mergekit_vocab.Vocabulary when tokenizer_source re-indexes embedding rows
+    pretrained_lora: Path | None = None  # an adapter read over the pretrained model
 
 
 def resolve_model(reference: str, source: RecipeSource, loc: tuple[Any, ...]) -> Path:

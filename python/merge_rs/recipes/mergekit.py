@@ -62,10 +62,11 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     all_values = [*shared.values(), *(s for m in model_settings for s in m.values())]
     pretrained, inputs = translate.inputs
     split = [_split_lora(ref) for ref in inputs]
+    base_model, base_lora = _split_lora(pretrained) if pretrained else (None, None)
     return MergeJob(source=source, dialect="mergekit-pytorch" if raw_files else "mergekit-yaml",
                     method=translate.method, models=[m for m, _ in split], loras=[a for _, a in split],
                     parameters_for=translate.parameters,
-                    pretrained=pretrained,
+                    pretrained=base_model, pretrained_lora=base_lora,
                     by_layer=not raw_files and any(varies_by_layer(s) for s in all_values), layered=not raw_files,
                     dtype=dtype,
                     warnings=[*warnings, *translate.warnings])
@@ -82,7 +83,7 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
         raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}'")
     if "models" in data:
         raise source.error(("models",), "a config with slices takes its models from the slices")
-    base = _base(source)
+    base = _base(source, slices=True)
     shared = _settings(source, data.get("parameters"), ("parameters",))
     slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc), method != "passthrough")
     warnings += [f"slices.{i}.residual_weight is ignored: mergekit 0.1.5 reads it but never uses it"
@@ -147,14 +148,14 @@ def _reference(source: RecipeSource, ref: Any, loc: tuple[Any, ...]) -> str:
     return ref
 
 
-def _base(source: RecipeSource) -> str | None:
-    """base_model, if given; a LoRA over it (``model+lora``) is not read yet."""
+def _base(source: RecipeSource, slices: bool = False) -> str | None:
+    """base_model, if given (``model+lora``: an adapter over it, read as mergekit reads it; not with slices)."""
     if not source.data.get("base_model"):
         return None
     base = _reference(source, source.data["base_model"], ("base_model",))
-    if _split_lora(base)[1] is not None:
-        raise source.error(("base_model",), "merge-rs does not read a LoRA adapter over the base model yet "
-                                            "(base_model: model+lora); give the models that way")
+    if slices and _split_lora(base)[1] is not None:
+        raise source.error(("base_model",), "merge-rs does not read a LoRA adapter over the base model of a "
+                                            "config with slices yet")
     return base
 
 

@@ -48,7 +48,7 @@ def prepare(job: MergeJob) -> MergePlan:
     note, reindex = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
     if note and note not in job.warnings:
         job.warnings.append(note)
-    if reindex and (job.slices or any(job.loras)):
+    if reindex and (job.slices or any(job.loras) or job.pretrained_lora):
         field = "tokenizer" if "tokenizer" in job.source.data else "tokenizer_source"
         raise job.source.error((field,), "merge-rs re-indexes embedding rows to a new vocabulary only in a config "
                                          "with models (no slices, no model+lora) yet")
@@ -62,7 +62,10 @@ def prepare(job: MergeJob) -> MergePlan:
         return plan_frankenmerge(job, resolved)
     loras = [resolve_model(a, job.source, where.get(a, ("models",))) if a else None for a in job.loras] \
         or [None] * len(models)
-    return plan(job, base_path, resolved, loras)
+    over_base = resolve_model(job.pretrained_lora, job.source, ("base_model",)) if job.pretrained_lora else None
+    result = plan(job, base_path, resolved, loras)
+    result.pretrained_lora = over_base
+    return result
 
 
 def _check_shard_size(job: MergeJob) -> None:
@@ -81,7 +84,8 @@ def _model_locations(job: MergeJob) -> dict[str, tuple[Any, ...]]:
     where: dict[str, tuple[Any, ...]] = {}
     for key in ("pretrained", "base_model"):
         if isinstance(data.get(key), str):
-            where[data[key]] = (key,)
+            for part in [data[key], *data[key].split("+", 1)]:  # mergekit's model+lora names both
+                where.setdefault(part, (key,))
     for i, entry in enumerate(data.get("models") or []):
         if isinstance(entry, dict) and isinstance(entry.get("model"), str):
             for part in entry["model"].split("+", 1):  # mergekit's model+lora names both
@@ -171,7 +175,8 @@ def _merge(p: MergePlan, out: Path, card: bool | str, reads: list[Any], overwrit
            memory_budget: str | None, progress: bool) -> MergeReport:
     job = p.job
     models: list[api.ModelInput] = [] if p.views else [(m, a) if a else m for m, a in zip(p.models, p.loras)]
-    return api.merge(job.method, models, out, pretrained=p.pretrained, dtype=job.dtype, views=p.views,
+    pretrained = (p.pretrained, p.pretrained_lora) if p.pretrained_lora and p.pretrained else p.pretrained
+    return api.merge(job.method, models, out, pretrained=pretrained, dtype=job.dtype, views=p.views,
                      base_view=p.base_view, config_updates=p.config_updates,
                      max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
                      memory_budget=memory_budget, progress=progress, reads=reads, groups=p.groups,

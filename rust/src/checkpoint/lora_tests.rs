@@ -125,6 +125,27 @@ fn a_linear_module_reads_as_base_plus_scaled_product_in_any_range() {
 }
 
 #[test]
+fn an_adapter_overlays_its_bare_base_and_reads_the_same_given_the_bases_values() {
+    let case = base_with(&[("layer.q.weight", vec![3, 4], values(12, 0.0))]);
+    let factors = q_factors(vec![2, 4], values(8, 2.0), vec![3, 2], values(6, 3.0));
+    let first = adapter(&case.dir.path().join("first"), LORA, &factors);
+    let second = adapter(&case.dir.path().join("second"), LORA, &factors);
+    let bare = Checkpoint::open(&case.base).unwrap_or_else(|e| panic!("{e}"));
+    let over = Checkpoint::open_input(&first, Some(&case.base)).unwrap_or_else(|e| panic!("{e}"));
+    let adapted = Checkpoint::open_input(&second, Some(&case.base)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(over.overlays(&bare));
+    assert!(
+        !over.overlays(&adapted),
+        "an adapted θ₀'s values are not the bare base's"
+    );
+    let t = over.get("layer.q.weight").unwrap_or_else(|| panic!("tensor"));
+    let mut given = vec![0.0; 7];
+    over.read_f32_over(t, FloatType::F32, 4, &case.w[4..11], &mut given, &mut Vec::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(given, read_all(&over, "layer.q.weight", 4, 7));
+}
+
+#[test]
 fn rslora_alpha_patterns_and_fan_in_fan_out_change_the_scale_and_layout() {
     let case = base_with(&[
         ("h.c_attn.weight", vec![4, 3], values(12, 0.5)),

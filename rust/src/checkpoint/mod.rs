@@ -198,9 +198,10 @@ impl Checkpoint {
     }
 
     /// Whether this input is an adapter laid over `base`'s own files, so that its tensors are `base`'s plus a
-    /// change (see [`Checkpoint::read_f32_over`]).
+    /// change (see [`Checkpoint::read_f32_over`]); not when `base` is itself an adapter over those files.
     pub(crate) fn overlays(&self, base: &Checkpoint) -> bool {
         self.lora.is_some()
+            && base.lora.is_none()
             && self.shards.len() == base.shards.len()
             && self.shards.iter().zip(&base.shards).all(|(a, b)| a.path == b.path)
     }

@@ -33,6 +33,9 @@ struct RequestJson {
     /// Per model, the model a LoRA adapter is read over when it is not `pretrained`.
     #[serde(default)]
     adapter_bases: Vec<Option<PathBuf>>,
+    /// When `pretrained` is a LoRA adapter, the model it is read over.
+    #[serde(default)]
+    pretrained_adapter_over: Option<PathBuf>,
     /// Models assembled from other checkpoints' tensors (mergekit's `slices`), instead of `models`.
     #[serde(default)]
     views: Vec<Vec<crate::checkpoint::ViewTensor>>,
@@ -132,6 +135,7 @@ fn merge(py: Python<'_>, request: &str, progress: Option<Bound<'_, PyAny>>) -> P
             base: r.pretrained,
             models: r.models,
             adapter_bases: r.adapter_bases,
+            base_adapter_over: r.pretrained_adapter_over,
             views: r.views,
             base_view: r.base_view,
             config_updates: r.config_updates,
