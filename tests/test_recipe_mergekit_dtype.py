@@ -1,6 +1,6 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
-and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock`` and ``nearswap``,
-so the bits are mergekit's (``mergekit-yaml`` itself is run). mergekit computes ``slerp`` in float32, as merge-rs
+and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock``, ``nearswap`` and
+``sce``, so the bits are mergekit's (``mergekit-yaml`` itself is run). mergekit computes ``slerp`` in float32, as merge-rs
 does. Methods that do not replay mergekit's roundings say so in a warning."""
 
 from __future__ import annotations
@@ -79,17 +79,25 @@ def test_half_precision_nearswap_gives_mergekits_bits(dtype, half_llama, tmp_pat
     assert_same_bits(*run_both(tmp_path, config))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("select_topk", [1.0, 0.5])
+def test_half_precision_sce_gives_mergekits_bits(dtype, select_topk, half_llama, tmp_path):
+    base, *models = (str(p) for p in half_llama)
+    config = {"merge_method": "sce", "base_model": base, "dtype": dtype, "parameters": {"select_topk": select_topk},
+              "models": [{"model": m} for m in models]}
+    assert_same_bits(*run_both(tmp_path, config))
+
+
 def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):  # noqa: F811
     assert_same_bits(*run_both(tmp_path, _config("ties", llama, "bfloat16")))
 
 
 def test_a_method_computed_in_float32_says_so(half_llama, tmp_path):
     base, a, b = half_llama[:3]
-    path = tmp_path / "sce.yml"
-    path.write_text(f"merge_method: sce\nbase_model: {base}\ndtype: bfloat16\n"
-                    f"models: [{{model: {a}}}, {{model: {b}}}]\n")
+    path = tmp_path / "karcher.yml"
+    path.write_text(f"merge_method: karcher\ndtype: bfloat16\nmodels: [{{model: {a}}}, {{model: {b}}}]\n")
     shown = cli("run", path, "--out", tmp_path / "out", "--dry-run").stdout
-    assert "warning: mergekit computes sce in bfloat16; merge-rs computes it in float32" in shown, shown
+    assert "warning: mergekit computes karcher in bfloat16; merge-rs computes it in float32" in shown, shown
     linear = tmp_path / "linear.yml"
     linear.write_text(f"merge_method: linear\ndtype: bfloat16\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
                       f"{{model: {b}, parameters: {{weight: 2}}}}]\n")
