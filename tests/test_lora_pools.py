@@ -70,6 +70,27 @@ def test_an_adapter_pool_merges_sweeps_and_learns(adapter_pool, tmp_path):
     assert weights, "AdaMerging learned its weights on the adapters' task vectors"
     cli("regmean", "--pool", adapter_pool, "--examples", "8", "--out", tmp_path / "regmean", "--quiet")
     assert (tmp_path / "regmean" / "model.safetensors").exists()
-    fisher = cli("fisher", "--pool", adapter_pool, "--examples", "8", "--out", tmp_path / "fisher", check=False)
-    assert "the mnist model is a LoRA adapter" in fisher.stderr and len(fisher.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "fisher").exists()
+
+
+
+def test_fisher_merging_of_adapters_weights_the_models_they_stand_for(adapter_pool, tmp_path):
+    """Each adapter is the encoder θ₀ + ΔW: the merge is Σ cᵢ(Fᵢ+ε)θᵢ / Σ cᵢ(Fᵢ+ε) over those encoders, with the
+    Fisher files it kept, and not their plain average."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    pool = get_pool(adapter_pool)
+    done = cli("fisher", "--pool", adapter_pool, "--examples", "16", "--fisher-dir", tmp_path / "fishers", "--json",
+               "--out", tmp_path / "fisher", "--quiet")
+    merged = load_file(str(tmp_path / "fisher" / "model.safetensors"))
+    weights = json.loads(done.stdout)["details"]["model_coefficients"]
+    thetas = [{n: p.detach().float().numpy() for n, p in pool.load_vision(t).state_dict().items()} for t in TASKS]
+    fishers = [load_file(str(tmp_path / "fishers" / f"fisher_{t}.safetensors")) for t in TASKS]
+    worst = apart = 0.0
+    for name, got in merged.items():
+        f = [w * (fi[name].astype(np.float64) + 1e-6) for w, fi in zip(weights, fishers)]
+        want = sum(fi * th[name] for fi, th in zip(f, thetas)) / sum(f)
+        scale = max(float(np.abs(want).max()), 1e-6)
+        worst = max(worst, float(np.abs(got - want).max()) / scale)
+        apart = max(apart, float(np.abs((thetas[0][name] + thetas[1][name]) / 2 - want).max()) / scale)
+    assert worst < 1e-5 < apart, (worst, apart)

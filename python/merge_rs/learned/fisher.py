@@ -5,7 +5,9 @@ of 32: for each batch the gradient of Σ_examples Σ_classes √p·log p (p the 
 detached) is squared and accumulated, then divided by the number of examples. With normalisation each model's
 scaling coefficient is multiplied by (1/‖Fᵢ‖) / Σⱼ (1/‖Fⱼ‖) (‖·‖ the L2 norm over all its Fisher values; ε added
 to the norms as FusionBench does). The Fisher tensors are written as safetensors and the weighted merge
-θ = Σ cᵢ(Fᵢ+ε)θᵢ / Σ cᵢ(Fᵢ+ε) runs in the Rust engine.
+θ = Σ cᵢ(Fᵢ+ε)θᵢ / Σ cᵢ(Fᵢ+ε) runs in the Rust engine. A LoRA adapter in the pool is the vision encoder it stands
+for (θ₀ + ΔW) throughout: its Fisher is taken over every parameter of that encoder, as of a full fine-tune, and
+the encoder is written to a temporary directory for the merge.
 """
 
 from __future__ import annotations
@@ -73,19 +75,20 @@ def fisher_merging(pool: ModelPool, out: Path, *, examples: int = 256, batch_siz
     from ..lora import is_adapter
 
     started = time.perf_counter()
-    adapters = [t for t in pool.tasks if is_adapter(pool.model_path(t))]
-    if adapters:
-        raise ValueError(f"Fisher merging takes full fine-tuned models; the {adapters[0]} model is a LoRA adapter "
-                         "(RegMean and AdaMerging take adapters)")
     check_output(out, pool.input_paths(), overwrite)
     tasks = prepare_tasks([(t, None) for t in pool.tasks], pool, split="train", limit=examples)
     evaluator = Evaluator(pool.pretrained_path(), tasks, device=device, progress=False)
     with ExitStack() as stack:
         directory = (stack.enter_context(atomic_output(fisher_dir, pool.input_paths(), overwrite)) if fisher_dir
                      else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="merge-rs-fisher-"))))
-        files, norms = [], []
+        dense = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="merge-rs-fisher-models-")))
+        files, norms, models = [], [], []
         for item in tasks:
             vision = pool.load_vision(item.task.name).to(evaluator.device)
+            models.append(pool.model_path(item.task.name))
+            if is_adapter(models[-1]):  # merged as the encoder its Fisher was taken on
+                models[-1] = dense / item.task.name
+                vision.save_pretrained(models[-1])
             fisher = diagonal_fisher(vision, evaluator, item, batch_size)
             norms.append(fisher_norm(fisher))
             files.append(directory / f"fisher_{item.task.name}.safetensors")
@@ -94,7 +97,7 @@ def fisher_merging(pool: ModelPool, out: Path, *, examples: int = 256, batch_siz
             log(f"Fisher of the {item.task.name} model: {len(item.data)} examples, norm {norms[-1]:.4g}")
             del vision, fisher
         weights = model_coefficients(norms, scaling, normalize, epsilon)
-        report = merge("fisher_merging", pool.model_paths(), out, fisher=files, weights=weights, epsilon=epsilon,
+        report = merge("fisher_merging", models, out, fisher=files, weights=weights, epsilon=epsilon,
                        threads=threads, overwrite=overwrite, reads=pool.input_paths(), model_card=False)
     return LearnedMerge("fisher_merging", out, list(pool.tasks), time.perf_counter() - started, peak_rss_mb(),
                         peak_cuda_mb(evaluator.device),
