@@ -1,6 +1,6 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
 and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock``, ``nearswap``,
-``sce`` and ``nuslerp``, so the bits are mergekit's (``mergekit-yaml`` itself is run). mergekit computes ``slerp`` in float32, as merge-rs
+``sce``, ``nuslerp`` and ``multislerp``, so the bits are mergekit's (``mergekit-yaml`` itself is run). mergekit computes ``slerp`` in float32, as merge-rs
 does. Methods that do not replay mergekit's roundings say so in a warning."""
 
 from __future__ import annotations
@@ -94,6 +94,17 @@ def test_half_precision_nuslerp_gives_mergekits_bits(dtype, with_base, half_llam
     base, a, b, _ = (str(p) for p in half_llama)
     config = {"merge_method": "nuslerp", "dtype": dtype, "models": [{"model": a, "parameters": {"weight": 0.3}},
                                                                     {"model": b, "parameters": {"weight": 0.7}}]}
+    if with_base:
+        config["base_model"] = base
+    assert_same_bits(*run_both(tmp_path, config))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("with_base", [False, True])
+def test_half_precision_multislerp_gives_mergekits_bits(dtype, with_base, half_llama, tmp_path):
+    base, *models = (str(p) for p in half_llama)
+    config = {"merge_method": "multislerp", "dtype": dtype,
+              "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(models, (0.3, 0.5, 0.2))]}
     if with_base:
         config["base_model"] = base
     assert_same_bits(*run_both(tmp_path, config))

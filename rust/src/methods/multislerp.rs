@@ -1,11 +1,14 @@
 //! Multi-SLERP, mergekit's `multislerp`: barycentric interpolation of any number of tensors on the sphere.
 //! The tensors (minus θ₀ when a pretrained model is given) are projected on the unit sphere, their weighted
 //! mean direction taken, the weighted tangent vectors mapped back with the exponential map, and the result
-//! scaled by the weighted mean norm (θ₀ added back).
+//! scaled by the weighted mean norm (θ₀ added back). With `compute` bfloat16 or float16 every step is rounded
+//! as torch rounds it in mergekit's dtype ([`interpolate_rounded`]), so a mergekit config in that dtype gives
+//! mergekit's bits.
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
 use crate::method::gta::WEIGHTS;
+use crate::method::precision::{COMPUTE, Precision};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -30,6 +33,7 @@ pub(crate) static METHOD: MethodDef = MethodDef {
             default: ParamDefault::Flag(true),
             help: "divide the weights by their sum",
         },
+        COMPUTE,
     ],
     build,
 };
@@ -38,12 +42,14 @@ pub(crate) static METHOD: MethodDef = MethodDef {
 struct MultiSlerp {
     weights: Vec<f64>,
     normalize_weights: bool,
+    precision: Precision,
 }
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
     Ok(Box::new(MultiSlerp {
         weights: p.floats("weights").unwrap_or_default(),
         normalize_weights: p.bool("normalize_weights")?,
+        precision: Precision::from_params(p)?,
     }))
 }
 
@@ -76,24 +82,39 @@ impl TensorFold for MultiSlerp {
     }
 
     fn add(&self, acc: &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
+        let p = self.precision;
         acc.push(match base {
-            Some(base) => theta.iter().zip(base).map(|(x, b)| x - b).collect(),
-            None => theta.to_vec(),
+            Some(base) => theta
+                .iter()
+                .zip(base)
+                .map(|(x, b)| p.round(p.round(*x) - p.round(*b)))
+                .collect(),
+            None => theta.iter().map(|x| p.round(*x)).collect(),
         });
         Ok(())
     }
 
     fn finish(&self, points: Self::Acc, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
-        let mut weights = self.weights.clone();
-        if self.normalize_weights {
-            let total: f64 = weights.iter().sum();
-            weights.iter_mut().for_each(|w| *w /= total);
-        }
         let fail = |reason: &str| MergeError::MethodFailed {
             method: "multislerp",
             tensor: tensor.name.clone(),
             reason: reason.into(),
         };
+        let p = self.precision;
+        if p != Precision::F32 {
+            interpolate_rounded(&points, &self.weights, self.normalize_weights, p, out).map_err(fail)?;
+            if let Some(base) = base {
+                out.iter_mut()
+                    .zip(base)
+                    .for_each(|(o, b)| *o = p.round(p.round(*b) + *o));
+            }
+            return Ok(());
+        }
+        let mut weights = self.weights.clone();
+        if self.normalize_weights {
+            let total: f64 = weights.iter().sum();
+            weights.iter_mut().for_each(|w| *w /= total);
+        }
         interpolate(&points, &weights, out).map_err(fail)?;
         if let Some(base) = base {
             out.iter_mut().zip(base).for_each(|(o, b)| *o += b);
@@ -154,6 +175,65 @@ fn interpolate(points: &[Vec<f32>], weights: &[f64], out: &mut [f32]) -> std::re
     Ok(())
 }
 
+/// The length of `v` as torch's `norm` of a half-precision tensor gives it: summed wide, rounded once.
+fn rounded_norm(v: &[f32], p: Precision) -> f32 {
+    p.round(v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt() as f32)
+}
+
+/// mergekit's `multislerp` step by step in a half-precision dtype, each result rounded as torch stores it
+/// (sums over the models in float32 in order, sums over elements wide, each rounded once).
+fn interpolate_rounded(
+    points: &[Vec<f32>],
+    raw: &[f64],
+    normalize: bool,
+    p: Precision,
+    out: &mut [f32],
+) -> std::result::Result<(), &'static str> {
+    let eps = EPS as f32;
+    let mut weights: Vec<f32> = raw.iter().map(|w| p.round(*w as f32)).collect();
+    if normalize {
+        let total = p.round(weights.iter().sum::<f32>());
+        weights.iter_mut().for_each(|w| *w = p.round(*w / total));
+    }
+    let norms: Vec<f32> = points.iter().map(|v| rounded_norm(v, p)).collect();
+    let scales: Vec<f32> = norms.iter().map(|n| p.round(n + eps)).collect();
+    let unit = |i: usize, e: usize| p.round(points[i][e] / scales[i]);
+    let across = |term: &dyn Fn(usize, usize) -> f32, e: usize| {
+        p.round((0..points.len()).map(|i| p.round(term(i, e) * weights[i])).sum::<f32>())
+    };
+    let mut mean: Vec<f32> = (0..out.len()).map(|e| across(&unit, e)).collect();
+    let mean_norm = rounded_norm(&mean, p);
+    if mean_norm < p.round(eps) {
+        if let ([a, b], [wa, wb]) = (points, weights.as_slice()) {
+            for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+                *o = p.round(p.round(x * wa) + p.round(y * wb));
+            }
+            return Ok(());
+        }
+        return Err("the weighted directions cancel out (antipodal tensors); try other weights");
+    }
+    mean.iter_mut().for_each(|m| *m = p.round(*m / mean_norm));
+    let along: Vec<f32> = (0..points.len())
+        .map(|i| {
+            p.round(
+                mean.iter()
+                    .enumerate()
+                    .map(|(e, m)| f64::from(p.round(unit(i, e) * m)))
+                    .sum::<f64>() as f32,
+            )
+        })
+        .collect();
+    let tangent = |i: usize, e: usize| p.round(unit(i, e) - p.round(along[i] * mean[e]));
+    let tangent: Vec<f32> = (0..out.len()).map(|e| across(&tangent, e)).collect();
+    let length = p.round(rounded_norm(&tangent, p) + eps);
+    let (cos, sin) = (p.round(length.cos()), p.round(p.round(length.sin()) / length));
+    let radius = p.round(norms.iter().zip(&weights).map(|(n, w)| p.round(n * w)).sum::<f32>());
+    for ((o, m), t) in out.iter_mut().zip(&mean).zip(&tangent) {
+        *o = p.round(p.round(p.round(m * cos) + p.round(t * sin)) * radius);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +244,7 @@ mod tests {
         let method = MultiSlerp {
             weights: vec![1.0, 2.0, 3.0],
             normalize_weights: true,
+            precision: Precision::F32,
         };
         assert_declared_working_set_is_honest(&method, 3);
     }
@@ -174,6 +255,22 @@ mod tests {
         interpolate(&[vec![1.0, 0.0], vec![0.0, 1.0]], &[0.5, 0.5], &mut out).unwrap_or_else(|e| panic!("{e}"));
         let h = std::f32::consts::FRAC_1_SQRT_2;
         assert!((out[0] - h).abs() < 1e-6 && (out[1] - h).abs() < 1e-6, "{out:?}");
+    }
+
+    #[test]
+    fn in_bfloat16_the_result_is_a_bfloat16_value_near_the_float32_one() {
+        let points = [vec![0.3f32, -0.2, 0.5], vec![0.1, 0.4, -0.3], vec![-0.2, 0.1, 0.2]];
+        let weights = [0.2, 0.5, 0.3];
+        let (mut exact, mut rounded) = (vec![0.0f32; 3], vec![0.0f32; 3]);
+        interpolate(&points, &weights, &mut exact).unwrap_or_else(|e| panic!("{e}"));
+        interpolate_rounded(&points, &weights, false, Precision::Bf16, &mut rounded).unwrap_or_else(|e| panic!("{e}"));
+        let scale = exact.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (r, x) in rounded.iter().zip(&exact) {
+            assert_eq!(half::bf16::from_f32(*r).to_f32(), *r);
+            assert!((r - x).abs() <= scale / 32.0, "{r} near {x}");
+        }
+        let antipodal = [vec![1.0f32], vec![-1.0], vec![0.0]];
+        assert!(interpolate_rounded(&antipodal, &[0.5, 0.5, 0.0], false, Precision::Bf16, &mut [0.0]).is_err());
     }
 
     #[test]
