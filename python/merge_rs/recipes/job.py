@@ -60,7 +60,7 @@ class MergePlan:
     views: list[list[tuple[str, Path, str]]] = field(default_factory=list)  # models assembled from tensors
     base_view: list[tuple[str, Path, str]] = field(default_factory=list)  # the pretrained model, assembled
     config_updates: dict[str, Any] = field(default_factory=dict)
-    vocabulary: Any = None  # mergekit_vocab.Vocabulary when tokenizer_source re-indexes embedding rows
+    vocabulary: Any = None  # (Vocabulary, tensor names, headers) when tokenizer_source re-indexes embedding rows
     pretrained_lora: Path | None = None  # an adapter read over the pretrained model
 
 

@@ -2,8 +2,9 @@
 model's, or one model's tokenizer) built as mergekit 0.1.5 builds it, and each model's embedding rows
 (``embed_tokens``, ``lm_head``: every tensor with one row per token) re-indexed to it before the merge. A token a
 model lacks gets mergekit's default row: the one model that has it, else the base model's row, else the mean of the
-models that have it, else zeros. The re-indexed tensors (one at a time in memory) go to a scratch directory beside
-the output, with the new tokenizer's files, and the merge reads them in place of the models' own.
+models that have it, else zeros. The re-indexed tensors go to a scratch directory beside the output (one tensor
+name at a time in memory: every model's copy, and one re-indexed copy), with the new tokenizer's files, and the
+merge reads them in place of the models' own.
 
 One order differs from mergekit's: tokens that two non-base models add are numbered in the config's model order,
 where mergekit numbers them in the order of a Python set (which changes from run to run)."""
@@ -46,7 +47,6 @@ class Vocabulary:
     base: Path | None
     tokens: dict[int, TokenSpec] = field(default_factory=dict)
     originals: dict[Path, dict[str, int]] = field(default_factory=dict)
-    pad_to_multiple_of: int | None = None
 
     @property
     def tokens_in_vocabulary(self) -> int:
@@ -141,7 +141,7 @@ def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models
     if pad_to_multiple_of and padded % pad_to_multiple_of:
         padded += pad_to_multiple_of - padded % pad_to_multiple_of
     return Vocabulary(out, padded, rows, base, {vocab[t]: spec for t, spec in tokens.items()},
-                      {m: t.get_vocab() for m, t in tokenizers.items()}, pad_to_multiple_of)
+                      {m: t.get_vocab() for m, t in tokenizers.items()})
 
 
 def vocab_tensor_names(names: list[str]) -> list[str]:
@@ -198,26 +198,27 @@ def _configured_row(vocabulary: Vocabulary, tensors: dict[Path, Any], token: int
 
 def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], names: list[str],
                   scratch: Path) -> dict[Path, Path]:
-    """Each model's ``names`` re-indexed to the vocabulary, saved as ``scratch/i/model.safetensors`` beside its
-    ``config.json`` and the new tokenizer's files; returns model → its directory there. ``shards``: per model in
-    mergekit's gather order (the config's models, then the base), each tensor's file."""
+    """Each model's ``names`` re-indexed to the vocabulary, one file per tensor under ``scratch/i/`` with an index,
+    beside its ``config.json`` and the new tokenizer's files; returns model → its directory there. ``shards``: per
+    model in mergekit's gather order (the config's models, then the base), each tensor's file."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     models = list(shards)
     dirs = {m: scratch / str(i) for i, m in enumerate(models)}
-    aligned: dict[Path, dict[str, Any]] = {m: {} for m in models}
-    for name in names:
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    for k, name in enumerate(names):
         tensors = {}
         for m in models:
             with safe_open(shards[m][name], framework="pt") as f:
                 tensors[m] = f.get_tensor(name)
         defaults = _default_rows(vocabulary, tensors)
+        forced = {i for i, spec in vocabulary.tokens.items() if spec.force}
         for m in models:
             rows = vocabulary.rows[m]
             out = torch.zeros((vocabulary.size, *tensors[m].shape[1:]), dtype=tensors[m].dtype)
-            forced = {i for i, spec in vocabulary.tokens.items() if spec.force}
             present = [i for i in range(len(rows)) if rows[i] >= 0 and i not in forced]
             out[present] = tensors[m][[rows[i] for i in present]]
             for i, row in defaults.items():
@@ -225,11 +226,11 @@ def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], na
                     out[i] = row
             if vocabulary.size > len(rows):  # padding rows: the mean of the vocabulary's
                 out[len(rows):] = out[: len(rows)].mean(dim=0)
-            aligned[m][name] = out.contiguous()
-        del tensors
+            save_file({name: out.contiguous()}, str(dirs[m] / f"vocabulary-{k}.safetensors"))
+        del tensors, defaults
+    index = {"metadata": {}, "weight_map": {name: f"vocabulary-{k}.safetensors" for k, name in enumerate(names)}}
     for m, d in dirs.items():
-        d.mkdir(parents=True)
-        save_file(aligned.pop(m), str(d / "model.safetensors"))
+        (d / "model.safetensors.index.json").write_text(json.dumps(index))
         if (m / "config.json").is_file():
             shutil.copyfile(m / "config.json", d / "config.json")
         vocabulary.tokenizer.save_pretrained(d)

@@ -35,7 +35,8 @@ def plan_reindexed(job: MergeJob, base: Path | None, models: list[Path]) -> Merg
         tokens[token] = spec
     vocabulary = build_vocabulary(job.source, value, base, models, named, tokens, settings.pad_to_multiple_of)
     infos = {m: inspect(m) for m in dict.fromkeys([*models, *([base] if base else [])])}
-    names = vocab_tensor_names([t.name for t in infos[models[0]].tensors])
+    every = set.intersection(*({t.name for t in info.tensors} for info in infos.values()))
+    names = vocab_tensor_names([t.name for t in infos[models[0]].tensors if t.name in every])
     if not names:
         raise job.source.error(FIELD, f"{models[0]} has no embedding tensor (embed_tokens, lm_head, …) to re-index")
 
