@@ -1,7 +1,8 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
 and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock``, ``nearswap``,
-``sce``, ``nuslerp`` and ``multislerp``, so the bits are mergekit's (``mergekit-yaml`` itself is run). mergekit computes ``slerp`` in float32, as merge-rs
-does. Methods that do not replay mergekit's roundings say so in a warning."""
+``sce``, ``nuslerp`` and ``multislerp``, so the bits are mergekit's (``mergekit-yaml`` itself is run), and for
+``karcher`` but for the odd value. mergekit computes ``slerp`` in float32, as merge-rs does. Methods that do not
+replay mergekit's roundings say so in a warning."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ def half_llama(tmp_path_factory) -> list[Path]:
 
     return bfloat16_llamas(tmp_path_factory.mktemp("half"), lambda shape, generator: (
         0.05 * torch.randn(shape, generator=generator)).to(torch.bfloat16))
+
+
+@pytest.fixture(scope="module")
+def far_llama(tmp_path_factory) -> list[Path]:
+    """bfloat16 Llama stand-ins far apart (noise as large as the weights), so that the angles between them
+    survive rounding and Karcher's gradient steps run."""
+    import torch
+
+    return bfloat16_llamas(tmp_path_factory.mktemp("far"), lambda shape, generator: (
+        torch.randn(shape, generator=generator)).to(torch.bfloat16))
 
 
 def _config(method: str, paths: list[Path], dtype: str) -> dict[str, Any]:
@@ -110,16 +121,35 @@ def test_half_precision_multislerp_gives_mergekits_bits(dtype, with_base, half_l
     assert_same_bits(*run_both(tmp_path, config))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("far", [False, True])
+def test_half_precision_karcher_gives_mergekits_bits(dtype, far, half_llama, far_llama, tmp_path):
+    """mergekit's bits but for the odd value: both tools take the norms in float32, summed in another order, and
+    a norm a float32 step apart can move a rounding (most often one half-precision step; with models far apart,
+    where Karcher's gradient steps run, a few)."""
+    models = [str(p) for p in (far_llama if far else half_llama)[1:]]
+    config = {"merge_method": "karcher", "dtype": dtype, "models": [{"model": m} for m in models]}
+    ours, theirs = run_both(tmp_path, config)
+    total = differ = 0
+    for key, want in theirs.items():
+        got = ours[key]
+        error = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+        assert error <= 1e-3, f"{key}: relative error {error:.2e}"
+        total, differ = total + want.size, differ + int(np.count_nonzero(got != want))
+    assert differ <= total // 1000, f"{differ} of {total} values differ"
+
+
 def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):  # noqa: F811
     assert_same_bits(*run_both(tmp_path, _config("ties", llama, "bfloat16")))
 
 
 def test_a_method_computed_in_float32_says_so(half_llama, tmp_path):
     base, a, b = half_llama[:3]
-    path = tmp_path / "karcher.yml"
-    path.write_text(f"merge_method: karcher\ndtype: bfloat16\nmodels: [{{model: {a}}}, {{model: {b}}}]\n")
+    path = tmp_path / "ram.yml"
+    path.write_text(f"merge_method: ram\nbase_model: {base}\ndtype: bfloat16\n"
+                    f"models: [{{model: {a}}}, {{model: {b}}}]\n")
     shown = cli("run", path, "--out", tmp_path / "out", "--dry-run").stdout
-    assert "warning: mergekit computes karcher in bfloat16; merge-rs computes it in float32" in shown, shown
+    assert "warning: mergekit computes ram in bfloat16; merge-rs computes it in float32" in shown, shown
     linear = tmp_path / "linear.yml"
     linear.write_text(f"merge_method: linear\ndtype: bfloat16\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
                       f"{{model: {b}, parameters: {{weight: 2}}}}]\n")

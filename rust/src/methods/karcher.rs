@@ -1,10 +1,12 @@
 //! The Karcher mean, mergekit's `karcher`: every model's tensor is split into its norm and its direction on
 //! the unit sphere; the directions' Riemannian (Karcher) mean is found by gradient steps along the sphere
 //! (at most `max_iter`, until the step is shorter than `tol`), and scaled by the models' mean norm. Models
-//! weigh alike; a tensor whose norm is at most `tol` gives no direction. float64 inside.
+//! weigh alike; a tensor whose norm is at most `tol` gives no direction. float64 inside; with `compute`
+//! bfloat16 or float16, every step rounded as torch rounds it in mergekit's dtype ([`mean_rounded`]).
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::Result;
+use crate::method::precision::{COMPUTE, Precision};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -31,6 +33,7 @@ pub(crate) static METHOD: MethodDef = MethodDef {
             default: ParamDefault::Number(1e-5),
             help: "stop when a step is shorter; norms and angles below it count as zero",
         },
+        COMPUTE,
     ],
     build,
 };
@@ -39,12 +42,14 @@ pub(crate) static METHOD: MethodDef = MethodDef {
 struct Karcher {
     max_iter: u64,
     tol: f64,
+    precision: Precision,
 }
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
     Ok(Box::new(Karcher {
         max_iter: p.u64("max_iter")?,
         tol: p.f64("tol")?,
+        precision: Precision::from_params(p)?,
     }))
 }
 
@@ -68,12 +73,15 @@ impl TensorFold for Karcher {
     }
 
     fn add(&self, acc: &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], _: Option<&[f32]>) -> Result<()> {
-        acc.push(theta.to_vec());
+        acc.push(theta.iter().map(|x| self.precision.round(*x)).collect());
         Ok(())
     }
 
     fn finish(&self, points: Self::Acc, _: &PlanTensor, _: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
-        mean(&points, self.max_iter, self.tol, out);
+        match self.precision {
+            Precision::F32 => mean(&points, self.max_iter, self.tol, out),
+            p => mean_rounded(&points, self.max_iter, self.tol, p, out),
+        }
         Ok(())
     }
 }
@@ -155,6 +163,73 @@ fn mean(points: &[Vec<f32>], max_iter: u64, tol: f64, out: &mut [f32]) {
     out.iter_mut().zip(&mean).for_each(|(o, m)| *o = (scale * m) as f32);
 }
 
+/// A half-precision vector's length as torch takes it (`vector_norm` of its float32 copy), in float32.
+fn norm32(v: &[f32]) -> f32 {
+    norm(v.iter().map(|&x| f64::from(x))) as f32
+}
+
+/// mergekit's `karcher` in a half-precision dtype: norms and the step's length in float32 (mergekit widens the
+/// tensors for them), everything else stored in the dtype after each operation, as torch stores it. A float32
+/// scalar divides a half-precision tensor as it is, but multiplies it rounded to the dtype first (torch's `mul`
+/// casts a zero-dimensional operand to the common dtype; its `div` keeps the scalar's own value).
+fn mean_rounded(points: &[Vec<f32>], max_iter: u64, tol: f64, p: Precision, out: &mut [f32]) {
+    let tol32 = tol as f32;
+    let norms: Vec<f32> = points.iter().map(|v| norm32(v)).collect();
+    let valid: Vec<usize> = (0..points.len()).filter(|&i| f64::from(norms[i]) > tol).collect();
+    if valid.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    let units: Vec<Vec<f32>> = valid
+        .iter()
+        .map(|&i| points[i].iter().map(|x| p.round(x / norms[i])).collect())
+        .collect();
+    let alpha = 1.0 / points.len() as f64;
+    let weight = (alpha / (alpha * valid.len() as f64)) as f32; // each valid direction's normalised alpha
+    let mut mean = vec![0.0f32; out.len()];
+    for unit in &units {
+        mean.iter_mut()
+            .zip(unit)
+            .for_each(|(m, u)| *m = p.round(*m + p.round(weight * u)));
+    }
+    let length = norm32(&mean);
+    if length < tol32 {
+        mean.copy_from_slice(&units[0]);
+    } else {
+        mean.iter_mut().for_each(|m| *m = p.round(*m / length));
+    }
+    let mut step = vec![0.0f32; out.len()];
+    for _ in 0..max_iter {
+        step.fill(0.0);
+        for unit in &units {
+            let dot = mean.iter().zip(unit).map(|(m, u)| m * u).sum::<f32>();
+            let dot = p.round(dot).clamp(-1.0, 1.0);
+            let angle = p.round(dot.acos());
+            if angle < tol32 {
+                continue;
+            }
+            let c = p.round(weight * p.round(angle / p.round(angle.sin())));
+            for ((s, m), u) in step.iter_mut().zip(&mean).zip(unit) {
+                *s = p.round(*s + p.round(c * p.round(u - p.round(dot * m))));
+            }
+        }
+        let length = norm32(&step);
+        if length < tol32 {
+            break;
+        }
+        let (cos, sin) = (p.round(length.cos()), p.round(length.sin()));
+        for (m, s) in mean.iter_mut().zip(&step) {
+            *m = p.round(p.round(cos * *m) + p.round(sin * p.round(s / length)));
+        }
+        let unit = norm32(&mean);
+        if unit > tol32 {
+            mean.iter_mut().for_each(|m| *m = p.round(*m / unit));
+        }
+    }
+    let scale = p.round(norms.iter().map(|n| alpha as f32 * n).sum::<f32>());
+    out.iter_mut().zip(&mean).for_each(|(o, m)| *o = p.round(scale * m));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +272,18 @@ mod tests {
     }
 
     #[test]
+    fn in_bfloat16_the_mean_is_a_bfloat16_value_near_the_float64_one() {
+        let points = vec![vec![2.0f32, 0.5, -1.0], vec![0.25, 4.0, 1.0], vec![1.0, 1.0, 1.0]];
+        let (mut exact, mut rounded) = ([0.0f32; 3], [0.0f32; 3]);
+        mean(&points, 10, 1e-5, &mut exact);
+        mean_rounded(&points, 10, 1e-5, Precision::Bf16, &mut rounded);
+        for (r, x) in rounded.iter().zip(&exact) {
+            assert_eq!(half::bf16::from_f32(*r).to_f32(), *r);
+            assert!((r - x).abs() <= 0.05, "{r} near {x}");
+        }
+    }
+
+    #[test]
     fn zero_tensors_give_zero() {
         let mut out = [1.0f32; 2];
         mean(&[vec![0.0, 0.0], vec![0.0, 0.0]], 10, 1e-5, &mut out);
@@ -209,6 +296,7 @@ mod tests {
             &Karcher {
                 max_iter: 10,
                 tol: 1e-5,
+                precision: Precision::F32,
             },
             3,
         );
