@@ -45,6 +45,19 @@ impl Precision {
             Precision::F16 => f16::from_f32(x).to_f32(),
         }
     }
+
+    /// A model's values as mergekit holds them in the dtype: θ rounded, or with `base` its task vector, the
+    /// difference of the rounded values, rounded (float32: θ, or θ − θ₀).
+    pub(crate) fn input(self, theta: &[f32], base: Option<&[f32]>) -> Vec<f32> {
+        match base {
+            Some(base) => theta
+                .iter()
+                .zip(base)
+                .map(|(x, b)| self.round(self.round(*x) - self.round(*b)))
+                .collect(),
+            None => theta.iter().map(|x| self.round(*x)).collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -82,15 +82,7 @@ impl TensorFold for MultiSlerp {
     }
 
     fn add(&self, acc: &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
-        let p = self.precision;
-        acc.push(match base {
-            Some(base) => theta
-                .iter()
-                .zip(base)
-                .map(|(x, b)| p.round(p.round(*x) - p.round(*b)))
-                .collect(),
-            None => theta.iter().map(|x| p.round(*x)).collect(),
-        });
+        acc.push(self.precision.input(theta, base));
         Ok(())
     }
 

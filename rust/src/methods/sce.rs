@@ -67,15 +67,7 @@ impl TensorFold for Sce {
     }
 
     fn add(&self, acc: &mut Self::Acc, _: &PlanTensor, _: usize, theta: &[f32], base: Option<&[f32]>) -> Result<()> {
-        let base = base.unwrap_or(theta);
-        let p = self.precision;
-        acc.push(
-            theta
-                .iter()
-                .zip(base)
-                .map(|(x, b)| p.round(p.round(*x) - p.round(*b)))
-                .collect(),
-        );
+        acc.push(self.precision.input(theta, Some(base.unwrap_or(theta))));
         Ok(())
     }
 
