@@ -1,7 +1,7 @@
 """mergekit's ``tokenizer_source``: where every model has the same vocabulary (one embedding row per token) it
 changes no weight; where vocabularies differ, the embedding rows are re-indexed to the output's vocabulary as
 ``mergekit-yaml`` re-indexes them (the base's, the union, a model's), with the same tensors and tokenizer. A model
-without ``tokenizer.json`` is refused in one line."""
+without a tokenizer has the base's vocabulary, as in mergekit; a base without one is refused in one line."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def test_one_shared_vocabulary_gives_mergekits_tensors(source, llama, tmp_path):
 
 
 def _refusal(tmp_path: Path, config: dict) -> str:
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(config))
     done = cli("run", path, "--out", tmp_path / "out", check=False)
@@ -124,5 +125,14 @@ def test_a_config_vocab_size_past_the_rows_is_re_indexed_as_mergekit_does(llama,
     assert_same(*run_both(tmp_path, _config(padded, "base")))
 
 
-def test_a_model_without_a_tokenizer_is_refused_in_one_line(llama, tmp_path):  # noqa: F811
-    assert "has no tokenizer.json" in _refusal(tmp_path, _config(llama, "base"))
+def test_a_model_without_a_tokenizer_has_the_bases_vocabulary_as_in_mergekit(llama, tmp_path):  # noqa: F811
+    """Model a ships no tokenizer: mergekit, unable to load one, gives it the base's vocabulary; a base without
+    one (the stand-ins as built) is refused in one line."""
+    models = _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (models[1] / name).unlink(missing_ok=True)
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(_config(models, "union")))
+    shown = cli("run", tmp_path / "config.yml", "--dry-run").stdout
+    assert f"{models[1]} has no tokenizer; it is taken to have {models[0]}'s vocabulary" in shown, shown
+    assert_same(*run_both(tmp_path, _config(models, "union")))
+    assert "has no tokenizer.json" in _refusal(tmp_path / "bare", _config(llama, "base"))

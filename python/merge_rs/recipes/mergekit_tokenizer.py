@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .mergekit_vocab import TokenSpec, config_vocab_size
+from .mergekit_vocab import TokenSpec, config_vocab_size, has_tokenizer_files
 from .source import RecipeSource
 
 MAX_TOKENIZER_BYTES = 64 << 20
@@ -70,29 +70,37 @@ def _token_spec(source: RecipeSource, spec: Any, loc: tuple[Any, ...]) -> TokenS
                                          "token or token_id}")
 
 
-def check_tokenizer_source(source: RecipeSource, models: list[Path]) -> tuple[str | None, bool]:
-    """(a warning, whether embedding rows must be re-indexed) for ``tokenizer_source``, given ``models`` (every
-    model the config reads, the base among them): no re-indexing where they share one vocabulary that fills
-    their embeddings exactly."""
+def check_tokenizer_source(source: RecipeSource, models: list[Path]) -> tuple[list[str], bool]:
+    """(warnings, whether embedding rows must be re-indexed) for ``tokenizer_source``, given ``models`` (every
+    model the config reads, the base first when there is one): no re-indexing where they share one vocabulary that
+    fills their embeddings exactly. A model other than the first with no tokenizer files at all is taken to have
+    the first one's vocabulary, as mergekit takes it when it cannot load one."""
     settings = tokenizer_settings(source)
     value = settings.source
     if value is None:
-        return None, False
+        return [], False
     if settings.block:
-        return None, True
+        return [], True
     reasons = "merge-rs compares the models' vocabularies through it"
+    named = None
     if value not in ("base", "union"):  # a model's tokenizer
         from .job import resolve_model
 
-        models = [*models, resolve_model(str(value), source, FIELD)]
-    vocabularies = [(model, _vocabulary(source, model, reasons)) for model in dict.fromkeys(models)]
-    first, vocabulary = vocabularies[0]
+        named = resolve_model(str(value), source, FIELD)
+        models = [*models, named]
+    first = models[0]
+    borrowed = [m for m in dict.fromkeys(models) if m not in (first, named) and not has_tokenizer_files(m)]
+    notes = [f"tokenizer_source: {m} has no tokenizer; it is taken to have {first}'s vocabulary, as mergekit "
+             "takes it" for m in borrowed]
+    vocabularies = [(model, _vocabulary(source, model, reasons)) for model in dict.fromkeys(models)
+                    if model not in borrowed]
+    vocabulary = vocabularies[0][1]
     if any(other != vocabulary for _, other in vocabularies[1:]):
-        return None, True
-    if any(config_vocab_size(model) not in (None, len(vocabulary)) for model, _ in vocabularies):
-        return None, True
-    return (f"tokenizer_source: every model has the same {len(vocabulary):,}-token vocabulary, so it changes no "
-            "weight; the output's tokenizer files are the first model's"), False
+        return notes, True
+    if any(config_vocab_size(model) not in (None, len(vocabulary)) for model in dict.fromkeys(models)):
+        return notes, True
+    return [*notes, f"tokenizer_source: every model has the same {len(vocabulary):,}-token vocabulary, so it "
+                    "changes no weight; the output's tokenizer files are the first model's"], False
 
 
 def _vocabulary(source: RecipeSource, model: Path, reasons: str) -> dict[str, int]:

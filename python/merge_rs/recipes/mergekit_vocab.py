@@ -21,6 +21,7 @@ from .source import RecipeSource
 
 FIELD = ("tokenizer_source",)
 # The tensors with one row per token, by the end of their names (mergekit's vocabulary-axis weights).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt")
 VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "word_embeddings.weight", "embed_out.weight")
 
 
@@ -63,6 +64,13 @@ def config_vocab_size(model: Path) -> int | None:
     if size is None and isinstance(config, dict) and isinstance(config.get("text_config"), dict):
         size = config["text_config"].get("vocab_size")
     return size if isinstance(size, int) else None
+
+
+def has_tokenizer_files(model: Path) -> bool:
+    """Whether ``model`` holds any file a tokenizer loads from (mergekit takes a model without one to have the
+    base's vocabulary)."""
+    directory = model if model.is_dir() else model.parent
+    return any((directory / name).exists() for name in TOKENIZER_FILES)
 
 
 def _load(source: RecipeSource, model: Path) -> Any:
@@ -112,7 +120,9 @@ def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models
     added (their models resolved to paths), and each model's rows; ``models`` in the config's order, the base not
     among them."""
     first = base or models[0]
-    tokenizers = {m: _load(source, m) for m in dict.fromkeys([first, *models])}
+    tokenizers = {m: _load(source, m) for m in dict.fromkeys([first, *models])
+                  if m == first or has_tokenizer_files(m)}
+    tokenizers.update({m: tokenizers[first] for m in models if m not in tokenizers})  # mergekit: the base's
     size = config_vocab_size(first)
     if value in ("base", "union") and size is not None and max(tokenizers[first].get_vocab().values()) >= size:
         raise source.error(FIELD, f"{first}'s tokenizer has ids past its vocab_size ({size}); mergekit strips those "

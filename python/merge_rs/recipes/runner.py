@@ -45,9 +45,8 @@ def prepare(job: MergeJob) -> MergePlan:
     where = _model_locations(job)
     resolved = [resolve_model(m, job.source, where.get(m, ("models",))) for m in models]
     base_path = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
-    note, reindex = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
-    if note and note not in job.warnings:
-        job.warnings.append(note)
+    notes, reindex = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
+    job.warnings += [note for note in notes if note not in job.warnings]
     if reindex and (job.slices or any(job.loras) or job.pretrained_lora):
         field = "tokenizer" if "tokenizer" in job.source.data else "tokenizer_source"
         raise job.source.error((field,), "merge-rs re-indexes embedding rows to a new vocabulary only in a config "
