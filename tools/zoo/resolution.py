@@ -1,7 +1,7 @@
 """The side, in pixels, at which the zoo's sources draw their images: 32 unless a build or cache asks for more.
 
-Every drawn source (glyphs, emoji, icons, texture crops) resizes to [`source_pixels`]. Building or preparing a cache
-at an ``image_size`` above 32 draws at that size inside [`drawn_at`], so a larger tower sees detail and not a 32-pixel
+Every drawn source (glyphs, emoji, icons, texture crops) resizes to ``source_pixels()``. Building or preparing a cache
+at an ``image_size`` above 32 draws at that size inside ``drawn_at``, so a larger tower sees detail and not a 32-pixel
 image scaled up. MNIST, Fashion-MNIST and 8×8 digits keep their own resolution whatever the setting.
 """
 

@@ -219,13 +219,13 @@ def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], na
     dirs = {m: scratch / str(i) for i, m in enumerate(models)}
     for d in dirs.values():
         d.mkdir(parents=True)
+    forced = {i for i, spec in vocabulary.tokens.items() if spec.force}
     for k, name in enumerate(names):
         tensors = {}
         for m in models:
             with safe_open(shards[m][name], framework="pt") as f:
                 tensors[m] = f.get_tensor(name)
         defaults = _default_rows(vocabulary, tensors)
-        forced = {i for i, spec in vocabulary.tokens.items() if spec.force}
         for m in models:
             rows = vocabulary.rows[m]
             out = torch.zeros((vocabulary.size, *tensors[m].shape[1:]), dtype=tensors[m].dtype)

@@ -60,6 +60,8 @@ pub(crate) struct Engine<'a> {
     streaming: bool,
     scarce: bool,
     whole_tensor_budget: usize,
+    /// Per model: whether it is an adapter over θ₀'s own files (a pass that read θ₀ copies its values for it).
+    over_base: Vec<bool>,
 }
 
 impl<'a> Engine<'a> {
@@ -90,6 +92,11 @@ impl<'a> Engine<'a> {
             streaming: fit.streaming,
             scarce: fit.scarce,
             whole_tensor_budget: DEFAULT_WHOLE_TENSOR_BUDGET,
+            over_base: inputs
+                .models
+                .iter()
+                .map(|m| inputs.base.as_ref().is_some_and(|b| m.overlays(b)))
+                .collect(),
         })
     }
 

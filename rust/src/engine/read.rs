@@ -41,7 +41,7 @@ impl Engine<'_> {
         let read_base = match (spec.read_base, base, &self.inputs.base) {
             (true, Some(source), Some(ckpt)) => {
                 self.read(ckpt, source, job, &mut scratch.base, &mut scratch.raw)?;
-                Some((ckpt, source))
+                Some(source)
             }
             (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
             (false, _, _) => None,
@@ -51,7 +51,7 @@ impl Engine<'_> {
             let ckpt = &self.inputs.models[i];
             match read_base {
                 // An adapter over θ₀: θ₀'s values of this chunk are in hand, so only the change is formed.
-                Some((base, b)) if b.tensor == source.tensor && b.ty == source.ty && ckpt.overlays(base) => {
+                Some(b) if self.over_base[i] && b.tensor == source.tensor && b.ty == source.ty => {
                     buf.resize(job.len, 0.0);
                     let t = &ckpt.tensors[source.tensor];
                     ckpt.read_f32_over(t, source.ty, job.start, &scratch.base, buf, &mut scratch.raw)?;
