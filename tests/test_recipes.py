@@ -130,8 +130,15 @@ BAD_RECIPES = {
     "mergekit empty slices": ("merge_method: passthrough\nslices: []\n", 2, "slices: slices is a list of"),
     "mergekit layer range": ("merge_method: passthrough\nslices:\n  - sources:\n      - model: {a}\n"
                              "        layer_range: [2, 1]\n", 5, "layer_range is [first, end)"),
-    "mergekit modules": ("merge_method: linear\nmodules: {{}}\nmodels: [{{model: {a}}}]\n", 2,
-                         "modules: merge-rs does not support mergekit's per-module configs"),
+    "mergekit modules": ("merge_method: linear\nmodules: {{}}\n", 2, "modules: modules is a mapping of module name"),
+    "mergekit modules and models": ("merge_method: linear\nmodules: {{default: {{models: [{{model: {a}}}]}}}}\n"
+                                    "models: [{{model: {a}}}]\n", 3, "models: a config has exactly one of models, "),
+    "mergekit several modules": ("merge_method: linear\nmodules:\n  text_decoder: {{models: [{{model: {a}}}]}}\n"
+                                 "  vision_tower: {{models: [{{model: {a}}}]}}\n", 2,
+                                 "per-module merges (text_decoder, vision_tower) are not supported yet"),
+    "mergekit module model": ("merge_method: linear\nmodules:\n  default:\n    models:\n      - model: {a}\n"
+                              "      - model: /nowhere\n        weight: 1\n", 7, "modules.default.models.1.weight: "
+                                                                                "unknown field"),
     "mergekit residual weight": ("merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}]\n"
                                  "    residual_weight: lots\n", 4, "slices.0.residual_weight: residual_weight is a number"),
     "mergekit tokenizer twice": ("merge_method: linear\ntokenizer_source: union\ntokenizer: {{source: union}}\n"

@@ -12,12 +12,12 @@ from typing import Any
 
 from .job import MergeJob
 from .mergekit_methods import DTYPES, GTA, OTHERS, Translator, translator
+from .mergekit_modules import AT, flatten_modules
 from .mergekit_tokenizer import tokenizer_settings
-from .settings import Conditional, Gradient, varies_by_layer
+from .settings import Conditional, Gradient, scoped, varies_by_layer
 from .source import RecipeSource
 
 FIELDS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype", "slices"}
-UNSUPPORTED = {"modules": "per-module configs"}
 NO_WEIGHTS = {"chat_template"}
 
 
@@ -26,10 +26,15 @@ def is_mergekit(data: dict[str, Any]) -> bool:
 
 
 def job_from_mergekit(source: RecipeSource) -> MergeJob:
+    module_parameters = None
+    if "modules" in source.data:
+        source, module_parameters = flatten_modules(source)
     data = source.data
     warnings = _check_fields(source)
+    shared = scoped(_settings(source, module_parameters, (*AT, "parameters")),
+                     _settings(source, data.get("parameters"), ("parameters",)))
     if "slices" in data:
-        return _job_from_slices(source, warnings)
+        return _job_from_slices(source, shared, warnings)
     method = data["merge_method"]
     if method not in GTA and method not in OTHERS:
         raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}' (it runs: "
@@ -52,7 +57,6 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
             models.append(ref)
             model_settings.append(settings)
             positions.append(i)
-    shared = _settings(source, data.get("parameters"), ("parameters",))
     raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, base] if m)
     translate = translator(source, method, base, models, shared, model_settings, positions, base_entry)
     dtype = DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None)
@@ -72,7 +76,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
                     warnings=[*warnings, *translate.warnings])
 
 
-def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
+def _job_from_slices(source: RecipeSource, shared: dict[str, Any], warnings: list[str]) -> MergeJob:
     """mergekit's slices: each source position becomes one model assembled from its sources' layers, and each
     slice's tensors take that slice's parameters (see ``mergekit_slices``)."""
     from .mergekit_slices import Frankenmerge, parse_slices
@@ -84,7 +88,6 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
     if "models" in data:
         raise source.error(("models",), "a config with slices takes its models from the slices")
     base = _base(source, slices=True)
-    shared = _settings(source, data.get("parameters"), ("parameters",))
     slices = parse_slices(source, shared, lambda raw, loc: _settings(source, raw, loc), method != "passthrough")
     warnings += [f"slices.{i}.residual_weight is ignored: mergekit 0.1.5 reads it but never uses it"
                  for i, piece in enumerate(data["slices"]) if "residual_weight" in piece]
@@ -123,8 +126,6 @@ def _job_from_slices(source: RecipeSource, warnings: list[str]) -> MergeJob:
 def _check_fields(source: RecipeSource) -> list[str]:
     warnings = []
     for key in source.data:
-        if key in UNSUPPORTED:
-            raise source.error((key,), f"merge-rs does not support mergekit's {UNSUPPORTED[key]}")
         if key in NO_WEIGHTS:
             warnings.append(f"{key} is ignored: it does not change the weights")
         elif key not in FIELDS and key not in ("tokenizer_source", "tokenizer"):  # checked once models are resolved

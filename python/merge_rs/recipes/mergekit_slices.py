@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .settings import layer_of
+from .settings import layer_of, scoped
 from .source import RecipeSource
 
 # Tensors outside the layers that sit before them (mergekit's pre-weights); every other one sits after.
@@ -83,7 +83,7 @@ def parse_slices(source: RecipeSource, shared: dict[str, Any],
             raise source.error(("slices", i, "sources"), f"merge-rs needs as many sources in every slice ({len(first)} "
                                                          f"in the first, {len(sources)} here)")
         slice_settings = settings_of(piece.get("parameters"), ("slices", i, "parameters"))
-        out.append(Slice(sources, {**shared, **slice_settings}, ("slices", i), piece.get("base_model")))
+        out.append(Slice(sources, scoped(slice_settings, shared), ("slices", i), piece.get("base_model")))
     return out
 
 

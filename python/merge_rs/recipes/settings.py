@@ -51,6 +51,16 @@ def evaluate(setting: Any, tensor: str, t: float) -> Any:
     return setting
 
 
+def scoped(nearer: dict[str, Any], farther: dict[str, Any]) -> dict[str, Any]:
+    """Settings from two scopes, the nearer first, as mergekit resolves them: a nearer value replaces the farther
+    one, except where the nearer one's conditions match no tensor, which then takes the farther value."""
+    out = dict(farther)
+    for name, setting in nearer.items():
+        falls_through = isinstance(setting, list) and bool(setting) and all(isinstance(c, Conditional) for c in setting)
+        out[name] = [*setting, Conditional(farther[name])] if falls_through and name in farther else setting
+    return out
+
+
 def varies_by_layer(setting: Any) -> bool:
     """Whether ``setting`` holds a gradient (of more than one value) anywhere."""
     if isinstance(setting, Gradient):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ class RecipeSource:
     data: dict[str, Any]
     lines: dict[Loc, int] = field(default_factory=dict)
     overridden: set[Loc] = field(default_factory=set)
+    moved: dict[Loc, Loc] = field(default_factory=dict)  # a field of ``data`` → where the file wrote it
 
     def error(self, loc: Loc, message: str) -> RecipeError:
         """``FILE:LINE: field: message`` for the field at ``loc``."""
+        loc = self._written(loc)
         name = ".".join(str(k) for k in loc)
         for end in range(len(loc), -1, -1):
             if loc[:end] in self.overridden:
@@ -42,6 +44,16 @@ class RecipeSource:
                 where = f"{self.path}:{self.lines[loc[:end]]}"
                 return RecipeError(f"{where}: {name}: {message}" if name else f"{where}: {message}")
         return RecipeError(f"{self.path}: {name}: {message}" if name else f"{self.path}: {message}")
+
+    def rearranged(self, data: dict[str, Any], moved: dict[Loc, Loc]) -> RecipeSource:
+        """A copy holding ``data``, whose fields at the keys of ``moved`` the file wrote at its values."""
+        return replace(self, data=data, moved={**self.moved, **moved})
+
+    def _written(self, loc: Loc) -> Loc:
+        for end in range(len(loc), 0, -1):
+            if loc[:end] in self.moved:
+                return (*self.moved[loc[:end]], *loc[end:])
+        return loc
 
 
 def load_source(path: Path, overrides: Sequence[str] = ()) -> RecipeSource:
