@@ -1,6 +1,6 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
 and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock``, ``nearswap``,
-``sce``, ``nuslerp`` and ``multislerp``, so the bits are mergekit's (``mergekit-yaml`` itself is run), and for
+``sce``, ``nuslerp``, ``multislerp``, ``ram`` and ``ramplus_tl``, so the bits are mergekit's (``mergekit-yaml`` itself is run), and for
 ``karcher`` but for the odd value. mergekit computes ``slerp`` in float32, as merge-rs does. Methods that do not
 replay mergekit's roundings say so in a warning."""
 
@@ -36,6 +36,17 @@ def far_llama(tmp_path_factory) -> list[Path]:
 
     return bfloat16_llamas(tmp_path_factory.mktemp("far"), lambda shape, generator: (
         torch.randn(shape, generator=generator)).to(torch.bfloat16))
+
+
+@pytest.fixture(scope="module")
+def sparse_half_llama(tmp_path_factory) -> list[Path]:
+    """bfloat16 Llama stand-ins whose copies each change about 40 % of the base's values: some values one model
+    changes alone, some several."""
+    import torch
+
+    return bfloat16_llamas(tmp_path_factory.mktemp("sparse"), lambda shape, generator: (
+        0.05 * torch.randn(shape, generator=generator) * (torch.rand(shape, generator=generator) < 0.4)
+    ).to(torch.bfloat16))
 
 
 def _config(method: str, paths: list[Path], dtype: str) -> dict[str, Any]:
@@ -139,17 +150,37 @@ def test_half_precision_karcher_gives_mergekits_bits(dtype, far, half_llama, far
     assert differ <= total // 1000, f"{differ} of {total} values differ"
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("method, parameters", [("ram", {}), ("ram", {"epsilon": 0.02}), ("ramplus_tl", {}),
+                                                ("ramplus_tl", {"r": 0.5, "alpha": 0.9, "epsilon": 0.02})])
+def test_half_precision_ram_gives_mergekits_bits(dtype, method, parameters, sparse_half_llama, tmp_path):
+    base, *models = (str(p) for p in sparse_half_llama)
+    config = {"merge_method": method, "base_model": base, "dtype": dtype, "parameters": parameters,
+              "models": [{"model": m} for m in models]}
+    assert_same_bits(*run_both(tmp_path, config))
+    written = {tool: _dtypes(tmp_path / tool) for tool in ("ours", "theirs")}
+    assert written["ours"] == written["theirs"] == {"float32" if method == "ramplus_tl" else dtype}, written
+
+
+def _dtypes(directory: Path) -> set[str]:
+    """The dtypes of a checkpoint's tensors, as its safetensors header names them (BF16 → bfloat16)."""
+    from safetensors import safe_open
+
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    with safe_open(directory / "model.safetensors", "pt") as f:
+        return {names[f.get_slice(k).get_dtype()] for k in f.keys()}
+
+
 def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):  # noqa: F811
     assert_same_bits(*run_both(tmp_path, _config("ties", llama, "bfloat16")))
 
 
 def test_a_method_computed_in_float32_says_so(half_llama, tmp_path):
     base, a, b = half_llama[:3]
-    path = tmp_path / "ram.yml"
-    path.write_text(f"merge_method: ram\nbase_model: {base}\ndtype: bfloat16\n"
-                    f"models: [{{model: {a}}}, {{model: {b}}}]\n")
+    path = tmp_path / "fusion.yml"
+    path.write_text(f"merge_method: arcee_fusion\nbase_model: {base}\ndtype: bfloat16\nmodels: [{{model: {a}}}]\n")
     shown = cli("run", path, "--out", tmp_path / "out", "--dry-run").stdout
-    assert "warning: mergekit computes ram in bfloat16; merge-rs computes it in float32" in shown, shown
+    assert "warning: mergekit computes arcee_fusion in bfloat16; merge-rs computes it in float32" in shown, shown
     linear = tmp_path / "linear.yml"
     linear.write_text(f"merge_method: linear\ndtype: bfloat16\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
                       f"{{model: {b}, parameters: {{weight: 2}}}}]\n")

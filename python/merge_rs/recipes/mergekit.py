@@ -59,7 +59,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
             positions.append(i)
     raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, base] if m)
     translate = translator(source, method, base, models, shared, model_settings, positions, base_entry)
-    dtype = DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None)
+    dtype = translate.written_dtype()
     if _rounds_differently(data, translate):
         warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32 and "
                         f"writes {dtype}, so results differ by rounding")
@@ -120,7 +120,7 @@ def _job_from_slices(source: RecipeSource, shared: dict[str, Any], warnings: lis
     every = list(dict.fromkeys(s.model for piece in slices for s in piece.sources))
     return MergeJob(source=source, dialect="mergekit-yaml", method=translators[0].method, models=every,
                     parameters_for=merge.parameters_for, slices=merge,
-                    dtype=DTYPES.get(str(data.get("out_dtype") or data.get("dtype") or ""), None), warnings=warnings)
+                    dtype=translators[0].written_dtype(), warnings=warnings)
 
 
 def _check_fields(source: RecipeSource) -> list[str]:

@@ -36,6 +36,9 @@ class Translator:
     model_specs: dict[str, Any] = {}
     # mergekit computes this method in float32 whatever the config's dtype, as merge-rs does.
     mergekit_computes_in_float32 = False
+    # mergekit's result is float32 whatever the config's dtype (torch promotes a step to it), so without out_dtype
+    # mergekit writes float32.
+    returns_float32 = False
 
     def __init__(self, source: RecipeSource, name: str, base: str | None, models: list[str],
                  shared: dict[str, Any], per_model: list[dict[str, Any]], positions: list[int] | None = None,
@@ -58,6 +61,15 @@ class Translator:
                 self.warnings.append(f"{'.'.join(map(str, (*loc, key)))}: mergekit's {name} does not use '{key}', "
                                      "so merge-rs ignores it too")
         self.inputs = self.check_inputs()
+
+    def written_dtype(self) -> str | None:
+        """The dtype mergekit writes: out_dtype, else the method's result's (the config's dtype, if given)."""
+        data = self.source.data
+        if data.get("out_dtype"):
+            return DTYPES.get(str(data["out_dtype"]))
+        if self.returns_float32 and data.get("dtype"):
+            return "float32"
+        return DTYPES.get(str(data.get("dtype") or ""))
 
     @property
     def computes_in_dtype(self) -> bool:
@@ -173,6 +185,7 @@ class NearSwap(Slerp):
 
 class ArceeFusion(Translator):
     method = "arcee_fusion"
+    returns_float32 = True  # the mask is float32
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is None or len(self.models) != 1:
@@ -258,6 +271,7 @@ class Ram(Translator):
 
 class RamPlus(Translator):
     method = "ramplus_tl"
+    returns_float32 = True  # λτ is float32: λ is a float32 tensor
     shared_specs = {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}
 
     def __call__(self, tensor: str, t: float) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 //! by how much of its change the other models share, per tensor. For model i, sᵢ counts the elements it changes
 //! (|τᵢ| > ε) together with another model and uᵢ those it changes alone; ρᵢ = sᵢ / max(uᵢ, ε) and
 //! λᵢ = 1 + r · clamp(ρᵢ, 0, α). An element only model i changes takes λᵢ τᵢ, one several change the mean of their
-//! τ, and the rest stay at θ₀, in mergekit's order of float32 operations.
+//! τ, and the rest stay at θ₀, in mergekit's order of float32 operations. With `compute` in a half dtype, τ is
+//! round(round(θ) − round(θ₀)), ε is rounded (torch casts the scalar to the dtype), a shared entry is round(τ / n)
+//! and θ₀ is rounded; λ and the sum stay in float32, as torch promotes them.
 //!
 //! The counts need every model before any λᵢ is known, so each tensor's models are read twice: the first round
 //! counts the changes per element, the second adds each model's share. Held per tensor: the counts and the sum.
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
+use crate::method::precision::{COMPUTE, Precision};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -47,6 +50,7 @@ pub(crate) static METHOD: MethodDef = MethodDef {
             default: ParamDefault::Number(1e-5),
             help: "a task-vector entry counts as a change when its magnitude exceeds this",
         },
+        COMPUTE,
     ],
     build,
 };
@@ -56,6 +60,7 @@ struct RamPlus {
     r: f32,
     alpha: f32,
     epsilon: f32,
+    precision: Precision,
 }
 
 fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
@@ -68,6 +73,7 @@ fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
         r: p.f32("r")?,
         alpha,
         epsilon: p.f32("epsilon")?,
+        precision: Precision::from_params(p)?,
     }))
 }
 
@@ -118,16 +124,18 @@ impl TensorFold for RamPlus {
                 acc.sum = vec![0.0; theta.len()];
             }
         }
-        let changes = theta.iter().zip(base).map(|(x, b)| x - b);
+        let p = self.precision;
+        let epsilon = p.round(self.epsilon);
+        let changes = theta.iter().zip(base).map(|(x, b)| p.round(p.round(*x) - p.round(*b)));
         if acc.round == 1 {
             for (count, tau) in acc.counts.iter_mut().zip(changes) {
-                *count += u32::from(tau.abs() > self.epsilon);
+                *count += u32::from(tau.abs() > epsilon);
             }
             return Ok(());
         }
-        let lambda = self.lambda(&acc.counts, changes.clone());
+        let lambda = self.lambda(&acc.counts, changes.clone(), epsilon);
         for ((sum, &count), tau) in acc.sum.iter_mut().zip(&acc.counts).zip(changes) {
-            *sum += share(tau, count, lambda, self.epsilon);
+            *sum += share(tau, count, lambda, epsilon, p);
         }
         Ok(())
     }
@@ -135,18 +143,19 @@ impl TensorFold for RamPlus {
     fn finish(&self, acc: Acc, _tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
         let base = base.ok_or_else(|| MergeError::Internal("ramplus_tl needs the pretrained model".into()))?;
         for ((o, b), s) in out.iter_mut().zip(base).zip(&acc.sum) {
-            *o = b + s;
+            *o = self.precision.round(*b) + s;
         }
         Ok(())
     }
 }
 
 impl RamPlus {
-    /// λ = 1 + r · clamp(s / max(u, ε), 0, α) for one model's task vector, its changes counted against `counts`.
-    fn lambda(&self, counts: &[u32], taus: impl Iterator<Item = f32>) -> f32 {
+    /// λ = 1 + r · clamp(s / max(u, ε), 0, α) for one model's task vector, its changes (entries above
+    /// `threshold`: ε, rounded in a half dtype) counted against `counts`.
+    fn lambda(&self, counts: &[u32], taus: impl Iterator<Item = f32>, threshold: f32) -> f32 {
         let (mut shared, mut alone) = (0u64, 0u64);
         for (tau, &count) in taus.zip(counts) {
-            if tau.abs() > self.epsilon {
+            if tau.abs() > threshold {
                 shared += u64::from(count > 1);
                 alone += u64::from(count == 1);
             }
@@ -156,14 +165,15 @@ impl RamPlus {
     }
 }
 
-/// One model's term for one element: λτ where it alone changes the element, τ / n where n models do, else 0.
-fn share(tau: f32, count: u32, lambda: f32, epsilon: f32) -> f32 {
+/// One model's term for one element: λτ where it alone changes the element, τ / n (rounded to `p`, as torch
+/// divides in the dtype) where n models do, else 0.
+fn share(tau: f32, count: u32, lambda: f32, epsilon: f32, p: Precision) -> f32 {
     if tau.abs() <= epsilon {
         0.0
     } else if count == 1 {
         tau * lambda
     } else {
-        tau / count as f32
+        p.round(tau / count as f32)
     }
 }
 
@@ -176,6 +186,7 @@ mod tests {
             r: 0.5,
             alpha: 0.8,
             epsilon: 1e-3,
+            precision: Precision::F32,
         }
     }
 
@@ -184,20 +195,28 @@ mod tests {
         let counts = [1, 1, 2, 3, 0];
         // Changes at elements 0, 1 (alone) and 2 (shared): ρ = 1/2, λ = 1 + 0.5 · 0.5.
         assert_eq!(
-            method().lambda(&counts, [0.1f32, -0.2, 0.3, 0.0, 0.0].into_iter()),
+            method().lambda(&counts, [0.1f32, -0.2, 0.3, 0.0, 0.0].into_iter(), 1e-3),
             1.25
         );
         // Only shared changes: ρ = 2 / ε, clamped to α.
-        assert_eq!(method().lambda(&counts, [0.0f32, 0.0, 0.3, 0.3, 0.0].into_iter()), 1.4);
+        assert_eq!(
+            method().lambda(&counts, [0.0f32, 0.0, 0.3, 0.3, 0.0].into_iter(), 1e-3),
+            1.4
+        );
         // No change at all: ρ = 0.
-        assert_eq!(method().lambda(&counts, [0.0f32; 5].into_iter()), 1.0);
+        assert_eq!(method().lambda(&counts, [0.0f32; 5].into_iter(), 1e-3), 1.0);
     }
 
     #[test]
     fn lone_changes_are_scaled_shared_ones_averaged_and_small_ones_dropped() {
-        assert_eq!(share(0.5, 1, 1.25, 1e-3), 0.625);
-        assert_eq!(share(0.6, 3, 1.25, 1e-3), 0.2);
-        assert_eq!(share(1e-4, 1, 1.25, 1e-3), 0.0);
+        let f32 = Precision::F32;
+        assert_eq!(share(0.5, 1, 1.25, 1e-3, f32), 0.625);
+        assert_eq!(share(0.6, 3, 1.25, 1e-3, f32), 0.2);
+        assert_eq!(share(1e-4, 1, 1.25, 1e-3, f32), 0.0);
+        // In bfloat16 the mean is rounded, the lone change scaled in float32.
+        let bf16 = Precision::Bf16;
+        assert_eq!(share(0.6, 3, 1.25, 1e-3, bf16), bf16.round(0.6 / 3.0));
+        assert_eq!(share(0.5, 1, 1.01, 1e-3, bf16), 0.505);
     }
 
     #[test]
