@@ -159,12 +159,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretrain-steps", type=int, default=ZooSettings.pretrain_steps)
     parser.add_argument("--finetune-steps", type=int, default=ZooSettings.finetune_steps)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while another torch job runs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other zoo setting")
     args = parser.parse_args(argv)
+    try:
+        settings = ZooSettings(seed=args.seed, pretrain_steps=args.pretrain_steps,
+                               finetune_steps=args.finetune_steps).with_pairs(args.set)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     import torch
 
     torch.set_num_threads(args.threads)
-    build_zoo(args.out, ZooSettings(seed=args.seed, pretrain_steps=args.pretrain_steps,
-                                    finetune_steps=args.finetune_steps))
+    build_zoo(args.out, settings)
 
 
 if __name__ == "__main__":

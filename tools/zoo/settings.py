@@ -22,8 +22,8 @@ class ZooSettings:
     finetune_extra: int = 3000  # images past the shipped train split that fine-tuning also sees (if the source has them)
     pretrain_slice: int = 1500  # per task: images of its own source, in no split, added to the pretraining corpus
     class_caption_share: float = 0.1  # share of slice images captioned with their class's prompts (else the domain)
-    image_size: int = 32
-    patch_size: int = 8
+    image_size: int = 64  # sources drawn at 64 px with 16 px patches: the best of 32, 64 and 96 (EXPERIMENTS.md)
+    patch_size: int = 16
     hidden: int = 80
     layers: int = 4
     heads: int = 4
@@ -44,6 +44,16 @@ class ZooSettings:
     lora_rank: int = 8  # the LoRA fine-tunes (attention projections and MLPs of the vision tower)
     lora_alpha: float = 16.0
     lora_lr: float = 3e-3
+
+    def with_pairs(self, pairs: list[str]) -> "ZooSettings":
+        """A copy with ``KEY=VALUE`` overrides, as ``--set`` takes them on the command line."""
+        overrides = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--set takes KEY=VALUE (got '{pair}')")
+            overrides[key.strip()] = value.strip()
+        return self.with_overrides(overrides)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "ZooSettings":
         """A copy with ``overrides`` (field name → value, strings converted to the field's type)."""

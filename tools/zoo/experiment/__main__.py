@@ -8,16 +8,6 @@ from pathlib import Path
 from ..settings import ZooSettings
 
 
-def _overrides(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE (got '{pair}')")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.zoo.experiment", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "prepare":
         from .cache import prepare
 
-        prepare(args.cache, ZooSettings().with_overrides(_overrides(args.set)))
+        prepare(args.cache, _settings(args.set))
     elif args.command == "run":
         import torch
 
@@ -56,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         args.out.mkdir(parents=True, exist_ok=True)
-        run_one(args.cache, ZooSettings().with_overrides(_overrides(args.set)), args.name,
+        run_one(args.cache, _settings(args.set), args.name,
                 args.out / f"{args.name}.json", args.device)
     elif args.command == "grid":
         from .grid import run_grid
@@ -66,6 +56,13 @@ def main(argv: list[str] | None = None) -> None:
         from .report import write_report
 
         write_report(args.results, args.table, args.plots, args.detail)
+
+
+def _settings(pairs: list[str]) -> ZooSettings:
+    try:
+        return ZooSettings().with_pairs(pairs)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":
