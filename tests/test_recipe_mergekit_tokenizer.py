@@ -136,3 +136,26 @@ def test_a_model_without_a_tokenizer_has_the_bases_vocabulary_as_in_mergekit(lla
     assert f"{models[1]} has no tokenizer; it is taken to have {models[0]}'s vocabulary" in shown, shown
     assert_same(*run_both(tmp_path, _config(models, "union")))
     assert "has no tokenizer.json" in _refusal(tmp_path / "bare", _config(llama, "base"))
+
+
+@pytest.mark.parametrize("kind", ["passthrough", "task_arithmetic", "slice_base"])
+def test_a_frankenmerge_of_vocabularies_that_differ_is_re_indexed_as_mergekit_does(kind, llama, tmp_path):  # noqa: F811
+    """With slices, the embeddings come from the first slice's sources and the head from the last one's, and a
+    token some of them lack gets its default row from those models and that slice's base (b lacks ``tok63``).
+    Without a base model mergekit takes the union's base tokenizer from a set, so passthrough names b's."""
+    base, a, b, _ = (str(m) for m in _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"}))
+    if kind == "passthrough":
+        config = {"merge_method": "passthrough", "dtype": "float32", "tokenizer_source": b,
+                  "slices": [{"sources": [{"model": a, "layer_range": [0, 2]}]},
+                             {"sources": [{"model": b, "layer_range": [1, 4]}]}]}
+    else:
+        sources = lambda span, order: [{"model": m, "layer_range": span, "parameters": {"weight": w}}  # noqa: E731
+                                       for m, w in zip(order, (1.0, 0.5, 0.3))]
+        config = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "float32", "tokenizer_source": "union",
+                  "slices": [{"sources": sources([0, 2], (base, a, b))}, {"sources": sources([2, 4], (b, base, a))}]}
+        if kind == "slice_base":
+            config["slices"][1]["base_model"] = b
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    assert ours["lm_head.weight"].shape[0] == 65 - (kind == "passthrough")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["vocab_size"] == ours["lm_head.weight"].shape[0]

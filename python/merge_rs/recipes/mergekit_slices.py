@@ -133,8 +133,14 @@ def layer_map(source: RecipeSource, slices: list[Slice], picks: list[int], names
     return entries, where
 
 
-def plan_frankenmerge(job: Any, resolved: list[Path]) -> Any:
-    """The plan from the models' headers: each engine input is one source position assembled from its tensors."""
+def outer_slice(slices: list[Slice], name: str) -> Slice:
+    """The slice whose sources give a tensor outside the layers: the first for those before them, else the last."""
+    return slices[0] if _BEFORE_LAYERS.search(name) else slices[-1]
+
+
+def plan_frankenmerge(job: Any, resolved: list[Path], headers: dict[Path, Any] | None = None) -> Any:
+    """The plan from the models' headers (``headers`` by path, else read): each engine input is one source
+    position assembled from its tensors."""
     import json
     from dataclasses import replace
 
@@ -143,7 +149,7 @@ def plan_frankenmerge(job: Any, resolved: list[Path]) -> Any:
 
     merge: Frankenmerge = job.slices
     paths = dict(zip(job.models, resolved))
-    infos = {ref: inspect(path) for ref, path in paths.items()}
+    infos = {ref: headers[path] if headers else inspect(path) for ref, path in paths.items()}
     tensors = {ref: {t.name: t for t in info.tensors} for ref, info in infos.items()}
     names = {ref: list(found) for ref, found in tensors.items()}
 

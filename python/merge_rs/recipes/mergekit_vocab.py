@@ -159,9 +159,9 @@ def vocab_tensor_names(names: list[str]) -> list[str]:
     return [n for n in names if n.endswith(VOCAB_TENSORS)]
 
 
-def _default_rows(vocabulary: Vocabulary, tensors: dict[Path, Any]) -> dict[int, Any]:
-    """mergekit's row for each output token that some model lacks or whose row the config forces (see the
-    module's text)."""
+def _default_rows(vocabulary: Vocabulary, tensors: dict[Path, Any], base: Path | None) -> dict[int, Any]:
+    """mergekit's row for each output token that some model of ``tensors`` lacks or whose row the config forces
+    (see the module's text); ``base``: the base model of the merge that reads them."""
     import torch
 
     models = list(tensors)
@@ -181,8 +181,8 @@ def _default_rows(vocabulary: Vocabulary, tensors: dict[Path, Any]) -> dict[int,
             out[token] = tensors[have[0]][vocabulary.rows[have[0]][token]]
         elif not have:
             out[token] = torch.zeros(shape, dtype=tensors[models[0]].dtype)
-        elif vocabulary.base in have:
-            out[token] = tensors[vocabulary.base][vocabulary.rows[vocabulary.base][token]]
+        elif base in have:
+            out[token] = tensors[base][vocabulary.rows[base][token]]
         else:
             embed = torch.zeros(shape, dtype=dtype)
             for m in have:
@@ -206,11 +206,13 @@ def _configured_row(vocabulary: Vocabulary, tensors: dict[Path, Any], token: int
     return table[row]
 
 
-def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], names: list[str],
-                  scratch: Path) -> dict[Path, Path]:
+def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], names: list[str], scratch: Path,
+                  groups: dict[str, tuple[list[Path], Path | None]] | None = None) -> dict[Path, Path]:
     """Each model's ``names`` re-indexed to the vocabulary, one file per tensor under ``scratch/i/`` with an index,
     beside its ``config.json`` and the new tokenizer's files; returns model → its directory there. ``shards``: per
-    model in mergekit's gather order (the config's models, then the base), each tensor's file."""
+    model in mergekit's gather order (the config's models, then the base), each tensor's file. ``groups``: for a
+    tensor that not every model feeds (a frankenmerge's), the models that do, in gather order, and their base,
+    which decide its default rows."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -225,7 +227,8 @@ def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], na
         for m in models:
             with safe_open(shards[m][name], framework="pt") as f:
                 tensors[m] = f.get_tensor(name)
-        defaults = _default_rows(vocabulary, tensors)
+        feeding, base = (groups or {}).get(name, (models, vocabulary.base))
+        defaults = _default_rows(vocabulary, {m: tensors[m] for m in feeding}, base)
         for m in models:
             rows = vocabulary.rows[m]
             out = torch.zeros((vocabulary.size, *tensors[m].shape[1:]), dtype=tensors[m].dtype)

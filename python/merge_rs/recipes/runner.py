@@ -47,10 +47,10 @@ def prepare(job: MergeJob) -> MergePlan:
     base_path = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
     notes, reindex = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
     job.warnings += [note for note in notes if note not in job.warnings]
-    if reindex and (job.slices or any(job.loras) or job.pretrained_lora):
+    if reindex and (any(job.loras) or job.pretrained_lora):
         field = "tokenizer" if "tokenizer" in job.source.data else "tokenizer_source"
         raise job.source.error((field,), "merge-rs re-indexes embedding rows to a new vocabulary only in a config "
-                                         "with models (no slices, no model+lora) yet")
+                                         "without model+lora yet")
     if reindex:
         from .vocab_plan import plan_reindexed
 

@@ -17,9 +17,15 @@ from .mergekit_tokenizer import tokenizer_settings
 from .mergekit_vocab import FIELD, build_vocabulary, vocab_tensor_names, write_aligned
 
 
-def plan_reindexed(job: MergeJob, base: Path | None, models: list[Path]) -> MergePlan:
+def plan_reindexed(job: MergeJob, base: Path | None, resolved: list[Path]) -> MergePlan:
+    """The plan of a merge whose inputs' vocabulary tensors are re-indexed (``resolved``: ``job.models``' paths)."""
     from ..api import inspect
 
+    models = resolved
+    if job.slices is not None:  # every model of every slice is among job.models; the config's base too
+        written = job.source.data.get("base_model")
+        base = resolve_model(_ref(written), job.source, ("base_model",)) if written else None
+        models = [m for m in resolved if m != base]
     settings = tokenizer_settings(job.source)
     field = ("tokenizer", "source") if settings.block else FIELD
     value = settings.source
@@ -51,15 +57,42 @@ def plan_reindexed(job: MergeJob, base: Path | None, models: list[Path]) -> Merg
         return replace(info, tensors=tensors, parameters=sum(t.parameters for t in tensors),
                        bytes=sum(t.bytes for t in tensors), dtypes=dtypes)
 
-    result = plan(job, base, models, model_infos=[resized(infos[m]) for m in models],
-                  base_info=resized(infos[base]) if base else None)
+    if job.slices is not None:
+        from .mergekit_slices import plan_frankenmerge
+
+        result = plan_frankenmerge(job, resolved, {m: resized(info) for m, info in infos.items()})
+    else:
+        result = plan(job, base, models, model_infos=[resized(infos[m]) for m in models],
+                      base_info=resized(infos[base]) if base else None)
     note = (f"{'tokenizer' if settings.block else 'tokenizer_source'}: {', '.join(names)} re-indexed to the "
             f"output's {vocabulary.size:,}-row vocabulary (the tokenizer written is the new one)")
     if note not in job.warnings:
         job.warnings.append(note)
-    result.vocabulary = (vocabulary, names, infos)
-    result.config_updates = {"vocab_size": vocabulary.size}
+    result.vocabulary = (vocabulary, names, infos, _slice_groups(job, resolved, names, base))
+    result.config_updates = {**(result.config_updates or {}), "vocab_size": vocabulary.size}
     return result
+
+
+def _ref(written: Any) -> str:
+    return str(written["path"] if isinstance(written, dict) else written)
+
+
+def _slice_groups(job: MergeJob, resolved: list[Path], names: list[str],
+                  base: Path | None) -> dict[str, tuple[list[Path], Path | None]]:
+    """With slices, each vocabulary tensor's models and base, as mergekit gathers them: the sources of the slice
+    that gives the tensor (the first for the embeddings, the last for the head), and that slice's base model."""
+    if job.slices is None:
+        return {}
+    from .mergekit_slices import outer_slice
+
+    paths = dict(zip(job.models, resolved))
+    groups = {}
+    for name in names:
+        piece = outer_slice(job.slices.slices, name)
+        own = resolve_model(_ref(piece.base_model), job.source, (*piece.loc, "base_model")) if piece.base_model \
+            else base
+        groups[name] = ([paths[s.model] for s in piece.sources], own)
+    return groups
 
 
 @contextmanager
@@ -68,18 +101,25 @@ def with_reindexed_inputs(p: MergePlan, out: Path, overwrite: bool, reads: list[
     output is checked first, as the merge would check it, so nothing is written for a merge that cannot run."""
     from ..output import check_output
 
-    vocabulary, names, infos = p.vocabulary
+    vocabulary, names, infos, groups = p.vocabulary
     check_output(out, [*infos, *reads], overwrite)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.vocabulary-", dir=out.parent if out.parent.is_dir() else None))
     try:
         shards = {m: {t.name: str(m / t.shard if m.is_dir() else m) for t in infos[m].tensors} for m in infos}
-        dirs = write_aligned(vocabulary, shards, names, scratch)
+        dirs = write_aligned(vocabulary, shards, names, scratch, groups)
 
         def view(m: Path) -> list[tuple[str, Path, str]]:
             return [*((n, dirs[m], n) for n in names),
                     *((t.name, m, t.name) for t in infos[m].tensors if t.name not in names)]
 
-        yield replace(p, pretrained=None, views=[view(m) for m in p.models],
-                      base_view=view(p.pretrained) if p.pretrained else [])
+        def reread(entries: list[tuple[str, Path, str]]) -> list[tuple[str, Path, str]]:
+            """A frankenmerge's view with its vocabulary tensors read from the re-indexed copies."""
+            return [(out, dirs[m], src) if src in names else (out, m, src) for out, m, src in entries]
+
+        if p.views:
+            yield replace(p, views=[reread(v) for v in p.views], base_view=reread(p.base_view))
+        else:
+            yield replace(p, pretrained=None, views=[view(m) for m in p.models],
+                          base_view=view(p.pretrained) if p.pretrained else [])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
