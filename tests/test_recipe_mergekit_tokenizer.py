@@ -9,10 +9,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import cli, load
 from test_recipe_mergekit import assert_same, llama, run_both  # noqa: F401 - llama is a fixture
 
 pytestmark = pytest.mark.slow  # runs mergekit-yaml
@@ -159,3 +160,37 @@ def test_a_frankenmerge_of_vocabularies_that_differ_is_re_indexed_as_mergekit_do
     assert_same(ours, theirs)
     assert ours["lm_head.weight"].shape[0] == 65 - (kind == "passthrough")
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["vocab_size"] == ours["lm_head.weight"].shape[0]
+
+
+def _bpe_with_tokens_past_the_rows(models: list[Path], root: Path) -> list[Path]:
+    """Copies of the 64-row stand-ins with one BPE tokenizer: 64 tokens the rows hold (letters, digits, "ab", "cd"),
+    then the special tokens ``<|im_start|>`` and ``<|im_end|>`` at ids 64 and 65, past the rows."""
+    from tokenizers import Tokenizer, models as token_models
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = [*"abcdefghijklmnopqrstuvwxyz", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ", *"0123456789", "ab", "cd"]
+    bpe = Tokenizer(token_models.BPE({t: i for i, t in enumerate(symbols)}, [("a", "b"), ("c", "d")]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    copies = []
+    for model in models:
+        shutil.copytree(model, root / model.name)
+        tokenizer.save_pretrained(root / model.name)
+        copies.append(root / model.name)
+    return copies
+
+
+def test_a_base_tokenizer_with_ids_past_its_rows_is_stripped_as_mergekit_strips_it(llama, tmp_path):  # noqa: F811
+    """With ``base``, the tensors and tokenizer are mergekit's. With ``union`` mergekit 0.1.5 fails (a KeyError on
+    the other models' ids past their rows); merge-rs leaves those ids out of every model's rows, as it does for
+    ``base``."""
+    models = _bpe_with_tokens_past_the_rows(llama, tmp_path / "models")
+    assert len(_vocab(models[0])) == 66
+    ours, theirs = run_both(tmp_path, _config(models, "base"))
+    assert_same(ours, theirs)
+    assert ours["model.embed_tokens.weight"].shape[0] == 64
+    assert _vocab(tmp_path / "ours") == _vocab(tmp_path / "theirs")
+    (tmp_path / "union.yml").write_text(yaml.safe_dump(_config(models, "union")))
+    cli("run", tmp_path / "union.yml", "--out", tmp_path / "union", "--quiet")
+    union = load(tmp_path / "union")
+    assert all(np.array_equal(union[k], ours[k]) for k in ours)

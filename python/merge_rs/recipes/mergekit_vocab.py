@@ -85,6 +85,34 @@ def _load(source: RecipeSource, model: Path) -> Any:
         raise source.error(FIELD, f"cannot load the tokenizer of {model} ({type(e).__name__})") from None
 
 
+def _stripped(source: RecipeSource, model: Path, tokenizer: Any, size: int) -> Any:
+    """The base's tokenizer less its tokens past ``size`` (rows the model does not have), with the merges that
+    use them, as mergekit strips it; mergekit does this for BPE tokenizers only."""
+    import copy
+    import json
+
+    from tokenizers import Tokenizer
+
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    kind = data["model"]["type"]
+    if kind != "BPE":
+        raise source.error(FIELD, f"{model}'s tokenizer has ids past its vocab_size ({size}), which mergekit strips "
+                                  f"from BPE tokenizers only (this one is {kind})")
+    unused = {token for token, i in tokenizer.get_vocab().items() if i >= size}
+    data["added_tokens"] = [entry for entry in data["added_tokens"] if entry["id"] < size]
+    for token in unused:
+        data["model"]["vocab"].pop(token, None)
+    data["model"]["merges"] = [m for m in data["model"]["merges"]
+                               if not unused.intersection(m.split(" ") if isinstance(m, str) else m)]
+    out = copy.deepcopy(tokenizer)
+    try:
+        out._tokenizer = Tokenizer.from_str(json.dumps(data))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library's own message says which token
+        raise source.error(FIELD, f"{model}'s tokenizer without its ids past vocab_size ({size}) is not a valid "
+                                  f"tokenizer ({e}); mergekit fails on it too") from None
+    return out
+
+
 def _within(tokenizer: Any, size: int | None) -> dict[str, int]:
     """The tokenizer's vocabulary less the ids past the model's ``vocab_size`` (rows it does not have)."""
     return {t: i for t, i in tokenizer.get_vocab().items() if size is None or i < size}
@@ -124,9 +152,9 @@ def build_vocabulary(source: RecipeSource, value: Any, base: Path | None, models
                   if m == first or has_tokenizer_files(m)}
     tokenizers.update({m: tokenizers[first] for m in models if m not in tokenizers})  # mergekit: the base's
     size = config_vocab_size(first)
-    if value in ("base", "union") and size is not None and max(tokenizers[first].get_vocab().values()) >= size:
-        raise source.error(FIELD, f"{first}'s tokenizer has ids past its vocab_size ({size}); mergekit strips those "
-                                  "tokens first, and merge-rs does not yet")
+    if size is not None and max(tokenizers[first].get_vocab().values()) >= size:
+        stripped = _stripped(source, first, tokenizers[first], size)
+        tokenizers.update({m: stripped for m, t in tokenizers.items() if t is tokenizers[first]})
     if value == "base":
         out = tokenizers[first]
     elif value == "union":
