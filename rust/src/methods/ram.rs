@@ -19,19 +19,19 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 1,
     max_models: None,
     extra_inputs: None,
-    params: &[
-        ParamDef {
-            name: "epsilon",
-            kind: ParamKind::F32 {
-                min: 0.0,
-                max: f32::MAX as f64,
-            },
-            default: ParamDefault::Number(1e-5),
-            help: "a task-vector entry counts as a change when its magnitude exceeds this",
-        },
-        COMPUTE,
-    ],
+    params: &[EPSILON, COMPUTE],
     build,
+};
+
+/// ε, shared with RAM+.
+pub(crate) const EPSILON: ParamDef = ParamDef {
+    name: "epsilon",
+    kind: ParamKind::F32 {
+        min: 0.0,
+        max: f32::MAX as f64,
+    },
+    default: ParamDefault::Number(1e-5),
+    help: "a task-vector entry counts as a change when its magnitude exceeds this",
 };
 
 #[derive(Debug)]

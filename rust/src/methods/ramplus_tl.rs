@@ -13,6 +13,7 @@ use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
 use crate::method::precision::{COMPUTE, Precision};
 use crate::method::{MergeMethod, MethodDef, MethodStats, ParamDef, ParamDefault, ParamKind, Params};
+use crate::methods::ram::EPSILON;
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
 
@@ -44,12 +45,7 @@ pub(crate) static METHOD: MethodDef = MethodDef {
             default: ParamDefault::Number(0.2),
             help: "the largest ρ that counts (≥ 0)",
         },
-        ParamDef {
-            name: "epsilon",
-            kind: NON_NEGATIVE,
-            default: ParamDefault::Number(1e-5),
-            help: "a task-vector entry counts as a change when its magnitude exceeds this",
-        },
+        EPSILON,
         COMPUTE,
     ],
     build,
