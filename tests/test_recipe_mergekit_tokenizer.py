@@ -194,3 +194,13 @@ def test_a_base_tokenizer_with_ids_past_its_rows_is_stripped_as_mergekit_strips_
     cli("run", tmp_path / "union.yml", "--out", tmp_path / "union", "--quiet")
     union = load(tmp_path / "union")
     assert all(np.array_equal(union[k], ours[k]) for k in ours)
+
+
+def test_re_indexing_with_a_lora_over_a_model_is_refused_in_one_line(llama, tmp_path):  # noqa: F811
+    from test_recipe_mergekit import _lora
+
+    models = _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"})
+    config = _config(models, "union")
+    config["models"][0]["model"] += "+" + str(_lora(models[1], tmp_path / "lora", seed=1))
+    assert "re-indexes embedding rows to a new vocabulary only in a config without model+lora" in \
+        _refusal(tmp_path / "run", config)
