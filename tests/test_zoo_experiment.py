@@ -61,6 +61,9 @@ def test_settings_overrides_convert_and_refuse_unknown_names():
     assert (settings.hidden, settings.finetune_lr, settings.tasks) == (128, 3e-5, ("mnist", "digits"))
     with pytest.raises(ValueError, match="unknown zoo setting.*widht"):
         ZooSettings().with_overrides({"widht": 3})
+    assert ZooSettings().with_pairs(["patch_size = 8", "seed=3"]).patch_size == 8
+    with pytest.raises(ValueError, match="--set takes KEY=VALUE"):
+        ZooSettings().with_pairs(["patch_size"])
 
 
 def _stand_in_cache(root, settings):
