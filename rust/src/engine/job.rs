@@ -1,8 +1,10 @@
-//! What a pass works on: a [`Job`] (a run of elements of one tensor), the [`Chunk`] a kernel sees, and the
-//! [`PassSpec`] saying what a pass reads and writes.
+//! What a pass works on: a [`Job`] (a run of elements of one tensor) and the inputs it reads, the [`Chunk`] a
+//! kernel sees, and the [`PassSpec`] saying what a pass reads and writes.
 
+use super::Engine;
+use crate::checkpoint::Checkpoint;
 use crate::error::{MergeError, Result};
-use crate::plan::PlanTensor;
+use crate::plan::{FloatSource, PlanTensor, TensorKind};
 use crate::writer::Writer;
 
 /// A piece of work: elements `[start, start + len)` of output tensor `tensor`.
@@ -59,4 +61,37 @@ pub(crate) struct PassSpec<'a> {
     pub(crate) read_base: bool,
     /// Write each chunk's output here (after checking it for NaN/Inf). Inputs are always checked.
     pub(crate) writer: Option<&'a Writer>,
+}
+
+impl Engine<'_> {
+    /// `posix_fadvise` on every input range `job` reads.
+    pub(super) fn advise_job(&self, job: &Job, read_base: bool, advice: libc::c_int) {
+        for (source, ckpt) in self.job_sources(job, read_base) {
+            let tensor = &ckpt.tensors[source.tensor];
+            let size = source.ty.size() as u64;
+            let offset = tensor.stored.offset + job.start as u64 * size;
+            ckpt.advise(tensor, offset, job.len as u64 * size, advice);
+        }
+    }
+
+    /// Stored bytes `job` reads.
+    pub(super) fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
+        let width: usize = self.job_sources(job, read_base).map(|(s, _)| s.ty.size()).sum();
+        (width * job.len) as u64
+    }
+
+    /// Every input `job` reads (models, extra inputs, then θ₀ with `read_base`), with its checkpoint.
+    pub(super) fn job_sources(&self, job: &Job, read_base: bool) -> impl Iterator<Item = (&FloatSource, &Checkpoint)> {
+        let (base, models, extra): (&[FloatSource], &[FloatSource], &[FloatSource]) =
+            match &self.plan.tensors[job.tensor].kind {
+                TensorKind::Merge {
+                    base, models, extra, ..
+                } => (base.as_slice(), models, extra),
+                TensorKind::Copy { .. } | TensorKind::Elsewhere { .. } => (&[], &[], &[]),
+            };
+        let models = models.iter().zip(&self.inputs.models);
+        let extra = extra.iter().zip(&self.inputs.extra);
+        let base = base.iter().filter(move |_| read_base).zip(&self.inputs.base);
+        models.chain(extra).chain(base)
+    }
 }

@@ -25,7 +25,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{MergeError, Result};
 use crate::method::MethodStats;
 use crate::monitor::Monitor;
-use crate::plan::{FloatSource, Inputs, MergePlan, TensorKind};
+use crate::plan::{Inputs, MergePlan};
 use crate::writer::Writer;
 pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
@@ -292,37 +292,6 @@ impl<'a> Engine<'a> {
             self.advise_job(&jobs[j], spec.read_base, libc::POSIX_FADV_DONTNEED);
         }
         Ok(result)
-    }
-
-    /// `posix_fadvise` on every input range `job` reads.
-    fn advise_job(&self, job: &Job, read_base: bool, advice: libc::c_int) {
-        for (source, ckpt) in self.job_sources(job, read_base) {
-            let tensor = &ckpt.tensors[source.tensor];
-            let size = source.ty.size() as u64;
-            let offset = tensor.stored.offset + job.start as u64 * size;
-            ckpt.advise(tensor, offset, job.len as u64 * size, advice);
-        }
-    }
-
-    /// Stored bytes `job` reads.
-    fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
-        let width: usize = self.job_sources(job, read_base).map(|(s, _)| s.ty.size()).sum();
-        (width * job.len) as u64
-    }
-
-    /// Every input `job` reads (models, extra inputs, then θ₀ with `read_base`), with its checkpoint.
-    fn job_sources(&self, job: &Job, read_base: bool) -> impl Iterator<Item = (&FloatSource, &Checkpoint)> {
-        let (base, models, extra): (&[FloatSource], &[FloatSource], &[FloatSource]) =
-            match &self.plan.tensors[job.tensor].kind {
-                TensorKind::Merge {
-                    base, models, extra, ..
-                } => (base.as_slice(), models, extra),
-                TensorKind::Copy { .. } | TensorKind::Elsewhere { .. } => (&[], &[], &[]),
-            };
-        let models = models.iter().zip(&self.inputs.models);
-        let extra = extra.iter().zip(&self.inputs.extra);
-        let base = base.iter().filter(move |_| read_base).zip(&self.inputs.base);
-        models.chain(extra).chain(base)
     }
 }
 
