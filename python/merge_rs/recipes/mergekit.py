@@ -45,7 +45,7 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
         raise source.error(("models",), "give the models to merge as a list of {model: ..., parameters: ...}")
     models, model_settings, positions, base_entry = [], [], [], None
     for i, entry in enumerate(entries):
-        ref = _reference(source, entry.get("model") if isinstance(entry, dict) else entry, ("models", i, "model"))
+        ref = reference(source, entry.get("model") if isinstance(entry, dict) else entry, ("models", i, "model"))
         if isinstance(entry, dict) and set(entry) - {"model", "parameters"}:
             extra = sorted(set(entry) - {"model", "parameters"})[0]
             raise source.error(("models", i, extra), "unknown field")
@@ -93,7 +93,7 @@ def _job_from_slices(source: RecipeSource, shared: dict[str, Any], warnings: lis
                  for i, piece in enumerate(data["slices"]) if "residual_weight" in piece]
     translators: list[Any] = []
     for piece in slices:
-        own = _reference(source, piece.base_model, (*piece.loc, "base_model")) if piece.base_model else None
+        own = reference(source, piece.base_model, (*piece.loc, "base_model")) if piece.base_model else None
         slice_base = own or base
         if slice_base is not None and slice_base not in [s.model for s in piece.sources]:
             where = (*piece.loc, "base_model") if own else ("base_model",)
@@ -141,7 +141,7 @@ def _check_fields(source: RecipeSource) -> list[str]:
     return warnings
 
 
-def _reference(source: RecipeSource, ref: Any, loc: tuple[Any, ...]) -> str:
+def reference(source: RecipeSource, ref: Any, loc: tuple[Any, ...]) -> str:
     if isinstance(ref, dict) and isinstance(ref.get("path"), str) and set(ref) <= {"path"}:
         ref = ref["path"]
     if not isinstance(ref, str) or not ref:
@@ -153,7 +153,7 @@ def _base(source: RecipeSource, slices: bool = False) -> str | None:
     """base_model, if given (``model+lora``: an adapter over it, read as mergekit reads it; not with slices)."""
     if not source.data.get("base_model"):
         return None
-    base = _reference(source, source.data["base_model"], ("base_model",))
+    base = reference(source, source.data["base_model"], ("base_model",))
     if slices and _split_lora(base)[1] is not None:
         raise source.error(("base_model",), "merge-rs does not read a LoRA adapter over the base model of a "
                                             "config with slices yet")

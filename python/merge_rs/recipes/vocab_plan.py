@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from ..reports import CheckpointInfo
 from .job import MergeJob, MergePlan, plan, resolve_model
+from .mergekit import reference
 from .mergekit_tokenizer import tokenizer_settings
 from .mergekit_vocab import FIELD, build_vocabulary, vocab_tensor_names, write_aligned
 
@@ -24,7 +25,7 @@ def plan_reindexed(job: MergeJob, base: Path | None, resolved: list[Path]) -> Me
     models = resolved
     if job.slices is not None:  # every model of every slice is among job.models; the config's base too
         written = job.source.data.get("base_model")
-        base = resolve_model(_ref(written), job.source, ("base_model",)) if written else None
+        base = _path(job, written, ("base_model",)) if written else None
         models = [m for m in resolved if m != base]
     settings = tokenizer_settings(job.source)
     field = ("tokenizer", "source") if settings.block else FIELD
@@ -73,8 +74,9 @@ def plan_reindexed(job: MergeJob, base: Path | None, resolved: list[Path]) -> Me
     return result
 
 
-def _ref(written: Any) -> str:
-    return str(written["path"] if isinstance(written, dict) else written)
+def _path(job: MergeJob, written: Any, loc: tuple[Any, ...]) -> Path:
+    """The local path of a model reference as the config writes it (a name, or {path: ...})."""
+    return resolve_model(reference(job.source, written, loc), job.source, loc)
 
 
 def _slice_groups(job: MergeJob, resolved: list[Path], names: list[str],
@@ -89,8 +91,7 @@ def _slice_groups(job: MergeJob, resolved: list[Path], names: list[str],
     groups = {}
     for name in names:
         piece = outer_slice(job.slices.slices, name)
-        own = resolve_model(_ref(piece.base_model), job.source, (*piece.loc, "base_model")) if piece.base_model \
-            else base
+        own = _path(job, piece.base_model, (*piece.loc, "base_model")) if piece.base_model else base
         groups[name] = ([paths[s.model] for s in piece.sources], own)
     return groups
 
