@@ -1,8 +1,8 @@
 """mergekit configs with ``dtype: bfloat16`` or ``float16``: mergekit computes in that dtype, rounding every step,
 and merge-rs replays those roundings for ``linear``, the task-arithmetic family, ``model_stock``, ``nearswap``,
-``sce``, ``nuslerp``, ``multislerp``, ``ram`` and ``ramplus_tl``, so the bits are mergekit's (``mergekit-yaml`` itself is run), and for
-``karcher`` but for the odd value. mergekit computes ``slerp`` in float32, as merge-rs does. Methods that do not
-replay mergekit's roundings say so in a warning."""
+``sce``, ``nuslerp``, ``multislerp``, ``ram``, ``ramplus_tl`` and ``arcee_fusion``, so the bits are mergekit's
+(``mergekit-yaml`` itself is run), and for ``karcher`` but for the odd value. mergekit computes ``slerp`` in
+float32, as merge-rs does, and ``passthrough`` in one step."""
 
 from __future__ import annotations
 
@@ -175,17 +175,23 @@ def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):
     assert_same_bits(*run_both(tmp_path, _config("ties", llama, "bfloat16")))
 
 
-def test_a_method_computed_in_float32_says_so(half_llama, tmp_path):
+def test_the_replayed_dtype_shows_in_the_plan(half_llama, tmp_path):
     base, a, b = half_llama[:3]
-    path = tmp_path / "fusion.yml"
-    path.write_text(f"merge_method: arcee_fusion\nbase_model: {base}\ndtype: bfloat16\nmodels: [{{model: {a}}}]\n")
-    shown = cli("run", path, "--out", tmp_path / "out", "--dry-run").stdout
-    assert "warning: mergekit computes arcee_fusion in bfloat16; merge-rs computes it in float32" in shown, shown
-    linear = tmp_path / "linear.yml"
-    linear.write_text(f"merge_method: linear\ndtype: bfloat16\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
-                      f"{{model: {b}, parameters: {{weight: 2}}}}]\n")
-    shown = cli("run", linear, "--out", tmp_path / "out", "--dry-run").stdout
-    assert "warning" not in shown and 'compute="bfloat16"' in shown, shown
+    for name, text in {"fusion": f"merge_method: arcee_fusion\nbase_model: {base}\nmodels: [{{model: {a}}}]\n",
+                       "linear": f"merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, "
+                                 f"{{model: {b}, parameters: {{weight: 2}}}}]\n"}.items():
+        path = tmp_path / f"{name}.yml"
+        path.write_text(f"dtype: bfloat16\n{text}")
+        shown = cli("run", path, "--out", tmp_path / "out", "--dry-run").stdout
+        assert "warning" not in shown and 'compute="bfloat16"' in shown, shown
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_passthrough_gives_mergekits_bits(dtype, half_llama, tmp_path):
+    """One multiplication, rounded once by both tools."""
+    config = {"merge_method": "passthrough", "dtype": dtype,
+              "models": [{"model": str(half_llama[1]), "parameters": {"scale": 0.7}}]}
+    assert_same_bits(*run_both(tmp_path, config))
 
 
 def test_slerp_in_half_precision_is_computed_in_float32_by_both_tools(half_llama, tmp_path):
@@ -208,3 +214,13 @@ def test_slerp_in_half_precision_is_computed_in_float32_by_both_tools(half_llama
         assert np.abs(got - want).max() <= scale * 2.0 ** -8, f"{key}: more than a half-precision step of its scale"
         total, differ = total + want.size, differ + int(np.count_nonzero(got != want))
     assert differ <= total // 100, f"{differ} of {total} values differ"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_arcee_fusion_gives_mergekits_bits(dtype, half_llama, tmp_path):
+    """Below a million elements per tensor mergekit's quartiles are exact, so every step can be replayed: the
+    softmaxes, the divergence, the importances and the threshold in the dtype, the result in float32."""
+    base, a = (str(p) for p in half_llama[:2])
+    config = {"merge_method": "arcee_fusion", "base_model": base, "dtype": dtype, "models": [{"model": a}]}
+    assert_same_bits(*run_both(tmp_path, config))
+    assert _dtypes(tmp_path / "ours") == _dtypes(tmp_path / "theirs") == {"float32"}

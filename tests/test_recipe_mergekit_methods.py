@@ -87,9 +87,20 @@ def test_every_mergekit_method_runs_with_mergekits_parameter_names():
     """mergekit's registry, method by method: merge-rs translates each, and knows each of its parameters."""
     from mergekit.merge_methods import registry
 
-    from merge_rs.recipes.mergekit_methods import ANY_METHODS_PARAMETER, GTA, OTHERS
+    from merge_rs.recipes.mergekit_methods import ANY_METHODS_PARAMETER, TRANSLATORS
 
     names = {method.spec.name for method in registry.registered_methods()}
-    assert names <= set(GTA) | OTHERS, f"not run: {sorted(names - set(GTA) - OTHERS)}"
+    assert names <= set(TRANSLATORS), f"not run: {sorted(names - set(TRANSLATORS))}"
     parameters = {p.name for method in registry.registered_methods() for p in method.spec.parameters}
     assert parameters <= ANY_METHODS_PARAMETER, f"unknown: {sorted(parameters - ANY_METHODS_PARAMETER)}"
+
+
+def test_every_method_rounds_as_mergekit_does_in_half_precision():
+    """With `dtype: bfloat16` or `float16`, each method either replays mergekit's roundings (its engine method
+    declares `compute`) or is one whose float32 result rounded once is mergekit's (slerp, passthrough)."""
+    from merge_rs.methods import get_method
+    from merge_rs.recipes.mergekit_methods import TRANSLATORS
+
+    for name, kind in TRANSLATORS.items():
+        computes = any(p.name == "compute" for p in get_method(kind.method).parameters)
+        assert computes != kind.rounds_once, name

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .job import MergeJob
-from .mergekit_methods import DTYPES, GTA, OTHERS, Translator, translator
+from .mergekit_methods import DTYPES, TRANSLATORS, translator
 from .mergekit_modules import AT, flatten_modules
 from .mergekit_tokenizer import tokenizer_settings
 from .settings import Conditional, Gradient, scoped, varies_by_layer
@@ -36,9 +36,9 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     if "slices" in data:
         return _job_from_slices(source, shared, warnings)
     method = data["merge_method"]
-    if method not in GTA and method not in OTHERS:
+    if method not in TRANSLATORS:
         raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}' (it runs: "
-                                              f"{', '.join(sorted([*GTA, *OTHERS]))})")
+                                              f"{', '.join(sorted(TRANSLATORS))})")
     base = _base(source)
     entries = data.get("models")
     if not isinstance(entries, list) or not entries:
@@ -60,9 +60,6 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     raw_files = all(Path(m).suffix in (".safetensors", ".bin", ".pt", ".pth") for m in [*models, base] if m)
     translate = translator(source, method, base, models, shared, model_settings, positions, base_entry)
     dtype = translate.written_dtype()
-    if _rounds_differently(data, translate):
-        warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32 and "
-                        f"writes {dtype}, so results differ by rounding")
     all_values = [*shared.values(), *(s for m in model_settings for s in m.values())]
     pretrained, inputs = translate.inputs
     split = [_split_lora(ref) for ref in inputs]
@@ -83,7 +80,7 @@ def _job_from_slices(source: RecipeSource, shared: dict[str, Any], warnings: lis
 
     data = source.data
     method = data["merge_method"]
-    if method not in GTA and method not in OTHERS:
+    if method not in TRANSLATORS:
         raise source.error(("merge_method",), f"merge-rs does not run mergekit's '{method}'")
     if "models" in data:
         raise source.error(("models",), "a config with slices takes its models from the slices")
@@ -114,9 +111,6 @@ def _job_from_slices(source: RecipeSource, shared: dict[str, Any], warnings: lis
     bases = [at[s][t.inputs[0]] for s, t in enumerate(translators)] if translators[0].inputs[0] else None
     merge = Frankenmerge(slices, [t.parameters for t in translators], bases,
                          [[at[s][m] for m in t.inputs[1]] for s, t in enumerate(translators)])
-    if _rounds_differently(data, translators[0]):
-        warnings.append(f"mergekit computes {method} in {data['dtype']}; merge-rs computes it in float32, so "
-                        "results differ by rounding")
     every = list(dict.fromkeys(s.model for piece in slices for s in piece.sources))
     return MergeJob(source=source, dialect="mergekit-yaml", method=translators[0].method, models=every,
                     parameters_for=merge.parameters_for, slices=merge,
@@ -193,9 +187,3 @@ def _setting(source: RecipeSource, value: Any, loc: tuple[Any, ...]) -> Any:
             conditions.append(Conditional(_setting(source, cond["value"], (*loc, i, "value")), cond.get("filter")))
         return conditions
     raise source.error(loc, "a value is a number, a list of numbers (a gradient) or {value, filter} conditions")
-
-
-def _rounds_differently(data: dict[str, Any], translate: Translator) -> bool:
-    """Whether mergekit computes this method in the config's half-precision dtype and merge-rs does not."""
-    return (data.get("dtype") not in (None, "float32", "fp32") and not translate.computes_in_dtype
-            and not translate.mergekit_computes_in_float32)

@@ -19,8 +19,6 @@ GTA = {
     "della": ("della_magprune", "sum", True, True),
     "della_linear": ("della_magprune", "none", False, True),
 }
-OTHERS = {"linear", "slerp", "multislerp", "model_stock", "passthrough", "nearswap", "nuslerp", "sce", "karcher", "ram",
-          "ramplus_tl", "arcee_fusion"}
 REQUIRED = object()
 
 
@@ -34,8 +32,10 @@ class Translator:
     method = ""
     shared_specs: dict[str, Any] = {}
     model_specs: dict[str, Any] = {}
-    # mergekit computes this method in float32 whatever the config's dtype, as merge-rs does.
-    mergekit_computes_in_float32 = False
+    # mergekit's result is merge-rs's float32 result rounded once to the config's dtype: mergekit computes the
+    # method in float32 whatever the dtype (slerp), or in one step (passthrough's scale). Every other method
+    # replays mergekit's roundings through the engine's `compute` parameter (``computes_in_dtype``).
+    rounds_once = False
     # mergekit's result is float32 whatever the config's dtype (torch promotes a step to it), so without out_dtype
     # mergekit writes float32.
     returns_float32 = False
@@ -161,7 +161,7 @@ class Linear(Translator):
 class Slerp(Translator):
     method = "slerp"
     shared_specs = {"t": REQUIRED}
-    mergekit_computes_in_float32 = True
+    rounds_once = True
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is None or len(self.models) != 1:
@@ -175,7 +175,7 @@ class Slerp(Translator):
 
 class NearSwap(Slerp):
     method = "nearswap"
-    mergekit_computes_in_float32 = False
+    rounds_once = False
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is None or len(self.models) != 1:
@@ -291,6 +291,7 @@ class ModelStock(Translator):
 class Passthrough(Translator):
     method = "passthrough"
     model_specs = {"scale": 1.0}
+    rounds_once = True
 
     def check_inputs(self) -> tuple[str | None, list[str]]:
         if self.base is not None or len(self.models) != 1:
@@ -310,13 +311,13 @@ ANY_METHODS_PARAMETER = {"weight", "density", "gamma", "epsilon", "lambda", "nor
                          "select_topk", "max_iter", "tol", "r", "alpha"}
 
 
+TRANSLATORS: dict[str, type[Translator]] = {
+    "linear": Linear, "slerp": Slerp, "multislerp": Multislerp, "model_stock": ModelStock, "passthrough": Passthrough,
+    "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce, "karcher": Karcher, "ram": Ram, "ramplus_tl": RamPlus,
+    "arcee_fusion": ArceeFusion, **{name: GeneralizedTaskArithmetic for name in GTA}}
+
+
 def translator(source: RecipeSource, name: str, base: str | None, models: list[str], shared: dict[str, Any],
                per_model: list[dict[str, Any]], positions: list[int],
                base_entry: tuple[int, dict[str, Any]] | None) -> Translator:
-    kinds: dict[str, type[Translator]] = {"linear": Linear, "slerp": Slerp, "multislerp": Multislerp,
-                                          "model_stock": ModelStock, "passthrough": Passthrough,
-                                          "nearswap": NearSwap, "nuslerp": NuSlerp, "sce": Sce, "karcher": Karcher,
-                                          "ram": Ram, "ramplus_tl": RamPlus,
-                                          "arcee_fusion": ArceeFusion}
-    kind = kinds.get(name, GeneralizedTaskArithmetic)
-    return kind(source, name, base, models, shared, per_model, positions, base_entry)
+    return TRANSLATORS[name](source, name, base, models, shared, per_model, positions, base_entry)

@@ -5,9 +5,14 @@
 //!
 //! mergekit takes the quartiles from a random sample of a million elements in larger tensors, so its result there
 //! changes from run to run; merge-rs takes them from every element, as mergekit does in smaller tensors.
+//!
+//! With `compute` in a half dtype, each step is rounded to it where torch rounds it in mergekit: the change, each
+//! softmax (taken in float32), the probabilities plus ε, their ratio, its logarithm, each term and the row's sum
+//! (summed in float32), the importance, the quartiles' arithmetic, and the change that is taken.
 
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
+use crate::method::precision::{COMPUTE, Precision};
 use crate::method::{MergeMethod, MethodDef, MethodStats, Params};
 use crate::plan::PlanTensor;
 use crate::writer::Writer;
@@ -24,15 +29,19 @@ pub(crate) static METHOD: MethodDef = MethodDef {
     min_models: 1,
     max_models: Some(1),
     extra_inputs: None,
-    params: &[],
+    params: &[COMPUTE],
     build,
 };
 
 #[derive(Debug)]
-struct ArceeFusion;
+struct ArceeFusion {
+    precision: Precision,
+}
 
-fn build(_: &Params) -> Result<Box<dyn MergeMethod>> {
-    Ok(Box::new(ArceeFusion))
+fn build(p: &Params) -> Result<Box<dyn MergeMethod>> {
+    Ok(Box::new(ArceeFusion {
+        precision: Precision::from_params(p)?,
+    }))
 }
 
 impl MergeMethod for ArceeFusion {
@@ -59,62 +68,70 @@ impl TensorFold for ArceeFusion {
         Ok(())
     }
 
-    fn finish(&self, theta: Vec<f32>, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    fn finish(&self, mut theta: Vec<f32>, tensor: &PlanTensor, base: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
         let base = base.ok_or_else(|| MergeError::Internal("arcee_fusion needs the pretrained model".into()))?;
         let row = tensor.shape.last().copied().unwrap_or(1).max(1);
-        let importance = importance(&theta, base, row);
-        let threshold = threshold(&importance);
+        let r = self.precision;
+        // mergekit holds both models in the dtype.
+        theta.iter_mut().for_each(|x| *x = r.round(*x));
+        let importance = importance(&theta, base, row, r);
+        let threshold = threshold(&importance, r);
         for (((o, &x), &b), &score) in out.iter_mut().zip(&theta).zip(base).zip(&importance) {
-            *o = if score >= threshold { b + (x - b) } else { b };
+            // torch multiplies the (rounded) change by the float32 mask, so the sum is float32.
+            let b = r.round(b);
+            *o = if score >= threshold { b + r.round(x - b) } else { b };
         }
         Ok(())
     }
 }
 
-/// |θ₁ − θ₀| · KL(softmax(θ₁) ‖ softmax(θ₀)) per element, the divergence taken over rows of `row` elements.
-fn importance(theta: &[f32], base: &[f32], row: usize) -> Vec<f32> {
+/// |θ₁ − θ₀| · KL(softmax(θ₁) ‖ softmax(θ₀)) per element, the divergence taken over rows of `row` elements, each
+/// step rounded by `r` (`theta` already rounded, `base` rounded here a row at a time).
+fn importance(theta: &[f32], base: &[f32], row: usize, r: Precision) -> Vec<f32> {
     let mut out = Vec::with_capacity(theta.len());
     for (t, b) in theta.chunks(row).zip(base.chunks(row)) {
-        let (p, q) = (softmax(t), softmax(b));
-        let kl = p
+        let b: Vec<f32> = b.iter().map(|&v| r.round(v)).collect();
+        let (p, q) = (softmax(t, r), softmax(&b, r));
+        let terms = p
             .iter()
             .zip(&q)
-            .map(|(&p, &q)| f64::from(p * (p / q).ln()))
-            .sum::<f64>() as f32;
-        out.extend(t.iter().zip(b).map(|(x, y)| (x - y).abs() * kl));
+            .map(|(&p, &q)| r.round(p * r.round(r.round(p / q).ln())));
+        let kl = r.round(terms.map(f64::from).sum::<f64>() as f32);
+        out.extend(t.iter().zip(&b).map(|(&x, &y)| r.round(r.round(x - y).abs() * kl)));
     }
     out
 }
 
-/// softmax(x) + EPS.
-fn softmax(x: &[f32]) -> Vec<f32> {
+/// softmax(x) + EPS, the softmax taken in float32 and rounded by `r`, then the sum rounded.
+fn softmax(x: &[f32], r: Precision) -> Vec<f32> {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
     let sum = exp.iter().map(|&e| f64::from(e)).sum::<f64>() as f32;
-    exp.into_iter().map(|e| e / sum + EPS).collect()
+    exp.into_iter().map(|e| r.round(r.round(e / sum) + EPS)).collect()
 }
 
 /// median + 1.5 · (Q3 − Q1), each quartile the sorted importances' element at ⌊q · (n − 1)⌋ as mergekit indexes
-/// them (q · (n − 1) in float32).
-fn threshold(importance: &[f32]) -> f32 {
+/// them (q · (n − 1) in float32), each step rounded by `r`.
+fn threshold(importance: &[f32], r: Precision) -> f32 {
     let mut sorted = importance.to_vec();
     sorted.sort_unstable_by(f32::total_cmp);
     let at = |q: f32| sorted[((q * (sorted.len() - 1) as f32) as usize).min(sorted.len() - 1)];
     let (q1, median, q3) = (at(0.25), at(0.5), at(0.75));
-    median + 1.5 * (q3 - q1)
+    r.round(median + r.round(1.5 * r.round(q3 - q1)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Precision::F32;
 
     #[test]
     fn the_threshold_is_median_plus_one_and_a_half_iqr_at_mergekits_indices() {
         // n = 9: indices ⌊0.25 · 8⌋ = 2, 4, 6.
         let scores = [8.0f32, 0.0, 1.0, 7.0, 2.0, 3.0, 6.0, 4.0, 5.0];
-        assert_eq!(threshold(&scores), 4.0 + 1.5 * (6.0 - 2.0));
+        assert_eq!(threshold(&scores, F32), 4.0 + 1.5 * (6.0 - 2.0));
         // n = 6: ⌊1.25⌋ = 1, ⌊2.5⌋ = 2, ⌊3.75⌋ = 3.
-        assert_eq!(threshold(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]), 2.0 + 1.5 * 2.0);
+        assert_eq!(threshold(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], F32), 2.0 + 1.5 * 2.0);
     }
 
     #[test]
@@ -122,9 +139,9 @@ mod tests {
         let base = [0.0f32, 0.0, 1.0, 1.0];
         // Row 0 unchanged in distribution (a constant shift): KL 0. Row 1 changed.
         let theta = [2.0f32, 2.0, 1.0, 3.0];
-        let scores = importance(&theta, &base, 2);
+        let scores = importance(&theta, &base, 2, F32);
         assert_eq!(&scores[..2], &[0.0, 0.0]);
-        let (p, q) = (softmax(&theta[2..]), softmax(&base[2..]));
+        let (p, q) = (softmax(&theta[2..], F32), softmax(&base[2..], F32));
         let kl: f32 = p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum();
         assert!((scores[3] - 2.0 * kl).abs() < 1e-6 && scores[2] == 0.0);
     }
@@ -143,13 +160,42 @@ mod tests {
             },
         };
         let mut out = vec![0.0; 16];
-        ArceeFusion.finish(theta, &tensor, Some(&base), &mut out).unwrap();
+        ArceeFusion { precision: F32 }
+            .finish(theta, &tensor, Some(&base), &mut out)
+            .unwrap();
         assert_eq!(out[5], 3.0);
         assert!(out.iter().enumerate().all(|(i, &v)| i == 5 || v == 0.0));
     }
 
     #[test]
+    fn in_bfloat16_the_models_and_the_taken_change_are_rounded() {
+        let p = Precision::Bf16;
+        let base = vec![0.0f32; 16];
+        let mut theta: Vec<f32> = (0..16).map(|i| 0.001 * i as f32).collect();
+        theta[5] = 3.01; // bfloat16 holds 3.0 + 2⁻⁷ = 3.0078125
+        let tensor = PlanTensor {
+            name: "w".into(),
+            shape: vec![16],
+            numel: 16,
+            kind: crate::plan::TensorKind::Elsewhere {
+                out: crate::dtype::FloatType::F32,
+            },
+        };
+        let mut out = vec![1.0; 16];
+        ArceeFusion { precision: p }
+            .finish(theta.clone(), &tensor, Some(&base), &mut out)
+            .unwrap();
+        assert_eq!(out[5], p.round(3.01));
+        assert_ne!(out[5], 3.01);
+        // Every score is a bfloat16 value, and so is the threshold.
+        let scores = importance(&p.input(&theta, None), &base, 16, p);
+        assert!(scores.iter().all(|&s| p.round(s) == s));
+        let t = threshold(&scores, p);
+        assert_eq!(p.round(t), t);
+    }
+
+    #[test]
     fn declared_working_set_is_honest() {
-        crate::engine::working_set::assert_declared_working_set_is_honest(&ArceeFusion, 1);
+        crate::engine::working_set::assert_declared_working_set_is_honest(&ArceeFusion { precision: F32 }, 1);
     }
 }
