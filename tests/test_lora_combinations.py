@@ -156,7 +156,7 @@ def test_adapters_stacked_match_peft_cat_combination(tmp_path):
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     config = json.loads((tmp_path / "adapters" / "a" / "adapter_config.json").read_text())
     for change, needle in [({"modules_to_save": ["fc"]}, "modules_to_save is set"),
-                           ({"alpha_pattern": {"(": 2}}, "not a pattern PEFT can match")]:
+                           ({"alpha_pattern": {"(": 2}}, "alpha_pattern key '(' is not a pattern")]:
         bad = tmp_path / f"bad-{len(needle)}"
         bad.mkdir()
         (bad / "adapter_model.safetensors").write_bytes((half / "adapter_model.safetensors").read_bytes())
@@ -167,4 +167,4 @@ def test_adapters_stacked_match_peft_cat_combination(tmp_path):
     other = save(tmp_path / "other", {"q_proj.weight": np.zeros((6, 8), np.float32)})
     refused = cli("merge", "task_arithmetic", "--pretrained", other, "--model", tmp_path / "adapters" / "a",
                   "--out-format", "peft-cat", "--out", tmp_path / "y", check=False)
-    assert "no weight for the adapters' module fc" in refused.stderr, refused.stderr
+    assert "module 'fc' changes 'fc.weight', which the base model" in refused.stderr, refused.stderr

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _core
 from .api import PathLike, _path
 from .exceptions import InvalidArgumentError
 from .output import atomic_output, generator, protected
@@ -64,22 +65,6 @@ def read_config(adapter: Path) -> dict[str, Any]:
     return config
 
 
-def scale(config: dict[str, Any], module: str, rank: int) -> float:
-    """PEFT's scale of ``module`` (α/r, or α/√r with rsLoRA), α from ``alpha_pattern`` by PEFT's match rule."""
-    alpha = config.get("lora_alpha", 8)
-    for key, value in (config.get("alpha_pattern") or {}).items():
-        try:
-            matched = re.match(rf"(.*\.)?({key})$", module)
-        except re.error as e:
-            raise InvalidArgumentError(f"alpha_pattern key {key!r} is not a pattern PEFT can match ({e})") from None
-        if matched:
-            alpha = value
-            break
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise InvalidArgumentError(f"the lora_alpha of module {module} is {alpha!r}, not a number")
-    return alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
-
-
 def _torch() -> Any:
     try:
         import torch
@@ -116,39 +101,24 @@ def read_factors(adapter: Path) -> dict[str, tuple[str, Any, Any]]:
     return out
 
 
-def stack(adapters: list[dict[str, tuple[str, Any, Any]]], configs: list[dict[str, Any]],
+def stack(adapters: list[dict[str, tuple[str, Any, Any]]], scales: list[dict[str, float]],
           coefficients: Sequence[float]) -> dict[str, tuple[str, Any, Any]]:
-    """module → (A key's suffix, [cᵢsᵢAᵢ; …], [Bᵢ …]) over the adapters that adapt it, in their order."""
+    """module → (A key's suffix, [cᵢsᵢAᵢ; …], [Bᵢ …]) over the adapters that adapt it, in their order (sᵢ from
+    ``scales``, each adapter's module → PEFT's scale)."""
     torch = _torch()
     modules = sorted({m for factors in adapters for m in factors})
     out = {}
     for module in modules:
-        parts = [(factors[module], config, c) for factors, config, c in zip(adapters, configs, coefficients)
+        parts = [(factors[module], scale[module], c) for factors, scale, c in zip(adapters, scales, coefficients)
                  if module in factors]
         a_shapes = {tuple(f[1].shape[1:]) for f, _, _ in parts}
         b_shapes = {tuple(f[2].shape[:1]) + tuple(f[2].shape[2:]) for f, _, _ in parts}
         if len(a_shapes) > 1 or len(b_shapes) > 1:
             raise InvalidArgumentError(f"the adapters' factors of module {module} have different shapes")
-        a = torch.cat([c * scale(config, module, f[1].shape[0]) * f[1] for f, config, c in parts])
+        a = torch.cat([c * s * f[1] for f, s, c in parts])
         b = torch.cat([f[2] for f, _, _ in parts], dim=1)
         out[module] = (parts[0][0][0], a.contiguous(), b.contiguous())
     return out
-
-
-def check_base(stacked: dict[str, tuple[str, Any, Any]], pretrained: str) -> None:
-    """Every stacked module's weight is in ``pretrained`` (by name, or by a name ending in it), shaped as B·A."""
-    from . import _core
-
-    shapes = {t["name"]: t["shape"] for t in json.loads(_core.inspect(pretrained))["tensors"]}
-    for module, (suffix, a, b) in stacked.items():
-        names = [n for n in shapes if n == f"{module}.weight" or n.endswith(f".{module}.weight")]
-        if len(names) != 1:
-            raise InvalidArgumentError(f"{pretrained}: {'no' if not names else 'more than one'} weight for the "
-                                       f"adapters' module {module}; is it their base?")
-        shape = shapes[names[0]]
-        if suffix == "lora_A.weight" and len(shape) == 2 and sorted(shape) != sorted([b.shape[0], a.shape[1]]):
-            raise InvalidArgumentError(f"{pretrained}: {names[0]} is {shape}, the adapters' ΔW {b.shape[0]}×"
-                                       f"{a.shape[1]}; is it their base?")
 
 
 def adapter_config(stacked: dict[str, tuple[str, Any, Any]], base: str, fan_in_fan_out: bool) -> dict[str, Any]:
@@ -176,8 +146,10 @@ def concatenate_adapters(adapters: Sequence[PathLike], out: PathLike, *, pretrai
     configs = [read_config(p) for p in paths]
     if len({bool(c.get("fan_in_fan_out")) for c in configs}) > 1:
         raise InvalidArgumentError("the adapters disagree on fan_in_fan_out, so their factors do not stack")
-    stacked = stack([read_factors(p) for p in paths], configs, coefficients)
-    check_base(stacked, _path(pretrained))
+    # The engine reads each adapter over the base as a merge does: every module matched to the base's weight, and
+    # PEFT's scale of each (α/r or α/√r, α by alpha_pattern).
+    scales = [_core.adapter_scales(p, _path(pretrained)) for p in paths]
+    stacked = stack([read_factors(p) for p in paths], scales, coefficients)
     base = str(Path(_path(pretrained)).resolve())
     config = adapter_config(stacked, base, bool(configs[0].get("fan_in_fan_out")))
     tensors = {f"{PREFIX}{m}.{suffix}": a for m, (suffix, a, _) in stacked.items()}

@@ -26,6 +26,8 @@ const PEFT_PREFIX: &str = "base_model.model.";
 /// One targeted module: where its factors are stored and how ΔW is formed from them.
 #[derive(Debug)]
 struct Module {
+    /// The module's name in the adapter, less the PEFT prefix.
+    name: String,
     /// `lora_A` and `lora_B` in the adapter file.
     a: Tensor,
     b: Tensor,
@@ -153,6 +155,11 @@ impl Overlay {
         })
     }
 
+    /// Each module's name in the adapter (less the PEFT prefix) and its scale.
+    pub(crate) fn scales(&self) -> impl Iterator<Item = (String, f32)> + '_ {
+        self.modules.values().map(|m| (m.name.clone(), m.scale))
+    }
+
     /// The files this adapter reads besides its base's.
     pub(crate) fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
         self.adapter.shards.iter().map(|s| s.path.clone())
@@ -254,6 +261,7 @@ impl Module {
         }
         let denominator = if rslora { (rank as f64).sqrt() } else { rank as f64 };
         Ok(Module {
+            name: module.strip_prefix(PEFT_PREFIX).unwrap_or(&module).to_string(),
             a,
             b,
             rank,

@@ -175,6 +175,13 @@ fn rslora_alpha_patterns_and_fan_in_fan_out_change_the_scale_and_layout() {
         let want: Vec<f32> = w.iter().zip(&delta).map(|(w, d)| w + d).collect();
         assert_eq!(read_all(&ckpt, name, 0, 12), want, "{name}");
     }
+    let mut scales = ckpt.adapter_scales();
+    scales.sort_by(|x, y| x.0.cmp(&y.0));
+    let rank = 2f32.sqrt();
+    assert_eq!(
+        scales,
+        [("h.c_attn".to_string(), 8.0 / rank), ("h.mlp".to_string(), 4.0 / rank)]
+    );
 }
 
 #[test]

@@ -158,6 +158,11 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
+    /// For an adapter, each module's name in it and PEFT's scale of its ΔW (α/r, α/√r with rsLoRA).
+    pub(crate) fn adapter_scales(&self) -> Vec<(String, f32)> {
+        self.lora.iter().flat_map(|o| o.scales()).collect()
+    }
+
     /// Every file this input reads: its shards and, for an adapter, the adapter's weights.
     pub(crate) fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
         self.shards

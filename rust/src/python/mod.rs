@@ -7,12 +7,14 @@ mod detach;
 mod errors;
 mod output;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::checkpoint::{Checkpoint, is_adapter};
 use crate::dtype::FloatType;
 use crate::error::MergeError;
 use crate::groups::TensorGroup;
@@ -183,6 +185,24 @@ fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     })
 }
 
+/// The PEFT LoRA adapter at `adapter`, read over `base` as a merge reads it (every module matched to the base's
+/// weight): each module's name in the adapter → PEFT's scale of its ΔW.
+#[pyfunction]
+fn adapter_scales(py: Python<'_>, adapter: PathBuf, base: PathBuf) -> PyResult<HashMap<String, f32>> {
+    run_detached(py, &Monitor::default(), None, || {
+        if !is_adapter(&adapter) {
+            return Err(MergeError::invalid(
+                &adapter,
+                "is not a PEFT adapter (no adapter_config.json)",
+            ));
+        }
+        Ok(Checkpoint::open_input(&adapter, Some(&base))?
+            .adapter_scales()
+            .into_iter()
+            .collect())
+    })
+}
+
 /// Cosine similarity of the task vectors; returns JSON.
 #[pyfunction]
 #[pyo3(signature = (pretrained, models, threads=0, progress=None))]
@@ -266,6 +286,7 @@ fn write_model_set(py: Python<'_>, directory: PathBuf, spec: &str) -> PyResult<V
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(adapter_scales, m)?)?;
     m.add_function(wrap_pyfunction!(cosine_similarity, m)?)?;
     m.add_function(wrap_pyfunction!(extract_lora, m)?)?;
     m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
