@@ -17,6 +17,7 @@ __all__ = [
     "OutputDir",
     "OutputIsInputError",
     "__version__",
+    "adapter_scales",
     "check_method",
     "check_not_input",
     "check_output",
