@@ -206,3 +206,24 @@ def test_twemoji_file_names_and_the_framing_of_drawn_emoji():
         assert image is not None and image.size == (side, side)
         red = [x for x in range(side) if image.getpixel((x, side // 2))[1] < 128]
         assert len(red) > side * 0.9, "the drawing fills the width"
+
+
+def test_a_probe_fine_tunes_the_shipped_pretrained_model_and_reports_each_class():
+    from importlib import resources
+
+    from tools.zoo.experiment.probe import load_pretrained, probe
+
+    with resources.as_file(resources.files("merge_rs.zoo") / "data") as zoo:
+        clip, tokenizer = load_pretrained(zoo)
+    assert next(clip.parameters()).dtype == torch.float32, "trained in float32, whatever ships"
+    gen = torch.Generator().manual_seed(0)
+    labels = [i % 2 for i in range(80)]
+    # Class 0 dark, class 1 bright: any working fine-tune separates them.
+    images = torch.stack([torch.randint(0, 60, (3, 64, 64), generator=gen, dtype=torch.uint8) + 190 * label
+                          for label in labels]).to(torch.uint8)
+    settings = ZooSettings(finetune_steps=60, finetune_batch=16)
+    result = probe(clip, tokenizer, images, labels, ["dark", "bright"], ["a {} image."], settings, test_size=1000,
+                   log=lambda _: None)
+    assert result["test"] == 20 and result["images"] == 80, result
+    assert set(result["fine_tuned_per_class"]) == {"dark", "bright"}
+    assert result["fine_tuned"] >= 95 and result["fine_tuned"] > result["pretrained"], result

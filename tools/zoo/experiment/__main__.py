@@ -1,4 +1,4 @@
-"""``python -m tools.zoo.experiment {prepare,run,grid,report}``: see the package's docstring."""
+"""``python -m tools.zoo.experiment {prepare,run,grid,report,probe}``: see the package's docstring."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--table", type=Path, help="write the markdown tables here")
     rep.add_argument("--plots", type=Path, help="write the PNG pictures into this directory")
     rep.add_argument("--detail", default="base (cpu)", help="the run whose curves and cross matrix are shown")
+    look = commands.add_parser("probe", help="fine-tune a built zoo's pretrained model on one task, no anchor")
+    look.add_argument("zoo", type=Path, help="a built zoo (python/merge_rs/zoo/data or a build's output)")
+    look.add_argument("--task", required=True)
+    look.add_argument("--out", type=Path, required=True, help="result JSON file")
+    look.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. finetune_steps=2500")
+    look.add_argument("--test-size", type=int, default=1000)
+    look.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
@@ -52,6 +59,13 @@ def main(argv: list[str] | None = None) -> None:
         from .grid import run_grid
 
         run_grid(args.cache, args.grid, args.out, args.device, args.workers, args.threads)
+    elif args.command == "probe":
+        import torch
+
+        from .probe import probe_task
+
+        torch.set_num_threads(args.threads)
+        probe_task(args.zoo, args.task, _settings(args.set), args.out, args.test_size)
     else:
         from .report import write_report
 
