@@ -146,33 +146,10 @@ mod tests {
         assert!((scores[3] - 2.0 * kl).abs() < 1e-6 && scores[2] == 0.0);
     }
 
-    #[test]
-    fn only_outlying_changes_are_taken() {
-        let base = vec![0.0f32; 16];
+    /// Small changes to a zero vector of 16, one of them (element 5) large; the fused result.
+    fn fused(large: f32, precision: Precision) -> (Vec<f32>, Vec<f32>) {
         let mut theta: Vec<f32> = (0..16).map(|i| 0.001 * i as f32).collect();
-        theta[5] = 3.0;
-        let tensor = PlanTensor {
-            name: "w".into(),
-            shape: vec![16],
-            numel: 16,
-            kind: crate::plan::TensorKind::Elsewhere {
-                out: crate::dtype::FloatType::F32,
-            },
-        };
-        let mut out = vec![0.0; 16];
-        ArceeFusion { precision: F32 }
-            .finish(theta, &tensor, Some(&base), &mut out)
-            .unwrap();
-        assert_eq!(out[5], 3.0);
-        assert!(out.iter().enumerate().all(|(i, &v)| i == 5 || v == 0.0));
-    }
-
-    #[test]
-    fn in_bfloat16_the_models_and_the_taken_change_are_rounded() {
-        let p = Precision::Bf16;
-        let base = vec![0.0f32; 16];
-        let mut theta: Vec<f32> = (0..16).map(|i| 0.001 * i as f32).collect();
-        theta[5] = 3.01; // bfloat16 holds 3.0 + 2⁻⁷ = 3.0078125
+        theta[5] = large;
         let tensor = PlanTensor {
             name: "w".into(),
             shape: vec![16],
@@ -182,13 +159,27 @@ mod tests {
             },
         };
         let mut out = vec![1.0; 16];
-        ArceeFusion { precision: p }
-            .finish(theta.clone(), &tensor, Some(&base), &mut out)
+        ArceeFusion { precision }
+            .finish(theta.clone(), &tensor, Some(&[0.0; 16]), &mut out)
             .unwrap();
+        (theta, out)
+    }
+
+    #[test]
+    fn only_outlying_changes_are_taken() {
+        let (_, out) = fused(3.0, F32);
+        assert_eq!(out[5], 3.0);
+        assert!(out.iter().enumerate().all(|(i, &v)| i == 5 || v == 0.0));
+    }
+
+    #[test]
+    fn in_bfloat16_the_models_and_the_taken_change_are_rounded() {
+        let p = Precision::Bf16;
+        let (theta, out) = fused(3.01, p); // bfloat16 holds 3.0 + 2⁻⁷ = 3.0078125
         assert_eq!(out[5], p.round(3.01));
         assert_ne!(out[5], 3.01);
         // Every score is a bfloat16 value, and so is the threshold.
-        let scores = importance(&p.input(&theta, None), &base, 16, p);
+        let scores = importance(&p.input(&theta, None), &[0.0; 16], 16, p);
         assert!(scores.iter().all(|&s| p.round(s) == s));
         let t = threshold(&scores, p);
         assert_eq!(p.round(t), t);
