@@ -10,6 +10,8 @@
 //! softmax (taken in float32), the probabilities plus ε, their ratio, its logarithm, each term and the row's sum
 //! (summed in float32), the importance, the quartiles' arithmetic, and the change that is taken.
 
+use std::borrow::Cow;
+
 use crate::engine::{Engine, TensorFold};
 use crate::error::{MergeError, Result};
 use crate::method::precision::{COMPUTE, Precision};
@@ -90,14 +92,23 @@ impl TensorFold for ArceeFusion {
 fn importance(theta: &[f32], base: &[f32], row: usize, r: Precision) -> Vec<f32> {
     let mut out = Vec::with_capacity(theta.len());
     for (t, b) in theta.chunks(row).zip(base.chunks(row)) {
-        let b: Vec<f32> = b.iter().map(|&v| r.round(v)).collect();
+        // float32 uses the row as it is; a half dtype, a rounded copy.
+        let b: Cow<'_, [f32]> = if r == Precision::F32 {
+            Cow::Borrowed(b)
+        } else {
+            Cow::Owned(b.iter().map(|&v| r.round(v)).collect())
+        };
         let (p, q) = (softmax(t, r), softmax(&b, r));
         let terms = p
             .iter()
             .zip(&q)
             .map(|(&p, &q)| r.round(p * r.round(r.round(p / q).ln())));
         let kl = r.round(terms.map(f64::from).sum::<f64>() as f32);
-        out.extend(t.iter().zip(&b).map(|(&x, &y)| r.round(r.round(x - y).abs() * kl)));
+        out.extend(
+            t.iter()
+                .zip(b.iter())
+                .map(|(&x, &y)| r.round(r.round(x - y).abs() * kl)),
+        );
     }
     out
 }
