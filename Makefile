@@ -71,7 +71,7 @@ fuzz-ci: cargo-fuzz
 	$(call fuzz_each,$$tmp/found fuzz/corpus/$$t fuzz/seeds/$$t,30)
 
 # Rebuild the offline zoo (a development step; CI never does it): the Debian packages its images come from, the
-# zoo extra (`make zoo-deps`, which the experiments in tools/zoo/experiment also need), then the builder (12.3
+# zoo extra (`make zoo-deps`, which the experiments in tools/zoo/experiment also need), then the builder (38
 # minutes on 2 cores, 2026-12-07). It replaces python/merge_rs/zoo/data.
 ZOO_DEBIAN := dataset-fashion-mnist fonts-noto-color-emoji fonts-symbola unicode-data oxygen-icon-theme \
 	faenza-icon-theme elementary-xfce-icon-theme lxde-icon-theme \

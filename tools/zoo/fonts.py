@@ -27,7 +27,7 @@ LATIN_GLOBS = ("truetype/noto/NotoSans-*.ttf", "truetype/noto/NotoSerif-*.ttf", 
 NOT_TEXT = ("D050000L", "StandardSymbols")  # dingbats and symbol fonts: no letters
 CANVAS = 192
 
-# Writing system → (Unicode block, the Noto family word). Greek and Cyrillic live in the plain Noto Sans/Serif.
+# Writing system → (Unicode block, the Noto family word).
 SCRIPT_BLOCKS: dict[str, tuple[tuple[int, int], str]] = {
     "arabic": ((0x0600, 0x06FF), "Arabic"),
     "hebrew": ((0x0590, 0x05FF), "Hebrew"),
@@ -39,8 +39,8 @@ SCRIPT_BLOCKS: dict[str, tuple[tuple[int, int], str]] = {
     "bengali": ((0x0980, 0x09FF), "Bengali"),
     "tamil": ((0x0B80, 0x0BFF), "Tamil"),
     "khmer": ((0x1780, 0x17FF), "Khmer"),
-    "greek": ((0x0370, 0x03FF), ""),
-    "cyrillic": ((0x0400, 0x04FF), ""),
+    "sinhala": ((0x0D80, 0x0DFF), "Sinhala"),
+    "myanmar": ((0x1000, 0x109F), "Myanmar"),
 }
 assert tuple(SCRIPT_BLOCKS) == SCRIPTS, "the task's class order"
 

@@ -75,7 +75,7 @@ ICON_CONTEXTS = ("action", "application", "device", "file type", "place", "statu
 TEXTURES = ("animal skin", "fabric", "food", "paper", "plant", "sky", "stone", "water", "wood")
 CAPITALS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 SCRIPTS = ("arabic", "hebrew", "devanagari", "thai", "armenian", "georgian", "ethiopic", "bengali", "tamil", "khmer",
-           "greek", "cyrillic")
+           "sinhala", "myanmar")
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("sun397", ("a photo of a {}.", "a photo of the {}."), dataset="tanganke/sun397"),
