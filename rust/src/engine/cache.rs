@@ -18,6 +18,9 @@
 //! Reading past the cache altogether (`O_DIRECT` through an aligned bounce buffer, 256 KiB per input per chunk,
 //! 2026-12-07) left task arithmetic where it was (9.32–9.72 s against 9.14–9.95 s buffered, cold floor
 //! 6.2–6.4 s) and slowed TIES (14.9–15.2 s against 12.6–13.3 s), so it was not kept.
+//! Neither was a reader thread per input reading the coming jobs' ranges ahead of the workers into the cache
+//! (with or without `RANDOM`, 2–8 MiB ahead in reads of 1–4 MiB): 13.1–15.4 s against 10.7–12.0 s
+//! (benches/RESULTS.md, 2026-12-07 evening).
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
