@@ -118,7 +118,10 @@ fn softmax(x: &[f32], r: Precision) -> Vec<f32> {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
     let sum = exp.iter().map(|&e| f64::from(e)).sum::<f64>() as f32;
-    exp.into_iter().map(|e| r.round(r.round(e / sum) + EPS)).collect()
+    // torch's float32 kernel divides by the sum; its half-precision kernels multiply by the sum's inverse.
+    let inverse = 1.0 / sum;
+    let share = |e: f32| if r == Precision::F32 { e / sum } else { e * inverse };
+    exp.into_iter().map(|e| r.round(r.round(share(e)) + EPS)).collect()
 }
 
 /// median + 1.5 · (Q3 − Q1), each quartile the sorted importances' element at ⌊q · (n − 1)⌋ as mergekit indexes
