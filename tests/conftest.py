@@ -43,6 +43,15 @@ def load(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def written_dtypes(directory: Path) -> set[str]:
+    """The dtypes of a written model's tensors, as its safetensors header names them (BF16 → bfloat16)."""
+    from safetensors import safe_open
+
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    with safe_open(directory / "model.safetensors", "pt") as f:
+        return {names[f.get_slice(k).get_dtype()] for k in f.keys()}
+
+
 def save(path: Path, tensors: dict[str, "np.ndarray"], dtype: str = "float32", config: dict | None = None) -> Path:
     """Write a HF-style model directory with ``model.safetensors`` in ``dtype`` (float tensors only)."""
     import torch

@@ -1,7 +1,7 @@
-"""mergekit 0.1.5's own example configs (its ``examples/`` folder), as a user brings them: every key and value as
-mergekit ships it, only the Hugging Face model names replaced by small local stand-ins of the architectures they
-name. ``merge-rs run`` and ``mergekit-yaml`` both run each one, and the outputs must agree to within one unit in
-the last place of the config's dtype (float16 or bfloat16), in that dtype, tensor names and shapes equal."""
+"""mergekit's own example configs (the six in ``examples/`` on its main branch, June 2026), as a user brings
+them: every key and value as mergekit ships it, only the Hugging Face model names replaced by small local stand-ins
+of the architectures they name. ``merge-rs run`` and ``mergekit-yaml`` both run each one; both write the same dtype,
+tensor names and shapes, and every value within one unit in the last place of that dtype."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from safetensors import safe_open
-
+from conftest import written_dtypes
 from test_recipe_mergekit import run_both
 
 pytestmark = pytest.mark.slow  # each case runs mergekit-yaml
@@ -103,27 +102,14 @@ def _localised(value: Any, paths: dict[str, Path]) -> Any:
     return value
 
 
-SAFETENSORS_DTYPE = {"float16": "F16", "bfloat16": "BF16"}
-
-
-def _dtype(directory: Path) -> str:
-    """The one dtype every tensor of a written model has (safetensors' name: F32, F16, BF16)."""
-    found = set()
-    for file in directory.glob("*.safetensors"):
-        with safe_open(file, "pt") as f:
-            found |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
-    assert len(found) == 1, found
-    return found.pop()
-
-
 def _ordered_bits(values: np.ndarray, dtype: str) -> np.ndarray:
     """Each value's bit pattern in ``dtype`` as an integer that counts representable values in order, so the
     difference of two is their distance in units in the last place."""
-    if dtype == "F16":
+    if dtype == "float16":
         bits, magnitude = values.astype(np.float16).view(np.int16).astype(np.int64), 0x7FFF
-    else:  # F32, or BF16: the top half of the float32 pattern (the values are bfloat16 already)
+    else:  # float32, or bfloat16: the top half of the float32 pattern (the values are bfloat16 already)
         bits, magnitude = values.astype(np.float32).view(np.int32).astype(np.int64), 0x7FFFFFFF
-        if dtype == "BF16":
+        if dtype == "bfloat16":
             bits, magnitude = bits >> 16, 0x7FFF
     return np.where(bits < 0, -(bits & magnitude), bits)
 
@@ -132,9 +118,10 @@ def _ordered_bits(values: np.ndarray, dtype: str) -> np.ndarray:
 def test_mergekits_examples_run_as_written_and_give_mergekits_values(example, stand_ins, tmp_path):
     """The written dtype is mergekit's too: the config's, but float32 for arcee_fusion (its mask is float32)."""
     ours, theirs = run_both(tmp_path, _localised(EXAMPLES[example], stand_ins))
-    dtype = _dtype(tmp_path / "theirs")
-    assert _dtype(tmp_path / "ours") == dtype
-    assert dtype == ("F32" if example == "arcee_fusion" else SAFETENSORS_DTYPE[EXAMPLES[example]["dtype"]])
+    written = written_dtypes(tmp_path / "theirs")
+    assert written_dtypes(tmp_path / "ours") == written
+    assert written == {"float32" if example == "arcee_fusion" else EXAMPLES[example]["dtype"]}
+    (dtype,) = written
     assert sorted(ours) == sorted(theirs)
     for key, want in theirs.items():
         assert ours[key].shape == want.shape, key

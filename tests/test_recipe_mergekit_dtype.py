@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import cli, written_dtypes
 from test_recipe_mergekit import bfloat16_llamas, llama, run_both  # noqa: F401 - llama is a fixture
 
 pytestmark = pytest.mark.slow  # each case runs mergekit-yaml
@@ -158,17 +158,8 @@ def test_half_precision_ram_gives_mergekits_bits(dtype, method, parameters, spar
     config = {"merge_method": method, "base_model": base, "dtype": dtype, "parameters": parameters,
               "models": [{"model": m} for m in models]}
     assert_same_bits(*run_both(tmp_path, config))
-    written = {tool: _dtypes(tmp_path / tool) for tool in ("ours", "theirs")}
+    written = {tool: written_dtypes(tmp_path / tool) for tool in ("ours", "theirs")}
     assert written["ours"] == written["theirs"] == {"float32" if method == "ramplus_tl" else dtype}, written
-
-
-def _dtypes(directory: Path) -> set[str]:
-    """The dtypes of a checkpoint's tensors, as its safetensors header names them (BF16 → bfloat16)."""
-    from safetensors import safe_open
-
-    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-    with safe_open(directory / "model.safetensors", "pt") as f:
-        return {names[f.get_slice(k).get_dtype()] for k in f.keys()}
 
 
 def test_float32_inputs_are_rounded_to_the_configs_dtype_first(llama, tmp_path):  # noqa: F811
@@ -223,4 +214,4 @@ def test_half_precision_arcee_fusion_gives_mergekits_bits(dtype, half_llama, tmp
     base, a = (str(p) for p in half_llama[:2])
     config = {"merge_method": "arcee_fusion", "base_model": base, "dtype": dtype, "models": [{"model": a}]}
     assert_same_bits(*run_both(tmp_path, config))
-    assert _dtypes(tmp_path / "ours") == _dtypes(tmp_path / "theirs") == {"float32"}
+    assert written_dtypes(tmp_path / "ours") == written_dtypes(tmp_path / "theirs") == {"float32"}
