@@ -196,11 +196,39 @@ def test_a_base_tokenizer_with_ids_past_its_rows_is_stripped_as_mergekit_strips_
     assert all(np.array_equal(union[k], ours[k]) for k in ours)
 
 
-def test_re_indexing_with_a_lora_over_a_model_is_refused_in_one_line(llama, tmp_path):  # noqa: F811
-    from test_recipe_mergekit import _lora
+def _adapter(model: Path, out: Path, seed: int, embeddings: bool) -> Path:
+    """A PEFT adapter (random A and B) over the Llama at ``model``: on attention and MLP projections, and with
+    ``embeddings`` on ``embed_tokens`` as well (LoRA) and ``lm_head`` (saved whole)."""
+    import peft
+    import torch
+    from transformers import LlamaForCausalLM
 
+    torch.manual_seed(seed)
+    targets = ["q_proj", "v_proj", "down_proj", *(["embed_tokens"] if embeddings else [])]
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False,
+                             modules_to_save=["lm_head"] if embeddings else None)
+    tuned = peft.get_peft_model(LlamaForCausalLM.from_pretrained(model), config)
+    if embeddings:
+        with torch.no_grad():
+            tuned.base_model.model.lm_head.modules_to_save["default"].weight.mul_(1.5)
+    tuned.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("over", ["model", "model, embeddings too", "base"])
+def test_re_indexing_reads_rows_through_a_lora_as_mergekit_does(over, llama, tmp_path):  # noqa: F811
+    """model+lora with vocabularies that differ: as in mergekit, the input's vocabulary is its model's, its rows
+    are read with the adapter applied (a LoRA on embed_tokens, lm_head saved whole) before they are re-indexed,
+    and the adapter changes the rest of the model as it would without re-indexing."""
     models = _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"})
     config = _config(models, "union")
-    config["models"][0]["model"] += "+" + str(_lora(models[1], tmp_path / "lora", seed=1))
-    assert "re-indexes embedding rows to a new vocabulary only in a config without model+lora" in \
-        _refusal(tmp_path / "run", config)
+    target = models[0] if over == "base" else models[2]
+    adapter = str(_adapter(target, tmp_path / "lora", seed=1, embeddings=over != "model"))
+    if over == "base":
+        config["base_model"] += "+" + adapter
+    else:
+        config["models"][1]["model"] += "+" + adapter
+    ours, theirs = run_both(tmp_path, config)
+    assert_same(ours, theirs)
+    assert ours["model.embed_tokens.weight"].shape[0] == 65
+    assert not [p for p in tmp_path.iterdir() if ".vocabulary-" in p.name], "the scratch directory is removed"

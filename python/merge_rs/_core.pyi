@@ -26,6 +26,7 @@ __all__ = [
     "inspect",
     "merge",
     "method_table_json",
+    "read_tensor",
     "write_model_set",
 ]
 
@@ -63,6 +64,9 @@ def check_output(
 def merge(request: str, progress: Callable[[str, int, int], None] | None = None) -> str: ...
 def inspect(path: str | PathLike[str]) -> str: ...
 def adapter_scales(adapter: str | PathLike[str], base: str | PathLike[str]) -> dict[str, float]: ...
+def read_tensor(
+    model: str | PathLike[str], name: str, adapter: str | PathLike[str] | None = None
+) -> tuple[list[int], bytes]: ...
 def cosine_similarity(
     pretrained: str | PathLike[str],
     models: list[str | PathLike[str]],

@@ -8,6 +8,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from itertools import zip_longest
 from typing import Any, Union
 
 from . import _core
@@ -21,6 +22,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 # A fine-tuned model: a checkpoint or a PEFT LoRA adapter (read over ``pretrained``), or (model, adapter): the
 # adapter read over that model (mergekit's ``model+lora``).
 ModelInput = Union[PathLike, tuple[PathLike, PathLike]]
+# A PEFT adapter laid over a view, and the view's tensors it leaves alone.
+ViewAdapter = tuple[PathLike, Sequence[str]]
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
@@ -60,6 +63,8 @@ def merge(
     model_card: bool | str = True,
     views: Sequence[Sequence[tuple[str, PathLike, str]]] = (),
     base_view: Sequence[tuple[str, PathLike, str]] = (),
+    view_adapters: Sequence[ViewAdapter | None] = (),
+    base_view_adapter: ViewAdapter | None = None,
     config_updates: dict[str, Any] | None = None,
     **parameters: Any,
 ) -> MergeReport:
@@ -81,7 +86,8 @@ def merge(
     ``groups`` ([(tensor names, parameters)]) merges those tensors with their own parameters of ``method``
     (complete sets: nothing is inherited from ``parameters``). ``views`` replaces ``models`` with models assembled
     from other checkpoints' tensors, each a list of (name, checkpoint, name there), as mergekit's ``slices`` need
-    (``base_view`` likewise the pretrained model); ``config_updates`` sets fields of the output's ``config.json``.
+    (``base_view`` likewise the pretrained model); ``view_adapters`` (and ``base_view_adapter``) lay a PEFT
+    adapter over a view, but not over the view's tensors it names (they hold its change already); ``config_updates`` sets fields of the output's ``config.json``.
     The output gets a model card (``README.md``:
     method, resolved parameters, and the recipe that reproduces the merge); ``model_card`` is False for none,
     or the card's text.
@@ -111,17 +117,19 @@ def merge(
         "reads": [*(_path(p) for p in reads), *protected()],  # and never inside the shipped zoo
         "files": sorted(files.items()),
         "groups": [{"tensors": list(names), "parameters": _engine_parameters(values)} for names, values in groups],
-        "views": [_view(view) for view in views],
-        "base_view": _view(base_view),
+        "views": [_view(view, adapter) for view, adapter in zip_longest(views, view_adapters[: len(views)])],
+        "base_view": _view(base_view, base_view_adapter),
         "config_updates": config_updates or {},
     }
     report = with_progress(progress, lambda callback: _core.merge(json.dumps(request), callback))
     return MergeReport.from_json(json.loads(report))
 
 
-def _view(entries: Sequence[tuple[str, PathLike, str]]) -> list[dict[str, str]]:
-    """A model assembled from other checkpoints' tensors, as the engine's request carries it."""
-    return [{"out": name, "path": _path(path), "source": source} for name, path, source in entries]
+def _view(entries: Sequence[tuple[str, PathLike, str]], adapter: ViewAdapter | None = None) -> dict[str, Any]:
+    """A model assembled from other checkpoints' tensors (and an adapter over it), as the engine's request carries
+    it."""
+    return {"tensors": [{"out": name, "path": _path(path), "source": source} for name, path, source in entries],
+            "adapter": {"path": _path(adapter[0]), "skip": list(adapter[1])} if adapter else None}
 
 
 def _card(method: str, parameters: dict[str, Any], pretrained: PathLike | None, models: Sequence[ModelInput],

@@ -9,7 +9,8 @@ use crate::checkpoint::{ADAPTER_FILE, Checkpoint, is_adapter};
 
 /// How `inspect` describes a PEFT adapter's layout.
 const ADAPTER_DESCRIPTION: &str = "a PEFT LoRA adapter: its lora_A/lora_B factors, merged over its base model";
-use crate::error::Result;
+use crate::dtype::{Storage, storage_of};
+use crate::error::{MergeError, Result};
 
 /// One tensor of a checkpoint.
 #[derive(Debug, Clone, Serialize)]
@@ -133,4 +134,42 @@ pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
         config: ckpt.config.clone(),
         tensors,
     })
+}
+
+/// Tensor `name` of `ckpt` as a merge reads it (an adapter's change added): its shape and values. The whole
+/// tensor is held: this is for one tensor a caller needs whole (a vocabulary to re-index).
+pub(crate) fn read_whole(ckpt: &Checkpoint, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let tensor = ckpt
+        .get(name)
+        .ok_or_else(|| MergeError::invalid(&ckpt.path, format!("has no tensor '{name}'")))?;
+    let Some(Storage::Float(ty)) = storage_of(tensor.stored.dtype) else {
+        return Err(MergeError::invalid(
+            &ckpt.path,
+            format!("tensor '{name}' is {:?}, not a float tensor", tensor.stored.dtype),
+        ));
+    };
+    let mut values = vec![0.0f32; tensor.stored.numel()];
+    ckpt.read_f32(tensor, ty, 0, &mut values, &mut Vec::new())?;
+    Ok((tensor.stored.shape.clone(), values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_files::write_checkpoint;
+
+    #[test]
+    fn a_whole_tensor_is_read_by_name_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("m.safetensors");
+        write_checkpoint(&path, &[("embed", &[1.0, 2.0, 3.0])]);
+        let ckpt = Checkpoint::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (shape, values) = read_whole(&ckpt, "embed").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((shape, values), (vec![3], vec![1.0, 2.0, 3.0]));
+        let err = read_whole(&ckpt, "head").expect_err("missing").to_string();
+        assert!(
+            err.contains("has no tensor 'head'") && err.contains("m.safetensors"),
+            "{err}"
+        );
+    }
 }

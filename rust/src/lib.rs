@@ -37,7 +37,7 @@ mod writer;
 mod python;
 
 pub use analysis::{CosineReport, cosine_similarity};
-pub use checkpoint::ViewTensor;
+pub use checkpoint::{View, ViewAdapter, ViewTensor};
 pub use dtype::FloatType;
 pub use error::{MergeError, Result};
 pub use extract::{ExtractReport, ExtractRequest, ExtractedModule, LeftOut, extract_lora};

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, ViewTensor};
+use crate::checkpoint::{Checkpoint, View};
 use crate::dtype::FloatType;
 use crate::engine::Engine;
 use crate::error::{MergeError, Result};
@@ -46,9 +46,9 @@ pub struct MergeRequest {
     pub base_adapter_over: Option<PathBuf>,
     /// Models assembled from other checkpoints' tensors (mergekit's `slices`); when given, they are the
     /// fine-tuned models and `models` is empty.
-    pub views: Vec<Vec<ViewTensor>>,
+    pub views: Vec<View>,
     /// The pretrained model assembled the same way (instead of `base`), when `views` has one.
-    pub base_view: Vec<ViewTensor>,
+    pub base_view: View,
     /// Fields set in the output's `config.json` (a frankenmerge's `num_hidden_layers`).
     pub config_updates: serde_json::Map<String, serde_json::Value>,
     /// Output directory.
@@ -86,7 +86,7 @@ impl MergeRequest {
             adapter_bases: Vec::new(),
             base_adapter_over: None,
             views: Vec::new(),
-            base_view: Vec::new(),
+            base_view: View::default(),
             config_updates: serde_json::Map::new(),
             out,
             dtype: None,
@@ -174,7 +174,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
     method.validate(count)?;
     let needs_base = method.def().needs_base;
     let base = match (&request.base, needs_base) {
-        _ if !request.base_view.is_empty() => Some(Checkpoint::composite("slices base", &request.base_view)?),
+        _ if !request.base_view.tensors.is_empty() => Some(request.base_view.open("slices base")?),
         (Some(p), _) => Some(match &request.base_adapter_over {
             Some(model) => Checkpoint::open_input(p, Some(model))?,
             None => Checkpoint::open(p)?,
@@ -214,7 +214,7 @@ pub fn merge(request: &MergeRequest, monitor: &Monitor) -> Result<MergeReport> {
                 .views
                 .iter()
                 .enumerate()
-                .map(|(i, v)| Checkpoint::composite(&name(i), v))
+                .map(|(i, v)| v.open(&name(i)))
                 .collect::<Result<_>>()?
         },
         extra: open_all(&method.extra_inputs(), &[])?,

@@ -59,6 +59,9 @@ class MergePlan:
     merged: list[str]
     views: list[list[tuple[str, Path, str]]] = field(default_factory=list)  # models assembled from tensors
     base_view: list[tuple[str, Path, str]] = field(default_factory=list)  # the pretrained model, assembled
+    # Per view (and the base's): an adapter read over it, and the view's tensors it leaves alone (re-indexed ones)
+    view_adapters: list[tuple[Path, list[str]] | None] = field(default_factory=list)
+    base_view_adapter: tuple[Path, list[str]] | None = None
     config_updates: dict[str, Any] = field(default_factory=dict)
     vocabulary: Any = None  # (Vocabulary, tensor names, headers) when tokenizer_source re-indexes embedding rows
     pretrained_lora: Path | None = None  # an adapter read over the pretrained model

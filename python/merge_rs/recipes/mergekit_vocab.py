@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,19 @@ class Vocabulary:
     base: Path | None
     tokens: dict[int, TokenSpec] = field(default_factory=dict)
     originals: dict[Path, dict[str, int]] = field(default_factory=dict)
+
+    def read_through(self, adapters: dict[Path, Path], base: Path | None) -> None:
+        """Key the rows of each ``model+lora`` input by its adapter too (``adapters``: adapter → the model it is
+        read over, whose vocabulary it has, as in mergekit), and make ``base`` (the base's key) the base."""
+        for adapter, model in adapters.items():
+            self.rows[adapter] = self.rows[model]
+            if model in self.originals:
+                self.originals[adapter] = self.originals[model]
+        keys = {model: adapter for adapter, model in adapters.items()}
+        for token, spec in self.tokens.items():
+            if spec.model is not None and spec.model not in self.rows.keys() - keys.keys():
+                self.tokens[token] = replace(spec, model=keys.get(spec.model, spec.model))
+        self.base = base
 
     @property
     def tokens_in_vocabulary(self) -> int:
@@ -235,15 +248,18 @@ def _configured_row(vocabulary: Vocabulary, tensors: dict[Path, Any], token: int
 
 
 def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], names: list[str], scratch: Path,
-                  groups: dict[str, tuple[list[Path], Path | None]] | None = None) -> dict[Path, Path]:
+                  groups: dict[str, tuple[list[Path], Path | None]] | None = None,
+                  adapters: dict[Path, Path] | None = None) -> dict[Path, Path]:
     """Each model's ``names`` re-indexed to the vocabulary, one file per tensor under ``scratch/i/`` with an index,
     beside its ``config.json`` and the new tokenizer's files; returns model → its directory there. ``shards``: per
     model in mergekit's gather order (the config's models, then the base), each tensor's file. ``groups``: for a
     tensor that not every model feeds (a frankenmerge's), the models that do, in gather order, and their base,
-    which decide its default rows."""
+    which decide its default rows. ``adapters``: the models keyed by a PEFT adapter (adapter → the model it is
+    read over), whose rows are read with the adapter applied."""
     import torch
-    from safetensors import safe_open
     from safetensors.torch import save_file
+
+    adapters = adapters or {}
 
     models = list(shards)
     dirs = {m: scratch / str(i) for i, m in enumerate(models)}
@@ -253,8 +269,7 @@ def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], na
     for k, name in enumerate(names):
         tensors = {}
         for m in models:
-            with safe_open(shards[m][name], framework="pt") as f:
-                tensors[m] = f.get_tensor(name)
+            tensors[m] = _read(shards[m][name], name, (m, adapters[m]) if m in adapters else None)
         feeding, base = (groups or {}).get(name, (models, vocabulary.base))
         defaults = _default_rows(vocabulary, {m: tensors[m] for m in feeding}, base)
         for m in models:
@@ -272,7 +287,25 @@ def write_aligned(vocabulary: Vocabulary, shards: dict[Path, dict[str, str]], na
     index = {"metadata": {}, "weight_map": {name: f"vocabulary-{k}.safetensors" for k, name in enumerate(names)}}
     for m, d in dirs.items():
         (d / "model.safetensors.index.json").write_text(json.dumps(index))
-        if (m / "config.json").is_file():
-            shutil.copyfile(m / "config.json", d / "config.json")
+        home = adapters.get(m, m)
+        if (home / "config.json").is_file():
+            shutil.copyfile(home / "config.json", d / "config.json")
         vocabulary.tokenizer.save_pretrained(d)
     return dirs
+
+
+def _read(file: str, name: str, over: tuple[Path, Path] | None) -> Any:
+    """Tensor ``name`` of the checkpoint file ``file``; with ``over`` (an adapter, and the model it is read over,
+    which holds ``file``), the adapter's change applied, in the stored dtype (as mergekit saves the model it merges
+    the adapter into)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as f:
+        stored = f.get_tensor(name)
+    if over is None:
+        return stored
+    from .. import _core
+
+    shape, values = _core.read_tensor(over[1], name, over[0])
+    return torch.frombuffer(bytearray(values), dtype=torch.float32).reshape(shape).to(stored.dtype)

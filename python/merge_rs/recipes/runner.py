@@ -47,21 +47,17 @@ def prepare(job: MergeJob) -> MergePlan:
     base_path = resolve_model(pretrained, job.source, where.get(pretrained, ("pretrained",))) if pretrained else None
     notes, reindex = check_tokenizer_source(job.source, [*([base_path] if base_path else []), *resolved])
     job.warnings += [note for note in notes if note not in job.warnings]
-    if reindex and (any(job.loras) or job.pretrained_lora):
-        field = "tokenizer" if "tokenizer" in job.source.data else "tokenizer_source"
-        raise job.source.error((field,), "merge-rs re-indexes embedding rows to a new vocabulary only in a config "
-                                         "without model+lora yet")
+    loras = [resolve_model(a, job.source, where.get(a, ("models",))) if a else None for a in job.loras] \
+        or [None] * len(models)
+    over_base = resolve_model(job.pretrained_lora, job.source, ("base_model",)) if job.pretrained_lora else None
     if reindex:
         from .vocab_plan import plan_reindexed
 
-        return plan_reindexed(job, base_path, resolved)
+        return plan_reindexed(job, base_path, resolved, loras, over_base)
     if job.slices:
         from .mergekit_slices import plan_frankenmerge
 
         return plan_frankenmerge(job, resolved)
-    loras = [resolve_model(a, job.source, where.get(a, ("models",))) if a else None for a in job.loras] \
-        or [None] * len(models)
-    over_base = resolve_model(job.pretrained_lora, job.source, ("base_model",)) if job.pretrained_lora else None
     result = plan(job, base_path, resolved, loras)
     result.pretrained_lora = over_base
     return result
@@ -176,7 +172,8 @@ def _merge(p: MergePlan, out: Path, card: bool | str, reads: list[Any], overwrit
     models: list[api.ModelInput] = [] if p.views else [(m, a) if a else m for m, a in zip(p.models, p.loras)]
     pretrained = (p.pretrained, p.pretrained_lora) if p.pretrained_lora and p.pretrained else p.pretrained
     return api.merge(job.method, models, out, pretrained=pretrained, dtype=job.dtype, views=p.views,
-                     base_view=p.base_view, config_updates=p.config_updates,
+                     base_view=p.base_view, view_adapters=p.view_adapters, base_view_adapter=p.base_view_adapter,
+                     config_updates=p.config_updates,
                      max_shard_size=job.max_shard_size, threads=threads, overwrite=overwrite,
                      memory_budget=memory_budget, progress=progress, reads=reads, groups=p.groups,
                      model_card=card, **p.parameters)

@@ -1,6 +1,7 @@
 //! A checkpoint assembled from other checkpoints' tensors under new names: mergekit's `slices`, where a
 //! frankenmerge stacks layers of several models. Each source is opened once and lends its shards; data is
-//! read from the sources as they are.
+//! read from the sources as they are. A view may carry a PEFT adapter, laid over it but for the tensors it
+//! names (mergekit's `model+lora` whose vocabulary tensors come re-indexed, the adapter's change already in them).
 
 use std::path::PathBuf;
 
@@ -16,6 +17,39 @@ pub struct ViewTensor {
     pub path: PathBuf,
     /// Its name there.
     pub source: String,
+}
+
+/// A model assembled from other checkpoints' tensors, with an adapter laid over it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct View {
+    /// Its tensors (none: no view).
+    pub tensors: Vec<ViewTensor>,
+    /// A PEFT adapter read over the view.
+    #[serde(default)]
+    pub adapter: Option<ViewAdapter>,
+}
+
+/// A PEFT adapter over a [`View`], left out of the tensors that hold its change already.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewAdapter {
+    /// The adapter's directory.
+    pub path: PathBuf,
+    /// The view's tensors it does not change.
+    #[serde(default)]
+    pub skip: Vec<String>,
+}
+
+impl View {
+    /// The view's checkpoint, called `name`, with its adapter laid over it.
+    pub(crate) fn open(&self, name: &str) -> Result<Checkpoint> {
+        let composite = Checkpoint::composite(name, &self.tensors)?;
+        match &self.adapter {
+            Some(a) => composite.with_adapter(&a.path, &a.skip),
+            None => Ok(composite),
+        }
+    }
 }
 
 impl Checkpoint {

@@ -2,7 +2,8 @@
 //! `adapter_model.safetensors`) over its base checkpoint reads as the full model θ₀ + ΔW, with
 //! ΔW = s·B·A for every targeted module (s = α/r, or α/√r with rsLoRA; transposed for `fan_in_fan_out`
 //! and for embeddings). ΔW is formed only for the elements a job reads, so an adapter streams like a
-//! checkpoint. Tensors saved whole (`modules_to_save`) replace the base's.
+//! checkpoint. Tensors saved whole (`modules_to_save`, and the targeted layer's own weight that PEFT saves for
+//! embeddings) replace the base's.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -11,6 +12,7 @@ use std::rc::Rc;
 
 use super::lora_cache;
 use super::lora_config::{alpha_for, read_config};
+pub(crate) use super::lora_config::{is_adapter, with_adapter_hint};
 use super::lora_delta::{BLOCK, ROWS, add_block, add_rows};
 use super::{Checkpoint, Tensor};
 use crate::dtype::{FloatType, Storage, storage_of};
@@ -53,38 +55,9 @@ pub(crate) struct Overlay {
     saved: HashMap<String, Tensor>,
 }
 
-/// Whether `path` is a PEFT adapter directory.
-pub(crate) fn is_adapter(path: &Path) -> bool {
-    path.is_dir() && path.join(ADAPTER_CONFIG).is_file()
-}
-
-/// `error` (opening `path` as a checkpoint), or, when `path` holds no weights but adapters in its
-/// subdirectories (PEFT saves each adapter of a model there), an error naming them.
-pub(crate) fn with_adapter_hint(path: &Path, error: MergeError) -> MergeError {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return error;
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_adapter(p))
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    if names.is_empty() {
-        return error;
-    }
-    names.sort();
-    MergeError::invalid(
-        path,
-        format!(
-            "holds PEFT adapters in its subdirectories ({}): give one of them as a model",
-            names.join(", ")
-        ),
-    )
-}
-
 impl Overlay {
-    /// Read `dir`'s adapter and match every module against `base`.
-    pub(crate) fn open(dir: &Path, base: &Checkpoint) -> Result<Overlay> {
+    /// Read `dir`'s adapter and match every module against `base`, less those that change a tensor `skip` names.
+    pub(crate) fn open(dir: &Path, base: &Checkpoint, skip: &[String]) -> Result<Overlay> {
         let config_path = dir.join(ADAPTER_CONFIG);
         let config = read_config(&config_path)?;
         let weights = dir.join(ADAPTER_FILE);
@@ -127,12 +100,18 @@ impl Overlay {
             let alpha = alpha_for(&config, module, &config_path)?;
             let transposed = embedding == "true" || config.fan_in_fan_out;
             let found = find(base, &target).ok_or_else(|| missing(&weights, module, &target, &base.path))?;
+            if skip.contains(&found.stored.name) {
+                continue;
+            }
             let m = Module::new(a, b, alpha, config.use_rslora, transposed, found, &weights)?;
             modules.insert(found.stored.name.clone(), m);
         }
         let mut replaced = HashMap::new();
         for (target, tensor) in saved {
             let found = find(base, &target).ok_or_else(|| unexpected(&weights, &tensor.stored.name, &base.path))?;
+            if skip.contains(&found.stored.name) {
+                continue;
+            }
             if found.stored.shape != tensor.stored.shape || float_type(&tensor).is_none() {
                 return Err(MergeError::invalid(
                     &weights,
@@ -179,13 +158,12 @@ impl Overlay {
         out: &mut [f32],
         scratch: &mut Vec<u8>,
     ) -> Result<()> {
-        if let Some(copy) = self.saved.get(&tensor.stored.name) {
-            let own = float_type(copy).unwrap_or(ty);
-            return self.adapter.read_plain(copy, own, start, out, scratch);
-        }
-        match known {
-            Some(values) => out.copy_from_slice(values),
-            None => base.read_plain(tensor, ty, start, out, scratch)?,
+        match (self.saved.get(&tensor.stored.name), known) {
+            (Some(copy), _) => self
+                .adapter
+                .read_plain(copy, float_type(copy).unwrap_or(ty), start, out, scratch)?,
+            (None, Some(values)) => out.copy_from_slice(values),
+            (None, None) => base.read_plain(tensor, ty, start, out, scratch)?,
         }
         match self.modules.get(&tensor.stored.name) {
             Some(module) => module.add_delta(&self.adapter, start, out, scratch),
@@ -199,7 +177,8 @@ enum Key {
     /// `M.lora_A.weight` / `M.lora_B.weight`, or `M.lora_embedding_A` / `M.lora_embedding_B`.
     Factor { module: String, b: bool, embedding: bool },
     /// A saved module's tensor (`modules_to_save`), replacing the base's: `M.P`, or `M.modules_to_save.P` as
-    /// PEFT before 0.15 saved it.
+    /// PEFT before 0.15 saved it; or `M.base_layer.P`, a targeted layer's own weight (PEFT saves an embedding's),
+    /// which the module's change is then added to.
     Saved(String),
 }
 
@@ -219,7 +198,10 @@ impl Key {
                 };
             }
         }
-        match name.split_once(".modules_to_save.") {
+        match name
+            .split_once(".modules_to_save.")
+            .or_else(|| name.split_once(".base_layer."))
+        {
             Some((module, rest)) => Key::Saved(format!("{module}.{rest}")),
             None => Key::Saved(name.to_string()),
         }
@@ -398,3 +380,7 @@ fn missing(file: &Path, module: &str, target: &str, base: &Path) -> MergeError {
 #[cfg(test)]
 #[path = "lora_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "lora_view_tests.rs"]
+mod view_tests;

@@ -1,13 +1,44 @@
 //! A PEFT adapter's `adapter_config.json`: the fields that change the weights, bounded in size, with what
-//! merge-rs cannot read refused by name, and `alpha_pattern` matched as PEFT matches it.
+//! merge-rs cannot read refused by name, and `alpha_pattern` matched as PEFT matches it. Its presence is what
+//! makes a directory an adapter.
 
 use std::path::Path;
 
+use super::lora::ADAPTER_CONFIG;
 use super::regular_file;
 use crate::error::{MergeError, Result};
 
 /// The largest `adapter_config.json` read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Whether `path` is a PEFT adapter directory.
+pub(crate) fn is_adapter(path: &Path) -> bool {
+    path.is_dir() && path.join(ADAPTER_CONFIG).is_file()
+}
+
+/// `error` (opening `path` as a checkpoint), or, when `path` holds no weights but adapters in its
+/// subdirectories (PEFT saves each adapter of a model there), an error naming them.
+pub(crate) fn with_adapter_hint(path: &Path, error: MergeError) -> MergeError {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return error;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_adapter(p))
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if names.is_empty() {
+        return error;
+    }
+    names.sort();
+    MergeError::invalid(
+        path,
+        format!(
+            "holds PEFT adapters in its subdirectories ({}): give one of them as a model",
+            names.join(", ")
+        ),
+    )
+}
 
 /// The fields of `adapter_config.json` that change the weights.
 #[derive(Debug, serde::Deserialize)]

@@ -8,7 +8,7 @@ use safetensors::tensor::TensorView;
 use std::collections::BTreeMap;
 
 /// A float32 safetensors file of shaped tensors.
-fn shaped(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+pub(super) fn shaped(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, s, v)| {
@@ -34,11 +34,11 @@ fn shaped(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     );
 }
 
-fn values(n: usize, seed: f32) -> Vec<f32> {
+pub(super) fn values(n: usize, seed: f32) -> Vec<f32> {
     (0..n).map(|i| (i as f32 * 0.37 + seed).sin() * 0.5).collect()
 }
 
-fn adapter(dir: &Path, config: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
+pub(super) fn adapter(dir: &Path, config: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
     let path = dir.join("adapter");
     std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{e}"));
     put(&path.join(ADAPTER_CONFIG), config.as_bytes());
@@ -47,7 +47,7 @@ fn adapter(dir: &Path, config: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -
 }
 
 /// `layer.q`'s factors as PEFT saves them: lora_A of `a_shape` holding `a`, lora_B of `b_shape` holding `b`.
-fn q_factors(
+pub(super) fn q_factors(
     a_shape: Vec<usize>,
     a: Vec<f32>,
     b_shape: Vec<usize>,
@@ -59,7 +59,7 @@ fn q_factors(
     ]
 }
 
-fn read_all(ckpt: &Checkpoint, name: &str, start: usize, len: usize) -> Vec<f32> {
+pub(super) fn read_all(ckpt: &Checkpoint, name: &str, start: usize, len: usize) -> Vec<f32> {
     let t = ckpt.get(name).unwrap_or_else(|| panic!("{name}"));
     let mut out = vec![0.0; len];
     ckpt.read_f32(t, FloatType::F32, start, &mut out, &mut Vec::new())
@@ -68,7 +68,7 @@ fn read_all(ckpt: &Checkpoint, name: &str, start: usize, len: usize) -> Vec<f32>
 }
 
 /// ΔW[i, j] = s·Σₖ P[i, k]·Q[k, j] for row-major P (rows × r) and Q (r × cols).
-fn product(p: &[f32], q: &[f32], rows: usize, r: usize, cols: usize, s: f32) -> Vec<f32> {
+pub(super) fn product(p: &[f32], q: &[f32], rows: usize, r: usize, cols: usize, s: f32) -> Vec<f32> {
     (0..rows * cols)
         .map(|e| {
             (0..r)
@@ -79,15 +79,15 @@ fn product(p: &[f32], q: &[f32], rows: usize, r: usize, cols: usize, s: f32) -> 
         .collect()
 }
 
-const LORA: &str = r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4}"#;
+pub(super) const LORA: &str = r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4}"#;
 
-struct Case {
-    dir: tempfile::TempDir,
-    base: PathBuf,
+pub(super) struct Case {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) base: PathBuf,
     w: Vec<f32>,
 }
 
-fn base_with(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Case {
+pub(super) fn base_with(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Case {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let base = dir.path().join("base.safetensors");
     shaped(&base, tensors);

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use composite::ViewTensor;
+pub use composite::{View, ViewAdapter, ViewTensor};
 pub(crate) use header::{StoredTensor, read_header};
 pub(crate) use index::regular_file;
 pub(crate) use layout::{KeyMap, Layout};
@@ -151,11 +151,15 @@ impl Checkpoint {
                 "is a LoRA adapter: give the model it adapts as the pretrained model (--pretrained)",
             )
         })?;
-        let mut ckpt = Checkpoint::open(base)?;
-        ckpt.lora = Some(Box::new(lora::Overlay::open(path, &ckpt)?));
-        ckpt.name = display_name(path);
-        ckpt.path = path.to_path_buf();
-        Ok(ckpt)
+        Checkpoint::open(base)?.with_adapter(path, &[])
+    }
+
+    /// This checkpoint with the PEFT adapter at `dir` laid over it, but not over the tensors `skip` names.
+    pub(crate) fn with_adapter(mut self, dir: &Path, skip: &[String]) -> Result<Checkpoint> {
+        self.lora = Some(Box::new(lora::Overlay::open(dir, &self, skip)?));
+        self.name = display_name(dir);
+        self.path = dir.to_path_buf();
+        Ok(self)
     }
 
     /// For an adapter, each module's name in it and PEFT's scale of its ΔW (α/r, α/√r with rsLoRA).

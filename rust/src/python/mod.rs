@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -40,10 +41,10 @@ struct RequestJson {
     pretrained_adapter_over: Option<PathBuf>,
     /// Models assembled from other checkpoints' tensors (mergekit's `slices`), instead of `models`.
     #[serde(default)]
-    views: Vec<Vec<crate::checkpoint::ViewTensor>>,
+    views: Vec<crate::checkpoint::View>,
     /// The pretrained model assembled the same way.
     #[serde(default)]
-    base_view: Vec<crate::checkpoint::ViewTensor>,
+    base_view: crate::checkpoint::View,
     /// Fields to set in the output's `config.json`.
     #[serde(default)]
     config_updates: serde_json::Map<String, serde_json::Value>,
@@ -203,6 +204,26 @@ fn adapter_scales(py: Python<'_>, adapter: PathBuf, base: PathBuf) -> PyResult<H
     })
 }
 
+/// Tensor `name` of `model` as a merge reads it (the PEFT adapter `adapter` laid over it, when given): its shape
+/// and its values as little-endian float32 bytes.
+#[pyfunction]
+#[pyo3(signature = (model, name, adapter=None))]
+fn read_tensor(
+    py: Python<'_>,
+    model: PathBuf,
+    name: String,
+    adapter: Option<PathBuf>,
+) -> PyResult<(Vec<usize>, Py<PyBytes>)> {
+    let (shape, values) = run_detached(py, &Monitor::default(), None, || {
+        let ckpt = match &adapter {
+            Some(a) => Checkpoint::open_input(a, Some(&model))?,
+            None => Checkpoint::open(&model)?,
+        };
+        crate::info::read_whole(&ckpt, &name)
+    })?;
+    Ok((shape, PyBytes::new(py, bytemuck::cast_slice(&values)).unbind()))
+}
+
 /// Cosine similarity of the task vectors; returns JSON.
 #[pyfunction]
 #[pyo3(signature = (pretrained, models, threads=0, progress=None))]
@@ -287,6 +308,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(adapter_scales, m)?)?;
+    m.add_function(wrap_pyfunction!(read_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(cosine_similarity, m)?)?;
     m.add_function(wrap_pyfunction!(extract_lora, m)?)?;
     m.add_function(wrap_pyfunction!(write_model_set, m)?)?;
