@@ -215,11 +215,12 @@ def _adapter(model: Path, out: Path, seed: int, embeddings: bool) -> Path:
     return out
 
 
-@pytest.mark.parametrize("over", ["model", "model, embeddings too", "base"])
+@pytest.mark.parametrize("over", ["model", "model, embeddings too", "base", "token rows"])
 def test_re_indexing_reads_rows_through_a_lora_as_mergekit_does(over, llama, tmp_path):  # noqa: F811
     """model+lora with vocabularies that differ: as in mergekit, the input's vocabulary is its model's, its rows
     are read with the adapter applied (a LoRA on embed_tokens, lm_head saved whole) before they are re-indexed,
-    and the adapter changes the rest of the model as it would without re-indexing."""
+    and the adapter changes the rest of the model as it would without re-indexing. A ``tokenizer`` block's token
+    can take its row from a model+lora input, named as the config names it."""
     models = _with_tokenizer(llama, tmp_path / "models", rename={"tok63": "<|im_end|>"})
     config = _config(models, "union")
     target = models[0] if over == "base" else models[2]
@@ -228,6 +229,12 @@ def test_re_indexing_reads_rows_through_a_lora_as_mergekit_does(over, llama, tmp
         config["base_model"] += "+" + adapter
     else:
         config["models"][1]["model"] += "+" + adapter
+    if over == "token rows":  # b's <|im_end|> row for every model, b+lora's tok0 row for tok1
+        source = config.pop("tokenizer_source")
+        b = config["models"][1]["model"]
+        config["tokenizer"] = {"source": source, "tokens": {
+            "<|im_end|>": {"source": b, "force": True},
+            "tok1": {"source": {"kind": "model_token", "model": b, "token": "tok0"}, "force": True}}}
     ours, theirs = run_both(tmp_path, config)
     assert_same(ours, theirs)
     assert ours["model.embed_tokens.weight"].shape[0] == 65

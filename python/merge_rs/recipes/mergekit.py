@@ -62,8 +62,8 @@ def job_from_mergekit(source: RecipeSource) -> MergeJob:
     dtype = translate.written_dtype()
     all_values = [*shared.values(), *(s for m in model_settings for s in m.values())]
     pretrained, inputs = translate.inputs
-    split = [_split_lora(ref) for ref in inputs]
-    base_model, base_lora = _split_lora(pretrained) if pretrained else (None, None)
+    split = [split_lora(ref) for ref in inputs]
+    base_model, base_lora = split_lora(pretrained) if pretrained else (None, None)
     return MergeJob(source=source, dialect="mergekit-pytorch" if raw_files else "mergekit-yaml",
                     method=translate.method, models=[m for m, _ in split], loras=[a for _, a in split],
                     parameters_for=translate.parameters,
@@ -148,13 +148,13 @@ def _base(source: RecipeSource, slices: bool = False) -> str | None:
     if not source.data.get("base_model"):
         return None
     base = reference(source, source.data["base_model"], ("base_model",))
-    if slices and _split_lora(base)[1] is not None:
+    if slices and split_lora(base)[1] is not None:
         raise source.error(("base_model",), "merge-rs does not read a LoRA adapter over the base model of a "
                                             "config with slices yet")
     return base
 
 
-def _split_lora(ref: str) -> tuple[str, str | None]:
+def split_lora(ref: str) -> tuple[str, str | None]:
     """mergekit's ``model+lora`` as (model, adapter); a path that exists is taken whole."""
     if "+" not in ref or Path(ref).exists():
         return ref, None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,6 @@ class Vocabulary:
             self.rows[adapter] = self.rows[model]
             if model in self.originals:
                 self.originals[adapter] = self.originals[model]
-        keys = {model: adapter for adapter, model in adapters.items()}
-        for token, spec in self.tokens.items():
-            if spec.model is not None and spec.model not in self.rows.keys() - keys.keys():
-                self.tokens[token] = replace(spec, model=keys.get(spec.model, spec.model))
         self.base = base
 
     @property

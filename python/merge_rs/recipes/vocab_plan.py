@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from ..reports import CheckpointInfo
 from .job import MergeJob, MergePlan, plan, resolve_model
-from .mergekit import reference
+from .mergekit import reference, split_lora
 from .mergekit_tokenizer import tokenizer_settings
 from .mergekit_vocab import FIELD, build_vocabulary, vocab_tensor_names, write_aligned
 
@@ -38,20 +38,21 @@ def plan_reindexed(job: MergeJob, base: Path | None, resolved: list[Path], loras
     settings = tokenizer_settings(job.source)
     field = ("tokenizer", "source") if settings.block else FIELD
     value = settings.source
-    named = resolve_model(str(value), job.source, field) if value not in ("base", "union") else None
-    known = {*models, *([base] if base else [])}
-    tokens = {}
-    for token, spec in settings.tokens.items():
-        if spec.model is not None:
-            loc = ("tokenizer", "tokens", token, "source")
-            spec = replace(spec, model=resolve_model(spec.model, job.source, loc))
-            if spec.model not in known:
-                raise job.source.error(loc, f"{spec.model} is not one of the models merged")
-        tokens[token] = spec
-    vocabulary = build_vocabulary(job.source, value, base, models, named, tokens, settings.pad_to_multiple_of)
+    # mergekit takes a model+lora's tokenizer from the model
+    named = resolve_model(split_lora(str(value))[0], job.source, field) if value not in ("base", "union") else None
     keys = [a or m for m, a in zip(models, loras)]
     base_key = base_lora or base
     homes = {k: m for k, m in [*zip(keys, models), (base_key, base)] if k is not None}
+    tokens = {}
+    for token, spec in settings.tokens.items():
+        if spec.model is not None:  # an input as the config names it (model+lora: that adapter over the model)
+            loc = ("tokenizer", "tokens", token, "source")
+            model, adapter = split_lora(spec.model)
+            spec = replace(spec, model=resolve_model(adapter or model, job.source, loc))
+            if spec.model not in homes:
+                raise job.source.error(loc, f"{spec.model} is not one of the models merged")
+        tokens[token] = spec
+    vocabulary = build_vocabulary(job.source, value, base, models, named, tokens, settings.pad_to_multiple_of)
     adapters = {k: m for k, m in homes.items() if k != m}
     vocabulary.read_through(adapters, base_key)
     infos = {k: inspect(m) for k, m in homes.items()}
