@@ -74,12 +74,12 @@ def test_logits_equal_clip_logits_per_image_for_a_one_template_task(zoo, clip):
 def test_report_matches_a_hand_computed_evaluation(zoo, clip):
     model, processor = clip
     limit, batch = 10, 4
-    tasks = prepare_tasks([("digits", None), ("emoji", None)], zoo, limit=limit)
+    tasks = prepare_tasks([("digits", None), ("symbols", None)], zoo, limit=limit)
     evaluator = Evaluator(zoo.pretrained_path(), tasks, device="cpu", batch_size=batch, progress=False)
     vision = zoo.load_vision("digits")
     report = evaluator.evaluate(vision, name="digits model")
 
-    assert list(report) == ["model_info", "digits", "emoji", "average"]
+    assert list(report) == ["model_info", "digits", "symbols", "average"]
     params = sum(p.numel() for p in vision.parameters())
     assert report["model_info"] == {"trainable_params": params, "all_params": params, "trainable_percentage": 1.0,
                                     "name": "digits model"}
@@ -100,8 +100,8 @@ def test_report_matches_a_hand_computed_evaluation(zoo, clip):
         assert report[task.name]["accuracy"] == pytest.approx(correct / limit)
         assert report[task.name]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert report["average"]["accuracy"] == pytest.approx((report["digits"]["accuracy"] +
-                                                          report["emoji"]["accuracy"]) / 2)
-    assert report["average"]["loss"] == pytest.approx((report["digits"]["loss"] + report["emoji"]["loss"]) / 2)
+                                                          report["symbols"]["accuracy"]) / 2)
+    assert report["average"]["loss"] == pytest.approx((report["digits"]["loss"] + report["symbols"]["loss"]) / 2)
 
 
 def test_fine_tuned_models_beat_the_pretrained_one_on_their_own_tasks(zoo):
@@ -145,15 +145,15 @@ def test_heads_are_cached_on_disk_and_reused(zoo, clip, tmp_path):
 @pytest.mark.slow
 def test_cli_eval_with_limit_and_report(zoo, tmp_path):
     report_file = tmp_path / "r" / "report.json"
-    out = cli("eval", "emoji", "--pool", "zoo", "--task", "emoji", "--task", "mnist", "--limit", "7",
+    out = cli("eval", "symbols", "--pool", "zoo", "--task", "symbols", "--task", "mnist", "--limit", "7",
               "--report", report_file, "--json", "--device", "cpu")
     report = json.loads(out.stdout)
     saved = json.loads(report_file.read_text())
     assert saved.pop("generator").startswith("merge-rs ") and saved == report  # the file carries merge-rs's mark
-    assert list(report) == ["model_info", "emoji", "mnist", "average"]
-    tasks = prepare_tasks([("emoji", None), ("mnist", None)], zoo, limit=7)
-    want = Evaluator(zoo.pretrained_path(), tasks, device="cpu", progress=False).evaluate(zoo.load_vision("emoji"))
-    for t in ("emoji", "mnist"):
+    assert list(report) == ["model_info", "symbols", "mnist", "average"]
+    tasks = prepare_tasks([("symbols", None), ("mnist", None)], zoo, limit=7)
+    want = Evaluator(zoo.pretrained_path(), tasks, device="cpu", progress=False).evaluate(zoo.load_vision("symbols"))
+    for t in ("symbols", "mnist"):
         assert report[t]["accuracy"] == pytest.approx(want[t]["accuracy"])
         assert report[t]["loss"] == pytest.approx(want[t]["loss"], rel=1e-5)
         assert round(report[t]["accuracy"] * 7) == pytest.approx(report[t]["accuracy"] * 7)

@@ -37,11 +37,11 @@ def zoo():
 
 @pytest.fixture(scope="module")
 def pair(zoo, tmp_path_factory):
-    """A two-model pool from the zoo (digits, emoji), for quick exact checks."""
+    """A two-model pool from the zoo (digits, symbols), for quick exact checks."""
     path = tmp_path_factory.mktemp("pool") / "pair.json"
     path.write_text(json.dumps({"pretrained": str(zoo.pretrained_path()),
-                                "models": {t: str(zoo.model_path(t)) for t in ("digits", "emoji")},
-                                "datasets": {t: zoo.dataset_source(t) for t in ("digits", "emoji")}}))
+                                "models": {t: str(zoo.model_path(t)) for t in ("digits", "symbols")},
+                                "datasets": {t: zoo.dataset_source(t) for t in ("digits", "symbols")}}))
     return get_pool(path)
 
 
@@ -181,7 +181,7 @@ def test_saved_weights_round_trip_and_reproduce_the_merge(pair, tmp_path):
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     data = json.loads(weights.read_text())
-    assert data["mode"] == "layer" and data["tasks"] == ["digits", "emoji"]
+    assert data["mode"] == "layer" and data["tasks"] == ["digits", "symbols"]
     assert data["coefficients"]["embeddings.class_embedding"] != [0.3, 0.3]  # learned
     names = list(data["coefficients"])
     loaded = load_weights(weights, pair.tasks, names)

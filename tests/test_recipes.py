@@ -246,7 +246,7 @@ def test_the_example_recipe_merges_the_zoo_and_evaluates_it(tmp_path):
     example = Path(__file__).parent.parent / "examples" / "zoo-ties.yml"
     report = json.loads(cli("run", example, "--out", tmp_path / "zt", "--json", "-q").stdout)
     assert report["method"] == "ties" and len(report["tensor_groups"]) == 7
-    assert {"mnist", "digits", "fashion_mnist", "emoji", "average"} <= set(report["evaluation"])
+    assert {"mnist", "digits", "fashion_mnist", "symbols", "average"} <= set(report["evaluation"])
     assert "```yaml merge-rs-recipe\nmethod: ties\npool: zoo\n" in (tmp_path / "zt/README.md").read_text()
 
 

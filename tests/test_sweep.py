@@ -71,9 +71,9 @@ def test_the_best_point_is_the_highest_on_the_chosen_score():
 def test_a_task_without_a_validation_split_is_named(tmp_path):
     pool = tmp_path / "zoo"
     shutil.copytree(zoo_directory(), pool)
-    (pool / "datasets" / "emoji" / "validation.parquet").unlink()
+    (pool / "datasets" / "symbols" / "validation.parquet").unlink()
     result = cli("sweep", "task_arithmetic", "--pool", pool, "--param", "scaling_factor=0.3", check=False)
-    assert result.returncode == 1 and "task 'emoji': " in result.stderr
+    assert result.returncode == 1 and "task 'symbols': " in result.stderr
     assert "no parquet files for split 'validation'" in result.stderr
     assert "--split test is optimistic" in result.stderr
 

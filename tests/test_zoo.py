@@ -19,7 +19,7 @@ from merge_rs.clip.pool import zoo_pool  # noqa: E402
 from tools.zoo import build, lora, tokenizer  # noqa: E402
 from tools.zoo.hashes import fingerprint  # noqa: E402
 
-ZOO_TASKS = ["mnist", "digits", "fashion_mnist", "emoji", "icons", "textures", "letters", "scripts"]
+ZOO_TASKS = ["mnist", "digits", "fashion_mnist", "symbols", "icons", "textures", "letters", "scripts"]
 
 
 @pytest.mark.slow
@@ -224,3 +224,22 @@ def test_fingerprints_survive_the_parquet_round_trip_and_gimp_patterns_read(tmp_
     (tmp_path / "p.pat").write_bytes(struct.pack(">IIIII4s", 29, 1, 3, 2, 3, b"GPAT") + b"red\0\0" + pixels)
     pattern = read_pattern(tmp_path / "p.pat")
     assert pattern.size == (3, 2) and pattern.tobytes() == pixels
+
+
+def test_each_kind_of_symbol_is_drawn_by_fonts_that_have_its_glyphs():
+    import unicodedata
+
+    from tools.zoo.fonts import SYMBOL_BLOCKS, character_map, symbol_fonts
+    from tools.zoo.missing import SourceMissing
+
+    try:
+        found = {kind: symbol_fonts(kind) for kind in SYMBOL_BLOCKS}
+    except SourceMissing as e:
+        pytest.skip(str(e))
+    for kind, fonts in found.items():
+        assigned = {c for low, high in SYMBOL_BLOCKS[kind] for c in range(low, high + 1)
+                    if unicodedata.category(chr(c)) != "Cn"}
+        for path, glyphs in fonts:
+            assert "Symbola" not in path.name, "Symbola's emoji glyphs are in the pretraining corpus"
+            assert {ord(g) for g in glyphs} <= character_map(path) & assigned, (kind, path)
+            assert 3 * len(glyphs) >= len(assigned), (kind, path)

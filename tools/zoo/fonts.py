@@ -2,8 +2,9 @@
 
 Latin fonts (for letters and digits) come from ``fonts-noto-core``, ``fonts-dejavu-core``, ``fonts-liberation``,
 ``fonts-freefont-ttf``, ``fonts-urw-base35`` and ``fonts-cantarell``; the writing systems come from Noto's per-script
-fonts (``NotoSans{Script}`` for the task, ``NotoSerif{Script}`` for the pretraining corpus). A font is used for a
-character only if its character map has it, so no image is a "tofu" box.
+fonts (``NotoSans{Script}`` for the task, ``NotoSerif{Script}`` for the pretraining corpus); the symbols from every
+DejaVu, FreeFont, Noto symbol or URW font that draws a third of a kind's. A font is used for a character only if its
+character map has it, so no image is a "tofu" box.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from merge_rs.clip.tasks import SCRIPTS
+from merge_rs.clip.tasks import SCRIPTS, SYMBOLS
 
 from .missing import SourceMissing
 from .resolution import source_pixels
@@ -43,6 +44,24 @@ SCRIPT_BLOCKS: dict[str, tuple[tuple[int, int], str]] = {
     "myanmar": ((0x1000, 0x109F), "Myanmar"),
 }
 assert tuple(SCRIPT_BLOCKS) == SCRIPTS, "the task's class order"
+
+# Kind of symbol → its Unicode ranges (dingbats less their numbers and arrows), drawn in every font that has a third.
+SYMBOL_BLOCKS: dict[str, tuple[tuple[int, int], ...]] = {
+    "arrow": ((0x2190, 0x21FF), (0x27F0, 0x27FF), (0x2900, 0x297F)),
+    "mathematical operator": ((0x2200, 0x22FF),),
+    "box drawing": ((0x2500, 0x257F),),
+    "braille pattern": ((0x2801, 0x28FF),),
+    "geometric shape": ((0x25A0, 0x25FF),),
+    "dingbat": ((0x2701, 0x2775),),
+    "hexagram": ((0x4DC0, 0x4DFF),),
+    "domino tile": ((0x1F030, 0x1F093),),
+    "playing card": ((0x1F0A0, 0x1F0F5),),
+    "chess piece": ((0x2654, 0x265F),),
+}
+assert tuple(SYMBOL_BLOCKS) == SYMBOLS, "the task's class order"
+# Symbola is left out: its emoji glyphs are in the pretraining corpus.
+SYMBOL_GLOBS = ("truetype/dejavu/*.ttf", "truetype/freefont/*.ttf", "truetype/noto/NotoSansSymbols*.ttf",
+                "truetype/noto/NotoSansMath-*.ttf", "opentype/urw-base35/*.otf")
 
 
 def latin_fonts() -> list[Path]:
@@ -80,6 +99,27 @@ def script_letters(script: str, path: Path) -> tuple[str, ...]:
     low, high = SCRIPT_BLOCKS[script][0]
     have = character_map(path)
     return tuple(chr(c) for c in range(low, high + 1) if c in have and unicodedata.category(chr(c)).startswith("L"))
+
+
+def _symbol_codes(kind: str) -> list[int]:
+    return [c for low, high in SYMBOL_BLOCKS[kind] for c in range(low, high + 1)
+            if unicodedata.category(chr(c)) != "Cn"]
+
+
+@lru_cache(maxsize=None)
+def symbol_fonts(kind: str) -> tuple[tuple[Path, tuple[str, ...]], ...]:
+    """The fonts that draw at least a third of ``kind``'s symbols, each with the symbols it draws."""
+    codes = _symbol_codes(kind)
+    found = sorted({p for pattern in SYMBOL_GLOBS for p in FONT_ROOT.glob(pattern)})
+    out = []
+    for path in found:
+        have = [chr(c) for c in codes if c in character_map(path)]
+        if 3 * len(have) >= len(codes):
+            out.append((path, tuple(have)))
+    if not out:
+        raise SourceMissing(f"no font draws the {kind} symbols: install fonts-dejavu-core fonts-freefont-ttf "
+                            "fonts-noto-core fonts-symbola")
+    return tuple(out)
 
 
 @lru_cache(maxsize=256)

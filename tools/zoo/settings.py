@@ -15,7 +15,7 @@ class ZooSettings:
     """Everything that decides the zoo's contents."""
 
     seed: int = 0
-    tasks: tuple[str, ...] = ("mnist", "digits", "fashion_mnist", "emoji", "icons", "textures", "letters", "scripts")
+    tasks: tuple[str, ...] = ("mnist", "digits", "fashion_mnist", "symbols", "icons", "textures", "letters", "scripts")
     test_size: int = 1000  # at most half of a source (a quarter with pretraining slices)
     validation_size: int = 250  # at most an eighth
     train_size: int = 1000  # at most the rest; what ships

@@ -22,6 +22,7 @@ DOMAIN_CAPTIONS: dict[str, tuple[str, ...]] = {
     "textures": ("a texture.", "a close up photo of a material.", "a patterned surface."),
     "letters": ("a capital letter.", "an uppercase letter in some font.", "a letter of the alphabet."),
     "scripts": ("some letters of a writing system.", "a character of some script.", "a glyph of a foreign script."),
+    "symbols": ("a symbol.", "a special character from a symbol font.", "a unicode sign."),
 }
 
 

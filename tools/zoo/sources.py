@@ -10,6 +10,8 @@
 - ``textures``: crops of 43 material patterns in 9 kinds: Debian ``gimp-data`` (``artwork.py``).
 - ``letters``: capitals A–Z in 96 Latin fonts of Debian's font packages (``glyph_tasks.py``).
 - ``scripts``: a letter of one of 12 writing systems in Debian ``fonts-noto-core``'s Sans fonts (``glyph_tasks.py``).
+- ``symbols``: 5,000 glyphs of ten kinds of Unicode symbol (arrows, braille, dominoes, ...) in the fonts of
+  DejaVu, FreeFont, Noto, Symbola and URW that draw them (``glyph_tasks.py``).
 
 Each reader returns ``(images, labels)``: a list of PIL images at the source's own resolution and a list of ints.
 """
@@ -25,7 +27,7 @@ from PIL import Image
 
 from .artwork import icons, textures
 from .emoji_art import emoji, emoji_entries, emoji_groups
-from .glyph_tasks import letters, scripts
+from .glyph_tasks import letters, scripts, symbols
 from .missing import SourceMissing, require
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -86,6 +88,7 @@ SOURCES: dict[str, Callable[[], Images]] = {
     "textures": textures,
     "letters": letters,
     "scripts": scripts,
+    "symbols": symbols,
 }
 
 __all__ = ["SOURCES", "Images", "SourceMissing", "emoji_entries", "emoji_groups"]

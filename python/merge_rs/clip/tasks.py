@@ -76,6 +76,8 @@ TEXTURES = ("animal skin", "fabric", "food", "paper", "plant", "sky", "stone", "
 CAPITALS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 SCRIPTS = ("arabic", "hebrew", "devanagari", "thai", "armenian", "georgian", "ethiopic", "bengali", "tamil", "khmer",
            "sinhala", "myanmar")
+SYMBOLS = ("arrow", "mathematical operator", "box drawing", "braille pattern", "geometric shape", "dingbat",
+           "hexagram", "domino tile", "playing card", "chess piece")
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("sun397", ("a photo of a {}.", "a photo of the {}."), dataset="tanganke/sun397"),
@@ -100,6 +102,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("textures", ("a photo of a {} texture.", "a photo of a {} pattern."), TEXTURES),
     Task("letters", ('the letter "{}".', "a photo of the letter {}."), CAPITALS),
     Task("scripts", ("text in {} script.", "a photo of {} writing."), SCRIPTS),
+    Task("symbols", ("a {} symbol.", "the {} sign."), SYMBOLS),
 )}
 
 EIGHT_TASKS = ("sun397", "stanford_cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd")
