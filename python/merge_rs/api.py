@@ -87,8 +87,8 @@ def merge(
     (complete sets: nothing is inherited from ``parameters``). ``views`` replaces ``models`` with models assembled
     from other checkpoints' tensors, each a list of (name, checkpoint, name there), as mergekit's ``slices`` need
     (``base_view`` likewise the pretrained model); ``view_adapters`` (and ``base_view_adapter``) lay a PEFT
-    adapter over a view, but not over the view's tensors it names (they hold its change already); ``config_updates`` sets fields of the output's ``config.json``.
-    The output gets a model card (``README.md``:
+    adapter over a view, but not over the view's tensors it names (they hold its change already);
+    ``config_updates`` sets fields of the output's ``config.json``. The output gets a model card (``README.md``:
     method, resolved parameters, and the recipe that reproduces the merge); ``model_card`` is False for none,
     or the card's text.
     """

@@ -63,7 +63,8 @@ class MergePlan:
     view_adapters: list[tuple[Path, list[str]] | None] = field(default_factory=list)
     base_view_adapter: tuple[Path, list[str]] | None = None
     config_updates: dict[str, Any] = field(default_factory=dict)
-    vocabulary: Any = None  # (Vocabulary, tensor names, headers) when tokenizer_source re-indexes embedding rows
+    # (Vocabulary, tensor names, headers, slice groups, adapter → model) when tokenizer_source re-indexes rows
+    vocabulary: Any = None
     pretrained_lora: Path | None = None  # an adapter read over the pretrained model
 
 
