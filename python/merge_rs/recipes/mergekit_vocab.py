@@ -298,10 +298,10 @@ def _read(file: str, name: str, over: tuple[Path, Path] | None) -> Any:
     from safetensors import safe_open
 
     with safe_open(file, framework="pt") as f:
-        stored = f.get_tensor(name)
-    if over is None:
-        return stored
+        if over is None:
+            return f.get_tensor(name)
+        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[f.get_slice(name).get_dtype()]
     from .. import _core
 
     shape, values = _core.read_tensor(over[1], name, over[0])
-    return torch.frombuffer(bytearray(values), dtype=torch.float32).reshape(shape).to(stored.dtype)
+    return torch.frombuffer(bytearray(values), dtype=torch.float32).reshape(shape).to(dtype)
