@@ -72,13 +72,18 @@ fuzz-ci: cargo-fuzz
 
 # Rebuild the offline zoo (a development step; CI never does it): the Debian packages its images come from, the
 # zoo extra (`make zoo-deps`, which the experiments in tools/zoo/experiment also need), then the builder (38
-# minutes on 2 cores, 2026-12-07). It replaces python/merge_rs/zoo/data.
+# minutes on 2 cores, 2026-12-07). It replaces python/merge_rs/zoo/data. Wesnoth's unit sprites are unpacked from
+# their package, not installed: its dependencies would add fonts that the letters and symbols tasks draw with.
+WESNOTH_UNITS := ./usr/share/games/wesnoth/1.16/data/core/images/units
 ZOO_DEBIAN := dataset-fashion-mnist fonts-noto-color-emoji fonts-symbola unicode-data oxygen-icon-theme \
 	faenza-icon-theme elementary-xfce-icon-theme lxde-icon-theme \
 	tango-icon-theme gnome-icon-theme gimp-data fonts-noto-core fonts-dejavu-core fonts-liberation fonts-freefont-ttf \
 	fonts-urw-base35 fonts-cantarell
 zoo-deps: $(PY)
 	apt-get install -y --no-install-recommends $(ZOO_DEBIAN)
+	tmp=$$(mktemp -d) && (cd $$tmp && apt-get download wesnoth-1.16-data) && \
+	dpkg-deb --fsys-tarfile $$tmp/wesnoth-1.16-data_*.deb | tar -x -C / $(WESNOTH_UNITS); status=$$?; \
+	rm -rf $$tmp; exit $$status
 	rm -f python/merge_rs/*.so
 	$(PY) -m pip install --quiet ".[zoo]"
 

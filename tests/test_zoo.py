@@ -124,7 +124,7 @@ def _stand_in_sources(n=120):
     """Small random-pattern images per class standing in for the real sources (which need Debian packages)."""
     from PIL import Image
 
-    def make(classes, seed, mode):
+    def make(classes, seed, mode, group=1):
         def source():
             rng = random.Random(seed)
             images, labels = [], []
@@ -135,10 +135,10 @@ def _stand_in_sources(n=120):
                                ((rng.randrange(64) + 19 * label) % 256, 30 * label % 256, 0) for _ in range(144)])
                 images.append(image)
                 labels.append(label)
-            return images, labels
+            return (images, labels) if group == 1 else (images, labels, [f"g{i // group}" for i in range(n)])
         return source
 
-    return {"mnist": make(10, 1, "L"), "emoji": make(9, 2, "RGB")}
+    return {"mnist": make(10, 1, "L"), "emoji": make(9, 2, "RGB", group=3)}  # emoji's images in threes
 
 
 def _stand_in_corpus(seed):
@@ -161,7 +161,7 @@ def test_build_zoo_pipeline_end_to_end(tmp_path, monkeypatch):
     assert "mnist: test 30, validation 10, slice 30, train 40, extra 10" in lines, lines
     assert "pretraining corpus: glyphs 20, marks 20, slice_mnist 30, slice_emoji 30" in lines
     assert any(line.startswith("fine-tuned emoji: final loss") and "embedding drift" in line for line in lines)
-    assert manifest["split_sizes"]["emoji"] == {"test": 30, "validation": 10, "train": 40}
+    assert manifest["split_sizes"]["emoji"] == {"test": 30, "validation": 12, "train": 42}  # whole groups of 3
     assert len((tmp_path / "zoo" / manifest["pretraining_hashes"]).read_text().split()) == 93  # 100, 7 repeats
     pool = zoo_pool(tmp_path / "zoo")
     assert pool.tasks == ["mnist", "emoji"] and manifest["settings"]["seed"] == 0

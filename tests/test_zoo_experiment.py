@@ -35,6 +35,28 @@ def test_split_indices_cut_a_pretraining_slice_no_split_holds():
     assert "slice" not in split_indices(1800, ZooSettings(pretrain_slice=0), random.Random(1))  # off at 0
 
 
+def test_a_grouped_source_splits_by_group_and_no_group_straddles_two_parts():
+    groups = [f"unit{i // 7}" for i in range(700)]  # 100 units of 7 frames
+    settings = ZooSettings(test_size=1000, validation_size=250, train_size=200, finetune_extra=50, pretrain_slice=1500)
+    parts = split_indices(700, settings, random.Random(1), groups)
+    assert parts == split_indices(700, settings, random.Random(1), groups)
+    assert {k: len(v) for k, v in parts.items()} == {"test": 175, "validation": 91, "slice": 175, "train": 203,
+                                                      "extra": 56}  # whole units, the last one past the share
+    owner = {groups[i]: part for part, indices in parts.items() for i in indices}
+    assert all(owner[groups[i]] == part for part, indices in parts.items() for i in indices)
+    assert len(owner) == 100 and sum(map(len, parts.values())) == 700
+    with pytest.raises(ValueError, match="3 groups for 4 images"):
+        split_indices(4, settings, random.Random(1), ["a", "b", "c"])
+
+
+def test_a_wesnoth_sprite_belongs_to_its_unit():
+    from tools.zoo.wesnoth import UNITS, unit_of
+
+    assert unit_of(UNITS / "dwarves" / "ulfserker-attack-3.png") == "dwarves/ulfserker"
+    assert unit_of(UNITS / "dwarves" / "ulfserker.png") == "dwarves/ulfserker"
+    assert unit_of(UNITS / "elves-wood" / "scout" / "scout-moving.png") == "elves-wood/scout"
+
+
 def test_slice_captions_mix_class_prompts_and_domain_captions():
     prompts = [(f"class {c}.",) for c in range(10)]
     labels = [i % 10 for i in range(2000)]
@@ -52,8 +74,9 @@ def test_sources_lose_their_exact_repeats_before_the_split():
     from tools.zoo.hashes import distinct
 
     images = [Image.new("L", (8, 8), v) for v in (0, 90, 0, 180, 90)]
-    kept, labels = distinct(images, [0, 1, 2, 3, 4])
-    assert labels == [0, 1, 3] and kept == [images[0], images[1], images[3]]
+    kept, labels, groups = distinct(images, [0, 1, 2, 3, 4])
+    assert labels == [0, 1, 3] and kept == [images[0], images[1], images[3]] and groups is None
+    assert distinct(images, [0, 1, 2, 3, 4], list("abcde"))[2] == ["a", "b", "d"]  # a grouped source's groups
 
 
 def test_settings_overrides_convert_and_refuse_unknown_names():

@@ -58,8 +58,8 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
     splits: dict[str, dict[str, Images]] = {}
     for name in settings.tasks:
         with drawn_at(settings.image_size):
-            images, labels = distinct(*SOURCES[name]())
-        parts = split_indices(len(images), settings, rng)
+            images, labels, groups = distinct(*SOURCES[name]())
+        parts = split_indices(len(images), settings, rng, groups)
         splits[name] = {k: ([images[i] for i in idx], [labels[i] for i in idx]) for k, idx in parts.items()}
         log(f"{name}: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits[name].items()))
     with drawn_at(settings.image_size):

@@ -18,9 +18,11 @@ def fingerprint(image: Image.Image) -> str:
     return hashlib.sha256(pixels).hexdigest()[:20]
 
 
-def distinct(images: list[Image.Image], labels: list[int]) -> tuple[list[Image.Image], list[int]]:
+def distinct(images: list[Image.Image], labels: list[int], groups: list[str] | None = None
+             ) -> tuple[list[Image.Image], list[int], list[str] | None]:
     """A source less its exact repeats (the first of each kept), so that no picture lands in two splits: a few
-    sources render some items identically (emoji that differ only in a code point, icons shared by two themes)."""
+    sources render some items identically (emoji that differ only in a code point, icons shared by two themes).
+    ``groups``, when the source gives them, are filtered alike."""
     seen: set[str] = set()
     keep = []
     for i, image in enumerate(images):
@@ -28,4 +30,4 @@ def distinct(images: list[Image.Image], labels: list[int]) -> tuple[list[Image.I
         if key not in seen:
             seen.add(key)
             keep.append(i)
-    return [images[i] for i in keep], [labels[i] for i in keep]
+    return [images[i] for i in keep], [labels[i] for i in keep], None if groups is None else [groups[i] for i in keep]

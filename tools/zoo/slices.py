@@ -23,6 +23,7 @@ DOMAIN_CAPTIONS: dict[str, tuple[str, ...]] = {
     "letters": ("a capital letter.", "an uppercase letter in some font.", "a letter of the alphabet."),
     "scripts": ("some letters of a writing system.", "a character of some script.", "a glyph of a foreign script."),
     "symbols": ("a symbol.", "a special character from a symbol font.", "a unicode sign."),
+    "units": ("a unit of a strategy game.", "a sprite from a fantasy game.", "a small pixel art character."),
 }
 
 

@@ -10,10 +10,13 @@
 - ``textures``: crops of 43 material patterns in 9 kinds: Debian ``gimp-data`` (``artwork.py``).
 - ``letters``: capitals A–Z in 96 Latin fonts of Debian's font packages (``glyph_tasks.py``).
 - ``scripts``: a letter of one of 12 writing systems in Debian ``fonts-noto-core``'s Sans fonts (``glyph_tasks.py``).
+- ``units``: about 4,700 sprites of Battle for Wesnoth's units by race, each with its unit as its group
+  (``wesnoth.py``).
 - ``symbols``: 5,000 glyphs of ten kinds of Unicode symbol (arrows, braille, dominoes, ...) in the fonts of
   DejaVu, FreeFont, Noto, Symbola and URW that draw them (``glyph_tasks.py``).
 
-Each reader returns ``(images, labels)``: a list of PIL images at the source's own resolution and a list of ints.
+Each reader returns ``(images, labels)``: a list of PIL images at the source's own resolution and a list of ints;
+a source whose images come in groups that must share a split adds their groups as a third list.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from .artwork import icons, textures
 from .emoji_art import emoji, emoji_entries, emoji_groups
 from .glyph_tasks import letters, scripts, symbols
 from .missing import SourceMissing, require
+from .wesnoth import units
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-Images = tuple[list[Image.Image], list[int]]
+Images = tuple[list[Image.Image], list[int]]  # a grouped source adds a list[str] of groups
 
 
 def mnist() -> Images:
@@ -89,6 +93,7 @@ SOURCES: dict[str, Callable[[], Images]] = {
     "letters": letters,
     "scripts": scripts,
     "symbols": symbols,
+    "units": units,
 }
 
 __all__ = ["SOURCES", "Images", "SourceMissing", "emoji_entries", "emoji_groups"]

@@ -78,6 +78,7 @@ SCRIPTS = ("arabic", "hebrew", "devanagari", "thai", "armenian", "georgian", "et
            "sinhala", "myanmar")
 SYMBOLS = ("arrow", "mathematical operator", "box drawing", "braille pattern", "geometric shape", "dingbat",
            "hexagram", "domino tile", "playing card", "chess piece")
+RACES = ("dwarf", "human", "undead", "saurian", "drake", "elf", "orc", "merfolk")  # Battle for Wesnoth's units
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("sun397", ("a photo of a {}.", "a photo of the {}."), dataset="tanganke/sun397"),
@@ -103,6 +104,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("letters", ('the letter "{}".', "a photo of the letter {}."), CAPITALS),
     Task("scripts", ("text in {} script.", "a photo of {} writing."), SCRIPTS),
     Task("symbols", ("a {} symbol.", "the {} sign."), SYMBOLS),
+    Task("units", ("a {} unit.", "a picture of a {}."), RACES),
 )}
 
 EIGHT_TASKS = ("sun397", "stanford_cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd")

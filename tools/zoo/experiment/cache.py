@@ -65,10 +65,10 @@ def prepare(out: Path, settings: ZooSettings, log=print) -> dict[str, Any]:
     slices: dict[str, tuple[list, list[int]]] = {}
     for name in settings.tasks:
         with drawn_at(settings.image_size):
-            images, labels = distinct(*SOURCES[name]())
+            images, labels, groups = distinct(*SOURCES[name]())
         task = get_task(name)
         prompts[name] = [task.prompts(c) for c in task.classnames]
-        for part, idx in split_indices(len(images), settings, rng).items():
+        for part, idx in split_indices(len(images), settings, rng, groups).items():
             chosen, chosen_labels = [images[i] for i in idx], [labels[i] for i in idx]
             if part == "slice":
                 slices[name] = (chosen, chosen_labels)

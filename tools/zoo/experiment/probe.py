@@ -56,17 +56,21 @@ def _predict(clip: Any, vision: Any, classes: Any, images: Any) -> Any:
 
 
 def probe(clip: Any, tokenizer: Any, images: Any, labels: Sequence[int], classnames: Sequence[str],
-          templates: Sequence[str], settings: ZooSettings, test_size: int = 1000, log: Any = print
-          ) -> dict[str, Any]:
+          templates: Sequence[str], settings: ZooSettings, test_size: int = 1000, log: Any = print,
+          groups: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune ``clip``'s vision tower on ``images`` (uint8 ``[N, 3, H, W]``) with ``settings``' recipe and no
-    anchor; the pretrained and fine-tuned test accuracy (%), overall and per class name."""
+    anchor; the pretrained and fine-tuned test accuracy (%), overall and per class name. Test takes whole
+    ``groups`` (the source's, when it groups its images) until it holds a quarter of the images or ``test_size``."""
     import torch
 
+    from ..splits import shuffled_groups
     from ..training import finetune
 
-    order = list(range(len(labels)))
-    random.Random(settings.seed).shuffle(order)
+    order = [i for members in shuffled_groups(len(labels), random.Random(settings.seed), groups) for i in members]
     test_count = min(test_size, len(order) // 4)
+    if groups is not None:  # up to the end of the group that reaches the count
+        test_count = next(k + 1 for k in range(test_count - 1, len(order))
+                          if k + 1 == len(order) or groups[order[k + 1]] != groups[order[k]])
     test, train = order[:test_count], order[test_count:]
     y = torch.tensor(list(labels))
     classes = head(clip, tokenizer, classnames, templates)
@@ -94,7 +98,7 @@ def probe_task(zoo: Path, task: str, settings: ZooSettings, out: Path, test_size
     from ..sources import SOURCES
 
     with drawn_at(settings.image_size):
-        pictures, labels = SOURCES[task]()
+        pictures, labels, *grouped = SOURCES[task]()
     side = settings.image_size
     images = torch.stack([torch.from_numpy(np.asarray(p.convert("RGB").resize((side, side)))).permute(2, 0, 1)
                           for p in pictures])
@@ -102,7 +106,7 @@ def probe_task(zoo: Path, task: str, settings: ZooSettings, out: Path, test_size
     definition = get_task(task)
     result = {"task": task, "zoo": str(zoo), "settings": asdict(settings),
               **probe(clip, tokenizer, images, labels, definition.classnames, definition.templates, settings,
-                      test_size)}
+                      test_size, groups=grouped[0] if grouped else None)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{task}: pretrained {result['pretrained']} %, fine-tuned {result['fine_tuned']} % "
