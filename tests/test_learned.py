@@ -208,14 +208,16 @@ def test_task_wise_adamerging_equals_task_arithmetic_with_its_weights(pair, tmp_
 def test_learned_methods_from_the_cli(pair, tmp_path):
     pool = pair.base / "pair.json"
     out = json.loads(cli("fisher", "--pool", pool, "--out", tmp_path / "f", "--examples", "8", "--json",
-                         "--device", "cpu").stdout)
-    assert out["method"] == "fisher_merging" and out["peak_rss_mb"] > 0
+                         "--device", "cpu", "--fisher-batch-size", "4").stdout)
+    assert out["method"] == "fisher_merging" and out["peak_rss_mb"] > 0 and out["details"]["batch_size"] == 4
     text = cli("regmean", "--pool", pool, "--out", tmp_path / "r", "--examples", "8", "--eval", "--limit", "10",
                "--quiet").stdout
     assert "regmean: 2 models merged" in text and "peak RSS" in text and "accuracy (%)" in text
     ada = json.loads(cli("adamerging", "--pool", pool, "--out", tmp_path / "a", "--steps", "2", "--mode", "task",
-                         "--json", "--quiet").stdout)
+                         "--train-batch-size", "3", "--batch-size", "7", "--eval", "--limit", "10", "--json",
+                         "--quiet").stdout)
     assert len(ada["losses"]) == 2 and ada["files"]["weights"].endswith("merging_weights.json")
+    assert ada["details"]["batch_size"] == 3, "--train-batch-size is the learning's, --batch-size the evaluation's"
     again = cli("regmean", "--pool", pool, "--out", tmp_path / "r", "--examples", "8", check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
 

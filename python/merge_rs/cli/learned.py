@@ -21,13 +21,19 @@ COMMON = [
 ]
 
 
+# A method option's keyword in the command, apart from the evaluation options' (AdaMerging's `batch_size`, given as
+# --train-batch-size, is not the evaluation's --batch-size).
+METHOD_OPTION = "method_option_"
+
+
 def _option(o: Option) -> Callable[[Any], Any]:
     """The click option of a learned method's option."""
+    dest = METHOD_OPTION + o.name
     if o.kind == "bool":
         if o.default:
-            return click.option(f"{o.cli_flag}/--no-{o.cli_flag[2:]}", o.name, default=True, show_default=True,
+            return click.option(f"{o.cli_flag}/--no-{o.cli_flag[2:]}", dest, default=True, show_default=True,
                                 help=o.help)
-        return click.option(o.cli_flag, o.name, is_flag=True, help=o.help)
+        return click.option(o.cli_flag, dest, is_flag=True, help=o.help)
     kinds: dict[str, dict[str, Any]] = {
         "int": {"type": click.IntRange(min=o.minimum, max=o.maximum)},
         "float": {"type": click.FloatRange(min=o.minimum, max=o.maximum) if o.minimum is not None else float},
@@ -36,20 +42,22 @@ def _option(o: Option) -> Callable[[Any], Any]:
         "output": {"type": OUTPUT_PATH},
         "floats": {"callback": float_list},
     }
-    return click.option(o.cli_flag, o.name, default=o.default, show_default=o.default is not None,
+    return click.option(o.cli_flag, dest, default=o.default, show_default=o.default is not None,
                         help=o.help, **kinds[o.kind])
 
 
 def _command(method: LearnedMethod) -> click.Command:
     def command(pool_name: str, out: Path, overwrite: bool, run_eval: bool, quiet: bool, as_json: bool,
                 threads: int = 0, **options: Any) -> None:
+        chosen = {key.removeprefix(METHOD_OPTION): options.pop(key) for key in list(options)
+                  if key.startswith(METHOD_OPTION)}
         settings = EvalSettings.pop(options)
         pool = run(lambda: get_pool(pool_name))
         inputs = [*pool.input_paths(), out]
         check_report(settings.report_path, inputs, overwrite)
         context = RunContext(device=settings.device, threads=threads, overwrite=overwrite, progress=not quiet,
                              log=logger(quiet or not main_process()))
-        result = run(lambda: method(pool, out, context, **options))
+        result = run(lambda: method(pool, out, context, **chosen))
         evaluation = None
         if run_eval:
             evaluation = run(lambda: evaluate(result.output, pool.pretrained_path(), pool, settings, quiet=quiet,
