@@ -82,6 +82,10 @@ def test_sources_lose_their_exact_repeats_before_the_split():
 def test_settings_overrides_convert_and_refuse_unknown_names():
     settings = ZooSettings().with_overrides({"hidden": "128", "finetune_lr": "3e-5", "tasks": "mnist,digits"})
     assert (settings.hidden, settings.finetune_lr, settings.tasks) == (128, 3e-5, ("mnist", "digits"))
+    lengths = ZooSettings().with_pairs(["finetune_steps_by_task=scripts=2500,icons=1200"])
+    assert (lengths.steps_for("scripts"), lengths.steps_for("icons"), lengths.steps_for("mnist")) == (2500, 1200, 900)
+    with pytest.raises(ValueError, match="TASK=STEPS items .got 'scripts'"):
+        ZooSettings().with_pairs(["finetune_steps_by_task=scripts"])
     with pytest.raises(ValueError, match="unknown zoo setting.*widht"):
         ZooSettings().with_overrides({"widht": 3})
     assert ZooSettings().with_pairs(["patch_size = 8", "seed=3"]).patch_size == 8

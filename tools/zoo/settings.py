@@ -36,6 +36,7 @@ class ZooSettings:
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
     finetune_steps: int = 900
+    finetune_steps_by_task: tuple[str, ...] = ()  # TASK=STEPS: another length for a task (its full and LoRA fine-tunes)
     finetune_batch: int = 64
     finetune_lr: float = 1e-3
     finetune_decay_to_base: float = 0.0  # decoupled weight decay toward θ₀ while fine-tuning (per step: lr × this)
@@ -44,6 +45,19 @@ class ZooSettings:
     lora_rank: int = 8  # the LoRA fine-tunes (attention projections and MLPs of the vision tower)
     lora_alpha: float = 16.0
     lora_lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        self.steps_for("")  # refuses a malformed finetune_steps_by_task before any work
+
+    def steps_for(self, task: str) -> int:
+        """The fine-tuning steps of ``task``: its own length in ``finetune_steps_by_task``, else ``finetune_steps``."""
+        for item in self.finetune_steps_by_task:
+            name, sep, steps = item.partition("=")
+            if not sep or not steps.strip().isdigit():
+                raise ValueError(f"finetune_steps_by_task takes TASK=STEPS items (got '{item}')")
+            if name.strip() == task:
+                return int(steps)
+        return self.finetune_steps
 
     def with_pairs(self, pairs: list[str]) -> "ZooSettings":
         """A copy with ``KEY=VALUE`` overrides, as ``--set`` takes them on the command line."""

@@ -168,10 +168,11 @@ def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettin
     base = [p.detach().clone() for p in trained]
     vision.train()
     optimizer = torch.optim.Adam(trained, lr=settings.lora_lr if lora else settings.finetune_lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine(s, settings.finetune_steps))
+    steps = settings.steps_for(name)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine(s, steps))
     generator = torch.Generator().manual_seed(settings.seed)
     labels = labels.to(device)
-    for _ in range(settings.finetune_steps):
+    for _ in range(steps):
         idx = torch.randint(len(labels), (settings.finetune_batch,), generator=generator).to(images.device)
         batch = shift(as_pixels(images[idx].to(device)), settings.finetune_shift, generator)
         emb = F.normalize(image_embeddings(clip, vision, batch), dim=-1)

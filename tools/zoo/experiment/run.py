@@ -74,8 +74,8 @@ def heads(clip: Any, tokenizer: Any, meta: dict[str, Any], tasks: tuple[str, ...
     return out
 
 
-FINETUNING_ONLY = ("finetune_steps", "finetune_batch", "finetune_lr", "finetune_decay_to_base", "finetune_anchor",
-                   "lora_rank", "lora_alpha", "lora_lr")
+FINETUNING_ONLY = ("finetune_steps", "finetune_steps_by_task", "finetune_batch", "finetune_lr",
+                   "finetune_decay_to_base", "finetune_anchor", "lora_rank", "lora_alpha", "lora_lr")
 
 
 def pretraining_key(settings: ZooSettings, device: str) -> str:
