@@ -10,7 +10,7 @@
 - ``textures``: crops of 43 material patterns in 9 kinds: Debian ``gimp-data`` (``artwork.py``).
 - ``letters``: capitals A–Z in 96 Latin fonts of Debian's font packages (``glyph_tasks.py``).
 - ``scripts``: a letter of one of 12 writing systems in Debian ``fonts-noto-core``'s Sans fonts (``glyph_tasks.py``).
-- ``units``: about 4,700 sprites of Battle for Wesnoth's units by race, each with its unit as its group
+- ``units``: about 3,900 sprites of Battle for Wesnoth's units by race, each with its unit as its group
   (``wesnoth.py``).
 - ``symbols``: 5,000 glyphs of ten kinds of Unicode symbol (arrows, braille, dominoes, ...) in the fonts of
   DejaVu, FreeFont, Noto, Symbola and URW that draw them (``glyph_tasks.py``).
