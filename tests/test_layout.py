@@ -46,6 +46,27 @@ def test_help_lists_every_method_on_its_own_line():
             assert "--" + p.name.replace("_", "-") in text
 
 
+def test_no_two_options_of_a_command_share_a_keyword():
+    # click lets two options share one keyword and keeps one value: AdaMerging's --train-batch-size was lost to the
+    # evaluation's --batch-size that way.
+    import click
+
+    from merge_rs.cli import main
+
+    def commands(group: click.Group, path: str):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{path} {name}")
+            else:
+                yield f"{path} {name}", command
+
+    found = list(commands(main, "merge-rs"))
+    assert len(found) >= 10
+    for path, command in found:
+        keywords = [p.name for p in command.params]
+        assert len(keywords) == len(set(keywords)), (path, sorted(k for k in keywords if keywords.count(k) > 1))
+
+
 def test_methods_command_shows_papers_and_defaults():
     text = cli("methods").stdout
     for method in METHODS.values():
