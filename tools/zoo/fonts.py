@@ -118,7 +118,7 @@ def symbol_fonts(kind: str) -> tuple[tuple[Path, tuple[str, ...]], ...]:
             out.append((path, tuple(have)))
     if not out:
         raise SourceMissing(f"no font draws the {kind} symbols: install fonts-dejavu-core fonts-freefont-ttf "
-                            "fonts-noto-core fonts-symbola")
+                            "fonts-noto-core fonts-urw-base35")
     return tuple(out)
 
 

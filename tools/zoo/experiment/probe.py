@@ -66,18 +66,18 @@ def probe(clip: Any, tokenizer: Any, images: Any, labels: Sequence[int], classna
     from ..splits import shuffled_groups
     from ..training import finetune
 
-    order = [i for members in shuffled_groups(len(labels), random.Random(settings.seed), groups) for i in members]
-    test_count = min(test_size, len(order) // 4)
-    if groups is not None:  # up to the end of the group that reaches the count
-        test_count = next(k + 1 for k in range(test_count - 1, len(order))
-                          if k + 1 == len(order) or groups[order[k + 1]] != groups[order[k]])
-    test, train = order[:test_count], order[test_count:]
+    share = min(test_size, len(labels) // 4)
+    test: list[int] = []
+    train: list[int] = []
+    for members in shuffled_groups(len(labels), random.Random(settings.seed), groups):
+        (test if len(test) < share else train).extend(members)
+    test_count = len(test)
     y = torch.tensor(list(labels))
     classes = head(clip, tokenizer, classnames, templates)
     started = time.perf_counter()
     tuned = finetune(clip, classes, images[train], y[train], settings, "probe", log, anchor=None)
     seconds = time.perf_counter() - started
-    out: dict[str, Any] = {"classes": len(classnames), "images": len(order), "test": test_count,
+    out: dict[str, Any] = {"classes": len(classnames), "images": len(labels), "test": test_count,
                            "finetune_seconds": round(seconds, 1)}
     for stage, vision in (("pretrained", clip.vision_model), ("fine_tuned", tuned)):
         right = _predict(clip, vision, classes, images[test]).eq(y[test])
