@@ -13,7 +13,8 @@
 - ``units``: about 3,900 sprites of Battle for Wesnoth's units by race, each with its unit as its group
   (``wesnoth.py``).
 - ``symbols``: 5,000 glyphs of ten kinds of Unicode symbol (arrows, braille, dominoes, ...) in the fonts of
-  DejaVu, FreeFont, Noto and URW that draw them (not Symbola: its emoji are in the pretraining corpus) (``glyph_tasks.py``).
+  DejaVu, FreeFont, Noto and URW that draw them (not Symbola, whose emoji are in the pretraining corpus;
+  ``glyph_tasks.py``).
 
 Each reader returns ``(images, labels)``: a list of PIL images at the source's own resolution and a list of ints;
 a source whose images come in groups that must share a split adds their groups as a third list.
