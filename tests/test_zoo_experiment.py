@@ -86,6 +86,10 @@ def test_settings_overrides_convert_and_refuse_unknown_names():
     assert (lengths.steps_for("scripts"), lengths.steps_for("icons"), lengths.steps_for("mnist")) == (2500, 1200, 900)
     with pytest.raises(ValueError, match="TASK=STEPS items .got 'scripts'"):
         ZooSettings().with_pairs(["finetune_steps_by_task=scripts"])
+    anchors = ZooSettings().with_pairs(["finetune_anchor_by_task=icons=30,scripts=0"])
+    assert (anchors.anchor_for("icons"), anchors.anchor_for("scripts"), anchors.anchor_for("mnist")) == (30, 0, 10)
+    with pytest.raises(ValueError, match="TASK=WEIGHT items .got 'icons=-1'"):
+        ZooSettings().with_pairs(["finetune_anchor_by_task=icons=-1"])
     with pytest.raises(ValueError, match="unknown zoo setting.*widht"):
         ZooSettings().with_overrides({"widht": 3})
     assert ZooSettings().with_pairs(["patch_size = 8", "seed=3"]).patch_size == 8
@@ -206,13 +210,14 @@ def test_the_anchor_keeps_theta0s_embeddings_on_the_corpus_less_the_tasks_own_sl
     anchor = torch.randint(0, 255, (64, 3, 16, 16), dtype=torch.uint8, generator=gen)
     before = _embeddings(clip, clip.vision_model, anchor)
 
-    def drift(weight: float) -> float:
-        tuned = finetune(clip, head, images, labels, settings.with_overrides({"finetune_anchor": weight}), "t",
-                         lambda _: None, anchor)
+    def drift(weight: float, by_task: tuple[str, ...] = ()) -> float:
+        chosen = settings.with_overrides({"finetune_anchor": weight, "finetune_anchor_by_task": by_task})
+        tuned = finetune(clip, head, images, labels, chosen, "t", lambda _: None, anchor)
         return float((_embeddings(clip, tuned, anchor) - before).pow(2).sum(-1).mean())
 
     free, kept = drift(0.0), drift(100.0)
     assert kept < free / 4, (kept, free)
+    assert drift(0.0, ("t=100",)) == kept and drift(100.0, ("t=0", "other=100")) == free  # the task's own weight
 
 
 def test_twemoji_file_names_and_the_framing_of_drawn_emoji():

@@ -87,10 +87,10 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), log=print) -> di
         with torch.no_grad():
             head = compute_head(clip, processor.tokenizer, get_task(name))
         vision = finetune(clip, head, _pixels(processor, train_images), torch.tensor(train_labels), settings, name,
-                          log, anchor_pool(corpus_pixels, name) if settings.finetune_anchor else None)
+                          log, anchor_pool(corpus_pixels, name) if settings.anchor_for(name) else None)
         save_float16(vision, staging / "models" / name)
         adapter = finetune(clip, head, _pixels(processor, train_images), torch.tensor(train_labels), settings, name,
-                           log, anchor_pool(corpus_pixels, name) if settings.finetune_anchor else None, lora=True)
+                           log, anchor_pool(corpus_pixels, name) if settings.anchor_for(name) else None, lora=True)
         save_adapter(adapter, staging / "adapters" / name)
         save_splits(staging / "datasets" / name, splits[name], name)
 

@@ -41,23 +41,25 @@ class ZooSettings:
     finetune_lr: float = 1e-3
     finetune_decay_to_base: float = 0.0  # decoupled weight decay toward θ₀ while fine-tuning (per step: lr × this)
     finetune_anchor: float = 10.0  # weight of keeping θ₀'s image embeddings on the corpus, less the task's own slice
+    finetune_anchor_by_task: tuple[str, ...] = ()  # TASK=WEIGHT: another anchor weight for a task (full and LoRA)
     finetune_shift: int = 2
     lora_rank: int = 8  # the LoRA fine-tunes (attention projections and MLPs of the vision tower)
     lora_alpha: float = 16.0
     lora_lr: float = 3e-3
 
     def __post_init__(self) -> None:
-        self.steps_for("")  # refuses a malformed finetune_steps_by_task before any work
+        self.steps_for("")  # refuses a malformed per-task item before any work
+        self.anchor_for("")
 
     def steps_for(self, task: str) -> int:
         """The fine-tuning steps of ``task``: its own length in ``finetune_steps_by_task``, else ``finetune_steps``."""
-        for item in self.finetune_steps_by_task:
-            name, sep, steps = item.partition("=")
-            if not sep or not steps.strip().isdigit():
-                raise ValueError(f"finetune_steps_by_task takes TASK=STEPS items (got '{item}')")
-            if name.strip() == task:
-                return int(steps)
-        return self.finetune_steps
+        steps = _per_task(self.finetune_steps_by_task, "finetune_steps_by_task", "STEPS", task, int)
+        return self.finetune_steps if steps is None else steps
+
+    def anchor_for(self, task: str) -> float:
+        """The anchor weight of ``task``: its own in ``finetune_anchor_by_task``, else ``finetune_anchor``."""
+        weight = _per_task(self.finetune_anchor_by_task, "finetune_anchor_by_task", "WEIGHT", task, float)
+        return self.finetune_anchor if weight is None else weight
 
     def with_pairs(self, pairs: list[str]) -> "ZooSettings":
         """A copy with ``KEY=VALUE`` overrides, as ``--set`` takes them on the command line."""
@@ -83,3 +85,19 @@ class ZooSettings:
             else:
                 converted[name] = kind(value)
         return replace(self, **converted)
+
+
+def _per_task(items: tuple[str, ...], setting: str, what: str, task: str, kind: type) -> Any:
+    """The value ``items`` (``TASK=VALUE`` strings) give ``task``, else None; every item is checked."""
+    found = None
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            parsed = kind(value.strip()) if sep else None
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed < 0:
+            raise ValueError(f"{setting} takes TASK={what} items (got '{item}')")
+        if name.strip() == task:
+            found = parsed
+    return found

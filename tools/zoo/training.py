@@ -145,9 +145,10 @@ def _embeddings(clip: Any, vision: Any, images: Any, chunk: int = 1024) -> Any:
 def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettings, name: str, log: Log,
              anchor: Any = None, lora: bool = False) -> Any:
     """A copy of ``clip``'s vision tower fine-tuned on ``images`` against the frozen zero-shot ``head`` (Adam,
-    cosine schedule). With ``finetune_decay_to_base``, each step also pulls the weights toward θ₀; with
-    ``finetune_anchor`` and ``anchor`` images, each step also adds that weight times the squared distance between
-    the normalised embeddings of a batch of ``anchor`` images and θ₀'s. With ``lora``, only rank-``lora_rank``
+    cosine schedule). With ``finetune_decay_to_base``, each step also pulls the weights toward θ₀; with the task's
+    anchor weight (``finetune_anchor``, or its own in ``finetune_anchor_by_task``) and ``anchor`` images, each step
+    also adds that weight times the squared distance between the normalised embeddings of a batch of ``anchor``
+    images and θ₀'s. With ``lora``, only rank-``lora_rank``
     factors train (at ``lora_lr``), and the PEFT model comes back instead of the tower."""
     import copy
 
@@ -158,7 +159,8 @@ def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettin
 
     device = clip.logit_scale.device
     scale = clip.logit_scale.exp().detach()
-    keep = anchor is not None and settings.finetune_anchor > 0
+    weight = settings.anchor_for(name)
+    keep = anchor is not None and weight > 0
     kept = _embeddings(clip, clip.vision_model, anchor) if keep else None
     if lora:
         result, vision = wrap_lora(clip.vision_model, settings)
@@ -181,7 +183,7 @@ def finetune(clip: Any, head: Any, images: Any, labels: Any, settings: ZooSettin
             pick = torch.randint(len(kept), (settings.finetune_batch,), generator=generator).to(anchor.device)
             moved = F.normalize(image_embeddings(clip, vision, as_pixels(anchor[pick].to(device))), dim=-1)
             drift = (moved - kept[pick.to(device)]).pow(2).sum(-1).mean()
-            loss = loss + settings.finetune_anchor * drift
+            loss = loss + weight * drift
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

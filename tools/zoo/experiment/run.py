@@ -75,7 +75,8 @@ def heads(clip: Any, tokenizer: Any, meta: dict[str, Any], tasks: tuple[str, ...
 
 
 FINETUNING_ONLY = ("finetune_steps", "finetune_steps_by_task", "finetune_batch", "finetune_lr",
-                   "finetune_decay_to_base", "finetune_anchor", "lora_rank", "lora_alpha", "lora_lr")
+                   "finetune_decay_to_base", "finetune_anchor", "finetune_anchor_by_task", "lora_rank", "lora_alpha",
+                   "lora_lr")
 
 
 def pretraining_key(settings: ZooSettings, device: str) -> str:
@@ -148,7 +149,7 @@ def run_one(cache: Path, settings: ZooSettings, name: str, out: Path, device: st
         train = [arrays[f"task/{task}/{part}/images"] for part in ("train", "extra")]
         labels = [arrays[f"task/{task}/{part}/labels"] for part in ("train", "extra")]
         vision = finetune(clip, task_heads[task], torch.cat(train), torch.cat(labels), settings, task, log,
-                          anchor_pool(corpus, task) if settings.finetune_anchor else None)
+                          anchor_pool(corpus, task) if settings.anchor_for(task) else None)
         for n, p in vision.named_parameters():
             vectors[n][i] = p.detach() - base[n]
         finetuned[task] = bench.accuracy(dict(vision.named_parameters()), task)
