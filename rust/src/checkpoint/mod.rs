@@ -266,21 +266,45 @@ impl Checkpoint {
         self.shards.iter().map(|s| s.len).sum()
     }
 
+    /// Whether reads return the stored values as they are (no adapter laid over them).
+    pub(crate) fn is_plain(&self) -> bool {
+        self.lora.is_none()
+    }
+
+    /// Where elements `[start, start + len)` of `tensor` (stored as `ty`) lie in its shard's file: the byte
+    /// offset and the number of bytes.
+    pub(crate) fn stored_range(&self, tensor: &Tensor, ty: FloatType, start: usize, len: usize) -> (u64, usize) {
+        (tensor.stored.offset + (start * ty.size()) as u64, len * ty.size())
+    }
+
+    /// Every shard opened again with `flags` (`O_DIRECT`: reads that bypass the page cache), in shard order.
+    pub(crate) fn reopen(&self, flags: libc::c_int) -> std::io::Result<Vec<File>> {
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let open = |s: &Shard| std::fs::OpenOptions::new().read(true).custom_flags(flags).open(&s.path);
+        self.shards.iter().map(open).collect()
+    }
+
     fn read_bytes(&self, tensor: &Tensor, offset: u64, out: &mut [u8]) -> Result<()> {
         let shard = &self.shards[tensor.shard];
-        shard.file.read_exact_at(out, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                MergeError::invalid(
-                    &shard.path,
-                    format!(
-                        "tensor '{}' ends past the end of the file (was it truncated?)",
-                        tensor.stored.name
-                    ),
-                )
-            } else {
-                MergeError::io(&shard.path, e)
-            }
-        })
+        shard
+            .file
+            .read_exact_at(out, offset)
+            .map_err(|e| self.read_error(tensor, e))
+    }
+
+    /// The error for a failed read of `tensor`'s data, naming the file and the tensor when it was cut short.
+    pub(crate) fn read_error(&self, tensor: &Tensor, e: std::io::Error) -> MergeError {
+        let path = &self.shards[tensor.shard].path;
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            let why = format!(
+                "tensor '{}' ends past the end of the file (was it truncated?)",
+                tensor.stored.name
+            );
+            MergeError::invalid(path, why)
+        } else {
+            MergeError::io(path, e)
+        }
     }
 }
 

@@ -66,22 +66,26 @@ pub(crate) struct PassSpec<'a> {
 impl Engine<'_> {
     /// `posix_fadvise` on every input range `job` reads.
     pub(super) fn advise_job(&self, job: &Job, read_base: bool, advice: libc::c_int) {
-        for (source, ckpt) in self.job_sources(job, read_base) {
+        for (_, source, ckpt) in self.job_sources(job, read_base) {
             let tensor = &ckpt.tensors[source.tensor];
-            let size = source.ty.size() as u64;
-            let offset = tensor.stored.offset + job.start as u64 * size;
-            ckpt.advise(tensor, offset, job.len as u64 * size, advice);
+            let (offset, len) = ckpt.stored_range(tensor, source.ty, job.start, job.len);
+            ckpt.advise(tensor, offset, len as u64, advice);
         }
     }
 
     /// Stored bytes `job` reads.
     pub(super) fn job_bytes(&self, job: &Job, read_base: bool) -> u64 {
-        let width: usize = self.job_sources(job, read_base).map(|(s, _)| s.ty.size()).sum();
+        let width: usize = self.job_sources(job, read_base).map(|(_, s, _)| s.ty.size()).sum();
         (width * job.len) as u64
     }
 
-    /// Every input `job` reads (models, extra inputs, then θ₀ with `read_base`), with its checkpoint.
-    pub(super) fn job_sources(&self, job: &Job, read_base: bool) -> impl Iterator<Item = (&FloatSource, &Checkpoint)> {
+    /// Every input `job` reads (models, extra inputs, then θ₀ with `read_base`), with its position in that
+    /// order of the inputs (models `0..m`, extra inputs `m..m + e`, θ₀ `m + e`) and its checkpoint.
+    pub(super) fn job_sources(
+        &self,
+        job: &Job,
+        read_base: bool,
+    ) -> impl Iterator<Item = (usize, &FloatSource, &Checkpoint)> {
         let (base, models, extra): (&[FloatSource], &[FloatSource], &[FloatSource]) =
             match &self.plan.tensors[job.tensor].kind {
                 TensorKind::Merge {
@@ -89,9 +93,18 @@ impl Engine<'_> {
                 } => (base.as_slice(), models, extra),
                 TensorKind::Copy { .. } | TensorKind::Elsewhere { .. } => (&[], &[], &[]),
             };
-        let models = models.iter().zip(&self.inputs.models);
-        let extra = extra.iter().zip(&self.inputs.extra);
-        let base = base.iter().filter(move |_| read_base).zip(&self.inputs.base);
-        models.chain(extra).chain(base)
+        let (m, e) = (self.inputs.models.len(), self.inputs.extra.len());
+        let models = models.iter().zip(&self.inputs.models).enumerate();
+        let extra = extra
+            .iter()
+            .zip(&self.inputs.extra)
+            .enumerate()
+            .map(move |(i, p)| (m + i, p));
+        let base = base
+            .iter()
+            .filter(move |_| read_base)
+            .zip(&self.inputs.base)
+            .map(move |p| (m + e, p));
+        models.chain(extra).chain(base).map(|(i, (s, c))| (i, s, c))
     }
 }

@@ -10,6 +10,7 @@
 mod budget;
 mod cache;
 mod job;
+mod prefetch;
 mod read;
 mod threads;
 mod whole;
@@ -29,6 +30,7 @@ use crate::plan::{Inputs, MergePlan};
 use crate::writer::Writer;
 pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
+use prefetch::{Prefetch, READERS};
 use read::Scratch;
 pub(crate) use threads::check_threads;
 pub(crate) use whole::{DEFAULT_WHOLE_TENSOR_BUDGET, TensorFold, return_large_frees};
@@ -103,6 +105,13 @@ impl<'a> Engine<'a> {
     /// Use chunks of `elements` (tests use tiny chunks to exercise boundaries).
     pub(crate) fn with_chunk(mut self, elements: usize) -> Self {
         self.chunk = elements.max(1);
+        self
+    }
+
+    /// Stream the inputs as if they could not stay cached (tests of the read-ahead on small files).
+    #[cfg(test)]
+    pub(crate) fn with_streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
         self
     }
 
@@ -211,7 +220,25 @@ impl<'a> Engine<'a> {
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let done: Vec<Mutex<Option<T>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-        let failures = self.run_workers(spec, jobs, &slots, &next, &stop, &done, &kernel);
+        // Inputs that cannot stay cached are read ahead past the cache; sparse (prefetched) passes are not.
+        let ahead = (self.streaming && spec.prefetch == 0)
+            .then(|| Prefetch::open(self))
+            .flatten();
+        let failures = std::thread::scope(|scope| {
+            for _ in 0..if ahead.is_some() { READERS } else { 0 } {
+                scope.spawn(|| ahead.as_ref().map(|a| a.read_ahead(self, jobs, spec.read_base)));
+            }
+            let workers = Workers {
+                slots: &slots,
+                next: &next,
+                stop: &stop,
+                done: &done,
+                ahead: ahead.as_ref(),
+            };
+            let failures = self.run_workers(spec, jobs, &workers, &kernel);
+            ahead.as_ref().map(Prefetch::stop);
+            failures
+        });
         if let Some(error) = first_error(failures) {
             return Err(error);
         }
@@ -233,31 +260,27 @@ impl<'a> Engine<'a> {
 
     /// The workers: each takes the next job from the queue until none is left or one failed; returns the
     /// failures.
-    #[allow(clippy::too_many_arguments)]
     fn run_workers<S: Send, T: Send + Default>(
         &self,
         spec: PassSpec<'_>,
         jobs: &[Job],
-        slots: &[Mutex<(Scratch, S)>],
-        next: &AtomicUsize,
-        stop: &AtomicBool,
-        done: &[Mutex<Option<T>>],
+        w: &Workers<'_, S, T>,
         kernel: &(impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()> + Sync),
     ) -> Vec<MergeError> {
         self.pool.install(|| {
-            slots
+            w.slots
                 .par_iter()
                 .filter_map(|slot| {
                     let mut guard = slot.lock().ok()?;
                     let (scratch, state) = &mut *guard;
-                    while !stop.load(Ordering::Relaxed) {
-                        let j = next.fetch_add(1, Ordering::Relaxed);
+                    while !w.stop.load(Ordering::Relaxed) {
+                        let j = w.next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = jobs.get(j) else { break };
-                        let outcome = self.run_queued(spec, jobs, j, scratch, state, kernel);
-                        match (outcome, done[j].lock()) {
+                        let outcome = self.run_queued(spec, jobs, j, scratch, state, kernel, w.ahead);
+                        match (outcome, w.done[j].lock()) {
                             (Ok(result), Ok(mut place)) => *place = Some(result),
                             (Err(e), _) => {
-                                stop.store(true, Ordering::Relaxed);
+                                w.stop.store(true, Ordering::Relaxed);
                                 return Some(e);
                             }
                             (_, Err(_)) => return Some(MergeError::Internal("a worker thread panicked".into())),
@@ -270,7 +293,9 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// Job `j` of `jobs`: run it, and when streaming drop what a writing pass read.
+    /// Job `j` of `jobs`: run it on what the readers fetched `ahead`, or read it now and, when streaming,
+    /// drop what a writing pass read.
+    #[allow(clippy::too_many_arguments)]
     fn run_queued<S, T: Default>(
         &self,
         spec: PassSpec<'_>,
@@ -279,14 +304,21 @@ impl<'a> Engine<'a> {
         scratch: &mut Scratch,
         state: &mut S,
         kernel: &impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()>,
+        ahead: Option<&Prefetch>,
     ) -> Result<T> {
         if self.monitor.is_cancelled() {
             return Err(MergeError::Cancelled);
         }
+        if let Some(ahead) = ahead {
+            let fetched = ahead.take(j)?;
+            let result = self.run_job(spec, &jobs[j], scratch, state, kernel, Some(&fetched));
+            ahead.give_back(j, fetched);
+            return result;
+        }
         if let Some(ahead) = jobs.get(j + spec.prefetch).filter(|_| spec.prefetch > 0) {
             self.advise_job(ahead, spec.read_base, libc::POSIX_FADV_WILLNEED);
         }
-        let result = self.run_job(spec, &jobs[j], scratch, state, kernel)?;
+        let result = self.run_job(spec, &jobs[j], scratch, state, kernel, None)?;
         // A writing pass is a method's last over its range; earlier passes (selection) are re-read soon.
         if self.streaming && spec.writer.is_some() {
             self.advise_job(&jobs[j], spec.read_base, libc::POSIX_FADV_DONTNEED);
@@ -295,77 +327,16 @@ impl<'a> Engine<'a> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checkpoint::Checkpoint;
-    use crate::test_files::write_checkpoint;
-
-    /// Two models of one 10-element tensor.
-    fn inputs(dir: &std::path::Path) -> Inputs {
-        let a: Vec<f32> = (0..10).map(|i| i as f32).collect();
-        let b: Vec<f32> = (0..10).map(|i| 100.0 + i as f32).collect();
-        let open = |name: &str, values: &[f32]| {
-            let path = dir.join(name);
-            write_checkpoint(&path, &[("w", values)]);
-            Checkpoint::open(&path).unwrap_or_else(|e| panic!("{e}"))
-        };
-        Inputs {
-            base: None,
-            models: vec![open("a.safetensors", &a), open("b.safetensors", &b)],
-            extra: Vec::new(),
-        }
-    }
-
-    /// A pass that reads the models and writes nothing.
-    const READ_MODELS: PassSpec<'static> = PassSpec {
-        phase: "test",
-        prefetch: 0,
-        read_base: false,
-        writer: None,
-    };
-
-    /// The two models in a temporary directory, and their plan.
-    fn setup() -> (tempfile::TempDir, Inputs, MergePlan) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let inputs = inputs(dir.path());
-        let plan = MergePlan::build(&inputs, false, None).unwrap_or_else(|e| panic!("{e}"));
-        (dir, inputs, plan)
-    }
-
-    #[test]
-    fn chunks_cover_every_element_once_whatever_the_chunk_and_thread_count() {
-        let (_dir, inputs, plan) = setup();
-        let monitor = Monitor::default();
-        for (threads, chunk) in [(1, 10), (2, 3), (3, 1)] {
-            let engine = Engine::new(&inputs, &plan, &monitor, threads, false)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .with_chunk(chunk);
-            let (sums, _) = engine
-                .pass(
-                    READ_MODELS,
-                    &engine.all_jobs(),
-                    || (),
-                    |_, sum: &mut f64, c: Chunk<'_>| {
-                        assert_eq!(c.models[1][0] - c.models[0][0], 100.0, "models line up");
-                        *sum += c.models[0].iter().map(|&x| f64::from(x)).sum::<f64>();
-                        Ok(())
-                    },
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(sums.len(), 10usize.div_ceil(chunk));
-            assert_eq!(sums.iter().sum::<f64>(), 45.0, "threads {threads} chunk {chunk}");
-            assert_eq!(monitor.progress().done, monitor.progress().total);
-        }
-    }
-
-    #[test]
-    fn cancelled_passes_stop_with_cancelled() {
-        let (_dir, inputs, plan) = setup();
-        let monitor = Monitor::default();
-        monitor.cancel();
-        let engine = Engine::new(&inputs, &plan, &monitor, 1, false).unwrap_or_else(|e| panic!("{e}"));
-        let result = engine.pass(READ_MODELS, &engine.all_jobs(), || (), |_, _: &mut (), _| Ok(()));
-        assert!(matches!(result, Err(MergeError::Cancelled)));
-    }
+/// What a pass's workers share: their buffers and states, the queue, the stop flag, the results, and the
+/// readers' ring when reading ahead.
+struct Workers<'p, S, T> {
+    slots: &'p [Mutex<(Scratch, S)>],
+    next: &'p AtomicUsize,
+    stop: &'p AtomicBool,
+    done: &'p [Mutex<Option<T>>],
+    ahead: Option<&'p Prefetch>,
 }
+
+#[cfg(test)]
+#[path = "pass_tests.rs"]
+mod tests;

@@ -1,8 +1,9 @@
-//! Running one job: read its chunk of every input into per-thread buffers, run the kernel block by block,
-//! checking each block of every input for NaN/Inf just before (every pass, whatever the kernel then does with
-//! them), then check the output as it will be stored (an overflow to ±Inf in float16 counts) and write it at
-//! its offset.
+//! Running one job: read its chunk of every input into per-thread buffers (or decode what a reader thread
+//! read ahead), run the kernel block by block, checking each block of every input for NaN/Inf just before
+//! (every pass, whatever the kernel then does with them), then check the output as it will be stored (an
+//! overflow to ±Inf in float16 counts) and write it at its offset.
 
+use super::prefetch::{DirectRead, Fetched};
 use super::{BLOCK, Chunk, Engine, Job, PassSpec};
 use crate::checkpoint::Checkpoint;
 use crate::dtype::{FloatType, count_nonfinite};
@@ -30,8 +31,11 @@ impl Engine<'_> {
         scratch: &mut Scratch,
         state: &mut S,
         kernel: &impl Fn(&mut S, &mut T, Chunk<'_>) -> Result<()>,
+        fetched: Option<&Fetched>,
     ) -> Result<T> {
         let tensor = &self.plan.tensors[job.tensor];
+        let (m, e) = (self.inputs.models.len(), self.inputs.extra.len());
+        let fetched_input = |i: usize| fetched.map(|f| &f[i]);
         let TensorKind::Merge {
             base, models, extra, ..
         } = &tensor.kind
@@ -40,7 +44,14 @@ impl Engine<'_> {
         };
         let read_base = match (spec.read_base, base, &self.inputs.base) {
             (true, Some(source), Some(ckpt)) => {
-                self.read(ckpt, source, job, &mut scratch.base, &mut scratch.raw)?;
+                self.read(
+                    ckpt,
+                    source,
+                    job,
+                    &mut scratch.base,
+                    &mut scratch.raw,
+                    fetched_input(m + e),
+                )?;
                 Some(source)
             }
             (true, _, _) => return Err(MergeError::Internal("this pass needs the pretrained model".into())),
@@ -56,12 +67,19 @@ impl Engine<'_> {
                     let t = &ckpt.tensors[source.tensor];
                     ckpt.read_f32_over(t, source.ty, job.start, &scratch.base, buf, &mut scratch.raw)?;
                 }
-                _ => self.read(ckpt, source, job, buf, &mut scratch.raw)?,
+                _ => self.read(ckpt, source, job, buf, &mut scratch.raw, fetched_input(i))?,
             }
         }
         scratch.extra.resize_with(extra.len(), Vec::new);
         for (i, (source, buf)) in extra.iter().zip(scratch.extra.iter_mut()).enumerate() {
-            self.read(&self.inputs.extra[i], source, job, buf, &mut scratch.raw)?;
+            self.read(
+                &self.inputs.extra[i],
+                source,
+                job,
+                buf,
+                &mut scratch.raw,
+                fetched_input(m + i),
+            )?;
         }
         let read_base = read_base.is_some();
         scratch.out.resize(job.len, 0.0);
@@ -98,6 +116,7 @@ impl Engine<'_> {
         Ok(result)
     }
 
+    /// `job`'s values of `source` into `buf`: decoded from what a reader thread `fetched`, or read now.
     fn read(
         &self,
         ckpt: &Checkpoint,
@@ -105,9 +124,16 @@ impl Engine<'_> {
         job: &Job,
         buf: &mut Vec<f32>,
         raw: &mut Vec<u8>,
+        fetched: Option<&DirectRead>,
     ) -> Result<()> {
         buf.resize(job.len, 0.0);
-        ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw)
+        match fetched {
+            Some(read) => {
+                source.ty.decode(read.data(), buf);
+                Ok(())
+            }
+            None => ckpt.read_f32(&ckpt.tensors[source.tensor], source.ty, job.start, buf, raw),
+        }
     }
 
     /// Encode `out` (elements `[start, start + out.len())` of tensor `t`), count its non-finite values as

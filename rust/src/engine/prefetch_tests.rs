@@ -1,0 +1,148 @@
+//! The read-ahead against plain reads: the same values for every job whatever the dtype, shards, chunk and
+//! threads, and a pass that fails (a kernel's error, a truncated input) ends with its error, never hangs.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::checkpoint::Checkpoint;
+use crate::dtype::FloatType;
+use crate::engine::{Chunk, Engine, PassSpec};
+use crate::monitor::Monitor;
+use crate::plan::{Inputs, MergePlan};
+use crate::synthetic::{SyntheticSpec, write_model_set};
+
+/// θ₀ and three models with tensors of awkward sizes (none a multiple of the alignment), in `dtype`, sharded
+/// every `shard` bytes.
+fn model_set(dir: &Path, dtype: FloatType, shard: u64) -> Vec<PathBuf> {
+    let tensors = [
+        ("a", vec![301, 17]),
+        ("b", vec![7]),
+        ("c", vec![1025, 5]),
+        ("d", vec![3]),
+    ];
+    let spec = SyntheticSpec {
+        tensors: tensors.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
+        models: 3,
+        dtype,
+        seed: 7,
+        max_shard_size: shard,
+        weight_scale: 0.5,
+        task_scale: 0.1,
+        base_config: None,
+        model_config: None,
+        threads: 1,
+    };
+    write_model_set(dir, &spec).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn open(paths: &[PathBuf]) -> Inputs {
+    let open = |p: &PathBuf| Checkpoint::open(p).unwrap_or_else(|e| panic!("{e}"));
+    Inputs {
+        base: Some(open(&paths[0])),
+        models: paths[1..].iter().map(open).collect(),
+        extra: Vec::new(),
+    }
+}
+
+const READ_ALL: PassSpec<'static> = PassSpec {
+    phase: "test",
+    prefetch: 0,
+    read_base: true,
+    writer: None,
+};
+
+/// Every job's values (θ₀ then each model), as bits, read ahead or not.
+fn values(inputs: &Inputs, plan: &MergePlan, threads: usize, chunk: usize, streaming: bool) -> Vec<Vec<u32>> {
+    let monitor = Monitor::default();
+    let engine = Engine::new(inputs, plan, &monitor, threads, false)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_chunk(chunk)
+        .with_streaming(streaming);
+    let collect = |_: &mut (), seen: &mut Vec<u32>, c: Chunk<'_>| {
+        seen.extend(c.base.unwrap_or_default().iter().map(|x| x.to_bits()));
+        c.models.iter().for_each(|m| seen.extend(m.iter().map(|x| x.to_bits())));
+        Ok(())
+    };
+    let (jobs, _) = engine
+        .pass(READ_ALL, &engine.all_jobs(), || (), collect)
+        .unwrap_or_else(|e| panic!("{e}"));
+    jobs
+}
+
+/// Whether this file system takes `O_DIRECT` (where it does not, the read-ahead is never used).
+fn takes_direct(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
+}
+
+#[test]
+fn reading_ahead_gives_every_job_the_values_a_plain_read_gives() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (dtype, shard) in [
+        (FloatType::F32, u64::MAX),
+        (FloatType::BF16, 9000),
+        (FloatType::F16, 20_000),
+    ] {
+        let paths = model_set(&dir.path().join(dtype.name()), dtype, shard);
+        let inputs = open(&paths);
+        let plan = MergePlan::build(&inputs, true, None).unwrap_or_else(|e| panic!("{e}"));
+        let monitor = Monitor::default();
+        let engine = Engine::new(&inputs, &plan, &monitor, 1, false).unwrap_or_else(|e| panic!("{e}"));
+        let direct = Prefetch::open(&engine).is_some();
+        assert_eq!(
+            direct,
+            takes_direct(&inputs.models[0].shards[0].path),
+            "{}",
+            dtype.name()
+        );
+        for (threads, chunk) in [(1, 1000), (2, 7), (3, 4096), (2, 100_000)] {
+            let plain = values(&inputs, &plan, threads, chunk, false);
+            let ahead = values(&inputs, &plan, threads, chunk, true);
+            assert_eq!(plain.len(), ahead.len());
+            assert!(plain == ahead, "{} threads {threads} chunk {chunk}", dtype.name());
+        }
+    }
+}
+
+#[test]
+fn a_failing_pass_ends_with_its_error_while_reading_ahead() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let paths = model_set(dir.path(), FloatType::F32, u64::MAX);
+    let inputs = open(&paths);
+    let plan = MergePlan::build(&inputs, true, None).unwrap_or_else(|e| panic!("{e}"));
+    let monitor = Monitor::default();
+    let engine = Engine::new(&inputs, &plan, &monitor, 2, false)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_chunk(50)
+        .with_streaming(true);
+    let jobs = engine.all_jobs();
+    let failing = |_: &mut (), _: &mut (), c: Chunk<'_>| match c.job.start {
+        500 => Err(MergeError::Internal("the kernel failed".into())),
+        _ => Ok(()),
+    };
+    let error = engine
+        .pass(READ_ALL, &jobs, || (), failing)
+        .err()
+        .map(|e| e.to_string());
+    assert!(error.is_some_and(|e| e.contains("the kernel failed")));
+
+    let model = paths[2].join("model.safetensors");
+    let length = std::fs::metadata(&model)
+        .map(|m| m.len())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap_or_else(|e| panic!("{e}"));
+    file.set_len(length - 9000).unwrap_or_else(|e| panic!("{e}"));
+    let error = engine.pass(READ_ALL, &jobs, || (), |_, _: &mut (), _| Ok(())).err();
+    let message = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("was it truncated") && message.contains("model_02"),
+        "{message}"
+    );
+}
