@@ -21,9 +21,22 @@
 //! Neither was a reader thread per input reading the coming jobs' ranges ahead of the workers into the cache
 //! (with or without `RANDOM`, 2–8 MiB ahead in reads of 1–4 MiB): 13.1–15.4 s against 10.7–12.0 s
 //! (benches/RESULTS.md, 2026-12-07 evening).
+//!
+//! What worked (2026-12-08): `O_DIRECT` reads issued by reader threads of their own, several in flight, ahead
+//! of the workers (`prefetch.rs`). It is used only where the readahead would crowd the memory
+//! ([`MemoryFit::past_cache`]): with room for it, the kernel's readahead was faster still.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+
+use crate::plan::Inputs;
+
+/// Read past the cache when the memory is under this many times what the kernel's readahead of every input
+/// may hold: measured with 8 MiB windows on nine inputs (144 MiB), 256 MB re-read 1.2–1.3× the inputs and
+/// 1 GB did not; with 1 MiB windows (18 MiB) 256 MB did not either (benches/RESULTS.md, 2026-12-07 and 08).
+const READAHEAD_ROOM: u64 = 4;
+/// The kernel's readahead window where the device's cannot be read (`read_ahead_kb`'s default).
+const DEFAULT_READAHEAD: u64 = 128 << 10;
 
 /// How the inputs fit the memory this process can fill (read once, when an engine starts).
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,14 +45,51 @@ pub(crate) struct MemoryFit {
     pub(crate) streaming: bool,
     /// It is under 1/32 of the inputs (a sample's worth of them): every extra read comes from the disk.
     pub(crate) scarce: bool,
+    /// Streaming, and it is too small for the kernel's readahead of every input: read past the cache
+    /// (`O_DIRECT`, see `prefetch.rs`), ahead of the workers.
+    pub(crate) past_cache: bool,
 }
 
-/// How `input_bytes` of inputs fit this process's memory (neither flag when it cannot be read).
-pub(crate) fn memory_fit(input_bytes: u64) -> MemoryFit {
-    memory_available().map_or_else(MemoryFit::default, |available| MemoryFit {
-        streaming: input_bytes > available / 2,
-        scarce: available < input_bytes / 32,
-    })
+/// How `inputs` fit this process's memory (no flag when it cannot be read).
+pub(crate) fn memory_fit(inputs: &Inputs) -> MemoryFit {
+    let bytes = inputs.all().map(|c| c.file_bytes()).sum();
+    let window = inputs
+        .all()
+        .filter_map(|c| c.shards.first())
+        .map(|s| read_ahead_bytes(&s.path))
+        .max()
+        .unwrap_or(DEFAULT_READAHEAD);
+    let readahead = 2 * window * inputs.all().count() as u64;
+    memory_available().map_or_else(MemoryFit::default, |available| fit(bytes, readahead, available))
+}
+
+/// How `bytes` of inputs, whose readahead (the window being read and the next, per input) may hold
+/// `readahead` bytes, fit `available` bytes of memory.
+fn fit(bytes: u64, readahead: u64, available: u64) -> MemoryFit {
+    let streaming = bytes > available / 2;
+    MemoryFit {
+        streaming,
+        scarce: available < bytes / 32,
+        past_cache: streaming && available < READAHEAD_ROOM * readahead,
+    }
+}
+
+/// The readahead window of the block device holding `path` (`/sys/dev/block/MAJOR:MINOR`, or its disk's for
+/// a partition), or the kernel's default where there is none to read (a network or virtual file system).
+fn read_ahead_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+
+    let Ok(meta) = std::fs::metadata(path) else {
+        return DEFAULT_READAHEAD;
+    };
+    let device = Path::new("/sys/dev/block").join(format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev())));
+    [
+        device.join("queue/read_ahead_kb"),
+        device.join("../queue/read_ahead_kb"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok())
+    .map_or(DEFAULT_READAHEAD, |kb| kb << 10)
 }
 
 /// The memory this process can fill: the smaller of `MemAvailable` and its memory cgroup's limit (minus what
@@ -109,9 +159,27 @@ mod tests {
     #[test]
     fn small_inputs_stay_cached_and_memory_is_known_here() {
         assert!(memory_available().is_some_and(|m| m > 0));
-        assert!(!memory_fit(1 << 20).streaming);
-        assert!(memory_fit(u64::MAX / 4).streaming);
-        assert!(!memory_fit(1 << 20).scarce);
-        assert!(memory_fit(u64::MAX / 4).scarce);
+        assert!(read_ahead_bytes(Path::new(env!("CARGO_MANIFEST_DIR"))) >= 4096);
+        let empty = Inputs {
+            base: None,
+            models: Vec::new(),
+            extra: Vec::new(),
+        };
+        assert!(!memory_fit(&empty).streaming && !memory_fit(&empty).past_cache);
+    }
+
+    #[test]
+    fn reading_past_the_cache_is_for_memory_the_readahead_would_crowd() {
+        const MB: u64 = 1 << 20;
+        let inputs = 10_900 * MB;
+        // nine inputs with 8 MiB windows (144 MiB read ahead), as measured on this project's machine
+        let eight = fit(inputs, 144 * MB, 256 * MB);
+        assert!(eight.streaming && eight.scarce && eight.past_cache);
+        let roomy = fit(inputs, 144 * MB, 1024 * MB);
+        assert!(roomy.streaming && !roomy.scarce && !roomy.past_cache);
+        let one = fit(inputs, 18 * MB, 256 * MB);
+        assert!(one.streaming && !one.past_cache);
+        let cached = fit(inputs, 144 * MB, 22_000 * MB);
+        assert!(!cached.streaming && !cached.past_cache);
     }
 }

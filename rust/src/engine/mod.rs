@@ -3,8 +3,9 @@
 //! hands it to a method's kernel block by block (so every step of a kernel runs on cache-resident data) on a
 //! private rayon pool. Workers take chunks in order from one queue, so every input file is read as a single
 //! sequential stream that the kernel's readahead follows (splitting the work into ranges, as a parallel
-//! iterator does, halved the speed of a cold read). Memory is bounded by threads × (inputs + 1) × chunk,
-//! whatever the size or number of the models. A merge pass then checks the chunk's output for NaN/Inf and
+//! iterator does, halved the speed of a cold read). Where memory is too short for the kernel's readahead of
+//! every input, reader threads read the coming chunks past the page cache instead (`prefetch.rs`). Memory
+//! is bounded by (threads + a ring of eight) × (inputs + 1) × chunk, whatever the size or number of the models. A merge pass then checks the chunk's output for NaN/Inf and
 //! writes it at its offset.
 
 mod budget;
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::checkpoint::Checkpoint;
 use crate::error::{MergeError, Result};
 use crate::method::MethodStats;
 use crate::monitor::Monitor;
@@ -60,6 +60,7 @@ pub(crate) struct Engine<'a> {
     nonfinite_inputs: AtomicU64,
     nonfinite_outputs: AtomicU64,
     streaming: bool,
+    past_cache: bool,
     scarce: bool,
     whole_tensor_budget: usize,
     /// Per model: whether it is an adapter over θ₀'s own files (a pass that read θ₀ copies its values for it).
@@ -81,7 +82,7 @@ impl<'a> Engine<'a> {
             .thread_name(|i| format!("merge-rs-{i}"))
             .build()
             .map_err(|e| MergeError::arg(format!("cannot start {threads} threads: {e}")))?;
-        let fit = cache::memory_fit(inputs.all().map(Checkpoint::file_bytes).sum());
+        let fit = cache::memory_fit(inputs);
         Ok(Engine {
             inputs,
             plan,
@@ -92,6 +93,7 @@ impl<'a> Engine<'a> {
             nonfinite_inputs: AtomicU64::new(0),
             nonfinite_outputs: AtomicU64::new(0),
             streaming: fit.streaming,
+            past_cache: fit.past_cache,
             scarce: fit.scarce,
             whole_tensor_budget: DEFAULT_WHOLE_TENSOR_BUDGET,
             over_base: inputs
@@ -108,10 +110,10 @@ impl<'a> Engine<'a> {
         self
     }
 
-    /// Stream the inputs as if they could not stay cached (tests of the read-ahead on small files).
+    /// Read the inputs past the cache as if memory were short (tests of the read-ahead on small files).
     #[cfg(test)]
-    pub(crate) fn with_streaming(mut self, streaming: bool) -> Self {
-        self.streaming = streaming;
+    pub(crate) fn with_reading_past_cache(mut self, past_cache: bool) -> Self {
+        self.past_cache = past_cache;
         self
     }
 
@@ -220,8 +222,9 @@ impl<'a> Engine<'a> {
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let done: Vec<Mutex<Option<T>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-        // Inputs that cannot stay cached are read ahead past the cache; sparse (prefetched) passes are not.
-        let ahead = (self.streaming && spec.prefetch == 0)
+        // Inputs whose readahead would crowd the memory are read ahead past the cache; sparse (prefetched)
+        // passes are not.
+        let ahead = (self.past_cache && spec.prefetch == 0)
             .then(|| Prefetch::open(self))
             .flatten();
         let failures = std::thread::scope(|scope| {

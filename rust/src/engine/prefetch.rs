@@ -1,14 +1,14 @@
-//! Reading ahead of the workers when the inputs cannot stay cached: reader threads read the coming jobs'
-//! ranges of every input with `O_DIRECT` (past the page cache) into a ring of buffers, several reads in
-//! flight, while the workers merge the jobs already read. The page cache then holds nothing of the inputs,
-//! so under a memory limit that counts it (a cgroup) no read-ahead data is evicted before use, and the disk
-//! always has reads queued.
+//! Reading ahead of the workers where the kernel's readahead of every input would crowd the memory
+//! ([`super::cache::MemoryFit::past_cache`]): reader threads read the coming jobs' ranges of every input with
+//! `O_DIRECT` (past the page cache) into a ring of buffers, several reads in flight, while the workers merge
+//! the jobs already read. The page cache then holds nothing of the inputs, so under a memory limit that counts
+//! it (a cgroup) nothing read ahead is evicted before use, and the disk always has reads queued.
 //!
-//! Measured on 8 × ViT-L/14 in a 256 MB cgroup (benches/small_machine.py; benches/RESULTS.md, 2026-12-08):
-//! the kernel's own readahead (8 MiB windows on nine streams) re-read 1.2–1.3× the inputs there, and `O_DIRECT`
-//! reads issued by the two workers themselves (one in flight each, between merging and writing) were no
-//! faster than buffered ones. `fio` reading the nine files in turn with `O_DIRECT`, 256 KiB at a time and eight
-//! reads in flight, beat `cat` of the same files.
+//! Measured on 8 × ViT-L/14 (benches/RESULTS.md, 2026-12-08): in a 256 MB cgroup the kernel's own readahead
+//! (8 MiB windows on nine inputs) re-read 1.2–1.3× the inputs, and task arithmetic took 1.53× `cat`; read
+//! ahead this way, 1.22× (TIES 1.95× → 1.52×). In a 1 GB cgroup the kernel's readahead was faster (0.91×
+//! against 1.11×), so it is left to it there. `O_DIRECT` reads issued by the two workers themselves (one in
+//! flight each, between merging and writing) had been no faster than buffered ones.
 //!
 //! The ring has [`WINDOW`] slots; job `j` uses slot `j % WINDOW` once job `j − WINDOW` is merged. A range the
 //! direct read refuses (a file system without `O_DIRECT` for it) is read through the cache instead.

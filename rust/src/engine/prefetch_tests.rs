@@ -52,12 +52,12 @@ const READ_ALL: PassSpec<'static> = PassSpec {
 };
 
 /// Every job's values (θ₀ then each model), as bits, read ahead or not.
-fn values(inputs: &Inputs, plan: &MergePlan, threads: usize, chunk: usize, streaming: bool) -> Vec<Vec<u32>> {
+fn values(inputs: &Inputs, plan: &MergePlan, threads: usize, chunk: usize, past_cache: bool) -> Vec<Vec<u32>> {
     let monitor = Monitor::default();
     let engine = Engine::new(inputs, plan, &monitor, threads, false)
         .unwrap_or_else(|e| panic!("{e}"))
         .with_chunk(chunk)
-        .with_streaming(streaming);
+        .with_reading_past_cache(past_cache);
     let collect = |_: &mut (), seen: &mut Vec<u32>, c: Chunk<'_>| {
         seen.extend(c.base.unwrap_or_default().iter().map(|x| x.to_bits()));
         c.models.iter().for_each(|m| seen.extend(m.iter().map(|x| x.to_bits())));
@@ -118,7 +118,7 @@ fn a_failing_pass_ends_with_its_error_while_reading_ahead() {
     let engine = Engine::new(&inputs, &plan, &monitor, 2, false)
         .unwrap_or_else(|e| panic!("{e}"))
         .with_chunk(50)
-        .with_streaming(true);
+        .with_reading_past_cache(true);
     let jobs = engine.all_jobs();
     let failing = |_: &mut (), _: &mut (), c: Chunk<'_>| match c.job.start {
         500 => Err(MergeError::Internal("the kernel failed".into())),

@@ -128,6 +128,10 @@ impl Engine<'_> {
     ) -> Result<()> {
         buf.resize(job.len, 0.0);
         match fetched {
+            Some(read) if source.ty == FloatType::F32 => {
+                bytemuck::cast_slice_mut(buf.as_mut_slice()).copy_from_slice(read.data());
+                Ok(())
+            }
             Some(read) => {
                 source.ty.decode(read.data(), buf);
                 Ok(())
