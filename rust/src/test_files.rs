@@ -43,12 +43,24 @@ pub(crate) fn write_checkpoint(path: &Path, tensors: &[(&str, &[f32])]) {
 /// A float32 pretrained model and `models` fine-tuned ones (θ₀ + noise) under `dir`, with `tensors` (name,
 /// shape); the paths, pretrained first.
 pub(crate) fn synthetic_models(dir: &Path, tensors: &[(&str, Vec<usize>)], models: usize, seed: u64) -> Vec<PathBuf> {
+    synthetic_models_stored(dir, tensors, models, seed, FloatType::F32, u64::MAX)
+}
+
+/// [`synthetic_models`] stored as `dtype`, in shards of at most `max_shard_size` bytes.
+pub(crate) fn synthetic_models_stored(
+    dir: &Path,
+    tensors: &[(&str, Vec<usize>)],
+    models: usize,
+    seed: u64,
+    dtype: FloatType,
+    max_shard_size: u64,
+) -> Vec<PathBuf> {
     let spec = SyntheticSpec {
         tensors: tensors.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
         models,
-        dtype: FloatType::F32,
+        dtype,
         seed,
-        max_shard_size: u64::MAX,
+        max_shard_size,
         weight_scale: 0.5,
         task_scale: 0.1,
         base_config: None,

@@ -9,7 +9,7 @@ use crate::dtype::FloatType;
 use crate::engine::{Chunk, Engine, PassSpec};
 use crate::monitor::Monitor;
 use crate::plan::{Inputs, MergePlan};
-use crate::synthetic::{SyntheticSpec, write_model_set};
+use crate::test_files::synthetic_models_stored;
 
 /// θ₀ and three models with tensors of awkward sizes (none a multiple of the alignment), in `dtype`, sharded
 /// every `shard` bytes.
@@ -20,19 +20,7 @@ fn model_set(dir: &Path, dtype: FloatType, shard: u64) -> Vec<PathBuf> {
         ("c", vec![1025, 5]),
         ("d", vec![3]),
     ];
-    let spec = SyntheticSpec {
-        tensors: tensors.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
-        models: 3,
-        dtype,
-        seed: 7,
-        max_shard_size: shard,
-        weight_scale: 0.5,
-        task_scale: 0.1,
-        base_config: None,
-        model_config: None,
-        threads: 1,
-    };
-    write_model_set(dir, &spec).unwrap_or_else(|e| panic!("{e}"))
+    synthetic_models_stored(dir, &tensors, 3, 7, dtype, shard)
 }
 
 fn open(paths: &[PathBuf]) -> Inputs {
