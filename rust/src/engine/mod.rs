@@ -30,7 +30,7 @@ use crate::plan::{Inputs, MergePlan};
 use crate::writer::Writer;
 pub(crate) use cache::advise;
 pub(crate) use job::{Chunk, Job, PassSpec};
-use prefetch::{Prefetch, READERS};
+use prefetch::Prefetch;
 use read::Scratch;
 pub(crate) use threads::check_threads;
 pub(crate) use whole::{DEFAULT_WHOLE_TENSOR_BUDGET, TensorFold, return_large_frees};
@@ -227,20 +227,15 @@ impl<'a> Engine<'a> {
         let ahead = (self.past_cache && spec.prefetch == 0)
             .then(|| Prefetch::open(self))
             .flatten();
-        let failures = std::thread::scope(|scope| {
-            for _ in 0..if ahead.is_some() { READERS } else { 0 } {
-                scope.spawn(|| ahead.as_ref().map(|a| a.read_ahead(self, jobs, spec.read_base)));
-            }
-            let workers = Workers {
-                slots: &slots,
-                next: &next,
-                stop: &stop,
-                done: &done,
-                ahead: ahead.as_ref(),
-            };
-            let failures = self.run_workers(spec, jobs, &workers, &kernel);
-            ahead.as_ref().map(Prefetch::stop);
-            failures
+        let workers = Workers {
+            slots: &slots,
+            next: &next,
+            stop: &stop,
+            done: &done,
+            ahead: ahead.as_ref(),
+        };
+        let failures = prefetch::alongside(ahead.as_ref(), self, jobs, spec.read_base, || {
+            self.run_workers(spec, jobs, &workers, &kernel)
         });
         if let Some(error) = first_error(failures) {
             return Err(error);
@@ -314,6 +309,7 @@ impl<'a> Engine<'a> {
         }
         if let Some(ahead) = ahead {
             let fetched = ahead.take(j)?;
+            let _unwinding = prefetch::StopOnUnwind(ahead);
             let result = self.run_job(spec, &jobs[j], scratch, state, kernel, Some(&fetched));
             ahead.give_back(j, fetched);
             return result;

@@ -24,7 +24,7 @@ use crate::error::{MergeError, Result};
 use crate::plan::FloatSource;
 
 /// Reader threads, so reads in flight.
-pub(super) const READERS: usize = 4;
+const READERS: usize = 4;
 /// Jobs read at most ahead of the oldest job not yet merged.
 const WINDOW: usize = 8;
 /// Alignment of `O_DIRECT` offsets, lengths and buffers (the largest logical block size in common use).
@@ -79,6 +79,46 @@ pub(super) struct Prefetch {
     changed: Condvar,
 }
 
+/// Run `work` (the workers) with `ahead`'s readers reading `jobs` beside it; the readers stop when it returns
+/// or unwinds.
+pub(super) fn alongside<R>(
+    ahead: Option<&Prefetch>,
+    engine: &Engine<'_>,
+    jobs: &[Job],
+    read_base: bool,
+    work: impl FnOnce() -> R,
+) -> R {
+    let Some(ahead) = ahead else { return work() };
+    std::thread::scope(|scope| {
+        for _ in 0..READERS {
+            scope.spawn(|| ahead.read_ahead(engine, jobs, read_base));
+        }
+        let _stop = StopOnDrop(ahead);
+        work()
+    })
+}
+
+/// Stops the readers when dropped, so that a pass whose workers unwind does not wait for them forever.
+struct StopOnDrop<'a>(&'a Prefetch);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// Held by a worker while it merges a job read ahead: if the worker unwinds (a kernel panicked), the pass
+/// stops, so that nobody waits for the slot it held.
+pub(super) struct StopOnUnwind<'a>(pub(super) &'a Prefetch);
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop();
+        }
+    }
+}
+
 impl Prefetch {
     /// A ring for a pass over `engine`'s inputs, or `None` when an input is not a plain file or its files
     /// cannot be opened with `O_DIRECT`.
@@ -106,7 +146,7 @@ impl Prefetch {
 
     /// A reader thread's loop: claim the next job, read it into its slot, until no job is left or the pass
     /// stopped.
-    pub(super) fn read_ahead(&self, engine: &Engine<'_>, jobs: &[Job], read_base: bool) {
+    fn read_ahead(&self, engine: &Engine<'_>, jobs: &[Job], read_base: bool) {
         loop {
             let j = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(job) = jobs.get(j) else { return };
@@ -140,7 +180,7 @@ impl Prefetch {
     }
 
     /// End the pass: readers and workers waiting on the ring return.
-    pub(super) fn stop(&self) {
+    fn stop(&self) {
         self.lock().stopped = true;
         self.changed.notify_all();
     }

@@ -134,3 +134,30 @@ fn a_failing_pass_ends_with_its_error_while_reading_ahead() {
         "{message}"
     );
 }
+
+#[test]
+fn a_kernel_that_panics_while_reading_ahead_unwinds_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let paths = model_set(dir.path(), FloatType::F32, u64::MAX);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let inputs = open(&paths);
+        let plan = MergePlan::build(&inputs, true, None).unwrap_or_else(|e| panic!("{e}"));
+        let monitor = Monitor::default();
+        let engine = Engine::new(&inputs, &plan, &monitor, 2, false)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_chunk(50)
+            .with_reading_past_cache(true);
+        let jobs = engine.all_jobs();
+        let panicking = |_: &mut (), _: &mut (), c: Chunk<'_>| match c.job.start {
+            500 => panic!("a bug in a kernel"),
+            _ => Ok(()),
+        };
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.pass(READ_ALL, &jobs, || (), panicking)
+        }));
+        let _ = sender.send(unwound.is_err());
+    });
+    let outcome = receiver.recv_timeout(std::time::Duration::from_secs(60));
+    assert_eq!(outcome, Ok(true), "the pass should unwind, not hang");
+}
