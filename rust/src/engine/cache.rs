@@ -48,6 +48,8 @@ pub(crate) struct MemoryFit {
     /// Streaming, and it is too small for the kernel's readahead of every input: read past the cache
     /// (`O_DIRECT`, see `prefetch.rs`), ahead of the workers.
     pub(crate) past_cache: bool,
+    /// The memory this process can fill, when known.
+    pub(crate) available: Option<u64>,
 }
 
 /// How `inputs` fit this process's memory (no flag when it cannot be read).
@@ -71,6 +73,7 @@ fn fit(bytes: u64, readahead: u64, available: u64) -> MemoryFit {
         streaming,
         scarce: available < bytes / 32,
         past_cache: streaming && available < READAHEAD_ROOM * readahead,
+        available: Some(available),
     }
 }
 

@@ -5,8 +5,8 @@
 //! sequential stream that the kernel's readahead follows (splitting the work into ranges, as a parallel
 //! iterator does, halved the speed of a cold read). Where memory is too short for the kernel's readahead of
 //! every input, reader threads read the coming chunks past the page cache instead (`prefetch.rs`). Memory
-//! is bounded by (threads + a ring of eight) × (inputs + 1) × chunk, whatever the size or number of the models. A merge pass then checks the chunk's output for NaN/Inf and
-//! writes it at its offset.
+//! is bounded by (threads + a ring of eight) × (inputs + 1) × chunk, whatever the size or number of the
+//! models. A merge pass then checks the chunk's output for NaN/Inf and writes it at its offset.
 
 mod budget;
 mod cache;
@@ -61,6 +61,8 @@ pub(crate) struct Engine<'a> {
     nonfinite_outputs: AtomicU64,
     streaming: bool,
     past_cache: bool,
+    /// The memory this process can fill, when known (read once, when the engine starts).
+    available: Option<u64>,
     scarce: bool,
     whole_tensor_budget: usize,
     /// Per model: whether it is an adapter over θ₀'s own files (a pass that read θ₀ copies its values for it).
@@ -94,6 +96,7 @@ impl<'a> Engine<'a> {
             nonfinite_outputs: AtomicU64::new(0),
             streaming: fit.streaming,
             past_cache: fit.past_cache,
+            available: fit.available,
             scarce: fit.scarce,
             whole_tensor_budget: DEFAULT_WHOLE_TENSOR_BUDGET,
             over_base: inputs
@@ -110,10 +113,11 @@ impl<'a> Engine<'a> {
         self
     }
 
-    /// Read the inputs past the cache as if memory were short (tests of the read-ahead on small files).
+    /// Read the inputs past the cache as if memory were short, `available` bytes of it (tests of the
+    /// read-ahead on small files).
     #[cfg(test)]
-    pub(crate) fn with_reading_past_cache(mut self, past_cache: bool) -> Self {
-        self.past_cache = past_cache;
+    pub(crate) fn with_reading_past_cache(mut self, past_cache: bool, available: Option<u64>) -> Self {
+        (self.past_cache, self.available) = (past_cache, available);
         self
     }
 

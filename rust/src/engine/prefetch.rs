@@ -10,7 +10,8 @@
 //! against 1.11×), so it is left to it there. `O_DIRECT` reads issued by the two workers themselves (one in
 //! flight each, between merging and writing) had been no faster than buffered ones.
 //!
-//! The ring has [`WINDOW`] slots; job `j` uses slot `j % WINDOW` once job `j − WINDOW` is merged. A range the
+//! The ring has up to [`WINDOW`] slots, fewer where they would fill over an eighth of the memory (many
+//! inputs); job `j` uses slot `j % window` once job `j − window` is merged. A range the
 //! direct read refuses (a file system without `O_DIRECT` for it) is read through the cache instead.
 
 use std::fs::File;
@@ -27,6 +28,8 @@ use crate::plan::FloatSource;
 const READERS: usize = 4;
 /// Jobs read at most ahead of the oldest job not yet merged.
 const WINDOW: usize = 8;
+/// The share of the memory the ring may fill (1/8).
+const RING_SHARE: u64 = 8;
 /// Alignment of `O_DIRECT` offsets, lengths and buffers (the largest logical block size in common use).
 const ALIGN: usize = 4096;
 
@@ -74,6 +77,8 @@ pub(super) struct Prefetch {
     /// Per input (models, extra inputs, θ₀, as [`Engine::job_sources`] numbers them), its shards opened with
     /// `O_DIRECT`.
     files: Vec<Vec<File>>,
+    /// Slots in the ring: jobs read at most ahead of the oldest job not yet merged.
+    window: usize,
     next: AtomicUsize,
     ring: Mutex<Ring>,
     changed: Condvar,
@@ -128,7 +133,10 @@ impl Prefetch {
         let files = all
             .map(|c| c.is_plain().then(|| c.reopen(libc::O_DIRECT).ok()).flatten())
             .collect::<Option<Vec<_>>>()?;
-        let slots = (0..WINDOW)
+        let job_bytes = (files.len() * (engine.chunk * 4 + 2 * ALIGN)) as u64;
+        let room = engine.available.map_or(WINDOW as u64, |a| a / RING_SHARE / job_bytes);
+        let window = (room as usize).clamp(2, WINDOW);
+        let slots = (0..window)
             .map(|job| Slot {
                 job,
                 phase: Phase::Free,
@@ -138,6 +146,7 @@ impl Prefetch {
             .collect();
         Some(Prefetch {
             files,
+            window,
             next: AtomicUsize::new(0),
             ring: Mutex::new(Ring { slots, stopped: false }),
             changed: Condvar::new(),
@@ -153,7 +162,7 @@ impl Prefetch {
             let Some(mut reads) = self.claim(j) else { return };
             let outcome = self.read_job(engine, job, read_base, &mut reads);
             let mut ring = self.lock();
-            let slot = &mut ring.slots[j % WINDOW];
+            let slot = &mut ring.slots[j % self.window];
             (slot.reads, slot.phase, slot.error) = (reads, Phase::Filled, outcome.err());
             self.changed.notify_all();
         }
@@ -163,7 +172,7 @@ impl Prefetch {
     pub(super) fn take(&self, j: usize) -> Result<Fetched> {
         let ring = self.wait_for(j, Phase::Filled);
         let mut ring = ring.ok_or(MergeError::Cancelled)?;
-        let slot = &mut ring.slots[j % WINDOW];
+        let slot = &mut ring.slots[j % self.window];
         if let Some(error) = slot.error.take() {
             return Err(error);
         }
@@ -171,11 +180,11 @@ impl Prefetch {
         Ok(std::mem::take(&mut slot.reads))
     }
 
-    /// Hand job `j`'s buffers back once merged: its slot is free for job `j + WINDOW`.
+    /// Hand job `j`'s buffers back once merged: its slot is free for job `j + window`.
     pub(super) fn give_back(&self, j: usize, reads: Fetched) {
         let mut ring = self.lock();
-        let slot = &mut ring.slots[j % WINDOW];
-        (slot.job, slot.phase, slot.reads) = (j + WINDOW, Phase::Free, reads);
+        let slot = &mut ring.slots[j % self.window];
+        (slot.job, slot.phase, slot.reads) = (j + self.window, Phase::Free, reads);
         self.changed.notify_all();
     }
 
@@ -188,14 +197,15 @@ impl Prefetch {
     /// Job `j`'s slot once it is free, its buffers taken out for reading (`None` if the pass stopped).
     fn claim(&self, j: usize) -> Option<Fetched> {
         let mut ring = self.wait_for(j, Phase::Free)?;
-        let slot = &mut ring.slots[j % WINDOW];
+        let slot = &mut ring.slots[j % self.window];
         slot.phase = Phase::Reading;
         Some(std::mem::take(&mut slot.reads))
     }
 
     /// The ring once job `j`'s slot is for job `j` in `phase` (`None` if the pass stopped first).
     fn wait_for(&self, j: usize, phase: Phase) -> Option<MutexGuard<'_, Ring>> {
-        let ready = |r: &mut Ring| r.stopped || (r.slots[j % WINDOW].job == j && r.slots[j % WINDOW].phase == phase);
+        let ready =
+            |r: &mut Ring| r.stopped || (r.slots[j % self.window].job == j && r.slots[j % self.window].phase == phase);
         let ring = self.changed.wait_while(self.lock(), |r| !ready(r));
         let ring = ring.unwrap_or_else(PoisonError::into_inner);
         (!ring.stopped).then_some(ring)

@@ -40,12 +40,18 @@ const READ_ALL: PassSpec<'static> = PassSpec {
 };
 
 /// Every job's values (θ₀ then each model), as bits, read ahead or not.
-fn values(inputs: &Inputs, plan: &MergePlan, threads: usize, chunk: usize, past_cache: bool) -> Vec<Vec<u32>> {
+fn values(
+    inputs: &Inputs,
+    plan: &MergePlan,
+    threads: usize,
+    chunk: usize,
+    ahead: Option<Option<u64>>,
+) -> Vec<Vec<u32>> {
     let monitor = Monitor::default();
     let engine = Engine::new(inputs, plan, &monitor, threads, false)
         .unwrap_or_else(|e| panic!("{e}"))
         .with_chunk(chunk)
-        .with_reading_past_cache(past_cache);
+        .with_reading_past_cache(ahead.is_some(), ahead.flatten());
     let collect = |_: &mut (), seen: &mut Vec<u32>, c: Chunk<'_>| {
         seen.extend(c.base.unwrap_or_default().iter().map(|x| x.to_bits()));
         c.models.iter().for_each(|m| seen.extend(m.iter().map(|x| x.to_bits())));
@@ -88,10 +94,17 @@ fn reading_ahead_gives_every_job_the_values_a_plain_read_gives() {
             dtype.name()
         );
         for (threads, chunk) in [(1, 1000), (2, 7), (3, 4096), (2, 100_000)] {
-            let plain = values(&inputs, &plan, threads, chunk, false);
-            let ahead = values(&inputs, &plan, threads, chunk, true);
-            assert_eq!(plain.len(), ahead.len());
-            assert!(plain == ahead, "{} threads {threads} chunk {chunk}", dtype.name());
+            let plain = values(&inputs, &plan, threads, chunk, None);
+            // a ring of eight jobs, and of two (the memory would hold less)
+            for memory in [None, Some(1)] {
+                let ahead = values(&inputs, &plan, threads, chunk, Some(memory));
+                assert_eq!(plain.len(), ahead.len());
+                assert!(
+                    plain == ahead,
+                    "{} threads {threads} chunk {chunk} {memory:?}",
+                    dtype.name()
+                );
+            }
         }
     }
 }
@@ -106,7 +119,7 @@ fn a_failing_pass_ends_with_its_error_while_reading_ahead() {
     let engine = Engine::new(&inputs, &plan, &monitor, 2, false)
         .unwrap_or_else(|e| panic!("{e}"))
         .with_chunk(50)
-        .with_reading_past_cache(true);
+        .with_reading_past_cache(true, None);
     let jobs = engine.all_jobs();
     let failing = |_: &mut (), _: &mut (), c: Chunk<'_>| match c.job.start {
         500 => Err(MergeError::Internal("the kernel failed".into())),
@@ -147,7 +160,7 @@ fn a_kernel_that_panics_while_reading_ahead_unwinds_instead_of_hanging() {
         let engine = Engine::new(&inputs, &plan, &monitor, 2, false)
             .unwrap_or_else(|e| panic!("{e}"))
             .with_chunk(50)
-            .with_reading_past_cache(true);
+            .with_reading_past_cache(true, None);
         let jobs = engine.all_jobs();
         let panicking = |_: &mut (), _: &mut (), c: Chunk<'_>| match c.job.start {
             500 => panic!("a bug in a kernel"),
