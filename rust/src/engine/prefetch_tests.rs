@@ -109,6 +109,14 @@ fn reading_ahead_gives_every_job_the_values_a_plain_read_gives() {
     }
 }
 
+/// An engine on two threads reading ahead, in chunks of 50.
+fn reading_ahead<'a>(inputs: &'a Inputs, plan: &'a MergePlan, monitor: &'a Monitor) -> Engine<'a> {
+    Engine::new(inputs, plan, monitor, 2, false)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_chunk(50)
+        .with_reading_past_cache(true, None)
+}
+
 #[test]
 fn a_failing_pass_ends_with_its_error_while_reading_ahead() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -116,10 +124,7 @@ fn a_failing_pass_ends_with_its_error_while_reading_ahead() {
     let inputs = open(&paths);
     let plan = MergePlan::build(&inputs, true, None).unwrap_or_else(|e| panic!("{e}"));
     let monitor = Monitor::default();
-    let engine = Engine::new(&inputs, &plan, &monitor, 2, false)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_chunk(50)
-        .with_reading_past_cache(true, None);
+    let engine = reading_ahead(&inputs, &plan, &monitor);
     let jobs = engine.all_jobs();
     let failing = |_: &mut (), _: &mut (), c: Chunk<'_>| match c.job.start {
         500 => Err(MergeError::Internal("the kernel failed".into())),
@@ -157,10 +162,7 @@ fn a_kernel_that_panics_while_reading_ahead_unwinds_instead_of_hanging() {
         let inputs = open(&paths);
         let plan = MergePlan::build(&inputs, true, None).unwrap_or_else(|e| panic!("{e}"));
         let monitor = Monitor::default();
-        let engine = Engine::new(&inputs, &plan, &monitor, 2, false)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .with_chunk(50)
-            .with_reading_past_cache(true, None);
+        let engine = reading_ahead(&inputs, &plan, &monitor);
         let jobs = engine.all_jobs();
         let panicking = |_: &mut (), _: &mut (), c: Chunk<'_>| match c.job.start {
             500 => panic!("a bug in a kernel"),
