@@ -3,7 +3,7 @@
 //! The core reads every header first (`checkpoint`), validates and plans the request (`plan`), then
 //! streams fixed-size chunks of every input through a method's kernel on a private rayon pool (`engine`,
 //! `methods`), writing the output header-first at known offsets (`writer`). Memory is bounded by the chunks
-//! in flight (one per thread, and eight read ahead where memory is short) × inputs × chunk size, never by the
+//! in flight (one per thread, and up to eight read ahead where memory is short) × inputs × chunk size, never by the
 //! size or number of the models.
 //!
 //! The API: [`merge`] a [`MergeRequest`] with a [`Method`] (see [`method_table`] for every method, its

@@ -294,7 +294,7 @@ impl Checkpoint {
     }
 
     /// The error for a failed read of `tensor`'s data, naming the file and the tensor when it was cut short.
-    pub(crate) fn read_error(&self, tensor: &Tensor, e: std::io::Error) -> MergeError {
+    fn read_error(&self, tensor: &Tensor, e: std::io::Error) -> MergeError {
         let path = &self.shards[tensor.shard].path;
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             let why = format!(

@@ -54,15 +54,23 @@ pub(crate) struct MemoryFit {
 
 /// How `inputs` fit this process's memory (no flag when it cannot be read).
 pub(crate) fn memory_fit(inputs: &Inputs) -> MemoryFit {
-    let bytes = inputs.all().map(|c| c.file_bytes()).sum();
-    let window = inputs
-        .all()
-        .filter_map(|c| c.shards.first())
-        .map(|s| read_ahead_bytes(&s.path))
-        .max()
-        .unwrap_or(DEFAULT_READAHEAD);
-    let readahead = 2 * window * inputs.all().count() as u64;
-    memory_available().map_or_else(MemoryFit::default, |available| fit(bytes, readahead, available))
+    let bytes: u64 = inputs.all().map(|c| c.file_bytes()).sum();
+    let Some(available) = memory_available() else {
+        return MemoryFit::default();
+    };
+    // The devices' windows matter only to inputs that cannot stay cached; others skip reading them.
+    let readahead = if bytes > available / 2 {
+        let window = inputs
+            .all()
+            .filter_map(|c| c.shards.first())
+            .map(|s| read_ahead_bytes(&s.path))
+            .max()
+            .unwrap_or(DEFAULT_READAHEAD);
+        2 * window * inputs.all().count() as u64
+    } else {
+        0
+    };
+    fit(bytes, readahead, available)
 }
 
 /// How `bytes` of inputs, whose readahead (the window being read and the next, per input) may hold

@@ -5,7 +5,7 @@
 //! sequential stream that the kernel's readahead follows (splitting the work into ranges, as a parallel
 //! iterator does, halved the speed of a cold read). Where memory is too short for the kernel's readahead of
 //! every input, reader threads read the coming chunks past the page cache instead (`prefetch.rs`). Memory
-//! is bounded by (threads + a ring of eight) × (inputs + 1) × chunk, whatever the size or number of the
+//! is bounded by (threads + a ring of up to eight) × (inputs + 1) × chunk, whatever the size or number of the
 //! models. A merge pass then checks the chunk's output for NaN/Inf and writes it at its offset.
 
 mod budget;
